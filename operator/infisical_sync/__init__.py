@@ -1,0 +1,1 @@
+"""Infisical Sync Operator."""

@@ -1,0 +1,3 @@
+from infisical_sync.cli import main
+
+raise SystemExit(main())

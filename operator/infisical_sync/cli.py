@@ -1,0 +1,82 @@
+"""Command line: `infisical-sync run` (the operator) and the development helpers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from pathlib import Path
+
+from infisical_sync.config import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="infisical-sync", description="Keep Infisical projects in sync from Kubernetes."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the operator")
+    scope = run.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n", "--namespace", action="append", dest="namespaces", help="namespace to watch (repeat)"
+    )
+    scope.add_argument(
+        "-A", "--all-namespaces", action="store_true", default=None, help="watch all namespaces"
+    )
+    run.add_argument("--log-format", choices=["text", "json"])
+    run.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.add_argument("--metrics-port", type=int, help="Prometheus metrics port (0: off)")
+    run.add_argument("--health-port", type=int, help="liveness endpoint port (0: off)")
+    run.add_argument(
+        "--concurrency-per-connection", type=int, help="parallel requests per Infisical instance"
+    )
+    run.add_argument(
+        "--peering", action="store_true", default=None, help="kopf peering for several replicas"
+    )
+
+    fake = commands.add_parser("fake-infisical", help="serve the fake Infisical (tests, demo)")
+    fake.add_argument("--seed", type=Path, required=True, help="seed file (YAML or JSON)")
+    fake.add_argument("--host", default="127.0.0.1")
+    fake.add_argument("--port", type=int, default=8088)
+    fake.add_argument("--tls", action="store_true", help="serve HTTPS with a generated test CA")
+
+    plane = commands.add_parser("controlplane", help="local etcd + kube-apiserver for development")
+    plane.add_argument("action", choices=["up", "down"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        from infisical_sync.app import run_operator
+
+        settings = Settings.from_env(
+            namespaces=args.namespaces,
+            all_namespaces=args.all_namespaces,
+            log_format=args.log_format,
+            log_level=args.log_level,
+            metrics_port=args.metrics_port,
+            health_port=args.health_port,
+            concurrency_per_connection=args.concurrency_per_connection,
+            peering=args.peering,
+        )
+        return run_operator(settings)
+    if args.command == "fake-infisical":
+        from infisical_sync.testing.seed import serve
+
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(args.seed, args.host, args.port, args.tls))
+        return 0
+    if args.command == "controlplane":
+        from infisical_sync.testing import controlplane
+
+        if args.action == "up":
+            state = controlplane.up()
+            print(f"export KUBECONFIG={state['kubeconfig']}")
+        else:
+            stopped = controlplane.down()
+            print("stopped" if stopped else "not running", file=sys.stderr)
+        return 0
+    return 2

@@ -1,0 +1,44 @@
+"""The operator's one settings object, from command-line flags and INFISICAL_SYNC_* variables."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+ENV_PREFIX = "INFISICAL_SYNC_"
+
+
+class Settings(BaseModel):
+    namespaces: list[str] = Field(default_factory=list, description="namespaces to watch")
+    all_namespaces: bool = Field(default=False, description="watch every namespace")
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    metrics_port: int = Field(default=9090, ge=0, le=65535, description="0 disables metrics")
+    health_port: int = Field(default=8080, ge=0, le=65535, description="0 disables /healthz")
+    concurrency_per_connection: int = Field(default=5, ge=1, le=100)
+    request_timeout: float = Field(default=30.0, gt=0, description="seconds per remote call")
+    connect_timeout: float = Field(default=10.0, gt=0)
+    max_attempts: int = Field(default=4, ge=1, le=20, description="tries per remote call")
+    backoff_base: float = Field(default=0.5, gt=0, description="seconds, doubled per retry")
+    backoff_cap: float = Field(default=30.0, gt=0)
+    batch_chunk_size: int = Field(default=100, ge=1, le=1000)
+    peering: bool = Field(default=False, description="use kopf peering (several replicas)")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:
+        environ = dict(os.environ if environ is None else environ)
+        values: dict[str, object] = {}
+        for name, info in cls.model_fields.items():
+            raw = environ.get(ENV_PREFIX + name.upper())
+            if raw is None:
+                continue
+            if info.annotation in (bool, "bool"):
+                values[name] = raw.strip().lower() in ("1", "true", "yes", "on")
+            elif name == "namespaces":
+                values[name] = [part.strip() for part in raw.split(",") if part.strip()]
+            else:
+                values[name] = raw
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        return cls.model_validate(values)

@@ -1,0 +1,428 @@
+"""A real, local Kubernetes control plane (etcd + kube-apiserver), started like envtest.
+
+kube-apiserver is built once from the Go module proxy (see tests/controlplane/gobuild) and cached
+under the user's cache directory keyed by version; etcd is Debian's ``etcd-server`` binary. Both
+run on free loopback ports with a throwaway PKI, RBAC authorization and an admin client cert in
+``system:masters``. No kubelet, no controllers: enough for CRDs, RBAC, watches and an operator.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import ctypes
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from infisical_sync.testing.certs import CertificateAuthority, service_account_keys
+
+KUBERNETES_VERSION = "v1.34.4"
+REPO_ROOT = Path(__file__).resolve().parents[3]
+GO_MODULE_DIR = REPO_ROOT / "tests" / "controlplane" / "gobuild"
+CRD_DIR = REPO_ROOT / "deploy" / "crds"
+STATE_FILE_NAME = "controlplane.json"
+
+
+class ControlPlaneError(RuntimeError):
+    pass
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "infisical-sync"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def ensure_kube_binaries(*, with_kubectl: bool = False) -> dict[str, Path]:
+    """Build (once) and return the cached kube-apiserver (and kubectl) for KUBERNETES_VERSION."""
+    target = cache_dir() / f"kubernetes-{KUBERNETES_VERSION}"
+    names = ["kube-apiserver"] + (["kubectl"] if with_kubectl else [])
+    wanted = {name: target / name for name in names}
+    if all(path.exists() for path in wanted.values()):
+        return wanted
+    target.mkdir(parents=True, exist_ok=True)
+    # A lock so that a test run and the demo started together build only once.
+    with open(target / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        missing = [name for name, path in wanted.items() if not path.exists()]
+        if missing:
+            _go_build(missing, target)
+    return wanted
+
+
+def _go_build(commands: list[str], target: Path) -> None:
+    go = shutil.which("go")
+    if go is None:
+        raise ControlPlaneError("the Go toolchain is needed to build kube-apiserver: install Go")
+    staging = Path(tempfile.mkdtemp(prefix="kube-build-", dir=target))
+    packages = [f"k8s.io/kubernetes/cmd/{name}" for name in commands]
+    print(
+        f"building {', '.join(commands)} {KUBERNETES_VERSION} from the Go module proxy "
+        "(first run only, a few minutes)...",
+        file=sys.stderr,
+        flush=True,
+    )
+    started = time.monotonic()
+    result = subprocess.run(
+        [
+            go,
+            "build",
+            "-tags",
+            "providerless",
+            "-trimpath",
+            "-ldflags=-s -w",
+            "-o",
+            str(staging),
+            *packages,
+        ],
+        cwd=GO_MODULE_DIR,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ControlPlaneError(f"go build failed:\n{result.stderr[-4000:]}")
+    for name in commands:
+        (staging / name).replace(target / name)
+    shutil.rmtree(staging, ignore_errors=True)
+    print(f"built in {time.monotonic() - started:.0f}s", file=sys.stderr, flush=True)
+
+
+def find_etcd() -> Path:
+    found = shutil.which("etcd") or ("/usr/bin/etcd" if Path("/usr/bin/etcd").exists() else None)
+    if found is None:
+        raise ControlPlaneError("etcd not found: install Debian's etcd-server (`make deps`)")
+    return Path(found)
+
+
+def _die_with_parent() -> None:
+    # Children get SIGKILL if the Python process that started them dies without cleaning up.
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class ControlPlane:
+    """etcd + kube-apiserver in a temp directory. Use as a context manager or start()/stop()."""
+
+    detached: bool = False  # survive this process (the `controlplane up` command)
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="infisical-cp-")))
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    url: str = ""
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.workdir / "kubeconfig"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.workdir / "pki" / "ca.crt"
+
+    def __enter__(self) -> ControlPlane:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        binaries = ensure_kube_binaries()
+        etcd = find_etcd()
+        pki = self.workdir / "pki"
+        pki.mkdir(parents=True, exist_ok=True)
+        ca = CertificateAuthority("infisical-sync-kube-ca")
+        self.ca_file.write_bytes(ca.cert_pem)
+        serving_cert, serving_key = ca.issue_server(
+            ["127.0.0.1", "localhost", "kubernetes", "kubernetes.default.svc"]
+        ).write(pki, "apiserver")
+        self._admin = ca.issue_client("admin", "system:masters")
+        self._admin.write(pki, "admin")
+        self._ca = ca
+        sa_pub, sa_key = service_account_keys().write(pki, "service-account")
+
+        etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
+        self._spawn(
+            "etcd",
+            [
+                str(etcd),
+                "--name=default",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls=http://127.0.0.1:{etcd_port}",
+                f"--advertise-client-urls=http://127.0.0.1:{etcd_port}",
+                f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
+                f"--initial-cluster=default=http://127.0.0.1:{peer_port}",
+                "--log-level=warn",
+            ],
+        )
+        self._wait_for(f"http://127.0.0.1:{etcd_port}/health", "etcd", timeout=30)
+
+        self.url = f"https://127.0.0.1:{api_port}"
+        self._spawn(
+            "kube-apiserver",
+            [
+                str(binaries["kube-apiserver"]),
+                f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+                f"--cert-dir={pki}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={api_port}",
+                f"--tls-cert-file={serving_cert}",
+                f"--tls-private-key-file={serving_key}",
+                f"--client-ca-file={self.ca_file}",
+                "--authorization-mode=RBAC",
+                f"--service-account-key-file={sa_pub}",
+                f"--service-account-signing-key-file={sa_key}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--endpoint-reconciler-type=none",
+                "--disable-admission-plugins=ServiceAccount",
+                "--allow-privileged=true",
+                "--v=0",
+            ],
+        )
+        self._wait_for(f"{self.url}/readyz", "kube-apiserver", timeout=90)
+        self._write_kubeconfig(self.kubeconfig, "admin", self._admin.cert_pem, self._admin.key_pem)
+
+    def kubeconfig_for_user(self, user: str, group: str | None = None) -> Path:
+        """A kubeconfig authenticating as `user` with a client cert: RBAC decides what it may do."""
+        pair = self._ca.issue_client(user, group)
+        path = self.workdir / f"kubeconfig-{user.replace(':', '-')}"
+        self._write_kubeconfig(path, user, pair.cert_pem, pair.key_pem)
+        return path
+
+    def _write_kubeconfig(self, path: Path, user: str, cert: bytes, key: bytes) -> None:
+        def b64(data: bytes) -> str:
+            return base64.b64encode(data).decode()
+
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "local",
+                    "cluster": {
+                        "server": self.url,
+                        "certificate-authority-data": b64(self.ca_file.read_bytes()),
+                    },
+                }
+            ],
+            "users": [
+                {
+                    "name": user,
+                    "user": {"client-certificate-data": b64(cert), "client-key-data": b64(key)},
+                }
+            ],
+            "contexts": [{"name": "local", "context": {"cluster": "local", "user": user}}],
+            "current-context": "local",
+        }
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
+        self.processes[name] = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=None if self.detached else _die_with_parent,
+        )
+        log.close()
+
+    def _wait_for(self, url: str, name: str, timeout: float) -> None:
+        context: ssl.SSLContext | None = None
+        if url.startswith("https"):
+            context = ssl.create_default_context(cafile=str(self.ca_file))
+            pki = self.workdir / "pki"
+            context.load_cert_chain(pki / "admin.crt", pki / "admin.key")
+        deadline = time.monotonic() + timeout
+        last_error = ""
+        while time.monotonic() < deadline:
+            process = self.processes[name]
+            if process.poll() is not None:
+                raise ControlPlaneError(
+                    f"{name} exited with {process.returncode}:\n{self.log_tail(name)}"
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=2, context=context) as response:  # noqa: S310
+                    if response.status == 200:
+                        return
+            except OSError as exc:
+                last_error = str(exc)
+            time.sleep(0.2)
+        raise ControlPlaneError(
+            f"{name} not ready after {timeout:.0f}s ({last_error}):\n{self.log_tail(name)}"
+        )
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        path = self.workdir / f"{name}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        # apiserver first, so it does not spin on a vanished etcd.
+        for name in ("kube-apiserver", "etcd"):
+            process = self.processes.pop(name, None)
+            if process is None:
+                continue
+            _terminate(process.pid)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=15)
+            if process.poll() is None:
+                _kill(process.pid)
+                process.wait(timeout=5)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "workdir": str(self.workdir),
+            "kubeconfig": str(self.kubeconfig),
+            "url": self.url,
+            "pids": {name: process.pid for name, process in self.processes.items()},
+        }
+
+
+def _terminate(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def api_client(kubeconfig: Path) -> Any:
+    from kubernetes import config
+
+    return config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
+
+
+def install_crds(kubeconfig: Path, crd_dir: Path = CRD_DIR, timeout: float = 30) -> list[str]:
+    """Create or replace every CRD in crd_dir and wait until each is Established."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    api = client.ApiextensionsV1Api(api_client(kubeconfig))
+    names: list[str] = []
+    for path in sorted(crd_dir.glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            if not document or document.get("kind") != "CustomResourceDefinition":
+                continue
+            name = document["metadata"]["name"]
+            try:
+                api.create_custom_resource_definition(document)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                current = api.read_custom_resource_definition(name)
+                assert current.metadata is not None
+                document["metadata"]["resourceVersion"] = current.metadata.resource_version
+                api.replace_custom_resource_definition(name, document)
+            names.append(name)
+    deadline = time.monotonic() + timeout
+    for name in names:
+        while True:
+            crd = api.read_custom_resource_definition(name)
+            found = crd.status.conditions if crd.status else None
+            conditions = {c.type: c.status for c in (found or [])}
+            if conditions.get("Established") == "True":
+                break
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(f"CRD {name} not Established after {timeout:.0f}s")
+            time.sleep(0.1)
+    return names
+
+
+# --- by hand: `infisical-sync controlplane up|down` --------------------------------------------
+
+
+def state_path() -> Path:
+    return cache_dir() / STATE_FILE_NAME
+
+
+def up() -> dict[str, Any]:
+    path = state_path()
+    if path.exists():
+        state: dict[str, Any] = json.loads(path.read_text())
+        if all(_alive(pid) for pid in state["pids"].values()):
+            return state
+        down()
+    plane = ControlPlane(detached=True)
+    plane.start()
+    install_crds(plane.kubeconfig)
+    state = plane.state()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(state, indent=2))
+    return state
+
+
+def down() -> bool:
+    path = state_path()
+    if not path.exists():
+        return False
+    state = json.loads(path.read_text())
+    for name in ("kube-apiserver", "etcd"):
+        pid = state["pids"].get(name)
+        if pid:
+            _terminate(pid)
+            for _ in range(100):
+                if not _alive(pid):
+                    break
+                time.sleep(0.1)
+            else:
+                _kill(pid)
+    shutil.rmtree(state["workdir"], ignore_errors=True)
+    path.unlink(missing_ok=True)
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie or a recycled pid is not our server.
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.split(")")[-1].split()[0] != "Z"
+    return False
+
+
+@contextlib.contextmanager
+def running() -> Iterator[ControlPlane]:
+    with ControlPlane() as plane:
+        install_crds(plane.kubeconfig)
+        yield plane

@@ -1,0 +1,1048 @@
+"""A faithful fake of the Infisical HTTP API over real HTTP(S) on loopback (aiohttp).
+
+It follows ../shared/reference/infisical-api.md: Universal Auth (login, renew, revoke, TTL, max TTL,
+lockout, client-secret use limits, trusted IPs), the error envelope, projects, environments,
+folders, v4 and legacy v3 secret routes (single and all-or-nothing batches), strong ETags with
+If-None-Match, per-bucket rate limits with Retry-After, and fault injection for tests.
+
+Use it from Python (``async with FakeInfisical() as fake``; seed via ``fake.state``) or standalone
+with ``infisical-sync fake-infisical --seed seed.yaml`` (see README for the seed format).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import secrets as random_ids
+import ssl
+import string
+import tempfile
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from infisical_sync.testing.certs import CertificateAuthority
+from infisical_sync.testing.fake_state import (
+    AccessToken,
+    Environment,
+    FakeState,
+    Identity,
+    Project,
+    Secret,
+    js_trim,
+    normalise_path,
+    stored_value,
+)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_KEY_LENGTH = 500
+LOCKOUT_THRESHOLD = 3
+LOCKOUT_SECONDS = 300
+LOCKOUT_COUNTER_RESET = 30
+HIDDEN_VALUE = "<hidden-by-infisical>"
+
+
+class ApiError(Exception):
+    """Raised by handlers; rendered as Infisical's error envelope."""
+
+    def __init__(
+        self,
+        status: int,
+        message: Any,
+        error: str,
+        details: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(str(message))
+        self.status = status
+        self.message = message
+        self.error = error
+        self.details = details
+        self.headers = headers or {}
+
+
+def bad_request(message: str, error: str = "BadRequest") -> ApiError:
+    return ApiError(400, message, error)
+
+
+def not_found(message: str, error: str = "NotFound") -> ApiError:
+    return ApiError(404, message, error)
+
+
+def validation(issues: list[dict[str, Any]]) -> ApiError:
+    return ApiError(422, issues, "ValidationFailure")
+
+
+def _issue(path: list[str | int], message: str, code: str = "custom") -> dict[str, Any]:
+    return {"code": code, "message": message, "path": path}
+
+
+@dataclass
+class Fault:
+    """An injected misbehaviour for requests whose method and path match."""
+
+    kind: str  # "latency" | "status" | "reset" | "hang"
+    path_pattern: str = ".*"  # regex searched in the request path
+    method: str | None = None
+    times: int | None = None  # None = until cleared
+    status: int = 503
+    delay: float = 0.0
+
+    def matches(self, request: web.Request) -> bool:
+        if self.method and request.method != self.method.upper():
+            return False
+        return re.search(self.path_pattern, request.path) is not None
+
+
+@dataclass
+class RequestRecord:
+    method: str
+    path: str
+    status: int
+    bucket: str | None
+    query: dict[str, str]
+    authorized: bool
+    at: float
+
+
+@dataclass
+class RateLimits:
+    """Requests per minute per client IP and bucket (Infisical's instance defaults)."""
+
+    enabled: bool = True
+    read: int = 60
+    write: int = 200
+    secrets: int = 60
+
+    def limit(self, bucket: str) -> int:
+        return int(getattr(self, bucket))
+
+
+@dataclass
+class _Window:
+    started: float
+    count: int = 0
+
+
+@dataclass
+class FakeInfisical:
+    """The fake server and its test handle."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    tls: bool = False
+    state: FakeState = field(default_factory=FakeState)
+    etag_enabled: bool = True  # False mimics servers from before @fastify/etag
+    v4_enabled: bool = True  # False mimics old self-hosted servers without /api/v4
+    metadata_supported: bool = True  # False: secretMetadata neither stored nor returned
+    rate_limits: RateLimits = field(default_factory=lambda: RateLimits(enabled=False))
+    faults: list[Fault] = field(default_factory=list)
+    log: list[RequestRecord] = field(default_factory=list)
+    counters: Counter[tuple[str, str, int]] = field(default_factory=Counter)
+    ca_pem: bytes | None = None
+    _runner: web.AppRunner | None = None
+    _windows: dict[tuple[str, str], _Window] = field(default_factory=dict)
+    _tls_dir: tempfile.TemporaryDirectory[str] | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> FakeInfisical:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    def ca_file(self) -> Path:
+        """Path of the CA bundle that signed the TLS certificate (tls=True only)."""
+        if self._tls_dir is None:
+            raise RuntimeError("the fake serves plain HTTP")
+        return Path(self._tls_dir.name) / "ca.crt"
+
+    def build_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware])
+        self._routes(app)
+        return app
+
+    async def start(self) -> None:
+        ssl_context: ssl.SSLContext | None = None
+        if self.tls:
+            self._tls_dir = tempfile.TemporaryDirectory(prefix="fake-infisical-tls-")
+            ca = CertificateAuthority("fake-infisical-ca")
+            self.ca_pem = ca.cert_pem
+            directory = Path(self._tls_dir.name)
+            (directory / "ca.crt").write_bytes(ca.cert_pem)
+            cert, key = ca.issue_server([self.host, "localhost"]).write(directory, "server")
+            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_context.load_cert_chain(cert, key)
+        self._runner = web.AppRunner(self.build_app(), access_log=None, shutdown_timeout=1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=ssl_context)
+        await site.start()
+        if self.port == 0:
+            server = site._server
+            assert server is not None
+            sockets = getattr(server, "sockets", None) or []
+            self.port = int(sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._tls_dir is not None:
+            self._tls_dir.cleanup()
+            self._tls_dir = None
+
+    # --- test handle ---------------------------------------------------------------------------
+
+    def inject(self, fault: Fault) -> Fault:
+        self.faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        self.faults.clear()
+
+    def count(
+        self, path_pattern: str = ".*", method: str | None = None, status: int | None = None
+    ) -> int:
+        return sum(
+            1
+            for record in self.log
+            if re.search(path_pattern, record.path)
+            and (method is None or record.method == method.upper())
+            and (status is None or record.status == status)
+        )
+
+    def reset_log(self) -> None:
+        self.log.clear()
+        self.counters.clear()
+
+    # --- middleware: faults, rate limits, envelope, ETag, request log -------------------------
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        bucket = _bucket(request)
+        status = 500
+        try:
+            response = await self._apply_faults(request)
+            if response is None:
+                self._check_rate_limit(request, bucket)
+                response = await handler(request)
+                response = self._apply_etag(request, response)
+            status = response.status
+            return response
+        except ApiError as exc:
+            status = exc.status
+            return self._error_response(exc)
+        except web.HTTPNotFound:
+            status = 404
+            return web.json_response(
+                {
+                    "message": f"Route {request.method}:{request.path} not found",
+                    "error": "Not Found",
+                    "statusCode": 404,
+                },
+                status=404,
+            )
+        except json.JSONDecodeError:
+            status = 400
+            return self._error_response(bad_request("Body is not valid JSON", "Bad Request"))
+        finally:
+            self.log.append(
+                RequestRecord(
+                    method=request.method,
+                    path=request.path,
+                    status=status,
+                    bucket=bucket,
+                    query=dict(request.query),
+                    authorized="Authorization" in request.headers,
+                    at=self.state.clock.now(),
+                )
+            )
+            self.counters[(request.method, _route_name(request.path), status)] += 1
+
+    async def _apply_faults(self, request: web.Request) -> web.StreamResponse | None:
+        for fault in list(self.faults):
+            if not fault.matches(request):
+                continue
+            if fault.times is not None:
+                fault.times -= 1
+                if fault.times <= 0:
+                    self.faults.remove(fault)
+            if fault.kind == "latency":
+                await asyncio.sleep(fault.delay)
+            elif fault.kind == "hang":
+                await asyncio.sleep(fault.delay or 3600)
+            elif fault.kind == "reset":
+                transport = request.transport
+                if transport is not None:
+                    transport.abort()
+                raise ApiError(500, "connection reset by fault injection", "Fault")
+            elif fault.kind == "status":
+                messages = {502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
+                raise ApiError(
+                    fault.status,
+                    messages.get(fault.status, "Something went wrong"),
+                    "InternalServerError",
+                )
+        return None
+
+    def _check_rate_limit(self, request: web.Request, bucket: str | None) -> None:
+        if not self.rate_limits.enabled or bucket is None:
+            return
+        limit = self.rate_limits.limit(bucket)
+        now = self.state.clock.now()
+        key = (request.remote or "?", bucket)
+        window = self._windows.get(key)
+        if window is None or now - window.started >= 60:
+            window = self._windows[key] = _Window(started=now)
+        window.count += 1
+        reset_in = max(1, int(-(-(window.started + 60 - now) // 1)))
+        if window.count > limit:
+            raise ApiError(
+                429,
+                f"Rate limit exceeded. Please try again in {reset_in} seconds",
+                "RateLimitExceeded",
+                headers={
+                    "retry-after": str(reset_in),
+                    "x-ratelimit-limit": str(limit),
+                    "x-ratelimit-remaining": "0",
+                    "x-ratelimit-reset": str(reset_in),
+                },
+            )
+
+    def _apply_etag(self, request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+        if (
+            not self.etag_enabled
+            or not isinstance(response, web.Response)
+            or response.status != 200
+        ):
+            return response
+        body = response.body
+        if not isinstance(body, bytes):
+            return response
+        etag = '"' + hashlib.sha1(body, usedforsecurity=False).hexdigest() + '"'
+        if request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers={"ETag": etag})
+        response.headers["ETag"] = etag
+        return response
+
+    def _error_response(self, exc: ApiError) -> web.Response:
+        body: dict[str, Any] = {
+            "reqId": "req-"
+            + "".join(random_ids.choice(string.ascii_letters + string.digits) for _ in range(14)),
+            "statusCode": exc.status,
+            "message": exc.message,
+            "error": exc.error,
+        }
+        if exc.details is not None:
+            body["details"] = exc.details
+        return web.json_response(body, status=exc.status, headers=exc.headers)
+
+    # --- routes --------------------------------------------------------------------------------
+
+    def _routes(self, app: web.Application) -> None:
+        r = app.router
+        r.add_get("/api/status", self._status)
+        r.add_post("/api/v1/auth/universal-auth/login", self._login)
+        r.add_post("/api/v1/auth/token/renew", self._renew)
+        r.add_post("/api/v1/auth/token/revoke", self._revoke)
+        r.add_get("/api/v1/projects", self._list_projects)
+        r.add_get("/api/v1/projects/slug/{slug}", self._project_by_slug)
+        r.add_get("/api/v2/workspace/{slug}", self._project_by_slug)
+        r.add_get("/api/v1/projects/{id}", self._project_by_id)
+        r.add_post("/api/v2/folders", self._create_folder)
+        r.add_get("/api/v2/folders", self._list_folders)
+        for version in ("v3", "v4"):
+            base = "/api/v4/secrets" if version == "v4" else "/api/v3/secrets"
+            batch = f"{base}/batch" if version == "v4" else f"{base}/batch/raw"
+            single = f"{base}/{{name}}" if version == "v4" else f"{base}/raw/{{name}}"
+            listing = base if version == "v4" else f"{base}/raw"
+            r.add_get(listing, self._versioned(version, self._list_secrets))
+            r.add_post(batch, self._versioned(version, self._batch_create))
+            r.add_patch(batch, self._versioned(version, self._batch_update))
+            r.add_delete(batch, self._versioned(version, self._batch_delete))
+            r.add_get(single, self._versioned(version, self._get_secret))
+            r.add_post(single, self._versioned(version, self._create_secret))
+            r.add_patch(single, self._versioned(version, self._update_secret))
+            r.add_delete(single, self._versioned(version, self._delete_secret))
+
+    def _versioned(
+        self, version: str, handler: Callable[[web.Request, str], Awaitable[web.Response]]
+    ) -> Handler:
+        async def route(request: web.Request) -> web.StreamResponse:
+            if version == "v4" and not self.v4_enabled:
+                raise web.HTTPNotFound()
+            return await handler(request, version)
+
+        return route
+
+    async def _status(self, request: web.Request) -> web.Response:
+        return web.json_response({"date": self.state.clock.now(), "message": "Ok"})
+
+    # --- auth ----------------------------------------------------------------------------------
+
+    async def _login(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        client_id = js_trim(str(body.get("clientId") or ""))
+        client_secret = js_trim(str(body.get("clientSecret") or ""))
+        issues = [
+            _issue([name], "Required", "invalid_type")
+            for name, value in (("clientId", client_id), ("clientSecret", client_secret))
+            if not value
+        ]
+        if issues:
+            raise validation(issues)
+        identity = self.state.identities.get(client_id)
+        if identity is None:
+            raise ApiError(401, "Invalid credentials", "UnauthorizedError")
+        if not identity.ip_trusted(request.remote):
+            raise ApiError(
+                403,
+                "You are not allowed to access this resource from the current IP address",
+                "ForbiddenError",
+            )
+        now = self.state.clock.now()
+        if identity.locked_until > now:
+            raise ApiError(
+                401,
+                "This identity auth method is temporarily locked, please try again later",
+                "UnauthorizedError",
+            )
+        if identity.secret_revoked or client_secret != identity.client_secret:
+            if now - identity.last_failure_at > LOCKOUT_COUNTER_RESET:
+                identity.failed_attempts = 0
+            identity.failed_attempts += 1
+            identity.last_failure_at = now
+            if identity.failed_attempts >= LOCKOUT_THRESHOLD:
+                identity.locked_until = now + LOCKOUT_SECONDS
+                identity.failed_attempts = 0
+            raise ApiError(401, "Invalid credentials", "UnauthorizedError")
+        if (
+            identity.client_secret_ttl > 0
+            and now > identity.created_at + identity.client_secret_ttl
+        ):
+            identity.secret_revoked = True
+            raise ApiError(401, "Access denied due to expired client secret", "UnauthorizedError")
+        if identity.num_uses_limit > 0 and identity.num_uses >= identity.num_uses_limit:
+            identity.secret_revoked = True
+            raise ApiError(
+                401, "Access denied due to client secret usage limit reached", "UnauthorizedError"
+            )
+        if body.get("organizationSlug") and identity.organization_slug not in (
+            None,
+            body["organizationSlug"],
+        ):
+            raise ApiError(
+                403, "Identity is not part of the requested organization", "ForbiddenError"
+            )
+        identity.num_uses += 1
+        identity.failed_attempts = 0
+        token = self.state.issue_token(identity)
+        return web.json_response(_token_body(token))
+
+    async def _renew(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        token = self._token_record(str(body.get("accessToken") or ""))
+        now = self.state.clock.now()
+        if token.ttl_expired(now):
+            raise ApiError(
+                401, "Failed to renew MI access token due to TTL expiration", "UnauthorizedError"
+            )
+        if token.max_ttl > 0 and now + token.ttl > token.created_at + token.max_ttl:
+            raise ApiError(
+                401,
+                "Failed to renew MI access token due to Max TTL expiration",
+                "UnauthorizedError",
+            )
+        token.renewed_at = now
+        return web.json_response(_token_body(token))
+
+    async def _revoke(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        token = self._token_record(str(body.get("accessToken") or ""))
+        token.revoked = True
+        return web.json_response({"message": "Successfully revoked access token"})
+
+    def _token_record(self, raw: str) -> AccessToken:
+        if not raw.startswith("eyJ") or raw.count(".") != 2:
+            raise ApiError(403, "jwt malformed", "TokenError")
+        token = self.state.tokens.get(raw)
+        now = self.state.clock.now()
+        if token is not None and token.jwt_expired(now):
+            raise ApiError(403, "Your token has expired. Please re-authenticate.", "TokenError")
+        if token is None or token.revoked:
+            raise ApiError(401, "No identity access token found", "UnauthorizedError")
+        return token
+
+    def _authenticate(self, request: web.Request) -> Identity:
+        header = request.headers.get("Authorization", "")
+        if not header:
+            raise ApiError(401, "Token missing", "UnauthorizedError")
+        scheme, _, raw = header.partition(" ")
+        if scheme.lower() != "bearer" or not raw:
+            raise ApiError(401, "Token missing", "UnauthorizedError")
+        token = self._token_record(raw.strip())
+        if token.ttl_expired(self.state.clock.now()):
+            raise ApiError(
+                401,
+                "Failed to authenticate MI access token due to TTL expiration",
+                "UnauthorizedError",
+            )
+        identity = self.state.identities.get(token.identity_id)
+        if identity is None:
+            raise ApiError(401, "No identity access token found", "UnauthorizedError")
+        return identity
+
+    # --- projects and folders ------------------------------------------------------------------
+
+    async def _list_projects(self, request: web.Request) -> web.Response:
+        identity = self._authenticate(request)
+        projects = [p.public() for p in self.state.projects.values() if p.id in identity.projects]
+        return web.json_response({"projects": projects})
+
+    async def _project_by_slug(self, request: web.Request) -> web.Response:
+        identity = self._authenticate(request)
+        slug = request.match_info["slug"]
+        project = next((p for p in self.state.projects.values() if p.slug == slug), None)
+        if project is None:
+            raise not_found(f"Project with slug '{slug}' not found")
+        self._member(identity, project.id)
+        return web.json_response(project.public())
+
+    async def _project_by_id(self, request: web.Request) -> web.Response:
+        identity = self._authenticate(request)
+        project_id = request.match_info["id"]
+        project = self._member(identity, project_id)
+        return web.json_response({"project": project.public()})
+
+    def _member(self, identity: Identity, project_id: str) -> Project:
+        project = self.state.projects.get(project_id)
+        if project is None or project_id not in identity.projects:
+            raise ApiError(
+                403,
+                "You are not allowed to access this resource",
+                f"Identity is not a member of the specified project with ID '{project_id}'",
+            )
+        return project
+
+    def _permit(
+        self, identity: Identity, project: Project, environment: str, action: str, subject: str
+    ) -> None:
+        if not identity.projects[project.id].allows(environment, action):
+            verb = {"read": "readValue", "write": "edit", "create": "create", "delete": "delete"}[
+                action
+            ]
+            raise ApiError(
+                403,
+                f"You are not allowed to {verb} on {subject}",
+                "PermissionDenied",
+                details=[
+                    {
+                        "action": verb,
+                        "inverted": False,
+                        "subject": subject,
+                        "conditions": {"environment": environment},
+                    }
+                ],
+            )
+
+    async def _create_folder(self, request: web.Request) -> web.Response:
+        identity = self._authenticate(request)
+        body = await _json_body(request)
+        name = str(body.get("name") or "")
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            raise validation(
+                [
+                    _issue(
+                        ["name"],
+                        "Folder name can only contain alphanumeric, dashes, and underscore",
+                    )
+                ]
+            )
+        project = self._member(
+            identity, str(body.get("projectId") or body.get("workspaceId") or "")
+        )
+        env = self._environment(project, str(body.get("environment") or ""))
+        self._permit(identity, project, env.slug, "write", "secret-folders")
+        parent = normalise_path(body.get("path") or body.get("directory"))
+        full = normalise_path(f"{parent}/{name}")
+        if full in env.folders:
+            raise bad_request(f"Folder with name '{name}' already exists in path '{parent}'")
+        env.mkdir(full)
+        now = self.state.clock.now()
+        return web.json_response(
+            {
+                "folder": {
+                    "id": env.folder_ids[full],
+                    "name": name,
+                    "envId": env.id,
+                    "parentId": env.folder_ids[parent],
+                    "version": 1,
+                    "isReserved": False,
+                    "description": body.get("description"),
+                    "createdAt": _iso(now),
+                    "updatedAt": _iso(now),
+                    "path": full,
+                }
+            }
+        )
+
+    async def _list_folders(self, request: web.Request) -> web.Response:
+        identity = self._authenticate(request)
+        query = request.query
+        project = self._member(identity, query.get("projectId") or query.get("workspaceId") or "")
+        env = self._environment(project, query.get("environment", ""))
+        parent = normalise_path(query.get("path"))
+        recursive = _bool(query, "recursive")
+        folders = []
+        for path, folder_id in env.folder_ids.items():
+            if path == "/" or not path.startswith(parent.rstrip("/") + "/"):
+                continue
+            relative = path[len(parent.rstrip("/")) + 1 :]
+            if not recursive and "/" in relative:
+                continue
+            folders.append({"id": folder_id, "name": path.rsplit("/", 1)[-1], "path": path})
+        return web.json_response({"folders": folders})
+
+    def _environment(self, project: Project, slug: str) -> Environment:
+        env = project.environments.get(slug)
+        if env is None:
+            raise not_found(
+                f"Environment with slug '{slug}' in project with ID '{project.id}' not found"
+            )
+        return env
+
+    # --- secrets: common -----------------------------------------------------------------------
+
+    def _project_from(self, identity: Identity, fields: Any, version: str) -> Project:
+        if version == "v4":
+            project_id = str(fields.get("projectId") or "")
+            if not project_id:
+                raise bad_request("Missing project id or environment")
+            return self._member(identity, project_id)
+        project_id = str(fields.get("workspaceId") or "")
+        slug = str(fields.get("workspaceSlug") or fields.get("projectSlug") or "")
+        if not project_id and slug:
+            found = next((p for p in self.state.projects.values() if p.slug == slug), None)
+            if found is None:
+                raise not_found(f"Project with slug '{slug}' not found")
+            project_id = found.id
+        if not project_id:
+            raise bad_request("Missing project id or environment")
+        return self._member(identity, project_id)
+
+    def _folder_for_write(self, env: Environment, path: str, error: str) -> dict[str, Secret]:
+        folder = env.folders.get(path)
+        if folder is None:
+            raise not_found(
+                f"Folder with path '{path}' in environment with slug '{env.slug}' not found", error
+            )
+        return folder
+
+    def _secret_json(
+        self,
+        secret: Secret,
+        project: Project,
+        env: Environment,
+        path: str | None,
+        with_dates: bool = True,
+    ) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": secret.id,
+            "_id": secret.id,
+            "workspace": project.id,
+            "environment": env.slug,
+            "version": secret.version,
+            "type": "shared",
+            "secretKey": secret.key,
+            "secretValue": secret.value,
+            "secretComment": secret.comment,
+            "skipMultilineEncoding": secret.skip_multiline_encoding,
+            "secretValueHidden": False,
+            "tags": [],
+        }
+        if path is not None:
+            data["secretPath"] = path
+        if self.metadata_supported:
+            data["secretMetadata"] = [dict(item) for item in secret.metadata]
+        if with_dates:
+            data["createdAt"] = _iso(secret.created_at)
+            data["updatedAt"] = _iso(secret.updated_at)
+        return data
+
+    def _clean_metadata(self, raw: Any) -> list[dict[str, Any]]:
+        if not self.metadata_supported or not isinstance(raw, list):
+            return []
+        return [
+            {
+                "key": str(item.get("key")),
+                "value": str(item.get("value", "")),
+                "isEncrypted": bool(item.get("isEncrypted", False)),
+            }
+            for item in raw
+            if isinstance(item, dict) and item.get("key")
+        ]
+
+    # --- secrets: list -------------------------------------------------------------------------
+
+    async def _list_secrets(self, request: web.Request, version: str) -> web.Response:
+        identity = self._authenticate(request)
+        query = request.query
+        for name in (
+            "recursive",
+            "include_imports",
+            "includeImports",
+            "expandSecretReferences",
+            "viewSecretValue",
+        ):
+            _bool(query, name)
+        project = self._project_from(identity, query, version)
+        env_slug = query.get("environment", "")
+        if not env_slug:
+            raise bad_request("Missing project id or environment")
+        path = normalise_path(query.get("secretPath"))
+        env = project.environments.get(env_slug)
+        if env is None or path not in env.folders:
+            raise ApiError(
+                404,
+                f"Folder with path '{path}' in environment '{env_slug}' was not found. "
+                "Please ensure the environment slug and secret path is correct.",
+                "SecretPathNotFound",
+            )
+        self._permit(identity, project, env_slug, "read", "secrets")
+        recursive = _bool(query, "recursive")
+        view_value = _bool(query, "viewSecretValue", default=True)
+        paths = [path]
+        if recursive:
+            prefix = path.rstrip("/") + "/"
+            paths += sorted(p for p in env.folders if p.startswith(prefix) and p != path)
+        secrets = []
+        for folder_path in paths:
+            for secret in env.folders[folder_path].values():
+                item = self._secret_json(secret, project, env, folder_path)
+                if not view_value:
+                    item["secretValue"] = HIDDEN_VALUE
+                    item["secretValueHidden"] = True
+                secrets.append(item)
+        imports = []
+        if _bool(query, "include_imports") or _bool(query, "includeImports"):
+            for imported_env, imported_path in env.imports.get(path, []):
+                source_env = project.environments.get(imported_env)
+                folder = source_env.folders.get(imported_path) if source_env else None
+                if source_env is None or folder is None:
+                    continue
+                imports.append(
+                    {
+                        "secretPath": imported_path,
+                        "environment": imported_env,
+                        "folderId": source_env.folder_ids[imported_path],
+                        "secrets": [
+                            self._secret_json(s, project, source_env, None, with_dates=False)
+                            for s in folder.values()
+                        ],
+                    }
+                )
+        return web.json_response({"secrets": secrets, "imports": imports})
+
+    # --- secrets: single -----------------------------------------------------------------------
+
+    async def _single_context(
+        self, request: web.Request, version: str, action: str
+    ) -> tuple[Identity, Project, Environment, str, dict[str, Any], str]:
+        identity = self._authenticate(request)
+        fields: Any = request.query if request.method == "GET" else await _json_body(request)
+        project = self._project_from(identity, fields, version)
+        env = self._environment(project, str(fields.get("environment") or ""))
+        path = normalise_path(fields.get("secretPath"))
+        self._permit(identity, project, env.slug, action, "secrets")
+        name = js_trim(request.match_info["name"])
+        _check_key(name, ["secretName"])
+        if str(fields.get("type") or "shared") == "personal":
+            raise bad_request("Must be user to create personal secret")
+        return identity, project, env, path, dict(fields), name
+
+    async def _get_secret(self, request: web.Request, version: str) -> web.Response:
+        _, project, env, path, _, name = await self._single_context(request, version, "read")
+        folder = env.folders.get(path) or {}
+        secret = folder.get(name)
+        if secret is None:
+            raise not_found(f"Secret with name '{name}' not found")
+        return web.json_response({"secret": self._secret_json(secret, project, env, path)})
+
+    async def _create_secret(self, request: web.Request, version: str) -> web.Response:
+        _, project, env, path, body, name = await self._single_context(request, version, "write")
+        if "secretValue" not in body:
+            raise validation([_issue(["secretValue"], "Required", "invalid_type")])
+        folder = self._folder_for_write(env, path, "CreateSecret")
+        if name in folder:
+            raise bad_request("Secret already exists")
+        secret = self._new_secret(name, body)
+        folder[name] = secret
+        return web.json_response({"secret": self._secret_json(secret, project, env, path)})
+
+    async def _update_secret(self, request: web.Request, version: str) -> web.Response:
+        _, project, env, path, body, name = await self._single_context(request, version, "write")
+        folder = self._folder_for_write(env, path, "UpdateSecret")
+        secret = folder.get(name)
+        if secret is None:
+            raise not_found(f"Secret with name {name} not found")
+        new_name = body.get("newSecretName")
+        if new_name:
+            new_name = js_trim(str(new_name))
+            _check_key(new_name, ["newSecretName"])
+            if new_name != name and new_name in folder:
+                raise bad_request("Secret with the new name already exists")
+        self._apply_update(secret, body)
+        if new_name and new_name != name:
+            del folder[name]
+            secret.key = new_name
+            folder[new_name] = secret
+        return web.json_response({"secret": self._secret_json(secret, project, env, path)})
+
+    async def _delete_secret(self, request: web.Request, version: str) -> web.Response:
+        _, project, env, path, _, name = await self._single_context(request, version, "write")
+        folder = self._folder_for_write(env, path, "DeleteSecret")
+        secret = folder.pop(name, None)
+        if secret is None:
+            raise not_found("Secret not found")
+        return web.json_response({"secret": self._secret_json(secret, project, env, path)})
+
+    def _new_secret(self, key: str, body: dict[str, Any]) -> Secret:
+        now = self.state.clock.now()
+        return Secret(
+            key=key,
+            value=stored_value(str(body.get("secretValue", ""))),
+            comment=str(body.get("secretComment") or ""),
+            metadata=self._clean_metadata(body.get("secretMetadata") or body.get("metadata")),
+            skip_multiline_encoding=bool(body.get("skipMultilineEncoding", False)),
+            created_at=now,
+            updated_at=now,
+        )
+
+    def _apply_update(self, secret: Secret, body: dict[str, Any]) -> None:
+        if "secretValue" in body and body["secretValue"] is not None:
+            secret.value = stored_value(str(body["secretValue"]))
+        if body.get("secretComment") is not None:
+            secret.comment = str(body["secretComment"])
+        if body.get("secretMetadata") is not None:
+            secret.metadata = self._clean_metadata(body["secretMetadata"])
+        if body.get("skipMultilineEncoding") is not None:
+            secret.skip_multiline_encoding = bool(body["skipMultilineEncoding"])
+        secret.version += 1
+        secret.updated_at = self.state.clock.now()
+
+    # --- secrets: batch (one transaction each: all or nothing) --------------------------------
+
+    async def _batch_context(
+        self, request: web.Request, version: str
+    ) -> tuple[Project, Environment, str, list[dict[str, Any]], dict[str, Any]]:
+        identity = self._authenticate(request)
+        body = await _json_body(request)
+        items = body.get("secrets")
+        if not isinstance(items, list) or not items:
+            raise validation(
+                [_issue(["secrets"], "Array must contain at least 1 element(s)", "too_small")]
+            )
+        issues: list[dict[str, Any]] = []
+        for index, item in enumerate(items):
+            if not isinstance(item, dict):
+                issues.append(_issue(["secrets", index], "Expected object", "invalid_type"))
+                continue
+            key = js_trim(str(item.get("secretKey") or ""))
+            issues += _key_issues(key, ["secrets", index, "secretKey"])
+            item["secretKey"] = key
+        if issues:
+            raise validation(issues)
+        project = self._project_from(identity, body, version)
+        env = self._environment(project, str(body.get("environment") or ""))
+        action = "read" if request.method == "GET" else "write"
+        self._permit(identity, project, env.slug, action, "secrets")
+        for item in items:
+            if len(item["secretKey"]) > MAX_KEY_LENGTH:
+                raise ApiError(500, "Something went wrong", "DatabaseError")
+        return project, env, normalise_path(body.get("secretPath")), items, body
+
+    async def _batch_create(self, request: web.Request, version: str) -> web.Response:
+        project, env, path, items, _ = await self._batch_context(request, version)
+        for item in items:
+            if "secretValue" not in item:
+                raise validation(
+                    [_issue(["secrets", 0, "secretValue"], "Required", "invalid_type")]
+                )
+        folder = env.folders.get(path)
+        if folder is None:
+            raise not_found(
+                f"Folder with path '{path}' in environment with slug '{env.slug}' not found",
+                "CreateManySecret",
+            )
+        existing = [item["secretKey"] for item in items if item["secretKey"] in folder]
+        keys = [item["secretKey"] for item in items]
+        duplicates = sorted({k for k in keys if keys.count(k) > 1})
+        if existing or duplicates:
+            raise bad_request(f"Secret already exists: {','.join(existing or duplicates)}")
+        created = [self._new_secret(item["secretKey"], item) for item in items]
+        for secret in created:
+            folder[secret.key] = secret
+        return web.json_response(
+            {"secrets": [self._secret_json(s, project, env, path) for s in created]}
+        )
+
+    async def _batch_update(self, request: web.Request, version: str) -> web.Response:
+        project, env, path, items, body = await self._batch_context(request, version)
+        mode = str(body.get("mode") or "failOnNotFound")
+        if mode not in ("failOnNotFound", "upsert", "ignore"):
+            raise validation([_issue(["mode"], "Invalid enum value", "invalid_enum_value")])
+        # Validate everything first: one transaction, all or nothing.
+        plan: list[tuple[dict[str, Secret], str, dict[str, Any]]] = []
+        missing: list[str] = []
+        for item in items:
+            item_path = normalise_path(item.get("secretPath") or path)
+            folder = env.folders.get(item_path)
+            if folder is None:
+                raise not_found(
+                    f"Folder with path 'null' in environment with slug '{env.slug}' not found",
+                    "UpdateManySecret",
+                )
+            if item["secretKey"] not in folder:
+                if mode == "failOnNotFound":
+                    missing.append(item["secretKey"])
+                    continue
+                if mode == "ignore":
+                    continue
+            plan.append((folder, item_path, item))
+        if missing:
+            raise not_found(f"Secret does not exist: {', '.join(missing)} in path {path}")
+        for folder, _, item in plan:
+            new_name = item.get("newSecretName")
+            if (
+                new_name
+                and js_trim(str(new_name)) in folder
+                and js_trim(str(new_name)) != item["secretKey"]
+            ):
+                raise bad_request("Secret with the new name already exists")
+        results = []
+        for folder, item_path, item in plan:
+            secret = folder.get(item["secretKey"])
+            if secret is None:  # upsert
+                if "secretValue" not in item:
+                    item = {**item, "secretValue": ""}
+                secret = self._new_secret(item["secretKey"], item)
+                folder[secret.key] = secret
+            else:
+                self._apply_update(secret, item)
+                new_name = item.get("newSecretName")
+                if new_name and js_trim(str(new_name)) != secret.key:
+                    del folder[secret.key]
+                    secret.key = js_trim(str(new_name))
+                    folder[secret.key] = secret
+            results.append(self._secret_json(secret, project, env, item_path))
+        return web.json_response({"secrets": results})
+
+    async def _batch_delete(self, request: web.Request, version: str) -> web.Response:
+        project, env, path, items, _ = await self._batch_context(request, version)
+        folder = env.folders.get(path)
+        if folder is None:
+            raise not_found(
+                f"Folder with path '{path}' in environment with slug '{env.slug}' not found",
+                "DeleteManySecret",
+            )
+        found = [item["secretKey"] for item in items if item["secretKey"] in folder]
+        if len(set(found)) != len(items):
+            raise not_found(f"One or more secrets does not exist: {', '.join(sorted(set(found)))}")
+        deleted = [folder.pop(key) for key in found]
+        return web.json_response(
+            {"secrets": [self._secret_json(s, project, env, path) for s in deleted]}
+        )
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _token_body(token: AccessToken) -> dict[str, Any]:
+    return {
+        "accessToken": token.token,
+        "expiresIn": token.ttl,
+        "accessTokenMaxTTL": token.max_ttl,
+        "tokenType": "Bearer",
+    }
+
+
+def _bucket(request: web.Request) -> str | None:
+    path = request.path
+    if path in ("/api/status", "/healthcheck"):
+        return None
+    if "/secrets" in path or (path.startswith("/api/v2/folders") and request.method != "GET"):
+        return "secrets"
+    return "read" if request.method == "GET" else "write"
+
+
+def _route_name(path: str) -> str:
+    if path.startswith("/api/v4/secrets/batch") or path.startswith("/api/v3/secrets/batch"):
+        return path.rsplit("/raw", 1)[0]
+    if path.startswith("/api/v4/secrets/"):
+        return "/api/v4/secrets/{name}"
+    if path.startswith("/api/v3/secrets/raw/"):
+        return "/api/v3/secrets/raw/{name}"
+    if path.startswith("/api/v1/projects/slug/"):
+        return "/api/v1/projects/slug/{slug}"
+    if path.startswith("/api/v1/projects/"):
+        return "/api/v1/projects/{id}"
+    return path
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    data = await request.json()
+    if not isinstance(data, dict):
+        raise validation([_issue([], "Expected object, received array", "invalid_type")])
+    return data
+
+
+def _bool(query: Any, name: str, default: bool = False) -> bool:
+    value = query.get(name)
+    if value is None:
+        return default
+    if value not in ("true", "false"):
+        raise validation(
+            [_issue([name], "Invalid enum value. Expected 'true' | 'false'", "invalid_enum_value")]
+        )
+    return bool(value == "true")
+
+
+def _key_issues(key: str, path: list[str | int]) -> list[dict[str, Any]]:
+    if not key:
+        return [_issue(path, "String must contain at least 1 character(s)", "too_small")]
+    if ":" in key or "/" in key:
+        return [_issue(path, "Secret name cannot contain colon or forward slash.")]
+    return []
+
+
+def _check_key(key: str, path: list[str | int]) -> None:
+    issues = _key_issues(key, path)
+    if issues:
+        raise validation(issues)
+    if len(key) > MAX_KEY_LENGTH:
+        raise ApiError(500, "Something went wrong", "DatabaseError")
+
+
+def _iso(timestamp: float) -> str:
+    import datetime as dt
+
+    return (
+        dt.datetime.fromtimestamp(timestamp, dt.UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
