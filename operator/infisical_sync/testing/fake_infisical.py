@@ -93,6 +93,7 @@ class Fault:
     times: int | None = None  # None = until cleared
     status: int = 503
     delay: float = 0.0
+    retry_after: int = 60  # for status 429
 
     def matches(self, request: web.Request) -> bool:
         if self.method and request.method != self.method.upper():
@@ -146,6 +147,8 @@ class FakeInfisical:
     log: list[RequestRecord] = field(default_factory=list)
     counters: Counter[tuple[str, str, int]] = field(default_factory=Counter)
     ca_pem: bytes | None = None
+    in_flight: int = 0
+    max_in_flight: int = 0  # the most requests seen at once (concurrency-limit tests)
     _runner: web.AppRunner | None = None
     _windows: dict[tuple[str, str], _Window] = field(default_factory=dict)
     _tls_dir: tempfile.TemporaryDirectory[str] | None = None
@@ -234,6 +237,8 @@ class FakeInfisical:
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         bucket = _bucket(request)
         status = 500
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             response = await self._apply_faults(request)
             if response is None:
@@ -259,6 +264,7 @@ class FakeInfisical:
             status = 400
             return self._error_response(bad_request("Body is not valid JSON", "Bad Request"))
         finally:
+            self.in_flight -= 1
             self.log.append(
                 RequestRecord(
                     method=request.method,
@@ -289,6 +295,13 @@ class FakeInfisical:
                 if transport is not None:
                     transport.abort()
                 raise ApiError(500, "connection reset by fault injection", "Fault")
+            elif fault.kind == "status" and fault.status == 429:
+                raise ApiError(
+                    429,
+                    f"Rate limit exceeded. Please try again in {fault.retry_after} seconds",
+                    "RateLimitExceeded",
+                    headers={"retry-after": str(fault.retry_after)},
+                )
             elif fault.kind == "status":
                 messages = {502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
                 raise ApiError(

@@ -1,0 +1,1 @@
+"""Infisical API access: transport, session (auth + calls), typed models and errors."""

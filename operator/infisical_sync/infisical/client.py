@@ -1,0 +1,556 @@
+"""The Infisical client the operator uses: a per-connection session over a shared transport.
+
+`InfisicalSession` holds one connection's Universal Auth token (cached, renewed at 2/3 of its
+TTL, re-acquired by login when renewal is refused or a call answers 401 / 403 TokenError, with
+one login shared by concurrent callers) and offers exactly the calls the operator needs.
+`ClientPool` owns every transport and session; it is opened at startup and closed at cleanup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import SecretStr, ValidationError
+
+from infisical_sync import metrics
+from infisical_sync.infisical.errors import (
+    Conflict,
+    Forbidden,
+    InfisicalError,
+    InvalidCredentials,
+    NotFound,
+    ServerError,
+    ValidationFailed,
+)
+from infisical_sync.infisical.models import (
+    LoginResult,
+    Project,
+    SecretListing,
+    SecretLocation,
+    SecretWrite,
+)
+from infisical_sync.infisical.transport import InstanceTransport, TransportOptions, remote_details
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+LOGIN_PATH = "/api/v1/auth/universal-auth/login"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    client_id: str
+    client_secret: SecretStr
+    organization_slug: str | None = None
+
+    @property
+    def version(self) -> str:
+        """Changes whenever the identity or its secret changes (rotation)."""
+        digest = hashlib.sha256()
+        for part in (self.client_id, self.client_secret.get_secret_value(), self.organization_slug):
+            digest.update((part or "").encode())
+            digest.update(b"\0")
+        return digest.hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        return f"Credentials(client_id={self.client_id!r}, client_secret=SecretStr('**********'))"
+
+
+@dataclass
+class _Token:
+    value: SecretStr
+    issued_at: float  # monotonic; reset on renewal
+    login_at: float  # monotonic, for the max TTL
+    ttl: int
+    max_ttl: int
+    expires_at_wall: float | None
+
+    def renew_due(self, now: float) -> bool:
+        return self.ttl > 0 and now >= self.issued_at + self.ttl * 2 / 3
+
+    def can_renew(self, now: float) -> bool:
+        if self.ttl <= 0 or now >= self.issued_at + self.ttl:
+            return False
+        return self.max_ttl <= 0 or now + self.ttl <= self.login_at + self.max_ttl
+
+    def __repr__(self) -> str:
+        return f"_Token(ttl={self.ttl}, max_ttl={self.max_ttl})"
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """What validation reports: never the token itself."""
+
+    expires_at: dt.datetime | None
+    logged_in: bool  # a fresh login (True) or a renewal / cached token (False)
+
+
+def _token_rejected(response: httpx.Response) -> bool:
+    if response.status_code == 401:
+        return True
+    if response.status_code == 403:
+        return remote_details(response).get("error") == "TokenError"
+    return False
+
+
+def _route_missing(response: httpx.Response) -> bool:
+    """Fastify's unknown-route 404 (an old server without /api/v4)."""
+    if response.status_code != 404:
+        return False
+    details = remote_details(response)
+    return details.get("error") == "Not Found" and str(
+        details.get("remote_message", "")
+    ).startswith("Route ")
+
+
+def raise_for_response(response: httpx.Response, what: str) -> None:
+    """Map a non-2xx response to a typed error carrying Infisical's message and reqId."""
+    status = response.status_code
+    if status < 400 or status == 304:
+        return
+    details = remote_details(response)
+    message = f"{what} failed with {status}"
+    error: type[InfisicalError]
+    if status == 401:
+        error = InvalidCredentials
+    elif status == 403:
+        error = Forbidden
+    elif status == 404:
+        error = NotFound
+    elif status == 400 and "already exists" in str(details.get("remote_message", "")):
+        error = Conflict
+    elif status in (400, 422):
+        error = ValidationFailed
+    elif status >= 500:
+        error = ServerError
+    else:
+        error = ValidationFailed
+    raise error(message, status=status, **details)
+
+
+def _parse(model: type[T], data: Any, what: str) -> T:
+    try:
+        return model.model_validate(data)  # type: ignore[attr-defined, no-any-return]
+    except ValidationError as exc:
+        # The pydantic error could quote input values: report field locations only.
+        fields = ", ".join(".".join(str(p) for p in err["loc"]) for err in exc.errors()[:5])
+        raise ServerError(f"unexpected response shape from {what} (fields: {fields})") from None
+
+
+def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class InfisicalSession:
+    """One InfisicalConnection's authenticated access to its instance."""
+
+    def __init__(
+        self,
+        transport: InstanceTransport,
+        credentials: Credentials,
+        *,
+        chunk_size: int = 100,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.transport = transport
+        self.credentials = credentials
+        self.chunk_size = chunk_size
+        self._clock = clock
+        self._token: _Token | None = None
+        self._lock = asyncio.Lock()
+        self._project_ids: dict[str, str] = {}
+        self.logins = 0
+        self.renewals = 0
+
+    # --- auth ----------------------------------------------------------------------------------
+
+    @property
+    def token_expires_at(self) -> dt.datetime | None:
+        if self._token is None or self._token.expires_at_wall is None:
+            return None
+        return dt.datetime.fromtimestamp(self._token.expires_at_wall, dt.UTC)
+
+    def replace_credentials(self, credentials: Credentials) -> _Token | None:
+        """Rotation: a new client ID or secret drops the cached token (returned for revocation)."""
+        if credentials.version == self.credentials.version:
+            return None
+        self.credentials = credentials
+        old, self._token = self._token, None
+        return old
+
+    async def validate(self, *, force_login: bool) -> TokenInfo:
+        """Prove the credentials against the instance.
+
+        A fresh login when asked (spec or credentials changed) or when no token is cached;
+        otherwise a renewal of the cached token, which proves the identity still works without
+        spending one of the client secret's uses.
+        """
+        async with self._lock:
+            now = self._clock()
+            token = self._token
+            if force_login or token is None or not token.can_renew(now):
+                await self._login()
+                return TokenInfo(self.token_expires_at, logged_in=True)
+            try:
+                await self._renew(token)
+            except InvalidCredentials:
+                await self._login()
+                return TokenInfo(self.token_expires_at, logged_in=True)
+            return TokenInfo(self.token_expires_at, logged_in=False)
+
+    async def _access_token(self) -> _Token:
+        token = self._token
+        if token is not None and not token.renew_due(self._clock()):
+            return token
+        async with self._lock:  # single flight: concurrent callers share one login
+            token = self._token
+            now = self._clock()
+            if token is not None and not token.renew_due(now):
+                return token
+            if token is not None and token.can_renew(now):
+                with contextlib.suppress(InvalidCredentials):
+                    await self._renew(token)
+                    assert self._token is not None
+                    return self._token
+            await self._login()
+            assert self._token is not None
+            return self._token
+
+    async def _login(self) -> None:
+        body: dict[str, str] = {
+            "clientId": self.credentials.client_id,
+            "clientSecret": self.credentials.client_secret.get_secret_value(),
+        }
+        if self.credentials.organization_slug:
+            body["organizationSlug"] = self.credentials.organization_slug
+        response = await self.transport.send("POST", LOGIN_PATH, endpoint="auth.login", json=body)
+        raise_for_response(response, "Universal Auth login")
+        result = _parse(LoginResult, response.json(), "login")
+        self._store(result, fresh=True)
+        self.logins += 1
+        metrics.TOKEN_EVENTS.labels(self.transport.instance, "login").inc()
+        log.info("logged in to %s as %s", self.transport.instance, self.credentials.client_id)
+
+    async def _renew(self, token: _Token) -> None:
+        response = await self.transport.send(
+            "POST",
+            "/api/v1/auth/token/renew",
+            endpoint="auth.renew",
+            json={"accessToken": token.value.get_secret_value()},
+        )
+        if _token_rejected(response):
+            self._token = None
+            raise InvalidCredentials("token renewal refused", **remote_details(response))
+        raise_for_response(response, "token renewal")
+        result = _parse(LoginResult, response.json(), "token renewal")
+        self._store(result, fresh=False)
+        self.renewals += 1
+        metrics.TOKEN_EVENTS.labels(self.transport.instance, "renewal").inc()
+
+    def _store(self, result: LoginResult, *, fresh: bool) -> None:
+        now = self._clock()
+        login_at = now if fresh or self._token is None else self._token.login_at
+        self._token = _Token(
+            value=result.access_token,
+            issued_at=now,
+            login_at=login_at,
+            ttl=result.expires_in,
+            max_ttl=result.access_token_max_ttl,
+            expires_at_wall=time.time() + result.expires_in if result.expires_in > 0 else None,
+        )
+
+    def _drop(self, token: _Token) -> None:
+        if self._token is token:
+            self._token = None
+
+    async def revoke(self, token: _Token | None = None) -> None:
+        """Best effort: revoke a token we no longer use (rotation, deletion, shutdown)."""
+        token = token or self._token
+        if token is None:
+            return
+        with contextlib.suppress(InfisicalError, httpx.HTTPError):
+            await self.transport.send(
+                "POST",
+                "/api/v1/auth/token/revoke",
+                endpoint="auth.revoke",
+                json={"accessToken": token.value.get_secret_value()},
+            )
+        self._drop(token)
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        endpoint: str,
+        json: Any = None,
+        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """An authenticated call; a refused token is dropped, then one login and one retry."""
+        for attempt in range(2):
+            token = await self._access_token()
+            response = await self.transport.send(
+                method,
+                path,
+                endpoint=endpoint,
+                json=json,
+                params=params,
+                headers={
+                    "Authorization": f"Bearer {token.value.get_secret_value()}",
+                    **(headers or {}),
+                },
+            )
+            if not _token_rejected(response):
+                return response
+            self._drop(token)
+            if attempt == 1:
+                raise InvalidCredentials(
+                    f"{endpoint}: the instance refused a freshly issued token",
+                    status=response.status_code,
+                    **remote_details(response),
+                )
+        raise AssertionError("unreachable")
+
+    # --- projects and folders ------------------------------------------------------------------
+
+    async def project_id(self, *, project_id: str | None, project_slug: str | None) -> str:
+        if project_id:
+            return project_id
+        if not project_slug:
+            raise ValidationFailed("neither projectId nor projectSlug is set")
+        cached = self._project_ids.get(project_slug)
+        if cached:
+            return cached
+        response = await self.call(
+            "GET", f"/api/v1/projects/slug/{project_slug}", endpoint="projects.get_by_slug"
+        )
+        raise_for_response(response, f"project lookup of slug {project_slug!r}")
+        project = _parse(Project, response.json(), "project lookup")
+        self._project_ids[project_slug] = project.id
+        return project.id
+
+    async def ensure_folder(self, location: SecretLocation) -> bool:
+        """mkdir -p of the secret path. True when it was created; an existing leaf is success."""
+        parts = [part for part in location.secret_path.split("/") if part]
+        if not parts:
+            return False
+        response = await self.call(
+            "POST",
+            "/api/v2/folders",
+            endpoint="folders.create",
+            json={
+                "projectId": location.project_id,
+                "environment": location.environment,
+                "path": "/" + "/".join(parts[:-1]),
+                "name": parts[-1],
+            },
+        )
+        if response.status_code == 400 and "already exists" in str(
+            remote_details(response).get("remote_message", "")
+        ):
+            return False
+        raise_for_response(response, f"creating folder {location.secret_path}")
+        return True
+
+    # --- secrets -------------------------------------------------------------------------------
+
+    async def list_secrets(
+        self,
+        location: SecretLocation,
+        *,
+        recursive: bool = False,
+        include_imports: bool = False,
+        etag: str | None = None,
+    ) -> SecretListing:
+        """The whole folder in one call. With `etag`, a 304 gives `not_modified=True`."""
+        flags = {
+            "environment": location.environment,
+            "secretPath": location.secret_path,
+            "recursive": _flag(recursive),
+            "include_imports": _flag(include_imports),
+            "expandSecretReferences": "false",
+        }
+        headers = {"If-None-Match": etag} if etag else None
+        what = f"listing {location.environment}:{location.secret_path}"
+        if self.transport.v4_supported is not False:
+            response = await self.call(
+                "GET",
+                "/api/v4/secrets",
+                endpoint="secrets.list",
+                params={"projectId": location.project_id, **flags},
+                headers=headers,
+            )
+            if not _route_missing(response):
+                self.transport.v4_supported = True
+                return self._listing(response, what)
+            self.transport.v4_supported = False
+        response = await self.call(
+            "GET",
+            "/api/v3/secrets/raw",
+            endpoint="secrets.list_v3",
+            params={"workspaceId": location.project_id, **flags},
+            headers=headers,
+        )
+        return self._listing(response, what)
+
+    def _listing(self, response: httpx.Response, what: str) -> SecretListing:
+        etag = response.headers.get("etag")
+        if response.status_code == 304:
+            return SecretListing(etag=etag, not_modified=True)
+        raise_for_response(response, what)
+        listing = _parse(SecretListing, response.json(), what)
+        return listing.model_copy(update={"etag": etag})
+
+    async def batch_create(self, location: SecretLocation, items: Sequence[SecretWrite]) -> None:
+        await self._batch("POST", location, [item.wire() for item in items], "create")
+
+    async def batch_update(
+        self,
+        location: SecretLocation,
+        items: Sequence[SecretWrite],
+        *,
+        mode: str = "failOnNotFound",
+    ) -> None:
+        await self._batch("PATCH", location, [item.wire() for item in items], "update", mode=mode)
+
+    async def batch_delete(self, location: SecretLocation, keys: Iterable[str]) -> None:
+        items: list[dict[str, object]] = [{"secretKey": key, "type": "shared"} for key in keys]
+        await self._batch("DELETE", location, items, "delete")
+
+    async def _batch(
+        self,
+        method: str,
+        location: SecretLocation,
+        items: list[dict[str, object]],
+        action: str,
+        mode: str | None = None,
+    ) -> None:
+        for chunk in chunked(items, self.chunk_size):
+            await self._batch_chunk(method, location, list(chunk), action, mode)
+
+    async def _batch_chunk(
+        self,
+        method: str,
+        location: SecretLocation,
+        items: list[dict[str, object]],
+        action: str,
+        mode: str | None,
+    ) -> None:
+        body: dict[str, object] = {
+            "environment": location.environment,
+            "secretPath": location.secret_path,
+            "secrets": items,
+        }
+        if mode:
+            body["mode"] = mode
+        what = (
+            f"batch {action} of {len(items)} keys in {location.environment}:{location.secret_path}"
+        )
+        if self.transport.v4_supported is not False:
+            response = await self.call(
+                method,
+                "/api/v4/secrets/batch",
+                endpoint=f"secrets.batch_{action}",
+                json={"projectId": location.project_id, **body},
+            )
+            if not _route_missing(response):
+                raise_for_response(response, what)
+                return
+            self.transport.v4_supported = False
+        response = await self.call(
+            method,
+            "/api/v3/secrets/batch/raw",
+            endpoint=f"secrets.batch_{action}_v3",
+            json={"workspaceId": location.project_id, **body},
+        )
+        raise_for_response(response, what)
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+@dataclass(frozen=True)
+class _InstanceKey:
+    url: str
+    ca_digest: str
+    allow_http: bool
+
+
+class ClientPool:
+    """Every transport (one per instance) and session (one per connection)."""
+
+    def __init__(self, options: TransportOptions | None = None, chunk_size: int = 100) -> None:
+        self.options = options or TransportOptions()
+        self.chunk_size = chunk_size
+        self._transports: dict[_InstanceKey, InstanceTransport] = {}
+        self._sessions: dict[str, tuple[_InstanceKey, InfisicalSession]] = {}
+        self._pending_revocations: set[asyncio.Task[None]] = set()
+
+    def session(
+        self,
+        connection: str,
+        *,
+        instance_url: str,
+        credentials: Credentials,
+        ca_pem: str | None = None,
+        allow_http: bool = False,
+    ) -> InfisicalSession:
+        """The session for a connection (namespace/name), updated for a new URL or secret."""
+        key = _InstanceKey(
+            instance_url.rstrip("/"),
+            hashlib.sha256((ca_pem or "").encode()).hexdigest(),
+            allow_http,
+        )
+        transport = self._transports.get(key)
+        if transport is None:
+            transport = InstanceTransport(
+                key.url, ca_pem=ca_pem, allow_http=allow_http, options=self.options
+            )
+            self._transports[key] = transport
+        existing = self._sessions.get(connection)
+        if existing is not None and existing[0] == key:
+            session = existing[1]
+            old_token = session.replace_credentials(credentials)
+            if old_token is not None:
+                self._revoke_later(session, old_token)
+            return session
+        if existing is not None and existing[1]._token is not None:
+            self._revoke_later(existing[1], existing[1]._token)
+        session = InfisicalSession(transport, credentials, chunk_size=self.chunk_size)
+        self._sessions[connection] = (key, session)
+        return session
+
+    def get(self, connection: str) -> InfisicalSession | None:
+        entry = self._sessions.get(connection)
+        return entry[1] if entry else None
+
+    def _revoke_later(self, session: InfisicalSession, token: _Token) -> None:
+        task = asyncio.get_running_loop().create_task(session.revoke(token))
+        self._pending_revocations.add(task)
+        task.add_done_callback(self._pending_revocations.discard)
+
+    async def drop(self, connection: str) -> None:
+        entry = self._sessions.pop(connection, None)
+        if entry is not None:
+            await entry[1].revoke()
+
+    async def aclose(self) -> None:
+        for _, session in list(self._sessions.values()):
+            await session.revoke()
+        self._sessions.clear()
+        if self._pending_revocations:
+            await asyncio.gather(*self._pending_revocations, return_exceptions=True)
+        for transport in self._transports.values():
+            await transport.aclose()
+        self._transports.clear()

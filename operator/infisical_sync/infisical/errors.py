@@ -1,0 +1,95 @@
+"""Typed errors for Infisical calls. Each carries a condition reason a user can act on.
+
+Messages hold the HTTP status, Infisical's own `message` and `reqId` — never a secret value,
+token or client secret (request bodies are never quoted).
+"""
+
+from __future__ import annotations
+
+
+class InfisicalError(Exception):
+    """Base class. `reason` is the one-word condition reason shown in status."""
+
+    reason = "ServerError"
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        remote_message: str | None = None,
+        request_id: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        self.status = status
+        self.remote_message = remote_message
+        self.request_id = request_id
+        self.error = error
+        detail = message
+        if remote_message and remote_message not in message:
+            detail = f"{message}: {remote_message}"
+        if request_id:
+            detail = f"{detail} (reqId {request_id})"
+        super().__init__(detail)
+
+
+class InvalidCredentials(InfisicalError):
+    """401 at login or after a fresh login: wrong/expired/revoked client secret, locked identity."""
+
+    reason = "InvalidCredentials"
+
+
+class Forbidden(InfisicalError):
+    """403 other than TokenError: not a project member, missing permission, IP not trusted."""
+
+    reason = "Forbidden"
+
+
+class NotFound(InfisicalError):
+    reason = "NotFound"
+
+
+class Conflict(InfisicalError):
+    """400 because the destination changed between read and write (e.g. 'already exists')."""
+
+    reason = "Conflict"
+
+
+class ValidationFailed(InfisicalError):
+    """400/422: the request itself was refused (bad key, bad path, bad project)."""
+
+    reason = "ValidationFailed"
+
+
+class RateLimited(InfisicalError):
+    reason = "RateLimited"
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float, **kwargs: object) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+
+
+class ServerError(InfisicalError):
+    reason = "ServerError"
+    retryable = True
+
+
+class Unreachable(InfisicalError):
+    """DNS, TCP, timeouts, connection resets."""
+
+    reason = "Unreachable"
+    retryable = True
+
+
+class TLSError(InfisicalError):
+    """The certificate could not be verified (wrong CA, wrong host name, expired)."""
+
+    reason = "TLSError"
+
+
+class InsecureUrl(InfisicalError):
+    """An http:// instance URL without allowInsecureHttp."""
+
+    reason = "InsecureHttp"

@@ -1,0 +1,90 @@
+"""Typed shapes of the Infisical API that the operator reads and writes.
+
+Secret values and tokens are `SecretStr`: their repr is masked, so a model never leaks a value
+into a log line or exception by accident. `.get_secret_value()` is called only at the wire.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+
+
+class LoginResult(_Wire):
+    access_token: SecretStr = Field(alias="accessToken")
+    expires_in: int = Field(alias="expiresIn", default=0)
+    access_token_max_ttl: int = Field(alias="accessTokenMaxTTL", default=0)
+    token_type: str = Field(alias="tokenType", default="Bearer")
+
+
+class MetadataEntry(_Wire):
+    key: str
+    value: str = ""
+    is_encrypted: bool = Field(alias="isEncrypted", default=False)
+
+
+class RemoteSecret(_Wire):
+    key: str = Field(alias="secretKey")
+    value: SecretStr = Field(alias="secretValue", default=SecretStr(""))
+    secret_path: str | None = Field(alias="secretPath", default=None)
+    # None: the server did not return secretMetadata at all (old servers).
+    metadata: list[MetadataEntry] | None = Field(alias="secretMetadata", default=None)
+    version: int = 1
+    value_hidden: bool = Field(alias="secretValueHidden", default=False)
+    type: str = "shared"
+
+
+class SecretImport(_Wire):
+    secret_path: str = Field(alias="secretPath")
+    environment: str
+    secrets: list[RemoteSecret] = Field(default_factory=list)
+
+
+class SecretListing(_Wire):
+    secrets: list[RemoteSecret] = Field(default_factory=list)
+    imports: list[SecretImport] = Field(default_factory=list)
+    etag: str | None = None
+    not_modified: bool = False
+
+
+class Environment(_Wire):
+    id: str = ""
+    name: str = ""
+    slug: str
+
+
+class Project(_Wire):
+    id: str
+    slug: str = ""
+    name: str = ""
+    environments: list[Environment] = Field(default_factory=list)
+
+
+class SecretWrite(_Wire):
+    """One item of a batch create or update."""
+
+    key: str
+    value: SecretStr
+    metadata: list[MetadataEntry] | None = None
+
+    def wire(self) -> dict[str, object]:
+        item: dict[str, object] = {
+            "secretKey": self.key,
+            "secretValue": self.value.get_secret_value(),
+        }
+        if self.metadata is not None:
+            item["secretMetadata"] = [
+                {"key": entry.key, "value": entry.value} for entry in self.metadata
+            ]
+        return item
+
+
+class SecretLocation(_Wire):
+    """A project/environment/path on one instance."""
+
+    project_id: str
+    environment: str
+    secret_path: str = "/"

@@ -1,0 +1,263 @@
+"""One pooled HTTP client per remote Infisical instance: retries, rate-limit gate, concurrency.
+
+Every resource that talks to the same instance shares one `InstanceTransport`, so the 429 gate
+(`Retry-After` honoured for the whole instance) and the concurrency limit hold across them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypedDict
+from urllib.parse import urlsplit
+
+import httpx
+
+from infisical_sync import metrics
+from infisical_sync.infisical.errors import (
+    InfisicalError,
+    InsecureUrl,
+    RateLimited,
+    ServerError,
+    TLSError,
+    Unreachable,
+)
+
+log = logging.getLogger(__name__)
+_RETRY_IN = re.compile(r"try again in (\d+) second", re.IGNORECASE)
+DEFAULT_RATE_LIMIT_WAIT = 60.0
+
+
+@dataclass(frozen=True)
+class TransportOptions:
+    concurrency: int = 5
+    connect_timeout: float = 10.0
+    request_timeout: float = 30.0  # per attempt, whole request
+    max_attempts: int = 4
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    # A 429 gate shorter than this is waited out inside the call; a longer one fails the call
+    # with RateLimited at once (the caller reschedules), so no request is sent before it ends.
+    max_gate_wait: float = 5.0
+
+
+def retry_after_seconds(response: httpx.Response) -> float:
+    """Retry-After header, else the seconds in Infisical's message, else 60 s."""
+    header = response.headers.get("retry-after")
+    if header:
+        try:
+            return max(0.0, float(header))
+        except ValueError:
+            pass
+    try:
+        message = str(response.json().get("message", ""))
+    except ValueError:
+        message = ""
+    match = _RETRY_IN.search(message)
+    return float(match.group(1)) if match else DEFAULT_RATE_LIMIT_WAIT
+
+
+def _is_tls_failure(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return True
+        if "CERTIFICATE_VERIFY_FAILED" in str(seen) or "certificate verify failed" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class InstanceTransport:
+    """Sends requests to one Infisical instance."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        ca_pem: str | None = None,
+        allow_http: bool = False,
+        options: TransportOptions | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise InsecureUrl(f"instanceUrl {base_url!r} is not an http(s) URL")
+        if parts.scheme == "http" and not allow_http:
+            raise InsecureUrl(
+                "instanceUrl uses http://; "
+                "set allowInsecureHttp only for loopback or test instances"
+            )
+        self.base_url = base_url.rstrip("/")
+        self.instance = parts.netloc  # metrics label: host[:port] only
+        self.options = options or TransportOptions()
+        self._clock = clock
+        self._sleep = sleep
+        self._blocked_until = 0.0
+        self._semaphore = asyncio.Semaphore(self.options.concurrency)
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.v4_supported: bool | None = None  # learnt on first use
+        verify: ssl.SSLContext | bool = True
+        if parts.scheme == "https":
+            verify = ssl.create_default_context()
+            if ca_pem:
+                verify.load_verify_locations(cadata=ca_pem)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            verify=verify,
+            timeout=httpx.Timeout(
+                self.options.request_timeout, connect=self.options.connect_timeout
+            ),
+            limits=httpx.Limits(
+                max_connections=self.options.concurrency,
+                max_keepalive_connections=self.options.concurrency,
+            ),
+            headers={"User-Agent": "infisical-sync-operator"},
+            follow_redirects=False,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    @property
+    def blocked_for(self) -> float:
+        return max(0.0, self._blocked_until - self._clock())
+
+    def backoff(self, attempt: int) -> float:
+        """Exponential backoff with full jitter."""
+        ceiling = min(self.options.backoff_cap, self.options.backoff_base * (2**attempt))
+        return random.uniform(0, ceiling)  # noqa: S311 - jitter, not cryptography
+
+    async def _wait_for_gate(self, endpoint: str) -> None:
+        remaining = self.blocked_for
+        if remaining <= 0:
+            return
+        if remaining > self.options.max_gate_wait:
+            raise RateLimited(
+                f"{self.instance} is rate limiting; no request to it for {remaining:.0f}s more",
+                retry_after=remaining,
+            )
+        await self._sleep(remaining)
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        endpoint: str,
+        json: Any = None,
+        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """Send with retries. Returns any non-retryable response (callers map 4xx to errors)."""
+        last_error: InfisicalError | None = None
+        for attempt in range(self.options.max_attempts):
+            if attempt:
+                await self._sleep(self.backoff(attempt - 1))
+            await self._wait_for_gate(endpoint)
+            started = self._clock()
+            try:
+                async with self._semaphore:
+                    self.in_flight += 1
+                    self.max_in_flight = max(self.max_in_flight, self.in_flight)
+                    try:
+                        response = await asyncio.wait_for(
+                            self._http.request(
+                                method, path, json=json, params=params, headers=headers
+                            ),
+                            timeout=self.options.request_timeout + self.options.connect_timeout,
+                        )
+                    finally:
+                        self.in_flight -= 1
+            except (httpx.TimeoutException, TimeoutError):
+                self._count(endpoint, "timeout")
+                last_error = Unreachable(
+                    f"{method} {endpoint} to {self.instance} timed out "
+                    f"after {self._clock() - started:.1f}s"
+                )
+                continue
+            except httpx.TransportError as exc:
+                if _is_tls_failure(exc):
+                    self._count(endpoint, "tls_error")
+                    raise TLSError(
+                        f"TLS verification of {self.instance} failed: {_short(exc)}. "
+                        "Set tls.caSecretRef to the CA that signed its certificate"
+                    ) from None
+                self._count(endpoint, "network_error")
+                last_error = Unreachable(f"{self.instance} unreachable: {_short(exc)}")
+                continue
+            self._count(endpoint, str(response.status_code))
+            log.debug(
+                "%s %s -> %s in %.0f ms",
+                method,
+                endpoint,
+                response.status_code,
+                (self._clock() - started) * 1000,
+            )
+            if response.status_code == 429:
+                seconds = retry_after_seconds(response)
+                self._blocked_until = max(self._blocked_until, self._clock() + seconds)
+                metrics.RATE_LIMITED.labels(self.instance).inc()
+                last_error = RateLimited(
+                    f"{self.instance} answered 429; retrying after {seconds:.0f}s",
+                    retry_after=seconds,
+                    status=429,
+                    **_remote(response),
+                )
+                continue
+            if response.status_code >= 500:
+                last_error = ServerError(
+                    f"{method} {endpoint} failed with {response.status_code}",
+                    status=response.status_code,
+                    **_remote(response),
+                )
+                continue
+            return response
+        assert last_error is not None
+        raise last_error
+
+    def _count(self, endpoint: str, status: str) -> None:
+        metrics.API_CALLS.labels(self.instance, endpoint, status).inc()
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:200]
+
+
+class RemoteDetails(TypedDict):
+    remote_message: str | None
+    request_id: str | None
+    error: str | None
+
+
+def _remote(response: httpx.Response) -> RemoteDetails:
+    """Infisical's own message, reqId and error name from an error envelope."""
+    try:
+        body = response.json()
+    except ValueError:
+        return {"remote_message": None, "request_id": None, "error": None}
+    if not isinstance(body, dict):
+        return {"remote_message": None, "request_id": None, "error": None}
+    message = body.get("message")
+    if isinstance(message, list):
+        message = "; ".join(
+            str(item.get("message", item)) if isinstance(item, dict) else str(item)
+            for item in message
+        )
+    return {
+        "remote_message": None if message is None else str(message)[:500],
+        "request_id": body.get("reqId"),
+        "error": None if body.get("error") is None else str(body.get("error")),
+    }
+
+
+remote_details = _remote

@@ -1,0 +1,35 @@
+"""Prometheus metrics. Labels hold names and outcomes only — never values or tokens."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+API_CALLS = Counter(
+    "infisical_sync_api_calls_total",
+    "Remote Infisical API calls by endpoint and HTTP status (or error kind).",
+    ["instance", "endpoint", "status"],
+)
+RATE_LIMITED = Counter(
+    "infisical_sync_rate_limited_total", "429 answers from Infisical.", ["instance"]
+)
+TOKEN_EVENTS = Counter(
+    "infisical_sync_token_events_total",
+    "Universal Auth logins and token renewals.",
+    ["instance", "event"],
+)
+CONNECTION_READY = Gauge(
+    "infisical_sync_connection_ready",
+    "1 when an InfisicalConnection is Ready.",
+    ["namespace", "name"],
+)
+SYNCS = Counter("infisical_sync_syncs_total", "SecretSync runs by result.", ["result"])
+SYNC_DURATION = Histogram(
+    "infisical_sync_sync_duration_seconds",
+    "Duration of one SecretSync run.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+KEYS_CHANGED = Counter(
+    "infisical_sync_keys_changed_total",
+    "Destination keys written by the operator.",
+    ["action"],
+)

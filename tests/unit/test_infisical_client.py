@@ -1,0 +1,437 @@
+"""The Infisical client against the fake server over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import pytest
+from pydantic import SecretStr
+
+from infisical_sync.infisical.client import ClientPool, Credentials, InfisicalSession
+from infisical_sync.infisical.errors import (
+    Conflict,
+    Forbidden,
+    InsecureUrl,
+    InvalidCredentials,
+    NotFound,
+    RateLimited,
+    ServerError,
+    TLSError,
+    Unreachable,
+    ValidationFailed,
+)
+from infisical_sync.infisical.models import SecretLocation, SecretWrite
+from infisical_sync.infisical.transport import InstanceTransport, TransportOptions
+from infisical_sync.testing.fake_infisical import FakeInfisical, Fault
+
+CLIENT_ID = "22222222-2222-4222-8222-222222222222"
+CANARY_SECRET = "canary-client-secret-d41d8cd9"
+CANARY_VALUE = "canary-secret-value-8f00b204"
+FAST = TransportOptions(max_attempts=3, backoff_base=0.01, backoff_cap=0.05, request_timeout=2)
+LOCATION = SecretLocation(project_id="p-1", environment="prod", secret_path="/")
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeInfisical]:
+    async with FakeInfisical() as server:
+        server.state.add_project("payments", project_id="p-1")
+        server.state.add_identity(CLIENT_ID, CANARY_SECRET, projects={"p-1": {}})
+        yield server
+
+
+def credentials(secret: str = CANARY_SECRET) -> Credentials:
+    return Credentials(client_id=CLIENT_ID, client_secret=SecretStr(secret))
+
+
+@pytest.fixture
+async def transport(fake: FakeInfisical) -> AsyncIterator[InstanceTransport]:
+    transport = InstanceTransport(fake.url, allow_http=True, options=FAST)
+    yield transport
+    await transport.aclose()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def session(transport: InstanceTransport, clock: FakeClock) -> InfisicalSession:
+    return InfisicalSession(transport, credentials(), clock=clock)
+
+
+LOGIN = r"/universal-auth/login$"
+RENEW = r"/auth/token/renew$"
+
+
+# --- auth -------------------------------------------------------------------------------------
+
+
+async def test_login_then_token_reuse(fake: FakeInfisical, session: InfisicalSession) -> None:
+    await session.list_secrets(LOCATION)
+    await session.list_secrets(LOCATION)
+    assert fake.count(LOGIN) == 1
+    assert session.token_expires_at is not None
+
+
+async def test_renewal_at_two_thirds_of_ttl(
+    fake: FakeInfisical, session: InfisicalSession, clock: FakeClock
+) -> None:
+    fake.state.identities[CLIENT_ID].access_token_ttl = 30
+    fake.state.identities[CLIENT_ID].access_token_max_ttl = 3600
+    await session.list_secrets(LOCATION)
+    clock.now += 19  # before 2/3 of 30 s: reuse
+    await session.list_secrets(LOCATION)
+    assert fake.count(RENEW) == 0
+    clock.now += 2  # past 20 s: renew, same token, no new login
+    await session.list_secrets(LOCATION)
+    assert (fake.count(LOGIN), fake.count(RENEW)) == (1, 1)
+
+
+async def test_max_ttl_leads_to_login_instead_of_renewal(
+    fake: FakeInfisical, session: InfisicalSession, clock: FakeClock
+) -> None:
+    fake.state.identities[CLIENT_ID].access_token_ttl = 30
+    fake.state.identities[CLIENT_ID].access_token_max_ttl = 40
+    await session.list_secrets(LOCATION)
+    clock.now += 21  # renewal would end past the max TTL (21 + 30 > 40)
+    await session.list_secrets(LOCATION)
+    assert (fake.count(LOGIN), fake.count(RENEW)) == (2, 0)
+
+
+async def test_refused_renewal_falls_back_to_login(
+    fake: FakeInfisical, session: InfisicalSession, clock: FakeClock
+) -> None:
+    fake.state.identities[CLIENT_ID].access_token_ttl = 30
+    await session.list_secrets(LOCATION)
+    for token in fake.state.tokens.values():
+        token.revoked = True
+    clock.now += 21
+    await session.list_secrets(LOCATION)
+    assert fake.count(RENEW, status=401) == 1
+    assert fake.count(LOGIN) == 2
+
+
+async def test_401_drops_token_and_retries_once(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    await session.list_secrets(LOCATION)
+    for token in fake.state.tokens.values():
+        token.revoked = True
+    listing = await session.list_secrets(LOCATION)
+    assert listing.secrets == []
+    assert fake.count(LOGIN) == 2
+    assert fake.count(r"/api/v4/secrets$", status=401) == 1
+
+
+async def test_403_token_error_relogs_in(fake: FakeInfisical, session: InfisicalSession) -> None:
+    fake.state.identities[CLIENT_ID].access_token_ttl = 0  # only the JWT expiry applies
+    fake.state.identities[CLIENT_ID].access_token_max_ttl = 100
+    await session.list_secrets(LOCATION)
+    fake.state.clock.advance(101)  # the server sees the JWT as expired; our clock does not
+    await session.list_secrets(LOCATION)
+    assert fake.count(r"/api/v4/secrets$", status=403) == 1
+    assert fake.count(LOGIN) == 2
+
+
+async def test_single_flight_login_under_50_concurrent_callers(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    fake.inject(Fault("latency", LOGIN, delay=0.1))
+    await asyncio.gather(*(session.list_secrets(LOCATION) for _ in range(50)))
+    assert fake.count(LOGIN) == 1
+    assert fake.count(r"/api/v4/secrets$", status=200) == 50
+
+
+async def test_invalid_credentials_are_not_retried(
+    fake: FakeInfisical, transport: InstanceTransport
+) -> None:
+    session = InfisicalSession(transport, credentials("wrong"))
+    with pytest.raises(InvalidCredentials) as caught:
+        await session.validate(force_login=True)
+    assert "Invalid credentials" in str(caught.value)
+    assert "(reqId req-" in str(caught.value)
+    assert fake.count(LOGIN) == 1
+
+
+async def test_validate_uses_renewal_when_a_token_is_cached(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    fake.state.identities[CLIENT_ID].access_token_ttl = 3600
+    fake.state.identities[CLIENT_ID].access_token_max_ttl = 86400
+    first = await session.validate(force_login=True)
+    second = await session.validate(force_login=False)
+    assert first.logged_in and not second.logged_in
+    assert (fake.count(LOGIN), fake.count(RENEW)) == (1, 1)
+
+
+async def test_rotation_drops_the_cached_token(fake: FakeInfisical) -> None:
+    pool = ClientPool(FAST)
+    try:
+        session = pool.session(
+            "ns/conn", instance_url=fake.url, credentials=credentials(), allow_http=True
+        )
+        await session.validate(force_login=True)
+        fake.state.identities[CLIENT_ID].client_secret = "rotated-secret"
+        same = pool.session(
+            "ns/conn",
+            instance_url=fake.url,
+            credentials=credentials("rotated-secret"),
+            allow_http=True,
+        )
+        assert same is session
+        await session.list_secrets(LOCATION)
+        assert fake.count(LOGIN) == 2
+        await asyncio.sleep(0.05)  # the old token is revoked in the background
+        assert fake.count(r"/auth/token/revoke$") == 1
+    finally:
+        await pool.aclose()
+
+
+# --- API --------------------------------------------------------------------------------------
+
+
+async def test_write_list_and_etag(fake: FakeInfisical, session: InfisicalSession) -> None:
+    await session.batch_create(LOCATION, [SecretWrite(key="A", value=SecretStr("1"))])
+    first = await session.list_secrets(LOCATION)
+    assert [(s.key, s.value.get_secret_value()) for s in first.secrets] == [("A", "1")]
+    assert first.etag
+    again = await session.list_secrets(LOCATION, etag=first.etag)
+    assert again.not_modified and again.secrets == []
+    await session.batch_update(LOCATION, [SecretWrite(key="A", value=SecretStr("2"))])
+    changed = await session.list_secrets(LOCATION, etag=first.etag)
+    assert not changed.not_modified and changed.secrets[0].value.get_secret_value() == "2"
+    await session.batch_delete(LOCATION, ["A"])
+    assert fake.state.get_secrets("p-1", "prod") == {}
+
+
+async def test_chunked_batches(fake: FakeInfisical, transport: InstanceTransport) -> None:
+    session = InfisicalSession(transport, credentials(), chunk_size=10)
+    await session.batch_create(
+        LOCATION, [SecretWrite(key=f"K{i}", value=SecretStr(str(i))) for i in range(25)]
+    )
+    assert fake.count(r"/api/v4/secrets/batch$", "POST") == 3
+    assert len(fake.state.get_secrets("p-1", "prod")) == 25
+
+
+async def test_v4_to_v3_fallback(fake: FakeInfisical, session: InfisicalSession) -> None:
+    fake.v4_enabled = False
+    await session.batch_create(LOCATION, [SecretWrite(key="OLD", value=SecretStr("v"))])
+    listing = await session.list_secrets(LOCATION)
+    assert [s.key for s in listing.secrets] == ["OLD"]
+    # v4 was tried once, then remembered as missing for this instance.
+    assert fake.count(r"^/api/v4/") == 1
+    assert fake.count(r"/api/v3/secrets/batch/raw$") == 1
+    assert fake.count(r"/api/v3/secrets/raw$") == 1
+
+
+async def test_folder_creation_and_project_slug(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    location = SecretLocation(project_id="p-1", environment="prod", secret_path="/apps/payments")
+    assert await session.ensure_folder(location) is True
+    assert await session.ensure_folder(location) is False  # existing leaf is success
+    assert await session.ensure_folder(LOCATION) is False
+    assert await session.project_id(project_id=None, project_slug="payments") == "p-1"
+    await session.project_id(project_id=None, project_slug="payments")
+    assert fake.count(r"/projects/slug/payments$") == 1  # cached
+
+
+async def test_missing_path_and_non_retryable_errors(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    with pytest.raises(NotFound) as missing:
+        await session.list_secrets(
+            SecretLocation(project_id="p-1", environment="prod", secret_path="/x")
+        )
+    assert "SecretPathNotFound" not in str(missing.value)
+    assert "Folder with path '/x'" in str(missing.value)
+    fake.state.put_secret("p-1", "prod", "/", "A", "1")
+    with pytest.raises(Conflict):
+        await session.batch_create(LOCATION, [SecretWrite(key="A", value=SecretStr("2"))])
+    with pytest.raises(ValidationFailed):
+        await session.batch_create(LOCATION, [SecretWrite(key="a:b", value=SecretStr("2"))])
+    with pytest.raises(Forbidden):
+        await session.list_secrets(SecretLocation(project_id="p-unknown", environment="prod"))
+    assert fake.count(r"/api/v4/secrets", status=403) == 1  # not retried
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+async def test_retryable_statuses(
+    fake: FakeInfisical, session: InfisicalSession, status: int
+) -> None:
+    await session.validate(force_login=True)
+    fake.inject(Fault("status", r"/api/v4/secrets$", status=status, times=2))
+    await session.list_secrets(LOCATION)
+    assert fake.count(r"/api/v4/secrets$") == 3
+    fake.inject(Fault("status", r"/api/v4/secrets$", status=status, times=5))
+    with pytest.raises(ServerError) as caught:
+        await session.list_secrets(LOCATION)
+    assert caught.value.status == status
+
+
+async def test_resets_and_hangs_are_retried_then_unreachable(fake: FakeInfisical) -> None:
+    transport = InstanceTransport(
+        fake.url,
+        allow_http=True,
+        options=TransportOptions(
+            max_attempts=2, backoff_base=0.01, request_timeout=0.3, connect_timeout=0.3
+        ),
+    )
+    try:
+        session = InfisicalSession(transport, credentials())
+        await session.validate(force_login=True)
+        fake.inject(Fault("reset", r"/api/v4/secrets$", times=1))
+        await session.list_secrets(LOCATION)  # one reset, then success
+        fake.inject(Fault("hang", r"/api/v4/secrets$", times=2, delay=5))
+        with pytest.raises(Unreachable):
+            await session.list_secrets(LOCATION)
+    finally:
+        await transport.aclose()
+
+
+async def test_unreachable_instance() -> None:
+    transport = InstanceTransport("http://127.0.0.1:9", allow_http=True, options=FAST)
+    try:
+        with pytest.raises(Unreachable):
+            await InfisicalSession(transport, credentials()).validate(force_login=True)
+    finally:
+        await transport.aclose()
+
+
+async def test_retry_after_gate_short_wait(fake: FakeInfisical, session: InfisicalSession) -> None:
+    await session.validate(force_login=True)
+    fake.inject(Fault("status", r"/api/v4/secrets$", status=429, retry_after=1, times=1))
+    await session.list_secrets(LOCATION)
+    first, second = [r for r in fake.log if r.path == "/api/v4/secrets"]
+    assert (first.status, second.status) == (429, 200)
+    assert second.at - first.at >= 0.95  # nothing sent before Retry-After ran out
+
+
+async def test_retry_after_gate_blocks_the_whole_instance(fake: FakeInfisical) -> None:
+    options = TransportOptions(max_attempts=3, backoff_base=0.01, max_gate_wait=0.1)
+    pool = ClientPool(options)
+    try:
+        one = pool.session(
+            "ns/a", instance_url=fake.url, credentials=credentials(), allow_http=True
+        )
+        await one.validate(force_login=True)
+        fake.inject(Fault("status", r"/api/v4/secrets$", status=429, retry_after=30, times=1))
+        with pytest.raises(RateLimited) as caught:
+            await one.list_secrets(LOCATION)
+        assert 29 <= caught.value.retry_after <= 30
+        sent = len(fake.log)
+        other = pool.session(
+            "ns/b", instance_url=fake.url, credentials=credentials(), allow_http=True
+        )
+        with pytest.raises(RateLimited):
+            await other.validate(force_login=True)  # another connection, same instance
+        assert len(fake.log) == sent  # no request reached the instance
+    finally:
+        await pool.aclose()
+
+
+async def test_retry_after_from_message_when_header_missing(fake: FakeInfisical) -> None:
+    import httpx
+
+    from infisical_sync.infisical.transport import retry_after_seconds
+
+    with_message = httpx.Response(
+        429, json={"message": "Rate limit exceeded. Please try again in 7 seconds"}
+    )
+    assert retry_after_seconds(with_message) == 7
+    assert retry_after_seconds(httpx.Response(429, json={"message": "slow down"})) == 60
+    assert retry_after_seconds(httpx.Response(429, headers={"retry-after": "3"})) == 3
+
+
+async def test_concurrency_limit_is_never_exceeded(fake: FakeInfisical) -> None:
+    transport = InstanceTransport(
+        fake.url, allow_http=True, options=TransportOptions(concurrency=3)
+    )
+    try:
+        session = InfisicalSession(transport, credentials())
+        await session.validate(force_login=True)
+        fake.max_in_flight = 0
+        fake.inject(Fault("latency", r"/api/v4/secrets$", delay=0.05))
+        await asyncio.gather(*(session.list_secrets(LOCATION) for _ in range(30)))
+        assert fake.max_in_flight == 3
+        assert transport.max_in_flight == 3
+    finally:
+        await transport.aclose()
+
+
+# --- TLS and http ----------------------------------------------------------------------------
+
+
+async def test_tls_with_the_fake_ca() -> None:
+    async with FakeInfisical(tls=True) as server:
+        server.state.add_identity(CLIENT_ID, CANARY_SECRET)
+        assert server.ca_pem is not None
+        trusted = InstanceTransport(server.url, ca_pem=server.ca_pem.decode(), options=FAST)
+        untrusted = InstanceTransport(server.url, options=FAST)
+        try:
+            await InfisicalSession(trusted, credentials()).validate(force_login=True)
+            with pytest.raises(TLSError) as caught:
+                await InfisicalSession(untrusted, credentials()).validate(force_login=True)
+            assert "caSecretRef" in str(caught.value)
+            assert server.count(LOGIN) == 1
+        finally:
+            await trusted.aclose()
+            await untrusted.aclose()
+
+
+def test_http_refused_unless_allowed() -> None:
+    with pytest.raises(InsecureUrl) as caught:
+        InstanceTransport("http://infisical.example.com")
+    assert "allowInsecureHttp" in str(caught.value)
+    with pytest.raises(InsecureUrl):
+        InstanceTransport("ftp://infisical.example.com", allow_http=True)
+
+
+# --- secrecy ----------------------------------------------------------------------------------
+
+
+async def test_no_secret_in_logs_reprs_or_errors(
+    fake: FakeInfisical, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    fake.state.put_secret("p-1", "prod", "/", "DB", CANARY_VALUE)
+    pool = ClientPool(FAST)
+    texts: list[str] = []
+    try:
+        session = pool.session(
+            "ns/c", instance_url=fake.url, credentials=credentials(), allow_http=True
+        )
+        listing = await session.list_secrets(LOCATION)
+        texts += [repr(listing), str(listing), repr(session.credentials), repr(session._token)]
+        token = session._token
+        assert token is not None
+        raw_token = token.value.get_secret_value()
+        fake.inject(Fault("status", r"/api/v4/secrets/batch$", status=503, times=10))
+        for call in (
+            session.batch_create(LOCATION, [SecretWrite(key="X", value=SecretStr(CANARY_VALUE))]),
+            InfisicalSession(session.transport, credentials(CANARY_SECRET + "x")).validate(
+                force_login=True
+            ),
+        ):
+            try:
+                await call
+            except Exception as exc:
+                texts += [str(exc), repr(exc)]
+    finally:
+        await pool.aclose()
+    texts.append(caplog.text)
+    joined = "\n".join(texts)
+    for canary in (CANARY_SECRET, CANARY_VALUE, raw_token):
+        assert canary not in joined
+    assert "DEBUG" in caplog.text or caplog.records  # logging was on at DEBUG
