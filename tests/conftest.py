@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from infisical_sync.testing.controlplane import ControlPlane, ControlPlaneError, install_crds
 
@@ -61,3 +67,105 @@ def namespace(kube: Any) -> Iterator[str]:
     yield name
     # No namespace controller runs here: the namespace stays Terminating, which is harmless.
     core.delete_namespace(name)
+
+
+# --- the operator, running as a subprocess with least-privilege RBAC ---------------------------
+
+RBAC_RULES = (
+    Path(__file__).parents[1] / "deploy" / "helm" / "infisical-sync" / "files" / "rbac-rules.yaml"
+)
+OPERATOR_USER = "infisical-sync-operator"
+
+
+@dataclass
+class OperatorProcess:
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def _grant_operator_rbac(kube: Any) -> None:
+    from kubernetes import client
+
+    rbac = client.RbacAuthorizationV1Api(kube)
+    rules = yaml.safe_load(RBAC_RULES.read_text())
+    rbac.create_cluster_role({"metadata": {"name": OPERATOR_USER}, "rules": rules})
+    rbac.create_cluster_role_binding(
+        {
+            "metadata": {"name": OPERATOR_USER},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": OPERATOR_USER,
+            },
+            "subjects": [
+                {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": OPERATOR_USER}
+            ],
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def operator(
+    control_plane: ControlPlane, kube: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """`infisical-sync run -A` at DEBUG, authenticated as a user holding only the chart's rules."""
+    _grant_operator_rbac(kube)
+    kubeconfig = control_plane.kubeconfig_for_user(OPERATOR_USER)
+    log_path = tmp_path_factory.mktemp("operator") / "operator.log"
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "INFISICAL_SYNC_MAX_ATTEMPTS": "3",
+        "INFISICAL_SYNC_BACKOFF_BASE": "0.2",
+        "INFISICAL_SYNC_REQUEST_TIMEOUT": "5",
+        "INFISICAL_SYNC_CONNECT_TIMEOUT": "2",
+    }
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "infisical_sync",
+                "run",
+                "-A",
+                "--log-level",
+                "DEBUG",
+                "--metrics-port",
+                "0",
+                "--health-port",
+                "0",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    handle = OperatorProcess(process, log_path)
+    try:
+        deadline = time.monotonic() + 60
+        while "infisical-sync operator started" not in handle.log():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"operator did not start:\n{handle.log()[-3000:]}")
+            time.sleep(0.2)
+        yield handle
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_for(predicate: Any, timeout: float = 20, interval: float = 0.2, message: str = "") -> Any:
+    """Poll until predicate() is truthy; return its value, or fail with the last value seen."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s {message}; last: {last!r}")

@@ -1,22 +1,56 @@
-"""Composition root: kopf settings and every kopf registration live here."""
+"""Composition root: kopf settings and every kopf registration live here, and nothing else.
+
+kopf types `namespace` as optional (cluster-scoped resources); ours are all namespaced, hence
+the `type: ignore[arg-type]` on the decorators.
+
+Handlers only translate kopf events into calls on the reconcilers (connection.py, sync
+engine) and kicks of per-object daemons; the logic and the I/O adapters live elsewhere.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from typing import Any
 
 import kopf
+from prometheus_client import start_http_server
 
 from infisical_sync.config import Settings
+from infisical_sync.connection import ConnectionReconciler
+from infisical_sync.durations import jittered, parse_duration
+from infisical_sync.infisical.client import ClientPool
+from infisical_sync.infisical.transport import TransportOptions
+from infisical_sync.kube import GROUP, VERSION, Kube, load_api_client
+from infisical_sync.runtime import Kicks, Runtime
+from infisical_sync.selectors import selector_matches
 
-GROUP = "infisical-sync.dev"
 PREFIX = "infisical-sync.dev"
+CONNECTIONS = "infisicalconnections"
+SYNCS = "secretsyncs"
+log = logging.getLogger("infisical_sync")
 registry = kopf.OperatorRegistry()
+_settings = Settings()  # replaced by run_operator before kopf starts
+
+# How soon a failing connection is re-checked: 5 s, doubling, capped by its interval.
+FAILURE_RETRY_START = 5.0
+
+
+class OperatorMemo(kopf.Memo):
+    runtime: Runtime
+    connections: ConnectionReconciler
+
+
+def _post_event(body: Any, type_: str, reason: str, message: str) -> None:
+    kopf.event(body, type=type_, reason=reason, message=message[:1000])
+
+
+# --- lifecycle ----------------------------------------------------------------------------------
 
 
 @kopf.on.startup(registry=registry)
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Fixed on day one: changing these later makes every object look unhandled.
     settings.persistence.finalizer = f"{PREFIX}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX, v1=False)
@@ -25,17 +59,199 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 310
-    settings.posting.level = logging.WARNING
+    settings.posting.level = logging.INFO
+    settings.execution.max_workers = 8  # threads for the synchronous kubernetes client
+    settings.scanning.disabled = True  # our resources are known: no CRD discovery RBAC needed
+
+    config = _settings
+    if config.metrics_port:
+        start_http_server(config.metrics_port)
+    api_client = await asyncio.to_thread(load_api_client)
+    kube = Kube(api_client)
+    pool = ClientPool(
+        TransportOptions(
+            concurrency=config.concurrency_per_connection,
+            connect_timeout=config.connect_timeout,
+            request_timeout=config.request_timeout,
+            max_attempts=config.max_attempts,
+            backoff_base=config.backoff_base,
+            backoff_cap=config.backoff_cap,
+        ),
+        chunk_size=config.batch_chunk_size,
+    )
+    memo.runtime = Runtime(settings=config, pool=pool, kicks=Kicks())
+    memo.connections = ConnectionReconciler(kube, pool, post_event=_post_event)
+    log.info("infisical-sync operator started")
+
+
+@kopf.on.login(registry=registry)
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    # A custom registry gets no default login handlers: in-cluster first, then kubeconfig.
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+@kopf.on.cleanup(registry=registry)
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    runtime: Runtime | None = getattr(memo, "runtime", None)
+    if runtime is not None:
+        await runtime.pool.aclose()
+
+
+@kopf.on.probe(id="now", registry=registry)
+def probe_now(**_: Any) -> str:
+    return dt.datetime.now(dt.UTC).isoformat()
+
+
+# --- indexes ------------------------------------------------------------------------------------
+
+
+@kopf.index(GROUP, VERSION, CONNECTIONS, registry=registry)  # type: ignore[arg-type]
+def connections_by_secret(
+    namespace: str, name: str, spec: kopf.Spec, **_: Any
+) -> dict[tuple[str, str], str]:
+    """(namespace, Secret name) -> connection name, for the credentials and CA Secrets."""
+    credentials = (spec.get("credentials") or {}).get("secretRef") or {}
+    ca_ref = (spec.get("tls") or {}).get("caSecretRef") or {}
+    keys = {credentials.get("name"), ca_ref.get("name")} - {None}
+    return {(namespace, str(secret)): name for secret in keys}
+
+
+@kopf.index(GROUP, VERSION, SYNCS, registry=registry)  # type: ignore[arg-type]
+def syncs_by_connection(
+    namespace: str, name: str, spec: kopf.Spec, **_: Any
+) -> dict[tuple[str, str], str]:
+    """(namespace, connection name) -> SecretSync name, for destination and Infisical source."""
+    refs = [
+        ((spec.get("destination") or {}).get("connectionRef") or {}).get("name"),
+        (((spec.get("source") or {}).get("infisical") or {}).get("connectionRef") or {}).get(
+            "name"
+        ),
+    ]
+    return {(namespace, str(ref)): name for ref in refs if ref}
+
+
+@kopf.index(GROUP, VERSION, SYNCS, registry=registry)  # type: ignore[arg-type]
+def syncs_by_secret(
+    namespace: str, name: str, spec: kopf.Spec, **_: Any
+) -> dict[tuple[str, str], str]:
+    """(namespace, Secret name) -> SecretSync name, for Secrets listed by name."""
+    listed = ((spec.get("source") or {}).get("kubernetes") or {}).get("secrets") or []
+    return {(namespace, str(item["name"])): name for item in listed if item.get("name")}
+
+
+@kopf.index(GROUP, VERSION, SYNCS, registry=registry)  # type: ignore[arg-type]
+def syncs_by_selector(
+    namespace: str, name: str, spec: kopf.Spec, **_: Any
+) -> dict[str, tuple[str, dict[str, Any]]]:
+    """namespace -> (SecretSync name, label selector), for selector sources."""
+    selector = ((spec.get("source") or {}).get("kubernetes") or {}).get("selector")
+    return {namespace: (name, dict(selector))} if selector else {}
+
+
+# --- Secrets ------------------------------------------------------------------------------------
+
+
+@kopf.on.event("", "v1", "secrets", registry=registry)  # type: ignore[arg-type]
+def secret_event(
+    type: str,
+    namespace: str,
+    name: str,
+    labels: kopf.Labels,
+    memo: kopf.Memo,
+    connections_by_secret: kopf.Index[tuple[str, str], str],
+    syncs_by_secret: kopf.Index[tuple[str, str], str],
+    syncs_by_selector: kopf.Index[str, tuple[str, dict[str, Any]]],
+    **_: Any,
+) -> None:
+    """Index lookups only: a Secret event never scans all resources."""
+    if not type or not namespace:  # the initial listing: daemons run on start anyway
+        return
+    runtime: Runtime = memo.runtime
+    reason = f"secret {name} {type.lower()}"
+    for connection in connections_by_secret.get((namespace, name), []):
+        runtime.kicks.kick(("InfisicalConnection", namespace, connection), reason)
+    for sync in syncs_by_secret.get((namespace, name), []):
+        runtime.kicks.kick(("SecretSync", namespace, sync), reason)
+    for sync, selector in syncs_by_selector.get(namespace, []):
+        if selector_matches(selector, dict(labels)):
+            runtime.kicks.kick(("SecretSync", namespace, sync), reason)
+
+
+# --- InfisicalConnection ------------------------------------------------------------------------
+
+
+@kopf.on.update(GROUP, VERSION, CONNECTIONS, field="spec", registry=registry)  # type: ignore[arg-type]
+def connection_spec_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    memo.runtime.kicks.kick(("InfisicalConnection", namespace, name), "spec changed", force=True)
+
+
+@kopf.daemon(GROUP, VERSION, CONNECTIONS, cancellation_timeout=10, registry=registry)  # type: ignore[arg-type]
+async def connection_daemon(
+    namespace: str,
+    name: str,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    syncs_by_connection: kopf.Index[tuple[str, str], str],
+    **_: Any,
+) -> None:
+    """Validates at start, on kicks (spec or Secret changes) and every validationInterval."""
+    runtime: Runtime = memo.runtime
+    reconciler: ConnectionReconciler = memo.connections
+    key = ("InfisicalConnection", namespace, name)
+    slot = runtime.kicks.slot(key)
+    force, failures = True, 0
+    try:
+        while True:
+            interval = parse_duration((body.get("spec") or {}).get("validationInterval"), 300.0)
+            try:
+                outcome, notify = await reconciler.reconcile(
+                    namespace, name, body, force_login=force
+                )
+            except Exception:
+                log.exception("validating connection %s/%s failed", namespace, name)
+                outcome, notify = None, False
+            if notify:
+                for sync in syncs_by_connection.get((namespace, name), []):
+                    runtime.kicks.kick(("SecretSync", namespace, sync), f"connection {name} ready")
+            if outcome is not None and outcome.ready:
+                failures, delay = 0, jittered(interval)
+            else:
+                failures += 1
+                delay = min(interval, FAILURE_RETRY_START * 2 ** (failures - 1))
+                if outcome is not None and outcome.retry_after:
+                    delay = max(delay, outcome.retry_after)
+                delay = jittered(delay)
+            force, _reasons = await slot.wait(delay)
+    finally:
+        runtime.kicks.discard(key)
+        if (body.get("metadata") or {}).get("deletionTimestamp"):
+            await reconciler.forget(namespace, name)
+
+
+# --- entry point --------------------------------------------------------------------------------
 
 
 def run_operator(settings: Settings) -> int:
-    logging.basicConfig(level=settings.log_level)
+    global _settings
+    _settings = settings
+    kopf.configure(
+        debug=settings.log_level == "DEBUG",
+        verbose=settings.log_level == "DEBUG",
+        quiet=settings.log_level in ("WARNING", "ERROR"),
+        log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.PLAIN,
+    )
+    # Third-party HTTP loggers would print URLs at INFO and more at DEBUG: keep them quiet.
+    for noisy in ("httpx", "httpcore", "kubernetes", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
     asyncio.run(
         kopf.operator(
             registry=registry,
             clusterwide=settings.all_namespaces or not settings.namespaces,
             namespaces=settings.namespaces,
             standalone=not settings.peering,
+            liveness_endpoint=liveness,
+            memo=OperatorMemo(),
         )
     )
     return 0

@@ -1059,3 +1059,41 @@ def _iso(timestamp: float) -> str:
         .isoformat(timespec="milliseconds")
         .replace("+00:00", "Z")
     )
+
+
+class BackgroundFake:
+    """Runs a FakeInfisical on its own event loop in a thread.
+
+    For tests whose own code blocks (the synchronous kubernetes client) while an operator in
+    another process talks to the fake. Touch `fake.state` between requests, not during them.
+    """
+
+    def __init__(self, fake: FakeInfisical | None = None) -> None:
+        import threading
+
+        self.fake = fake or FakeInfisical()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def __enter__(self) -> FakeInfisical:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.fake.start(), self._loop).result(timeout=30)
+        return self.fake
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self._loop.is_closed():
+            return
+        asyncio.run_coroutine_threadsafe(self.fake.stop(), self._loop).result(timeout=30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+    def pause(self) -> None:
+        """Stop listening (instance down); `resume()` listens again on the same port."""
+        asyncio.run_coroutine_threadsafe(self.fake.stop(), self._loop).result(timeout=30)
+
+    def resume(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.fake.start(), self._loop).result(timeout=30)

@@ -1,0 +1,228 @@
+"""InfisicalConnection: read the credentials Secret, validate against the instance, report.
+
+No kopf here: the composition root (app.py) calls `ConnectionReconciler.reconcile` from the
+connection's daemon and passes in how to post Events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import SecretStr, ValidationError
+
+from infisical_sync import metrics
+from infisical_sync.conditions import Condition, condition_status, merge_conditions, timestamp
+from infisical_sync.infisical.client import ClientPool, Credentials, InfisicalSession
+from infisical_sync.infisical.errors import InfisicalError, RateLimited
+from infisical_sync.kube import Kube
+from infisical_sync.resources import ConnectionSpec
+
+log = logging.getLogger(__name__)
+PLURAL = "infisicalconnections"
+EventPoster = Callable[[Any, str, str, str], None]
+
+# Failures that say nothing about the credentials themselves.
+_CREDENTIALS_UNKNOWN = {"Unreachable", "TLSError", "RateLimited", "ServerError", "InsecureHttp"}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ready: bool
+    reason: str
+    message: str
+    client_id: str | None = None
+    instance_url: str | None = None
+    token_expires_at: dt.datetime | None = None
+    retry_after: float | None = None
+
+    @property
+    def credentials_status(self) -> str:
+        if self.ready:
+            return "True"
+        return "Unknown" if self.reason in _CREDENTIALS_UNKNOWN else "False"
+
+
+@dataclass(frozen=True)
+class ConnectionState:
+    """What SecretSyncs consult before using a connection."""
+
+    ready: bool
+    reason: str
+    message: str
+
+
+def connection_key(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}"
+
+
+def build_status(
+    outcome: Outcome,
+    previous: Mapping[str, Any] | None,
+    *,
+    generation: int | None,
+    now: dt.datetime,
+) -> dict[str, Any]:
+    """The status subresource for one validation. Pure."""
+    previous = previous or {}
+    conditions = merge_conditions(
+        previous.get("conditions"),
+        [
+            Condition(
+                "Ready", "True" if outcome.ready else "False", outcome.reason, outcome.message
+            ),
+            Condition(
+                "CredentialsValid", outcome.credentials_status, outcome.reason, outcome.message
+            ),
+        ],
+        generation=generation,
+        now=now,
+    )
+    status: dict[str, Any] = {
+        "conditions": conditions,
+        "observedGeneration": generation,
+        "lastValidatedAt": timestamp(now),
+        "message": outcome.message,
+        "instanceUrl": outcome.instance_url,
+        "clientId": outcome.client_id,
+        "tokenExpiresAt": timestamp(outcome.token_expires_at) if outcome.token_expires_at else None,
+    }
+    return status
+
+
+class ConnectionReconciler:
+    def __init__(
+        self,
+        kube: Kube,
+        pool: ClientPool,
+        *,
+        post_event: EventPoster,
+    ) -> None:
+        self.kube = kube
+        self.pool = pool
+        self.post_event = post_event
+        self.states: dict[tuple[str, str], ConnectionState] = {}
+
+    def state(self, namespace: str, name: str) -> ConnectionState | None:
+        return self.states.get((namespace, name))
+
+    def session(self, namespace: str, name: str) -> InfisicalSession | None:
+        """The session of a Ready connection, else None."""
+        state = self.states.get((namespace, name))
+        if state is None or not state.ready:
+            return None
+        return self.pool.get(connection_key(namespace, name))
+
+    async def validate(
+        self, namespace: str, name: str, raw_spec: Mapping[str, Any], *, force_login: bool
+    ) -> Outcome:
+        try:
+            spec = ConnectionSpec.model_validate(dict(raw_spec))
+        except ValidationError as exc:
+            fields = ", ".join(".".join(str(p) for p in err["loc"]) for err in exc.errors())
+            return Outcome(False, "InvalidSpec", f"spec is invalid at: {fields}")
+
+        def fail(reason: str, message: str, client_id: str | None = None) -> Outcome:
+            return Outcome(False, reason, message, client_id, spec.instance_url)
+
+        ref = spec.credentials.secret_ref
+        secret = await self.kube.read_secret(namespace, ref.name)
+        if secret is None:
+            return fail("SecretNotFound", f"credentials Secret {namespace}/{ref.name} not found")
+        missing = [
+            key for key in (ref.client_id_key, ref.client_secret_key) if key not in secret.data
+        ]
+        if missing:
+            return fail(
+                "SecretKeyMissing",
+                f"credentials Secret {namespace}/{ref.name} has no key {', '.join(missing)}",
+            )
+        try:
+            client_id = secret.data[ref.client_id_key].decode().strip()
+            client_secret = SecretStr(secret.data[ref.client_secret_key].decode().strip())
+        except UnicodeDecodeError:
+            return fail(
+                "SecretKeyMissing",
+                f"credentials Secret {namespace}/{ref.name} holds non-UTF-8 data",
+            )
+        ca_pem: str | None = None
+        if spec.tls and spec.tls.ca_secret_ref:
+            ca_ref = spec.tls.ca_secret_ref
+            ca_secret = await self.kube.read_secret(namespace, ca_ref.name)
+            if ca_secret is None:
+                return fail("SecretNotFound", f"CA Secret {namespace}/{ca_ref.name} not found")
+            if ca_ref.key not in ca_secret.data:
+                return fail(
+                    "SecretKeyMissing",
+                    f"CA Secret {namespace}/{ca_ref.name} has no key {ca_ref.key}",
+                )
+            ca_pem = ca_secret.data[ca_ref.key].decode(errors="replace")
+        credentials = Credentials(client_id, client_secret, spec.organization_slug or None)
+        try:
+            session = self.pool.session(
+                connection_key(namespace, name),
+                instance_url=spec.instance_url,
+                credentials=credentials,
+                ca_pem=ca_pem,
+                allow_http=spec.allow_insecure_http,
+            )
+            info = await session.validate(force_login=force_login)
+        except RateLimited as exc:
+            return Outcome(
+                False,
+                exc.reason,
+                str(exc),
+                client_id,
+                spec.instance_url,
+                retry_after=exc.retry_after,
+            )
+        except InfisicalError as exc:
+            return fail(exc.reason, str(exc), client_id)
+        except ValueError as exc:  # e.g. a CA bundle that is not PEM
+            return fail("TLSError", f"cannot use the CA bundle: {exc}", client_id)
+        return Outcome(
+            True,
+            "Validated",
+            f"logged in to {session.transport.instance} as {client_id}",
+            client_id,
+            spec.instance_url,
+            token_expires_at=info.expires_at,
+        )
+
+    async def reconcile(
+        self, namespace: str, name: str, body: Mapping[str, Any], *, force_login: bool
+    ) -> tuple[Outcome, bool]:
+        """Validate and write status. Returns the outcome and whether dependents should sync."""
+        outcome = await self.validate(
+            namespace, name, body.get("spec") or {}, force_login=force_login
+        )
+        previous = body.get("status") or {}
+        was_ready = condition_status(previous.get("conditions"), "Ready") == "True"
+        status = build_status(
+            outcome,
+            previous,
+            generation=(body.get("metadata") or {}).get("generation"),
+            now=dt.datetime.now(dt.UTC),
+        )
+        self.states[(namespace, name)] = ConnectionState(
+            outcome.ready, outcome.reason, outcome.message
+        )
+        metrics.CONNECTION_READY.labels(namespace, name).set(1 if outcome.ready else 0)
+        await self.kube.patch_status(PLURAL, namespace, name, status)
+        if outcome.ready and not was_ready:
+            self.post_event(body, "Normal", "Ready", outcome.message)
+            log.info("connection %s/%s is Ready", namespace, name)
+        elif was_ready and not outcome.ready:
+            self.post_event(body, "Warning", outcome.reason, outcome.message)
+            log.warning("connection %s/%s lost Ready: %s", namespace, name, outcome.message)
+        return outcome, outcome.ready and (not was_ready or force_login)
+
+    async def forget(self, namespace: str, name: str) -> None:
+        self.states.pop((namespace, name), None)
+        await self.pool.drop(connection_key(namespace, name))
+        with contextlib.suppress(KeyError):
+            metrics.CONNECTION_READY.remove(namespace, name)

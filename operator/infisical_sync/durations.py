@@ -1,0 +1,25 @@
+"""Go-style durations as used in the CRDs ("5m", "1h30m", "90s", "500ms")."""
+
+from __future__ import annotations
+
+import random
+import re
+
+_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str | None, default: float) -> float:
+    """Seconds; `default` for an empty or malformed value (the CRD pattern rejects those)."""
+    if not text:
+        return default
+    parts = _PART.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        return default
+    return sum(float(number) * _UNITS[unit] for number, unit in parts)
+
+
+def jittered(seconds: float, fraction: float = 0.1) -> float:
+    """Spread timers by ±fraction so that a restart does not fire them all at once."""
+    spread = seconds * fraction
+    return max(0.0, seconds + random.uniform(-spread, spread))  # noqa: S311 - not crypto

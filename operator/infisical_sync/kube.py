@@ -1,0 +1,133 @@
+"""Kubernetes reads and writes the operator makes itself (not kopf's own watch traffic).
+
+The official client is synchronous: every call runs in a worker thread (asyncio.to_thread) so
+the operator's event loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any, cast
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+GROUP = "infisical-sync.dev"
+VERSION = "v1alpha1"
+
+
+@dataclass(frozen=True)
+class SecretData:
+    name: str
+    data: dict[str, bytes]
+    resource_version: str
+    labels: dict[str, str]
+
+    def __repr__(self) -> str:  # never the values
+        return f"SecretData(name={self.name!r}, keys={sorted(self.data)})"
+
+
+def load_api_client() -> client.ApiClient:
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    return client.ApiClient()
+
+
+def _decode(raw: dict[str, str] | None) -> dict[str, bytes]:
+    return {key: base64.b64decode(value) for key, value in (raw or {}).items()}
+
+
+class Kube:
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self.core = client.CoreV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+
+    async def read_secret(self, namespace: str, name: str) -> SecretData | None:
+        """The Secret's decoded data, or None when it does not exist."""
+
+        def read() -> SecretData | None:
+            try:
+                secret = self.core.read_namespaced_secret(name, namespace, _preload_content=False)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+            body: dict[str, Any] = json.loads(cast(Any, secret).data)
+            return SecretData(
+                name=name,
+                data=_decode(body.get("data")),
+                resource_version=str(body["metadata"].get("resourceVersion", "")),
+                labels=dict(body["metadata"].get("labels") or {}),
+            )
+
+        return await asyncio.to_thread(read)
+
+    async def list_secrets(self, namespace: str, label_selector: str) -> list[SecretData]:
+        def read() -> list[SecretData]:
+            response = self.core.list_namespaced_secret(
+                namespace, label_selector=label_selector, _preload_content=False
+            )
+            body: dict[str, Any] = json.loads(cast(Any, response).data)
+            return [
+                SecretData(
+                    name=item["metadata"]["name"],
+                    data=_decode(item.get("data")),
+                    resource_version=str(item["metadata"].get("resourceVersion", "")),
+                    labels=dict(item["metadata"].get("labels") or {}),
+                )
+                for item in body.get("items", [])
+            ]
+
+        return await asyncio.to_thread(read)
+
+    async def write_secret_keys(
+        self, namespace: str, name: str, values: dict[str, str], resource_version: str
+    ) -> None:
+        """Add or change keys of a Secret (import modes), guarded by its resourceVersion."""
+        patch = {
+            "metadata": {"resourceVersion": resource_version},
+            "data": {
+                key: base64.b64encode(value.encode()).decode() for key, value in values.items()
+            },
+        }
+        await asyncio.to_thread(self.core.patch_namespaced_secret, name, namespace, patch)
+
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> bool:
+        """Merge-patch our own status. False when the object is gone."""
+
+        def patch() -> bool:
+            try:
+                self.custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, namespace, plural, name, {"status": status}
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    return False
+                raise
+            return True
+
+        return await asyncio.to_thread(patch)
+
+    async def get_object(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        def read() -> dict[str, Any] | None:
+            try:
+                found = cast(
+                    dict[str, Any],
+                    self.custom.get_namespaced_custom_object(
+                        GROUP, VERSION, namespace, plural, name
+                    ),
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+            return found
+
+        return await asyncio.to_thread(read)

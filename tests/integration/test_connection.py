@@ -1,0 +1,216 @@
+"""InfisicalConnection end to end: the operator process, the real control plane, the fake."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+from tests.conftest import OperatorProcess, wait_for
+
+from infisical_sync.testing.fake_infisical import BackgroundFake, FakeInfisical, Fault
+
+pytestmark = pytest.mark.controlplane
+GROUP, VERSION, PLURAL = "infisical-sync.dev", "v1alpha1", "infisicalconnections"
+CLIENT_ID = "33333333-3333-4333-8333-333333333333"
+GOOD_SECRET = "canary-good-secret-5d41402abc4b2a76"
+BAD_SECRET = "canary-bad-secret-7d793037a0760186"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeInfisical]:
+    with BackgroundFake() as server:
+        server.state.add_identity(CLIENT_ID, GOOD_SECRET)
+        yield server
+
+
+def put_secret(kube: Any, namespace: str, name: str, data: dict[str, str]) -> None:
+    core = client.CoreV1Api(kube)
+    body = {
+        "metadata": {"name": name},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+    }
+    try:
+        core.create_namespaced_secret(namespace, body)
+    except client.exceptions.ApiException as exc:
+        if exc.status != 409:
+            raise
+        core.replace_namespaced_secret(name, namespace, body)
+
+
+def credentials(
+    kube: Any, namespace: str, secret: str = GOOD_SECRET, name: str = "identity"
+) -> None:
+    put_secret(kube, namespace, name, {"clientId": CLIENT_ID, "clientSecret": secret})
+
+
+def create_connection(kube: Any, namespace: str, url: str, name: str = "conn", **spec: Any) -> None:
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "InfisicalConnection",
+        "metadata": {"name": name},
+        "spec": {
+            "instanceUrl": url,
+            "allowInsecureHttp": url.startswith("http://"),
+            "credentials": {"secretRef": {"name": "identity"}},
+            "validationInterval": "1m",
+            **spec,
+        },
+    }
+    client.CustomObjectsApi(kube).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, body
+    )
+
+
+def status(kube: Any, namespace: str, name: str = "conn") -> dict[str, Any]:
+    body = client.CustomObjectsApi(kube).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name
+    )
+    return dict(body.get("status") or {})
+
+
+def ready(kube: Any, namespace: str, name: str = "conn") -> tuple[str, str] | None:
+    for condition in status(kube, namespace, name).get("conditions", []):
+        if condition["type"] == "Ready":
+            return condition["status"], condition["reason"]
+    return None
+
+
+def wait_ready(kube: Any, namespace: str, expected: tuple[str, str], timeout: float = 20) -> None:
+    wait_for(lambda: ready(kube, namespace) == expected, timeout, message=f"Ready={expected}")
+
+
+def test_valid_credentials_become_ready(
+    operator: OperatorProcess, kube: Any, namespace: str, fake: FakeInfisical
+) -> None:
+    credentials(kube, namespace)
+    create_connection(kube, namespace, fake.url)
+    wait_ready(kube, namespace, ("True", "Validated"))
+    found = status(kube, namespace)
+    conditions = {c["type"]: c for c in found["conditions"]}
+    assert conditions["CredentialsValid"]["status"] == "True"
+    assert conditions["Ready"]["observedGeneration"] == 1
+    assert found["observedGeneration"] == 1
+    assert found["clientId"] == CLIENT_ID
+    assert found["instanceUrl"] == fake.url
+    assert found["lastValidatedAt"] and found["tokenExpiresAt"]
+    events = client.CoreV1Api(kube).list_namespaced_event(namespace).items
+    assert [e.reason for e in events if e.involved_object.name == "conn"] == ["Ready"]
+
+
+def test_wrong_secret_is_invalid_credentials(
+    operator: OperatorProcess, kube: Any, namespace: str, fake: FakeInfisical
+) -> None:
+    credentials(kube, namespace, BAD_SECRET)
+    create_connection(kube, namespace, fake.url)
+    wait_ready(kube, namespace, ("False", "InvalidCredentials"))
+    found = status(kube, namespace)
+    assert "Invalid credentials" in found["message"]
+    assert {c["type"]: c["status"] for c in found["conditions"]}["CredentialsValid"] == "False"
+
+
+def test_missing_secret_then_created(
+    operator: OperatorProcess, kube: Any, namespace: str, fake: FakeInfisical
+) -> None:
+    create_connection(kube, namespace, fake.url)
+    wait_ready(kube, namespace, ("False", "SecretNotFound"))
+    assert f"{namespace}/identity not found" in status(kube, namespace)["message"]
+    started = time.monotonic()
+    credentials(kube, namespace)
+    wait_ready(kube, namespace, ("True", "Validated"), timeout=10)
+    assert time.monotonic() - started < 10  # the Secret watch, not the 1m timer
+
+
+def test_missing_key(
+    operator: OperatorProcess, kube: Any, namespace: str, fake: FakeInfisical
+) -> None:
+    put_secret(kube, namespace, "identity", {"clientId": CLIENT_ID})
+    create_connection(kube, namespace, fake.url)
+    wait_ready(kube, namespace, ("False", "SecretKeyMissing"))
+    assert "has no key clientSecret" in status(kube, namespace)["message"]
+
+
+def test_rotation(
+    operator: OperatorProcess, kube: Any, namespace: str, fake: FakeInfisical
+) -> None:
+    credentials(kube, namespace)
+    create_connection(kube, namespace, fake.url)
+    wait_ready(kube, namespace, ("True", "Validated"))
+    credentials(kube, namespace, BAD_SECRET)
+    wait_ready(kube, namespace, ("False", "InvalidCredentials"), timeout=10)
+    credentials(kube, namespace, GOOD_SECRET)
+    wait_ready(kube, namespace, ("True", "Validated"), timeout=10)
+    reasons = [e.reason for e in client.CoreV1Api(kube).list_namespaced_event(namespace).items]
+    assert reasons.count("Ready") == 2 and reasons.count("InvalidCredentials") == 1
+
+
+def test_unreachable_then_recovers(operator: OperatorProcess, kube: Any, namespace: str) -> None:
+    background = BackgroundFake()
+    with background as fake:
+        fake.state.add_identity(CLIENT_ID, GOOD_SECRET)
+        background.pause()
+        credentials(kube, namespace)
+        create_connection(kube, namespace, fake.url)
+        wait_ready(kube, namespace, ("False", "Unreachable"), timeout=30)
+        conditions = {c["type"]: c["status"] for c in status(kube, namespace)["conditions"]}
+        assert conditions["CredentialsValid"] == "Unknown"
+        background.resume()
+        wait_ready(
+            kube, namespace, ("True", "Validated"), timeout=30
+        )  # failure retries back off from 5 s
+
+
+def test_rate_limited_then_recovers(
+    operator: OperatorProcess, kube: Any, namespace: str, fake: FakeInfisical
+) -> None:
+    fake.inject(Fault("status", r"/universal-auth/login$", status=429, retry_after=8, times=1))
+    credentials(kube, namespace)
+    create_connection(kube, namespace, fake.url)
+    wait_ready(kube, namespace, ("False", "RateLimited"))
+    logins_while_limited = fake.count(r"/universal-auth/login$")
+    wait_ready(kube, namespace, ("True", "Validated"), timeout=30)
+    assert logins_while_limited == 1
+    limited, ok = [r for r in fake.log if r.path.endswith("/login")][:2]
+    assert ok.at - limited.at >= 7.5  # nothing sent to the instance before Retry-After ended
+
+
+def test_custom_ca(operator: OperatorProcess, kube: Any, namespace: str) -> None:
+    with BackgroundFake(FakeInfisical(tls=True)) as fake:
+        fake.state.add_identity(CLIENT_ID, GOOD_SECRET)
+        credentials(kube, namespace)
+        create_connection(kube, namespace, fake.url)
+        wait_ready(kube, namespace, ("False", "TLSError"))
+        assert "caSecretRef" in status(kube, namespace)["message"]
+        assert fake.ca_pem is not None
+        put_secret(kube, namespace, "infisical-ca", {"ca.crt": fake.ca_pem.decode()})
+        client.CustomObjectsApi(kube).patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            "conn",
+            {"spec": {"tls": {"caSecretRef": {"name": "infisical-ca"}}}},
+        )
+        wait_ready(kube, namespace, ("True", "Validated"), timeout=15)
+        assert status(kube, namespace)["observedGeneration"] == 2
+
+
+def test_secrets_never_leak(
+    operator: OperatorProcess, kube: Any, namespace: str, fake: FakeInfisical
+) -> None:
+    credentials(kube, namespace, BAD_SECRET)
+    create_connection(kube, namespace, fake.url)
+    wait_ready(kube, namespace, ("False", "InvalidCredentials"))
+    credentials(kube, namespace, GOOD_SECRET)
+    wait_ready(kube, namespace, ("True", "Validated"), timeout=10)
+    tokens = list(fake.state.tokens)
+    assert tokens
+    events = client.CoreV1Api(kube).list_namespaced_event(namespace).items
+    surfaces = [operator.log(), repr(status(kube, namespace)), repr([e.message for e in events])]
+    for surface in surfaces:
+        for canary in (GOOD_SECRET, BAD_SECRET, *tokens):
+            assert canary not in surface
+    assert "POST auth.login -> 200" in operator.log()  # DEBUG request lines were being written
