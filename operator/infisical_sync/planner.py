@@ -1,0 +1,316 @@
+"""The sync planner: source map + destination + ownership -> what to write. Pure, no I/O.
+
+Rules (SPEC §2.3):
+- each source key becomes `keySchema` rendered with the key and the destination environment;
+  keys Infisical refuses (empty, `:` or `/`, > 500 chars, surrounding spaces) are skipped;
+- values are compared the way Infisical stores them (trimmed, one trailing newline kept);
+- only keys this SecretSync owns are updated or deleted. Ownership is the `secretMetadata` entry
+  `infisical-sync.dev/owner` = `<namespace>/<name>`; on servers that return no metadata it falls
+  back to the status ledger (managedKeys). An unowned key is adopted on the initial sync only;
+  a key owned by another SecretSync is a conflict and never written;
+- deletes are gated by keySchema and `disableSecretDeletion`, and held when the source is
+  uncertain (unreadable, partly read, suddenly empty) or when more than half of the owned keys
+  (counting this cycle's creates) would go without the allow-mass-delete annotation;
+- import modes (initial sync only) first merge the destination into the source.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+OWNER_KEY = "infisical-sync.dev/owner"
+OWNER_UID_KEY = "infisical-sync.dev/owner-uid"
+MAX_KEY_LENGTH = 500
+InitialBehavior = Literal[
+    "overwrite-destination", "import-prioritize-source", "import-prioritize-destination"
+]
+
+# JavaScript's String.prototype.trim() whitespace set: the Infisical server is Node.js.
+_JS_WHITESPACE = (
+    " \t\n\v\f\r\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
+    "\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+_PLACEHOLDER = re.compile(r"\{\{\s*(secretKey|environment)\s*\}\}")
+
+
+def stored_form(value: str) -> str:
+    """How Infisical stores a written value: trimmed, one trailing newline kept."""
+    trimmed = value.strip(_JS_WHITESPACE)
+    return trimmed + "\n" if value.endswith("\n") else trimmed
+
+
+def render_key(schema: str, key: str, environment: str) -> str:
+    def substitute(match: re.Match[str]) -> str:
+        return key if match.group(1) == "secretKey" else environment
+
+    return _PLACEHOLDER.sub(substitute, schema)
+
+
+def key_problem(key: str) -> str | None:
+    """Why Infisical would refuse this destination key, or None."""
+    if not key:
+        return "empty key"
+    if key != key.strip(_JS_WHITESPACE):
+        return "leading or trailing whitespace (Infisical trims keys)"
+    if ":" in key or "/" in key:
+        return "contains ':' or '/'"
+    if len(key) > MAX_KEY_LENGTH:
+        return f"longer than {MAX_KEY_LENGTH} characters"
+    return None
+
+
+@dataclass(frozen=True)
+class KeySchema:
+    """A compiled keySchema: maps source keys to destination keys and back."""
+
+    template: str
+    environment: str
+
+    @property
+    def _parts(self) -> tuple[str, str]:
+        rendered = _PLACEHOLDER.sub(
+            lambda m: "\0" if m.group(1) == "secretKey" else self.environment, self.template
+        )
+        prefix, _, suffix = rendered.partition("\0")
+        return prefix, suffix.replace("\0", "")
+
+    def destination_key(self, source_key: str) -> str:
+        return render_key(self.template, source_key, self.environment)
+
+    def matches(self, destination_key: str) -> bool:
+        """Infisical's matchesSchema: the gate for deletes and imports."""
+        prefix, suffix = self._parts
+        if not destination_key.startswith(prefix) or not destination_key.endswith(suffix):
+            return False
+        if len(destination_key) <= len(prefix) + len(suffix):
+            return False
+        middle = destination_key[len(prefix) : len(destination_key) - len(suffix)]
+        return not (("/" in prefix or "/" in suffix) and "/" in middle)
+
+    def source_key(self, destination_key: str) -> str | None:
+        if not self.matches(destination_key):
+            return None
+        prefix, suffix = self._parts
+        return destination_key[len(prefix) : len(destination_key) - len(suffix)]
+
+
+@dataclass(frozen=True)
+class Owner:
+    namespace: str
+    name: str
+    uid: str
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class DestinationKey:
+    value: str
+    # None: the server returned no secretMetadata for this key (ownership falls back to the ledger)
+    metadata: tuple[tuple[str, str], ...] | None = ()
+
+    @property
+    def owner_ref(self) -> str | None:
+        for key, value in self.metadata or ():
+            if key == OWNER_KEY:
+                return value
+        return None
+
+
+@dataclass(frozen=True)
+class PlanInput:
+    source: Mapping[str, str]
+    destination: Mapping[str, DestinationKey]
+    owner: Owner
+    environment: str
+    key_schema: str = "{{secretKey}}"
+    initial: bool = False
+    initial_behavior: InitialBehavior = "overwrite-destination"
+    disable_deletion: bool = False
+    allow_mass_delete: bool = False
+    source_certain: bool = True
+    uncertain_reason: str = ""
+    ledger: frozenset[str] = frozenset()  # status.managedKeys from the last sync
+    # Source keys known to exist but not sendable (e.g. binary data): never delete their targets.
+    keep: frozenset[str] = frozenset()
+    import_supported: bool = True  # False: the source cannot take imported keys
+
+
+@dataclass
+class Plan:
+    create: dict[str, str] = field(default_factory=dict)
+    update: dict[str, str] = field(default_factory=dict)
+    delete: list[str] = field(default_factory=list)
+    adopt: list[str] = field(default_factory=list)  # unowned keys taken over (initial sync)
+    unchanged: list[str] = field(default_factory=list)
+    import_to_source: dict[str, str] = field(default_factory=dict)  # source key -> value
+    skipped: dict[str, str] = field(default_factory=dict)  # source key -> reason
+    conflicts: dict[str, str] = field(default_factory=dict)  # destination key -> reason
+    held_deletes: list[str] = field(default_factory=list)
+    hold_reason: str = ""
+    owned_before: list[str] = field(default_factory=list)
+    managed_after: list[str] = field(default_factory=list)
+    metadata_tracking: bool = True
+    metadata: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+
+    @property
+    def writes(self) -> int:
+        return len(self.create) + len(self.update) + len(self.delete)
+
+    @property
+    def synced_keys(self) -> int:
+        return len(self.create) + len(self.update) + len(self.unchanged)
+
+
+def owned_by(key: str, entry: DestinationKey, owner: Owner, ledger: frozenset[str]) -> bool:
+    if entry.metadata is None:
+        return key in ledger
+    return entry.owner_ref == owner.ref
+
+
+def ownership_metadata(
+    owner: Owner, existing: tuple[tuple[str, str], ...] | None = None
+) -> tuple[tuple[str, str], ...]:
+    """Our two entries, keeping whatever other metadata the key already carries."""
+    kept = tuple((k, v) for k, v in (existing or ()) if k not in (OWNER_KEY, OWNER_UID_KEY))
+    return (*kept, (OWNER_KEY, owner.ref), (OWNER_UID_KEY, owner.uid))
+
+
+def plan_imports(data: PlanInput) -> dict[str, str]:
+    """Import modes: destination keys to merge into the source (source key -> value)."""
+    if not data.initial or data.initial_behavior == "overwrite-destination":
+        return {}
+    schema = KeySchema(data.key_schema, data.environment)
+    imports: dict[str, str] = {}
+    for dest_key in sorted(data.destination):
+        entry = data.destination[dest_key]
+        ref = entry.owner_ref
+        if ref is not None and ref != data.owner.ref:
+            continue  # another SecretSync's key: reported as a conflict by plan()
+        source_key = schema.source_key(dest_key)
+        if source_key is None:
+            continue
+        current = data.source.get(source_key)
+        if current is None or (
+            data.initial_behavior == "import-prioritize-destination"
+            and entry.value != ""
+            and stored_form(current) != entry.value
+        ):
+            imports[source_key] = entry.value
+    return imports
+
+
+def plan(data: PlanInput) -> Plan:
+    result = Plan()
+    schema = KeySchema(data.key_schema, data.environment)
+    result.metadata_tracking = not any(
+        entry.metadata is None for entry in data.destination.values()
+    )
+    owned = {
+        key
+        for key, entry in data.destination.items()
+        if owned_by(key, entry, data.owner, data.ledger)
+    }
+    result.owned_before = sorted(owned)
+
+    source = dict(data.source)
+    if data.import_supported:
+        result.import_to_source = plan_imports(data)
+        source.update(result.import_to_source)
+
+    desired: dict[str, str] = {}  # destination key -> value as Infisical will store it
+    for source_key in sorted(source):
+        dest_key = schema.destination_key(source_key)
+        problem = key_problem(dest_key)
+        if problem:
+            shown = dest_key if len(dest_key) <= 60 else dest_key[:57] + "..."
+            result.skipped[source_key] = f"{problem} (destination key {shown!r})"
+            continue
+        desired[dest_key] = stored_form(source[source_key])
+
+    for dest_key, value in desired.items():
+        entry = data.destination.get(dest_key)
+        if entry is None:
+            result.create[dest_key] = value
+            result.metadata[dest_key] = ownership_metadata(data.owner)
+        elif dest_key in owned:
+            if entry.value != value or _stale_uid(entry, data.owner):
+                result.update[dest_key] = value
+                result.metadata[dest_key] = ownership_metadata(data.owner, entry.metadata)
+            else:
+                result.unchanged.append(dest_key)
+        elif entry.owner_ref is not None:
+            result.conflicts[dest_key] = f"owned by SecretSync {entry.owner_ref}"
+        elif data.initial:
+            result.adopt.append(dest_key)
+            result.update[dest_key] = value
+            result.metadata[dest_key] = ownership_metadata(data.owner, entry.metadata)
+        else:
+            result.conflicts[dest_key] = (
+                "exists in the destination and is not managed by this SecretSync"
+            )
+
+    # The guard counts the keys owned once this cycle's creates and adoptions are done, so that
+    # a held delete stays held (and an allowed one stays allowed) when planned again.
+    owned_now = owned | set(result.create) | set(result.adopt)
+    kept_targets = {schema.destination_key(key) for key in data.keep}
+    removable = sorted(
+        key
+        for key in owned
+        if key not in desired and key not in kept_targets and schema.matches(key)
+    )
+    if removable and not data.disable_deletion:
+        if not data.source_certain:
+            result.held_deletes = removable
+            result.hold_reason = f"source uncertain ({data.uncertain_reason}): no deletes"
+        elif not source and owned:
+            result.held_deletes = removable
+            result.hold_reason = f"source is empty while {len(owned)} keys are owned: no deletes"
+        elif len(removable) * 2 > len(owned_now) and not data.allow_mass_delete:
+            result.held_deletes = removable
+            result.hold_reason = (
+                f"would delete {len(removable)} of {len(owned_now)} owned keys; set the annotation "
+                'infisical-sync.dev/allow-mass-delete: "true" to allow it'
+            )
+        else:
+            result.delete = removable
+
+    after = (owned | set(result.create) | set(result.adopt)) - set(result.delete)
+    result.managed_after = sorted(after)
+    return result
+
+
+def _stale_uid(entry: DestinationKey, owner: Owner) -> bool:
+    """Ours by name but written by an earlier incarnation (deleted with Retain, recreated)."""
+    if entry.metadata is None:
+        return False
+    uids = [value for key, value in entry.metadata if key == OWNER_UID_KEY]
+    return bool(uids) and uids[0] != owner.uid
+
+
+def apply_plan(
+    destination: Mapping[str, DestinationKey], result: Plan
+) -> dict[str, DestinationKey]:
+    """What the destination holds after the plan's writes (for tests and re-planning)."""
+    after = dict(destination)
+    for key, value in result.create.items():
+        after[key] = DestinationKey(stored_form(value), result.metadata[key])
+    for key, value in result.update.items():
+        after[key] = DestinationKey(stored_form(value), result.metadata[key])
+    for key in result.delete:
+        after.pop(key, None)
+    return after
+
+
+def destination_from_listing(
+    items: Iterable[tuple[str, str, Iterable[tuple[str, str]] | None]],
+) -> dict[str, DestinationKey]:
+    return {
+        key: DestinationKey(value, None if metadata is None else tuple(metadata))
+        for key, value, metadata in items
+    }

@@ -1,0 +1,370 @@
+"""The planner: every rule by example, and the safety properties with hypothesis."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from infisical_sync.planner import (
+    OWNER_KEY,
+    OWNER_UID_KEY,
+    DestinationKey,
+    KeySchema,
+    Owner,
+    PlanInput,
+    apply_plan,
+    key_problem,
+    owned_by,
+    plan,
+    stored_form,
+)
+
+US = Owner("team-a", "app", "uid-1")
+OTHER = Owner("team-a", "other", "uid-2")
+
+
+def ours(value: str, owner: Owner = US) -> DestinationKey:
+    return DestinationKey(value, ((OWNER_KEY, owner.ref), (OWNER_UID_KEY, owner.uid)))
+
+
+def unowned(value: str) -> DestinationKey:
+    return DestinationKey(value, ())
+
+
+def inputs(**kwargs: object) -> PlanInput:
+    defaults: dict[str, object] = {
+        "source": {},
+        "destination": {},
+        "owner": US,
+        "environment": "prod",
+    }
+    defaults.update(kwargs)
+    return PlanInput(**defaults)  # type: ignore[arg-type]
+
+
+# --- examples -------------------------------------------------------------------------------
+
+
+def test_creates_into_empty_destination() -> None:
+    result = plan(inputs(source={"A": "1", "B": "2"}, initial=True))
+    assert result.create == {"A": "1", "B": "2"}
+    assert result.metadata["A"] == ((OWNER_KEY, "team-a/app"), (OWNER_UID_KEY, "uid-1"))
+    assert result.managed_after == ["A", "B"]
+
+
+def test_updates_only_what_differs_under_normalisation() -> None:
+    destination = {"A": ours("1"), "B": ours("two\n"), "C": ours("x")}
+    result = plan(inputs(source={"A": "  1  ", "B": "two\n\n", "C": "y"}, destination=destination))
+    assert result.update == {"C": "y"}
+    assert sorted(result.unchanged) == ["A", "B"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "stored"),
+    [("a", "a"), (" a ", "a"), ("a\n", "a\n"), (" a \n\n", "a\n"), ("\u00a0a", "a"), ("", "")],
+)
+def test_stored_form(raw: str, stored: str) -> None:
+    assert stored_form(raw) == stored
+
+
+def test_key_schema_and_invalid_keys() -> None:
+    result = plan(
+        inputs(
+            source={"DB": "1", "a:b": "2", "x/y": "3", "K" * 495: "4"},
+            key_schema="APP_{{secretKey}}_{{environment}}",
+        )
+    )
+    assert result.create == {"APP_DB_prod": "1"}
+    assert set(result.skipped) == {"a:b", "x/y", "K" * 495}
+    assert "longer than 500" in result.skipped["K" * 495]
+
+
+@pytest.mark.parametrize(
+    ("key", "problem"),
+    [("", "empty"), (" A", "whitespace"), ("a:b", "':'"), ("A" * 501, "500"), ("OK", None)],
+)
+def test_key_problems(key: str, problem: str | None) -> None:
+    found = key_problem(key)
+    assert (found is None) if problem is None else (problem in str(found))
+
+
+def test_matches_schema_like_infisical() -> None:
+    schema = KeySchema("APP_{{secretKey}}", "prod")
+    assert schema.matches("APP_DB") and schema.source_key("APP_DB") == "DB"
+    assert not schema.matches("APP_") and not schema.matches("OTHER")
+    slashed = KeySchema("a/{{secretKey}}", "prod")
+    assert slashed.matches("a/b") and not slashed.matches("a/b/c")
+    assert KeySchema("{{secretKey}}", "prod").matches("anything")
+
+
+def test_unowned_key_is_a_conflict_after_the_initial_sync() -> None:
+    result = plan(inputs(source={"A": "1"}, destination={"A": unowned("0")}))
+    assert result.writes == 0
+    assert "not managed" in result.conflicts["A"]
+
+
+def test_unowned_key_is_adopted_on_the_initial_sync() -> None:
+    destination = {"A": DestinationKey("1", (("team", "payments"),))}
+    result = plan(inputs(source={"A": "1"}, destination=destination, initial=True))
+    assert result.adopt == ["A"] and result.update == {"A": "1"}
+    assert result.metadata["A"][0] == ("team", "payments")  # other metadata kept
+    assert result.managed_after == ["A"]
+
+
+def test_foreign_key_is_never_written_even_initially() -> None:
+    result = plan(inputs(source={"A": "1"}, destination={"A": ours("0", OTHER)}, initial=True))
+    assert result.writes == 0
+    assert result.conflicts == {"A": "owned by SecretSync team-a/other"}
+
+
+def test_deletes_owned_keys_that_left_the_source() -> None:
+    destination = {
+        "A": ours("1"),
+        "B": ours("2"),
+        "C": ours("3"),
+        "X": unowned("x"),
+        "Y": ours("y", OTHER),
+    }
+    result = plan(inputs(source={"A": "1", "B": "2"}, destination=destination))
+    assert result.delete == ["C"]
+    assert result.managed_after == ["A", "B"]
+
+
+def test_disable_deletion() -> None:
+    result = plan(
+        inputs(
+            source={"A": "1"}, destination={"A": ours("1"), "B": ours("2")}, disable_deletion=True
+        )
+    )
+    assert result.delete == [] and result.held_deletes == []
+
+
+def test_key_schema_gates_deletion() -> None:
+    destination = {"APP_A": ours("1"), "APP_B": ours("2"), "LEGACY": ours("3"), "APP_C": ours("4")}
+    result = plan(
+        inputs(source={"A": "1", "B": "2"}, destination=destination, key_schema="APP_{{secretKey}}")
+    )
+    assert result.delete == ["APP_C"]
+
+
+def test_no_deletes_on_uncertain_source() -> None:
+    result = plan(
+        inputs(
+            source={"A": "1"},
+            destination={"A": ours("1"), "B": ours("2"), "C": ours("3")},
+            source_certain=False,
+            uncertain_reason="Secret team-a/b not found",
+        )
+    )
+    assert result.delete == [] and result.held_deletes == ["B", "C"]
+    assert "Secret team-a/b not found" in result.hold_reason
+
+
+def test_suddenly_empty_source_deletes_nothing() -> None:
+    result = plan(inputs(source={}, destination={"A": ours("1")}, allow_mass_delete=True))
+    assert result.delete == [] and "empty" in result.hold_reason
+
+
+def test_mass_delete_guard_and_annotation() -> None:
+    destination = {k: ours(k) for k in "ABCDE"}
+    held = plan(inputs(source={"A": "A", "B": "B"}, destination=destination))
+    assert held.delete == [] and held.held_deletes == ["C", "D", "E"]
+    assert "allow-mass-delete" in held.hold_reason
+    allowed = plan(
+        inputs(source={"A": "A", "B": "B"}, destination=destination, allow_mass_delete=True)
+    )
+    assert allowed.delete == ["C", "D", "E"]
+    half = plan(
+        inputs(source={"A": "A", "B": "B", "C": "C"}, destination={k: ours(k) for k in "ABCD"})
+    )
+    assert half.delete == ["D"]
+
+
+def test_keep_protects_targets_of_unsendable_source_keys() -> None:
+    result = plan(
+        inputs(
+            source={"A": "1"},
+            destination={"A": ours("1"), "BIN": ours("x")},
+            keep=frozenset({"BIN"}),
+        )
+    )
+    assert result.delete == []
+
+
+def test_ledger_fallback_without_metadata() -> None:
+    destination = {
+        "A": DestinationKey("old", None),
+        "B": DestinationKey("2", None),
+        "Z": DestinationKey("z", None),
+    }
+    result = plan(
+        inputs(source={"A": "new"}, destination=destination, ledger=frozenset({"A", "B"}))
+    )
+    assert result.update == {"A": "new"}
+    assert result.delete == ["B"]
+    assert not result.metadata_tracking
+    assert "Z" not in result.managed_after
+
+
+def test_recreated_sync_refreshes_uid() -> None:
+    stale = ours("1", Owner("team-a", "app", "old-uid"))
+    result = plan(inputs(source={"A": "1"}, destination={"A": stale}))
+    assert result.update == {"A": "1"}
+    assert (OWNER_UID_KEY, "uid-1") in result.metadata["A"]
+
+
+def test_import_prioritize_source() -> None:
+    destination = {"A": unowned("dest-a"), "ONLY_DEST": unowned("d"), "F": ours("f", OTHER)}
+    result = plan(
+        inputs(
+            source={"A": "src-a", "ONLY_SRC": "s"},
+            destination=destination,
+            initial=True,
+            initial_behavior="import-prioritize-source",
+        )
+    )
+    assert result.import_to_source == {"ONLY_DEST": "d"}
+    assert result.update == {"A": "src-a", "ONLY_DEST": "d"}
+    assert result.create == {"ONLY_SRC": "s"}
+    assert "F" not in result.update and "F" not in result.import_to_source  # foreign: untouched
+
+
+def test_import_prioritize_destination() -> None:
+    destination = {"A": unowned("dest-a"), "E": unowned("")}
+    result = plan(
+        inputs(
+            source={"A": "src-a", "E": "src-e"},
+            destination=destination,
+            initial=True,
+            initial_behavior="import-prioritize-destination",
+        )
+    )
+    assert result.import_to_source == {"A": "dest-a"}  # empty destination values do not win
+    assert result.update == {"A": "dest-a", "E": "src-e"}
+
+
+def test_imports_only_on_the_initial_sync() -> None:
+    result = plan(
+        inputs(
+            source={"A": "1"},
+            destination={"B": unowned("b")},
+            initial=False,
+            initial_behavior="import-prioritize-source",
+        )
+    )
+    assert result.import_to_source == {}
+
+
+# --- properties -----------------------------------------------------------------------------
+
+KEYS = st.sampled_from(["A", "B", "C", "D", "E", "F", "a:b", " G", "APP_A", "APP_B"])
+VALUES = st.sampled_from(["1", "2", " 1 ", "1\n", "", "x y", "\u00a0z"])
+OWNERS = st.sampled_from(["us", "other", "none", "no-metadata"])
+STORED_KEYS = KEYS.filter(lambda key: key_problem(key) is None)  # the server refuses the rest
+
+
+@st.composite
+def plan_inputs(draw: st.DrawFn) -> PlanInput:
+    source = draw(st.dictionaries(KEYS, VALUES, max_size=8))
+    destination: dict[str, DestinationKey] = {}
+    for key, (value, who) in draw(
+        st.dictionaries(STORED_KEYS, st.tuples(VALUES, OWNERS), max_size=8)
+    ).items():
+        stored = stored_form(value)
+        if who == "us":
+            destination[key] = ours(stored)
+        elif who == "other":
+            destination[key] = ours(stored, OTHER)
+        elif who == "none":
+            destination[key] = unowned(stored)
+        else:
+            destination[key] = DestinationKey(stored, None)
+    return PlanInput(
+        source=source,
+        destination=destination,
+        owner=US,
+        environment="prod",
+        key_schema=draw(st.sampled_from(["{{secretKey}}", "APP_{{secretKey}}"])),
+        initial=draw(st.booleans()),
+        initial_behavior=draw(
+            st.sampled_from(
+                [
+                    "overwrite-destination",
+                    "import-prioritize-source",
+                    "import-prioritize-destination",
+                ]
+            )
+        ),
+        disable_deletion=draw(st.booleans()),
+        allow_mass_delete=draw(st.booleans()),
+        source_certain=draw(st.booleans()),
+        uncertain_reason="test",
+        ledger=frozenset(draw(st.lists(KEYS, max_size=5))),
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(plan_inputs())
+def test_never_touches_foreign_or_unowned_keys_except_initial_adoption(data: PlanInput) -> None:
+    result = plan(data)
+    for key in [*result.update, *result.delete]:
+        entry = data.destination[key]
+        if owned_by(key, entry, US, data.ledger):
+            continue
+        assert data.initial and key in result.adopt and entry.owner_ref is None
+        assert key not in result.delete
+    for key in result.create:
+        assert key not in data.destination
+
+
+@settings(max_examples=400, deadline=None)
+@given(plan_inputs())
+def test_applying_then_planning_again_is_empty(data: PlanInput) -> None:
+    first = plan(data)
+    after = apply_plan(data.destination, first)
+    if any(entry.metadata is None for entry in data.destination.values()):
+        # a server without metadata keeps returning none: the ledger carries ownership
+        after = {key: DestinationKey(entry.value, None) for key, entry in after.items()}
+    again = plan(
+        dataclasses.replace(
+            data,
+            source={**data.source, **first.import_to_source},
+            destination=after,
+            initial=False,
+            ledger=frozenset(first.managed_after),
+        )
+    )
+    assert (again.create, again.update, again.delete) == ({}, {}, [])
+
+
+@settings(max_examples=400, deadline=None)
+@given(plan_inputs())
+def test_no_deletes_when_source_uncertain_or_empty(data: PlanInput) -> None:
+    result = plan(data)
+    if not data.source_certain or not data.source:
+        assert result.delete == []
+
+
+@settings(max_examples=400, deadline=None)
+@given(plan_inputs())
+def test_mass_delete_guard_holds(data: PlanInput) -> None:
+    result = plan(data)
+    if not data.allow_mass_delete:
+        owned_now = set(result.owned_before) | set(result.create) | set(result.adopt)
+        assert len(result.delete) * 2 <= len(owned_now)
+    assert set(result.delete) <= set(result.owned_before)
+
+
+@settings(max_examples=400, deadline=None)
+@given(plan_inputs())
+def test_skipped_and_conflicting_keys_are_never_written(data: PlanInput) -> None:
+    result = plan(data)
+    written = set(result.create) | set(result.update) | set(result.delete)
+    assert not written & set(result.conflicts)
+    schema = KeySchema(data.key_schema, data.environment)
+    assert not written & {schema.destination_key(key) for key in result.skipped}
+    for key in [*result.create, *result.update]:
+        assert key_problem(key) is None
