@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import random
 from typing import Any
 
 import kopf
@@ -25,6 +26,13 @@ from infisical_sync.infisical.transport import TransportOptions
 from infisical_sync.kube import GROUP, VERSION, Kube, load_api_client
 from infisical_sync.runtime import Kicks, Runtime
 from infisical_sync.selectors import selector_matches
+from infisical_sync.sync import (
+    ABANDON,
+    ALLOW_MASS_DELETE,
+    SYNC_REQUESTED_AT,
+    SyncEngine,
+    SyncFailed,
+)
 
 PREFIX = "infisical-sync.dev"
 CONNECTIONS = "infisicalconnections"
@@ -40,6 +48,8 @@ FAILURE_RETRY_START = 5.0
 class OperatorMemo(kopf.Memo):
     runtime: Runtime
     connections: ConnectionReconciler
+    engine: SyncEngine
+    kube: Kube
 
 
 def _post_event(body: Any, type_: str, reason: str, message: str) -> None:
@@ -81,6 +91,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     )
     memo.runtime = Runtime(settings=config, pool=pool, kicks=Kicks())
     memo.connections = ConnectionReconciler(kube, pool, post_event=_post_event)
+    memo.engine = SyncEngine(kube, memo.connections, post_event=_post_event)
+    memo.kube = kube
     log.info("infisical-sync operator started")
 
 
@@ -226,6 +238,115 @@ async def connection_daemon(
         runtime.kicks.discard(key)
         if (body.get("metadata") or {}).get("deletionTimestamp"):
             await reconciler.forget(namespace, name)
+
+
+# --- SecretSync ---------------------------------------------------------------------------------
+
+# Kicks that only an auto-syncing SecretSync follows (autoSyncEnabled: false ignores them).
+MANUAL_REASONS = {"created", "spec changed", "sync requested"}
+
+
+@kopf.on.event(GROUP, VERSION, SYNCS, registry=registry)  # type: ignore[arg-type]
+def secretsync_event(
+    type: str, namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
+    """Spec changes and the sync-requested-at / allow-mass-delete annotations wake the daemon."""
+    runtime: Runtime = memo.runtime
+    key = ("SecretSync", namespace, name)
+    if type == "DELETED":
+        runtime.seen.pop(key, None)
+        return
+    annotations = body.get("metadata", {}).get("annotations") or {}
+    current = (
+        body.get("metadata", {}).get("generation"),
+        annotations.get(SYNC_REQUESTED_AT),
+        annotations.get(ALLOW_MASS_DELETE),
+    )
+    before = runtime.seen.get(key)
+    runtime.seen[key] = current
+    if before is None or before == current:
+        return  # first sight: the daemon's first run covers it
+    if before[0] != current[0]:
+        runtime.kicks.kick(key, "spec changed")
+    elif before[1] != current[1]:
+        runtime.kicks.kick(key, "sync requested")
+    else:
+        runtime.kicks.kick(key, "spec changed")  # allow-mass-delete changed: re-plan
+
+
+@kopf.daemon(GROUP, VERSION, SYNCS, cancellation_timeout=30, registry=registry)  # type: ignore[arg-type]
+async def secretsync_daemon(
+    namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
+    """Runs every sync of one SecretSync: at start, on kicks, and every syncInterval."""
+    runtime: Runtime = memo.runtime
+    engine: SyncEngine = memo.engine
+    kube: Kube = memo.kube
+    key = ("SecretSync", namespace, name)
+    slot = runtime.kicks.slot(key)
+    status = body.get("status") or {}
+    interval = parse_duration((body.get("spec") or {}).get("syncInterval"), 300.0)
+    if status.get("lastSyncedAt") and status.get("observedGeneration") == body.meta.get(
+        "generation"
+    ):
+        # Already in sync before a restart: spread the first runs so they do not all fire at once.
+        await slot.wait(random.uniform(0, min(interval, 30.0)))  # noqa: S311 - jitter
+    reasons = {"created"}
+    failures = 0
+    try:
+        while True:
+            spec = body.get("spec") or {}
+            interval = parse_duration(spec.get("syncInterval"), 300.0)
+            auto = spec.get("autoSyncEnabled", True)
+            if auto or reasons & MANUAL_REASONS:
+                async with runtime.lock(key):
+                    try:
+                        result = await engine.run(namespace, name, body)
+                        await kube.patch_status(SYNCS, namespace, name, result.status)
+                    except Exception:
+                        log.exception("sync of %s/%s failed unexpectedly", namespace, name)
+                        result = None
+                if result is not None and (result.ok or not result.retryable):
+                    failures, delay = 0, interval
+                else:
+                    failures += 1
+                    delay = min(interval, FAILURE_RETRY_START * 2 ** (failures - 1))
+                    if result is not None and result.retry_after:
+                        delay = max(delay, result.retry_after)
+            else:
+                delay = interval
+            _force, reasons = await slot.wait(jittered(delay))
+    finally:
+        runtime.kicks.discard(key)
+
+
+@kopf.on.delete(GROUP, VERSION, SYNCS, registry=registry)  # type: ignore[arg-type]
+async def secretsync_deleted(
+    namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
+    runtime: Runtime = memo.runtime
+    engine: SyncEngine = memo.engine
+    key = ("SecretSync", namespace, name)
+    annotations = body.get("metadata", {}).get("annotations") or {}
+    policy = (body.get("spec") or {}).get("deletionPolicy", "Retain")
+    if annotations.get(ABANDON) == "true" or policy != "Delete":
+        engine.forget(namespace, name)
+        runtime.locks.pop(key, None)
+        return
+    async with runtime.lock(key):
+        try:
+            removed = await engine.remove_owned(namespace, name, body)
+        except SyncFailed as failure:
+            message = (
+                f"deletionPolicy Delete: removing owned keys failed: {failure.message}; "
+                f'retrying. Annotate {ABANDON}: "true" to let go without removing them'
+            )
+            await memo.kube.patch_status(
+                SYNCS, namespace, name, {"syncStatus": "Failed", "lastSyncMessage": message[:1024]}
+            )
+            raise kopf.TemporaryError(message, delay=10) from None
+    log.info("%s/%s deleted: removed %d owned destination keys", namespace, name, removed)
+    runtime.locks.pop(key, None)
 
 
 # --- entry point --------------------------------------------------------------------------------

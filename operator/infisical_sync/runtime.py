@@ -56,3 +56,10 @@ class Runtime:
     settings: Settings
     pool: ClientPool
     kicks: Kicks = field(default_factory=Kicks)
+    # One lock per SecretSync: a sync and a removal never run at once.
+    locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
+    # What the SecretSync event handler last saw, to tell spec changes and requests apart.
+    seen: dict[Key, tuple[object, ...]] = field(default_factory=dict)
+
+    def lock(self, key: Key) -> asyncio.Lock:
+        return self.locks.setdefault(key, asyncio.Lock())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -36,27 +37,92 @@ def test_crds_are_established_and_defaults_apply(kube: Any, namespace: str) -> N
     assert spec["validationInterval"] == "5m"
 
 
-def test_status_is_a_subresource(kube: Any, namespace: str) -> None:
+WIDGETS = "widgets"
+WIDGET_GROUP = "test.infisical-sync.dev"
+
+
+@pytest.fixture(scope="module")
+def widget_crd(kube: Any) -> str:
+    """A placeholder CRD no operator watches: status subresource, schema, printer column."""
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{WIDGETS}.{WIDGET_GROUP}"},
+        "spec": {
+            "group": WIDGET_GROUP,
+            "scope": "Namespaced",
+            "names": {"kind": "Widget", "plural": WIDGETS, "singular": "widget"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "spec": {
+                                    "type": "object",
+                                    "required": ["size"],
+                                    "properties": {"size": {"type": "integer", "minimum": 1}},
+                                },
+                                "status": {
+                                    "type": "object",
+                                    "properties": {"message": {"type": "string"}},
+                                },
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+    api = client.ApiextensionsV1Api(kube)
+    api.create_custom_resource_definition(crd)
+    for _ in range(100):
+        conditions = (
+            api.read_custom_resource_definition(crd["metadata"]["name"]).status.conditions or []
+        )
+        if any(c.type == "Established" and c.status == "True" for c in conditions):
+            break
+        time.sleep(0.1)
+    return WIDGETS
+
+
+def widget(name: str, size: int = 1) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{WIDGET_GROUP}/v1",
+        "kind": "Widget",
+        "metadata": {"name": name},
+        "spec": {"size": size},
+    }
+
+
+def test_status_is_a_subresource(kube: Any, namespace: str, widget_crd: str) -> None:
     api = client.CustomObjectsApi(kube)
-    api.create_namespaced_custom_object(
-        GROUP, VERSION, namespace, "infisicalconnections", connection("conn")
-    )
+    api.create_namespaced_custom_object(WIDGET_GROUP, "v1", namespace, WIDGETS, widget("w"))
     # A status in the main resource is ignored...
     api.patch_namespaced_custom_object(
-        GROUP, VERSION, namespace, "infisicalconnections", "conn", {"status": {"message": "x"}}
+        WIDGET_GROUP, "v1", namespace, WIDGETS, "w", {"status": {"message": "x"}}
     )
-    body = api.get_namespaced_custom_object(
-        GROUP, VERSION, namespace, "infisicalconnections", "conn"
-    )
+    body = api.get_namespaced_custom_object(WIDGET_GROUP, "v1", namespace, WIDGETS, "w")
     assert body.get("status", {}).get("message") is None
     # ...and lands through /status.
     api.patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, "infisicalconnections", "conn", {"status": {"message": "ok"}}
+        WIDGET_GROUP, "v1", namespace, WIDGETS, "w", {"status": {"message": "ok"}}
     )
-    body = api.get_namespaced_custom_object(
-        GROUP, VERSION, namespace, "infisicalconnections", "conn"
-    )
+    body = api.get_namespaced_custom_object(WIDGET_GROUP, "v1", namespace, WIDGETS, "w")
     assert body["status"]["message"] == "ok"
+
+
+def test_schema_rejects_a_bad_placeholder(kube: Any, namespace: str, widget_crd: str) -> None:
+    with pytest.raises(ApiException) as caught:
+        client.CustomObjectsApi(kube).create_namespaced_custom_object(
+            WIDGET_GROUP, "v1", namespace, WIDGETS, widget("bad", size=0)
+        )
+    assert caught.value.status == 422
+    assert "spec.size" in json.loads(caught.value.body)["message"]
 
 
 @pytest.mark.parametrize(
@@ -95,20 +161,20 @@ def test_http_allowed_with_flag(kube: Any, namespace: str) -> None:
     assert created["spec"]["allowInsecureHttp"] is True
 
 
-def test_watch_sees_added_modified_deleted(kube: Any, namespace: str) -> None:
+def test_watch_sees_added_modified_deleted(kube: Any, namespace: str, widget_crd: str) -> None:
     api = client.CustomObjectsApi(kube)
     seen: list[tuple[str, str]] = []
     # Start from the list's resourceVersion so that no event can slip in before the watch.
-    start = api.list_namespaced_custom_object(GROUP, VERSION, namespace, "infisicalconnections")
+    start = api.list_namespaced_custom_object(WIDGET_GROUP, "v1", namespace, WIDGETS)
 
     def follow() -> None:
         stream = watch.Watch()
         for event in stream.stream(
             api.list_namespaced_custom_object,
-            GROUP,
-            VERSION,
+            WIDGET_GROUP,
+            "v1",
             namespace,
-            "infisicalconnections",
+            WIDGETS,
             resource_version=start["metadata"]["resourceVersion"],
             timeout_seconds=20,
         ):
@@ -118,20 +184,11 @@ def test_watch_sees_added_modified_deleted(kube: Any, namespace: str) -> None:
 
     thread = threading.Thread(target=follow, daemon=True)
     thread.start()
-    api.create_namespaced_custom_object(
-        GROUP, VERSION, namespace, "infisicalconnections", connection("watched")
-    )
+    api.create_namespaced_custom_object(WIDGET_GROUP, "v1", namespace, WIDGETS, widget("watched"))
     api.patch_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        namespace,
-        "infisicalconnections",
-        "watched",
-        {"spec": {"validationInterval": "1m"}},
+        WIDGET_GROUP, "v1", namespace, WIDGETS, "watched", {"spec": {"size": 2}}
     )
-    api.delete_namespaced_custom_object(
-        GROUP, VERSION, namespace, "infisicalconnections", "watched"
-    )
+    api.delete_namespaced_custom_object(WIDGET_GROUP, "v1", namespace, WIDGETS, "watched")
     thread.join(timeout=25)
     assert [kind for kind, name in seen if name == "watched"] == ["ADDED", "MODIFIED", "DELETED"]
 

@@ -1,0 +1,572 @@
+"""One SecretSync cycle: read source and destination, plan, write, report. And removal.
+
+The wire per cycle (SPEC §2.3.7): one conditional list of the destination, then at most one
+batch create, one batch update and one batch delete (chunked). A batch refused because the
+destination changed in between (400 exists / 404 missing) is re-planned once from a fresh read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import SecretStr, ValidationError
+
+from infisical_sync import metrics
+from infisical_sync.conditions import Condition, merge_conditions, timestamp
+from infisical_sync.connection import ConnectionReconciler
+from infisical_sync.infisical.client import InfisicalSession
+from infisical_sync.infisical.errors import (
+    Conflict,
+    InfisicalError,
+    NotFound,
+    RateLimited,
+)
+from infisical_sync.infisical.models import MetadataEntry, SecretLocation, SecretWrite
+from infisical_sync.kube import Kube
+from infisical_sync.planner import DestinationKey, Owner, Plan, PlanInput, plan
+from infisical_sync.resources import SecretSyncSpec
+from infisical_sync.sources import (
+    InfisicalImportTarget,
+    KubernetesImportTarget,
+    SourceResult,
+    read_infisical,
+    read_kubernetes,
+)
+
+log = logging.getLogger(__name__)
+PLURAL = "secretsyncs"
+ALLOW_MASS_DELETE = "infisical-sync.dev/allow-mass-delete"
+ABANDON = "infisical-sync.dev/abandon"
+SYNC_REQUESTED_AT = "infisical-sync.dev/sync-requested-at"
+EventPoster = Callable[[Any, str, str, str], None]
+
+
+class SyncFailed(Exception):
+    """A cycle that could not finish; carries the condition it failed on."""
+
+    def __init__(
+        self,
+        condition: str,
+        reason: str,
+        message: str,
+        *,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.condition = condition
+        self.reason = reason
+        self.message = message
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+@dataclass
+class _Cache:
+    """Per SecretSync, in memory: the last listings and their ETags."""
+
+    destination_etag: str | None = None
+    destination: dict[str, DestinationKey] = field(default_factory=dict)
+    source_etag: str | None = None
+    source: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    status: dict[str, Any]
+    ok: bool
+    retryable: bool = False
+    retry_after: float | None = None
+
+
+def _destination_map(listing_secrets: Any) -> dict[str, DestinationKey]:
+    found: dict[str, DestinationKey] = {}
+    for secret in listing_secrets:
+        if secret.type != "shared":
+            continue
+        metadata = (
+            None
+            if secret.metadata is None
+            else tuple((entry.key, entry.value) for entry in secret.metadata)
+        )
+        found[secret.key] = DestinationKey(secret.value.get_secret_value(), metadata)
+    return found
+
+
+def _writes(values: Mapping[str, str], result: Plan) -> list[SecretWrite]:
+    return [
+        SecretWrite(
+            key=key,
+            value=SecretStr(value),
+            metadata=[MetadataEntry(key=k, value=v) for k, v in result.metadata[key]],
+        )
+        for key, value in sorted(values.items())
+    ]
+
+
+def summary(result: Plan, *, dry_run: bool = False) -> str:
+    verb = "would " if dry_run else ""
+    parts = [
+        f"{verb}create {len(result.create)}",
+        f"{verb}update {len(result.update)}",
+        f"{verb}delete {len(result.delete)}",
+        f"unchanged {len(result.unchanged)}",
+    ]
+    text = ", ".join(parts)
+    if result.adopt:
+        text += f"; adopted {', '.join(result.adopt)}"
+    if result.conflicts:
+        text += "; conflicts: " + "; ".join(
+            f"{k} ({v})" for k, v in sorted(result.conflicts.items())
+        )
+    if result.held_deletes:
+        text += f"; held deletes of {', '.join(result.held_deletes)}: {result.hold_reason}"
+    return text
+
+
+class SyncEngine:
+    def __init__(
+        self, kube: Kube, connections: ConnectionReconciler, *, post_event: EventPoster
+    ) -> None:
+        self.kube = kube
+        self.connections = connections
+        self.post_event = post_event
+        self._caches: dict[tuple[str, str], _Cache] = {}
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._caches.pop((namespace, name), None)
+
+    # --- one cycle -----------------------------------------------------------------------------
+
+    async def run(self, namespace: str, name: str, body: Mapping[str, Any]) -> CycleResult:
+        started = time.monotonic()
+        meta = body.get("metadata") or {}
+        previous = dict(body.get("status") or {})
+        generation = meta.get("generation")
+        now = dt.datetime.now(dt.UTC)
+        try:
+            spec = SecretSyncSpec.model_validate(dict(body.get("spec") or {}))
+        except ValidationError as exc:
+            fields = ", ".join(".".join(str(p) for p in err["loc"]) for err in exc.errors())
+            failure = SyncFailed("Synced", "InvalidSpec", f"spec is invalid at: {fields}")
+            return self._failed(previous, generation, now, failure, {})
+        described = {
+            "source": spec.source.describe(),
+            "destination": spec.destination.describe(),
+        }
+        if spec.suspend:
+            return CycleResult(self._suspended(previous, generation, now, described), ok=True)
+        owner = Owner(namespace, name, str(meta.get("uid", "")))
+        annotations = meta.get("annotations") or {}
+        try:
+            status = await self._cycle(
+                namespace, name, spec, owner, annotations, previous, generation, now
+            )
+        except SyncFailed as failure:
+            metrics.SYNCS.labels("failed").inc()
+            result = self._failed(previous, generation, now, failure, described)
+            self._transition_events(body, previous, result.status)
+            return result
+        finally:
+            metrics.SYNC_DURATION.observe(time.monotonic() - started)
+        status.update(described)
+        metrics.SYNCS.labels("dry_run" if spec.dry_run else "succeeded").inc()
+        self._transition_events(body, previous, status)
+        return CycleResult(status, ok=True)
+
+    async def _cycle(
+        self,
+        namespace: str,
+        name: str,
+        spec: SecretSyncSpec,
+        owner: Owner,
+        annotations: Mapping[str, str],
+        previous: dict[str, Any],
+        generation: int | None,
+        now: dt.datetime,
+    ) -> dict[str, Any]:
+        cache = self._caches.setdefault((namespace, name), _Cache())
+        destination_ref = spec.destination.connection_ref.name
+        session = self.connections.session(namespace, destination_ref)
+        if session is None:
+            raise self._connection_not_ready(namespace, destination_ref)
+
+        source = await self._read_source(namespace, spec, cache)
+        if not source.certain and not source.values:
+            raise SyncFailed(
+                "SourceReady",
+                source.problem_reason,
+                "; ".join(source.problems),
+                retryable=True,
+                retry_after=source.retry_after,
+            )
+        location = await self._destination_location(session, spec)
+        destination = await self._read_destination(session, location, cache, fresh=False)
+        initial = not previous.get("lastSyncedAt")
+
+        def plan_input(current: Mapping[str, DestinationKey]) -> PlanInput:
+            return PlanInput(
+                source=source.values,
+                destination=current,
+                owner=owner,
+                environment=location.environment,
+                key_schema=spec.sync_options.key_schema,
+                initial=initial,
+                initial_behavior=spec.sync_options.initial_sync_behavior,
+                disable_deletion=spec.sync_options.disable_secret_deletion,
+                allow_mass_delete=annotations.get(ALLOW_MASS_DELETE) == "true",
+                source_certain=source.certain,
+                uncertain_reason="; ".join(source.problems),
+                ledger=frozenset(previous.get("managedKeys") or []),
+                keep=frozenset(source.keep),
+                import_supported=source.import_target is not None,
+            )
+
+        result = plan(plan_input(destination))
+        import_status: dict[str, Any] = {}
+        if spec.dry_run:
+            return self._succeeded(previous, generation, now, result, source, dry_run=True)
+        if result.import_to_source:
+            import_status = await self._import(namespace, source, result.import_to_source, now)
+        try:
+            await self._apply(session, location, result)
+        except (Conflict, NotFound) as exc:
+            log.info(
+                "%s/%s: destination changed during the sync (%s); re-planning", namespace, name, exc
+            )
+            destination = await self._read_destination(session, location, cache, fresh=True)
+            again = plan_input(destination)
+            result = plan(again)
+            try:
+                await self._apply(session, location, result)
+            except InfisicalError as second:
+                raise self._remote_failure("Synced", second) from None
+        except InfisicalError as exc:
+            raise self._remote_failure("Synced", exc) from None
+        for action, count in (
+            ("create", len(result.create)),
+            ("update", len(result.update)),
+            ("delete", len(result.delete)),
+        ):
+            if count:
+                metrics.KEYS_CHANGED.labels(action).inc(count)
+        if result.writes:
+            log.info("%s/%s synced: %s", namespace, name, summary(result))
+        status = self._succeeded(previous, generation, now, result, source, dry_run=False)
+        status.update(import_status)
+        return status
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    def _connection_not_ready(self, namespace: str, connection: str) -> SyncFailed:
+        state = self.connections.state(namespace, connection)
+        detail = (
+            f"{state.reason}: {state.message}" if state else "not validated yet (or does not exist)"
+        )
+        return SyncFailed(
+            "DestinationReady",
+            "ConnectionNotReady",
+            f"InfisicalConnection {namespace}/{connection} is not Ready: {detail}",
+        )
+
+    async def _read_source(
+        self, namespace: str, spec: SecretSyncSpec, cache: _Cache
+    ) -> SourceResult:
+        if spec.source.kubernetes is not None:
+            return await read_kubernetes(self.kube, namespace, spec.source.kubernetes)
+        assert spec.source.infisical is not None
+        ref = spec.source.infisical.connection_ref.name
+        result = await read_infisical(
+            self.connections.session(namespace, ref),
+            f"{namespace}/{ref}",
+            spec.source.infisical,
+            etag=cache.source_etag,
+            cached=cache.source,
+        )
+        if result.certain:
+            cache.source_etag, cache.source = result.etag, dict(result.values)
+        return result
+
+    async def _destination_location(
+        self, session: InfisicalSession, spec: SecretSyncSpec
+    ) -> SecretLocation:
+        destination = spec.destination
+        try:
+            project_id = await session.project_id(
+                project_id=destination.project_id, project_slug=destination.project_slug
+            )
+        except InfisicalError as exc:
+            raise self._remote_failure("DestinationReady", exc) from None
+        path = destination.secret_path
+        path = "/" + "/".join(part for part in path.split("/") if part)
+        return SecretLocation(
+            project_id=project_id, environment=destination.environment, secret_path=path
+        )
+
+    async def _read_destination(
+        self,
+        session: InfisicalSession,
+        location: SecretLocation,
+        cache: _Cache,
+        *,
+        fresh: bool,
+    ) -> dict[str, DestinationKey]:
+        etag = None if fresh else cache.destination_etag
+        try:
+            listing = await session.list_secrets(location, etag=etag)
+        except NotFound:
+            # The folder does not exist yet: mkdir -p, and the destination is empty.
+            try:
+                await session.ensure_folder(location)
+            except InfisicalError as exc:
+                raise self._remote_failure("DestinationReady", exc) from None
+            cache.destination_etag, cache.destination = None, {}
+            return {}
+        except InfisicalError as exc:
+            raise self._remote_failure("DestinationReady", exc) from None
+        if listing.not_modified:
+            return dict(cache.destination)
+        cache.destination_etag = listing.etag
+        cache.destination = _destination_map(listing.secrets)
+        return dict(cache.destination)
+
+    # --- writes --------------------------------------------------------------------------------
+
+    async def _apply(
+        self, session: InfisicalSession, location: SecretLocation, result: Plan
+    ) -> None:
+        if result.create:
+            await session.batch_create(location, _writes(result.create, result))
+        if result.update:
+            await session.batch_update(location, _writes(result.update, result))
+        if result.delete:
+            await session.batch_delete(location, result.delete)
+
+    async def _import(
+        self, namespace: str, source: SourceResult, values: dict[str, str], now: dt.datetime
+    ) -> dict[str, Any]:
+        """Import modes: write destination keys into the source before the first push."""
+        target = source.import_target
+        keys = ", ".join(sorted(values))
+        try:
+            if isinstance(target, KubernetesImportTarget):
+                await self.kube.write_secret_keys(
+                    namespace, target.name, values, target.resource_version
+                )
+                where = f"Secret {target.name}"
+            elif isinstance(target, InfisicalImportTarget):
+                items = [SecretWrite(key=k, value=SecretStr(v)) for k, v in sorted(values.items())]
+                await target.session.batch_update(target.location, items, mode="upsert")
+                where = "the Infisical source"
+            else:
+                raise SyncFailed(
+                    "SourceReady", "ImportNotSupported", "this source cannot take imports"
+                )
+        except InfisicalError as exc:
+            raise self._remote_failure("SourceReady", exc) from None
+        except Exception as exc:
+            if isinstance(exc, SyncFailed):
+                raise
+            raise SyncFailed(
+                "SourceReady",
+                "ImportFailed",
+                f"importing into the source failed: {type(exc).__name__}",
+                retryable=True,
+            ) from None
+        source.values.update(values)
+        return {
+            "lastImportedAt": timestamp(now),
+            "lastImportMessage": f"imported {len(values)} keys into {where}: {keys}"[:1024],
+        }
+
+    async def remove_owned(self, namespace: str, name: str, body: Mapping[str, Any]) -> int:
+        """deletionPolicy Delete: remove the keys this SecretSync owns. Returns how many."""
+        spec = SecretSyncSpec.model_validate(dict(body.get("spec") or {}))
+        meta = body.get("metadata") or {}
+        owner = Owner(namespace, name, str(meta.get("uid", "")))
+        ref = spec.destination.connection_ref.name
+        session = self.connections.session(namespace, ref)
+        if session is None:
+            raise self._connection_not_ready(namespace, ref)
+        location = await self._destination_location(session, spec)
+        cache = _Cache()
+        try:
+            destination = await self._read_destination(session, location, cache, fresh=True)
+            ledger = frozenset((body.get("status") or {}).get("managedKeys") or [])
+            owned = sorted(
+                key
+                for key, entry in destination.items()
+                if (entry.owner_ref == owner.ref if entry.metadata is not None else key in ledger)
+            )
+            if owned:
+                await session.batch_delete(location, owned)
+        except InfisicalError as exc:
+            raise self._remote_failure("Synced", exc) from None
+        self.forget(namespace, name)
+        return len(owned)
+
+    # --- status --------------------------------------------------------------------------------
+
+    def _remote_failure(self, condition: str, exc: InfisicalError) -> SyncFailed:
+        return SyncFailed(
+            condition,
+            exc.reason,
+            str(exc),
+            retryable=exc.retryable,
+            retry_after=exc.retry_after if isinstance(exc, RateLimited) else None,
+        )
+
+    def _succeeded(
+        self,
+        previous: Mapping[str, Any],
+        generation: int | None,
+        now: dt.datetime,
+        result: Plan,
+        source: SourceResult,
+        *,
+        dry_run: bool,
+    ) -> dict[str, Any]:
+        message = summary(result, dry_run=dry_run)
+        if source.duplicates:
+            message += "; duplicate keys: " + "; ".join(source.duplicates)
+        if source.problems:
+            message += "; source: " + "; ".join(source.problems)
+        source_condition = (
+            Condition("SourceReady", "True", "SourceRead", f"{len(source.values)} keys read")
+            if source.certain
+            else Condition(
+                "SourceReady", "False", source.problem_reason, "; ".join(source.problems)
+            )
+        )
+        if dry_run:
+            synced = Condition("Synced", "False", "DryRun", message)
+            ready = Condition("Ready", "True", "DryRun", "dry run: plan in status.plan")
+        elif result.held_deletes:
+            reason = "SourceUncertain" if not source.certain else "DeletionHeld"
+            synced = Condition("Synced", "False", reason, result.hold_reason)
+            ready = Condition("Ready", "False", reason, result.hold_reason)
+        elif result.conflicts:
+            synced = Condition("Synced", "True", "SyncedWithConflicts", message)
+            ready = Condition("Ready", "True", "SyncedWithConflicts", message)
+        else:
+            synced = Condition("Synced", "True", "Synced", message)
+            ready = Condition("Ready", "True", "Synced", message)
+        conditions = merge_conditions(
+            previous.get("conditions"),
+            [
+                ready,
+                source_condition,
+                Condition("DestinationReady", "True", "DestinationRead", "destination listed"),
+                synced,
+            ],
+            generation=generation,
+            now=now,
+        )
+        status: dict[str, Any] = {
+            "observedGeneration": generation,
+            "conditions": conditions,
+            "lastSyncAttemptAt": timestamp(now),
+            "lastSyncMessage": message[:1024],
+            "plan": {
+                "create": sorted(result.create),
+                "update": sorted(result.update),
+                "delete": sorted(result.delete),
+                "unchanged": len(result.unchanged),
+            },
+            "conflicts": sorted(result.conflicts),
+            "skippedKeys": [
+                f"{k}: {v}" for k, v in sorted({**source.skipped, **result.skipped}.items())
+            ],
+            "ownershipTracking": "Metadata" if result.metadata_tracking else "Ledger",
+        }
+        if dry_run:
+            status["syncStatus"] = previous.get("syncStatus") or "Pending"
+            return status
+        failed = bool(result.held_deletes) or not source.certain
+        status.update(
+            {
+                "syncStatus": "Failed" if failed else "Succeeded",
+                "syncedKeys": result.synced_keys,
+                "managedKeys": result.managed_after,
+            }
+        )
+        if not failed or not previous.get("lastSyncedAt"):
+            # Writes happened (or were not needed): the initial sync is over either way.
+            status["lastSyncedAt"] = timestamp(now)
+        return status
+
+    def _failed(
+        self,
+        previous: Mapping[str, Any],
+        generation: int | None,
+        now: dt.datetime,
+        failure: SyncFailed,
+        described: Mapping[str, str],
+    ) -> CycleResult:
+        updates = [
+            Condition("Ready", "False", failure.reason, failure.message),
+            Condition("Synced", "False", failure.reason, failure.message),
+        ]
+        if failure.condition in ("SourceReady", "DestinationReady"):
+            updates.append(Condition(failure.condition, "False", failure.reason, failure.message))
+        status: dict[str, Any] = {
+            "syncStatus": "Failed",
+            "observedGeneration": generation,
+            "lastSyncAttemptAt": timestamp(now),
+            "lastSyncMessage": failure.message[:1024],
+            "conditions": merge_conditions(
+                previous.get("conditions"), updates, generation=generation, now=now
+            ),
+            **described,
+        }
+        return CycleResult(
+            status, ok=False, retryable=failure.retryable, retry_after=failure.retry_after
+        )
+
+    def _suspended(
+        self,
+        previous: Mapping[str, Any],
+        generation: int | None,
+        now: dt.datetime,
+        described: Mapping[str, str],
+    ) -> dict[str, Any]:
+        message = "suspended: spec.suspend is true"
+        return {
+            "observedGeneration": generation,
+            "lastSyncMessage": message,
+            "conditions": merge_conditions(
+                previous.get("conditions"),
+                [
+                    Condition("Ready", "False", "Suspended", message),
+                    Condition("Synced", "False", "Suspended", message),
+                ],
+                generation=generation,
+                now=now,
+            ),
+            **described,
+        }
+
+    def _transition_events(
+        self, body: Mapping[str, Any], previous: Mapping[str, Any], status: Mapping[str, Any]
+    ) -> None:
+        """Events on transitions only: into Succeeded or Failed, and on new conflicts."""
+        before, after = previous.get("syncStatus"), status.get("syncStatus")
+        if after != before:
+            if after == "Succeeded":
+                self.post_event(body, "Normal", "Synced", str(status.get("lastSyncMessage", "")))
+            elif after == "Failed":
+                reason = "SyncFailed"
+                for condition in status.get("conditions", []):
+                    if condition["type"] == "Synced":
+                        reason = condition["reason"]
+                self.post_event(body, "Warning", reason, str(status.get("lastSyncMessage", "")))
+        new_conflicts = set(status.get("conflicts") or []) - set(previous.get("conflicts") or [])
+        if new_conflicts:
+            self.post_event(
+                body, "Warning", "Conflict", f"keys left alone: {', '.join(sorted(new_conflicts))}"
+            )

@@ -1,0 +1,507 @@
+"""SecretSync end to end: the operator process, the real control plane, fake Infisical servers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+from tests.conftest import OperatorProcess, wait_for
+from tests.kube_helpers import (
+    condition,
+    create,
+    delete,
+    event_reasons,
+    get,
+    patch,
+    put_secret,
+    read_secret,
+    status,
+)
+
+from infisical_sync.planner import OWNER_KEY
+from infisical_sync.testing.fake_infisical import BackgroundFake, FakeInfisical, Fault, RateLimits
+
+pytestmark = pytest.mark.controlplane
+CONNECTIONS, SYNCS = "infisicalconnections", "secretsyncs"
+CLIENT_ID = "44444444-4444-4444-8444-444444444444"
+CLIENT_SECRET = "canary-sync-client-secret-9e107d9d"
+CANARY_VALUE = "canary-value-e4d909c290d0fb1c"
+PROJECT = "p-dest"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeInfisical]:
+    with BackgroundFake() as server:
+        server.state.add_project("payments", project_id=PROJECT)
+        server.state.add_identity(CLIENT_ID, CLIENT_SECRET, projects={PROJECT: {}})
+        yield server
+
+
+def ready_connection(kube: Any, namespace: str, fake: FakeInfisical, name: str = "dest") -> None:
+    put_secret(
+        kube, namespace, f"{name}-identity", {"clientId": CLIENT_ID, "clientSecret": CLIENT_SECRET}
+    )
+    create(
+        kube,
+        namespace,
+        CONNECTIONS,
+        "InfisicalConnection",
+        name,
+        {
+            "instanceUrl": fake.url,
+            "allowInsecureHttp": True,
+            "credentials": {"secretRef": {"name": f"{name}-identity"}},
+        },
+    )
+    wait_for(
+        lambda: condition(kube, namespace, CONNECTIONS, name, "Ready") == ("True", "Validated")
+    )
+
+
+def sync_spec(secrets: list[str] | None = None, **overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "source": {"kubernetes": {"secrets": [{"name": n} for n in (secrets or ["app"])]}},
+        "destination": {
+            "connectionRef": {"name": "dest"},
+            "projectId": PROJECT,
+            "environment": "prod",
+            "secretPath": "/apps/payments",
+        },
+        "syncInterval": "1h",
+    }
+    spec.update(overrides)
+    return spec
+
+
+def remote(fake: FakeInfisical, path: str = "/apps/payments") -> dict[str, str]:
+    return fake.state.get_secrets(PROJECT, "prod", path)
+
+
+def sync_status(kube: Any, namespace: str, name: str = "sync") -> str | None:
+    return status(kube, namespace, SYNCS, name).get("syncStatus")
+
+
+@pytest.fixture
+def env(
+    operator: OperatorProcess, kube: Any, namespace: str, fake: FakeInfisical
+) -> tuple[Any, str, FakeInfisical]:
+    ready_connection(kube, namespace, fake)
+    return kube, namespace, fake
+
+
+def test_first_sync_into_empty_destination(env: tuple[Any, str, FakeInfisical]) -> None:
+    kube, namespace, fake = env
+    put_secret(kube, namespace, "app", {"DB_PASSWORD": CANARY_VALUE, "API_KEY": "  key  \n"})
+    create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec())
+    wait_for(lambda: sync_status(kube, namespace) == "Succeeded")
+    assert remote(fake) == {"DB_PASSWORD": CANARY_VALUE, "API_KEY": "key\n"}  # folder created
+    secret = fake.state.folder(PROJECT, "prod", "/apps/payments")["DB_PASSWORD"]  # type: ignore[index]
+    assert {"key": OWNER_KEY, "value": f"{namespace}/sync", "isEncrypted": False} in secret.metadata
+    found = status(kube, namespace, SYNCS, "sync")
+    assert found["managedKeys"] == ["API_KEY", "DB_PASSWORD"]
+    assert found["syncedKeys"] == 2 and found["observedGeneration"] == 1
+    assert (
+        found["source"] == "secret:app"
+        and found["destination"] == "dest/p-dest/prod:/apps/payments"
+    )
+    assert found["ownershipTracking"] == "Metadata"
+    assert {c["type"]: c["status"] for c in found["conditions"]} == {
+        "Ready": "True",
+        "SourceReady": "True",
+        "DestinationReady": "True",
+        "Synced": "True",
+    }
+    assert CANARY_VALUE not in repr(found)
+    assert event_reasons(kube, namespace, "sync") == ["Synced"]
+
+
+def test_source_edit_is_pushed_at_once_and_etag_saves_writes(
+    env: tuple[Any, str, FakeInfisical],
+) -> None:
+    kube, namespace, fake = env
+    put_secret(kube, namespace, "app", {"A": "1"})
+    create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec())
+    wait_for(lambda: remote(fake) == {"A": "1"})
+    started = time.monotonic()
+    put_secret(kube, namespace, "app", {"A": "2", "B": "3"})
+    wait_for(lambda: remote(fake) == {"A": "2", "B": "3"}, timeout=10)
+    assert time.monotonic() - started < 10  # the Secret watch, not the 1h timer
+    # Requests with nothing changed: after one full list following the writes, the conditional
+    # list is answered 304 and nothing is written.
+    lists = fake.count(r"/api/v4/secrets$")
+    request_sync(kube, namespace, "r1")
+    wait_for(lambda: fake.count(r"/api/v4/secrets$") > lists, timeout=10)
+    writes_before = fake.count(r"/api/v4/secrets/batch$")
+    request_sync(kube, namespace, "r2")
+    wait_for(lambda: fake.count(r"/api/v4/secrets$", status=304) >= 1, timeout=10)
+    time.sleep(0.5)
+    assert fake.count(r"/api/v4/secrets/batch$") == writes_before
+
+
+def request_sync(kube: Any, namespace: str, value: str, name: str = "sync") -> None:
+    annotation = {"infisical-sync.dev/sync-requested-at": value}
+    patch(kube, namespace, SYNCS, name, {"metadata": {"annotations": annotation}})
+
+
+def test_drift_is_corrected_by_the_timer(env: tuple[Any, str, FakeInfisical]) -> None:
+    kube, namespace, fake = env
+    put_secret(kube, namespace, "app", {"A": "1"})
+    create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec(syncInterval="2s"))
+    wait_for(lambda: remote(fake) == {"A": "1"})
+    fake.state.put_secret(PROJECT, "prod", "/apps/payments", "A", "tampered")
+    wait_for(lambda: remote(fake) == {"A": "1"}, timeout=15)
+
+
+def test_removed_key_is_deleted_or_kept(env: tuple[Any, str, FakeInfisical]) -> None:
+    kube, namespace, fake = env
+    put_secret(kube, namespace, "app", {"A": "1", "B": "2", "C": "3"})
+    put_secret(kube, namespace, "keep", {"X": "1", "Y": "2", "Z": "3"})
+    create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec())
+    create(
+        kube,
+        namespace,
+        SYNCS,
+        "SecretSync",
+        "kept",
+        sync_spec(
+            ["keep"],
+            destination={**sync_spec()["destination"], "secretPath": "/kept"},
+            syncOptions={"disableSecretDeletion": True},
+        ),
+    )
+    wait_for(lambda: remote(fake) == {"A": "1", "B": "2", "C": "3"})
+    wait_for(lambda: remote(fake, "/kept") == {"X": "1", "Y": "2", "Z": "3"})
+    put_secret(kube, namespace, "app", {"A": "1", "B": "2"})
+    put_secret(kube, namespace, "keep", {"X": "1", "Y": "2"})
+    wait_for(lambda: remote(fake) == {"A": "1", "B": "2"}, timeout=10)
+    wait_for(
+        lambda: (
+            sync_status(kube, namespace, "kept") == "Succeeded"
+            and status(kube, namespace, SYNCS, "kept")["syncedKeys"] == 2
+        )
+    )
+    assert remote(fake, "/kept") == {"X": "1", "Y": "2", "Z": "3"}
+
+
+def test_mass_delete_is_held_until_annotated(env: tuple[Any, str, FakeInfisical]) -> None:
+    kube, namespace, fake = env
+    put_secret(kube, namespace, "app", {k: k for k in "ABCD"})
+    create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec())
+    wait_for(lambda: len(remote(fake)) == 4)
+    put_secret(kube, namespace, "app", {"A": "A"})
+    wait_for(
+        lambda: condition(kube, namespace, SYNCS, "sync", "Synced") == ("False", "DeletionHeld"),
+        timeout=10,
+    )
+    assert len(remote(fake)) == 4
+    patch(
+        kube,
+        namespace,
+        SYNCS,
+        "sync",
+        {"metadata": {"annotations": {"infisical-sync.dev/allow-mass-delete": "true"}}},
+    )
+    wait_for(lambda: remote(fake) == {"A": "A"}, timeout=10)
+
+
+def test_deleted_source_secret_deletes_nothing(env: tuple[Any, str, FakeInfisical]) -> None:
+    kube, namespace, fake = env
+    put_secret(kube, namespace, "app", {"A": "1", "B": "2"})
+    put_secret(kube, namespace, "extra", {"C": "3"})
+    create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec(["app", "extra"]))
+    wait_for(lambda: remote(fake) == {"A": "1", "B": "2", "C": "3"})
+    client.CoreV1Api(kube).delete_namespaced_secret("extra", namespace)
+    wait_for(
+        lambda: (
+            condition(kube, namespace, SYNCS, "sync", "SourceReady") == ("False", "SecretNotFound")
+        ),
+        timeout=10,
+    )
+    assert remote(fake) == {"A": "1", "B": "2", "C": "3"}
+    found = status(kube, namespace, SYNCS, "sync")
+    assert found["syncStatus"] == "Failed"
+    assert f"Secret {namespace}/extra not found" in found["lastSyncMessage"]
+    assert condition(kube, namespace, SYNCS, "sync", "Synced") == ("False", "SourceUncertain")
+    client.CoreV1Api(kube).delete_namespaced_secret("app", namespace)
+    wait_for(
+        lambda: (
+            "Secret" in status(kube, namespace, SYNCS, "sync")["lastSyncMessage"]
+            and f"{namespace}/app not found"
+            in status(kube, namespace, SYNCS, "sync")["lastSyncMessage"]
+        ),
+        timeout=10,
+    )
+    assert remote(fake) == {"A": "1", "B": "2", "C": "3"}
+
+
+def test_two_syncs_on_one_key_report_a_conflict_without_flapping(
+    env: tuple[Any, str, FakeInfisical],
+) -> None:
+    kube, namespace, fake = env
+    put_secret(kube, namespace, "first", {"SHARED": "one"})
+    put_secret(kube, namespace, "second", {"SHARED": "two", "OWN": "x"})
+    create(kube, namespace, SYNCS, "SecretSync", "one", sync_spec(["first"], syncInterval="1s"))
+    wait_for(lambda: remote(fake) == {"SHARED": "one"})
+    create(kube, namespace, SYNCS, "SecretSync", "two", sync_spec(["second"], syncInterval="1s"))
+    wait_for(lambda: status(kube, namespace, SYNCS, "two").get("conflicts") == ["SHARED"])
+    version = fake.state.folder(PROJECT, "prod", "/apps/payments")["SHARED"].version  # type: ignore[index]
+    time.sleep(4)  # several timer cycles of both
+    assert remote(fake) == {"SHARED": "one", "OWN": "x"}
+    assert fake.state.folder(PROJECT, "prod", "/apps/payments")["SHARED"].version == version  # type: ignore[index]
+    assert condition(kube, namespace, SYNCS, "two", "Synced") == ("True", "SyncedWithConflicts")
+    assert "owned by SecretSync" in status(kube, namespace, SYNCS, "two")["lastSyncMessage"]
+    assert event_reasons(kube, namespace, "two").count("Conflict") == 1
+
+
+def test_dry_run_plans_without_writing(env: tuple[Any, str, FakeInfisical]) -> None:
+    kube, namespace, fake = env
+    fake.state.put_secret(PROJECT, "prod", "/apps/payments", "OLD", "x")
+    put_secret(kube, namespace, "app", {"A": "1", "B": "2"})
+    create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec(dryRun=True))
+    wait_for(lambda: condition(kube, namespace, SYNCS, "sync", "Synced") == ("False", "DryRun"))
+    found = status(kube, namespace, SYNCS, "sync")
+    assert found["plan"] == {"create": ["A", "B"], "update": [], "delete": [], "unchanged": 0}
+    assert remote(fake) == {"OLD": "x"}
+    assert fake.count(r"/batch$") == 0
+    patch(kube, namespace, SYNCS, "sync", {"spec": {"dryRun": False}})
+    wait_for(lambda: remote(fake) == {"OLD": "x", "A": "1", "B": "2"}, timeout=10)
+
+
+def test_suspend(env: tuple[Any, str, FakeInfisical]) -> None:
+    kube, namespace, fake = env
+    put_secret(kube, namespace, "app", {"A": "1"})
+    create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec(suspend=True))
+    wait_for(lambda: condition(kube, namespace, SYNCS, "sync", "Ready") == ("False", "Suspended"))
+    assert fake.count(r"/api/v4/secrets") == 0
+    patch(kube, namespace, SYNCS, "sync", {"spec": {"suspend": False}})
+    wait_for(lambda: remote(fake) == {"A": "1"}, timeout=10)
+
+
+def test_auto_sync_disabled_waits_for_a_request(env: tuple[Any, str, FakeInfisical]) -> None:
+    kube, namespace, fake = env
+    put_secret(kube, namespace, "app", {"A": "1"})
+    create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec(autoSyncEnabled=False))
+    wait_for(lambda: remote(fake) == {"A": "1"})  # creation counts as a spec change
+    put_secret(kube, namespace, "app", {"A": "2"})
+    time.sleep(2)
+    assert remote(fake) == {"A": "1"}
+    request_sync(kube, namespace, "t1")
+    wait_for(lambda: remote(fake) == {"A": "2"}, timeout=10)
+
+
+def test_overwrite_destination_adopts_on_first_sync(env: tuple[Any, str, FakeInfisical]) -> None:
+    kube, namespace, fake = env
+    fake.state.put_secret(PROJECT, "prod", "/apps/payments", "A", "old")
+    fake.state.put_secret(PROJECT, "prod", "/apps/payments", "UNRELATED", "u")
+    put_secret(kube, namespace, "app", {"A": "new"})
+    create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec())
+    wait_for(lambda: remote(fake) == {"A": "new", "UNRELATED": "u"})
+    assert status(kube, namespace, SYNCS, "sync")["managedKeys"] == ["A"]
+
+
+def test_unowned_key_after_the_first_sync_is_a_conflict(
+    env: tuple[Any, str, FakeInfisical],
+) -> None:
+    kube, namespace, fake = env
+    put_secret(kube, namespace, "app", {"A": "1"})
+    create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec())
+    wait_for(lambda: sync_status(kube, namespace) == "Succeeded")
+    fake.state.put_secret(PROJECT, "prod", "/apps/payments", "B", "theirs")
+    put_secret(kube, namespace, "app", {"A": "1", "B": "mine"})
+    wait_for(lambda: status(kube, namespace, SYNCS, "sync").get("conflicts") == ["B"], timeout=10)
+    assert remote(fake)["B"] == "theirs"
+
+
+@pytest.mark.parametrize(
+    ("behavior", "expected_source", "expected_remote"),
+    [
+        (
+            "import-prioritize-source",
+            {"A": "src", "ONLY_SRC": "s", "ONLY_DEST": "d"},
+            {"A": "src", "ONLY_SRC": "s", "ONLY_DEST": "d"},
+        ),
+        (
+            "import-prioritize-destination",
+            {"A": "dest", "ONLY_SRC": "s", "ONLY_DEST": "d"},
+            {"A": "dest", "ONLY_SRC": "s", "ONLY_DEST": "d"},
+        ),
+    ],
+)
+def test_import_modes(
+    env: tuple[Any, str, FakeInfisical],
+    behavior: str,
+    expected_source: dict[str, str],
+    expected_remote: dict[str, str],
+) -> None:
+    kube, namespace, fake = env
+    fake.state.put_secret(PROJECT, "prod", "/apps/payments", "A", "dest")
+    fake.state.put_secret(PROJECT, "prod", "/apps/payments", "ONLY_DEST", "d")
+    put_secret(kube, namespace, "app", {"A": "src", "ONLY_SRC": "s"})
+    create(
+        kube,
+        namespace,
+        SYNCS,
+        "SecretSync",
+        "sync",
+        sync_spec(syncOptions={"initialSyncBehavior": behavior}),
+    )
+    wait_for(lambda: sync_status(kube, namespace) == "Succeeded")
+    wait_for(lambda: read_secret(kube, namespace, "app") == expected_source)
+    wait_for(lambda: remote(fake) == expected_remote)
+    found = status(kube, namespace, SYNCS, "sync")
+    assert found["lastImportedAt"] and "ONLY_DEST" in found["lastImportMessage"]
+    assert found["managedKeys"] == sorted(expected_remote)
+
+
+def test_deletion_policies(env: tuple[Any, str, FakeInfisical]) -> None:
+    kube, namespace, fake = env
+    put_secret(kube, namespace, "app", {"A": "1"})
+    put_secret(kube, namespace, "other", {"B": "2"})
+    fake.state.put_secret(PROJECT, "prod", "/apps/payments", "UNOWNED", "u")
+    create(kube, namespace, SYNCS, "SecretSync", "retained", sync_spec(["app"]))
+    create(
+        kube,
+        namespace,
+        SYNCS,
+        "SecretSync",
+        "removed",
+        sync_spec(["other"], deletionPolicy="Delete"),
+    )
+    wait_for(lambda: remote(fake) == {"A": "1", "B": "2", "UNOWNED": "u"})
+    delete(kube, namespace, SYNCS, "retained")
+    wait_for(lambda: get(kube, namespace, SYNCS, "retained") is None)
+    assert remote(fake) == {"A": "1", "B": "2", "UNOWNED": "u"}
+    delete(kube, namespace, SYNCS, "removed")
+    wait_for(lambda: get(kube, namespace, SYNCS, "removed") is None)
+    assert remote(fake) == {"A": "1", "UNOWNED": "u"}
+
+
+def test_failing_removal_is_visible_and_abandon_releases(
+    env: tuple[Any, str, FakeInfisical],
+) -> None:
+    kube, namespace, fake = env
+    put_secret(kube, namespace, "app", {"A": "1"})
+    create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec(deletionPolicy="Delete"))
+    wait_for(lambda: remote(fake) == {"A": "1"})
+    fake.inject(Fault("status", r"/api/v4/secrets", status=500))
+    delete(kube, namespace, SYNCS, "sync")
+    wait_for(
+        lambda: (
+            "removing owned keys failed"
+            in status(kube, namespace, SYNCS, "sync").get("lastSyncMessage", "")
+        ),
+        timeout=30,
+    )
+    assert get(kube, namespace, SYNCS, "sync") is not None  # finalizer holds it
+    patch(
+        kube,
+        namespace,
+        SYNCS,
+        "sync",
+        {"metadata": {"annotations": {"infisical-sync.dev/abandon": "true"}}},
+    )
+    wait_for(lambda: get(kube, namespace, SYNCS, "sync") is None, timeout=30)
+    fake.clear_faults()
+    assert remote(fake) == {"A": "1"}
+
+
+def test_selector_source_and_duplicates(env: tuple[Any, str, FakeInfisical]) -> None:
+    kube, namespace, fake = env
+    put_secret(kube, namespace, "named", {"A": "named", "N": "n"})
+    put_secret(
+        kube,
+        namespace,
+        "labelled",
+        {"A": "labelled", "L": "l"},
+        labels={"infisical-sync.dev/push": "true"},
+    )
+    spec = sync_spec(["named"])
+    spec["source"]["kubernetes"]["selector"] = {"matchLabels": {"infisical-sync.dev/push": "true"}}
+    create(kube, namespace, SYNCS, "SecretSync", "sync", spec)
+    wait_for(lambda: remote(fake) == {"A": "labelled", "N": "n", "L": "l"})
+    assert (
+        "A in secret/named and secret/labelled"
+        in status(kube, namespace, SYNCS, "sync")["lastSyncMessage"]
+    )
+    put_secret(kube, namespace, "labelled2", {"M": "m"}, labels={"infisical-sync.dev/push": "true"})
+    wait_for(lambda: remote(fake).get("M") == "m", timeout=10)
+
+
+def test_infisical_to_infisical(
+    operator: OperatorProcess, kube: Any, namespace: str, fake: FakeInfisical
+) -> None:
+    with BackgroundFake() as cloud:
+        cloud.state.add_project("cloud-app", project_id="p-cloud")
+        cloud.state.add_identity("cloud-id", "cloud-secret", projects={"p-cloud": {}})
+        cloud.state.put_secret("p-cloud", "prod", "/", "FROM_CLOUD", CANARY_VALUE)
+        cloud.state.put_secret("p-cloud", "prod", "/", "SECOND", "2")
+        ready_connection(kube, namespace, fake)
+        put_secret(
+            kube,
+            namespace,
+            "cloud-identity",
+            {"clientId": "cloud-id", "clientSecret": "cloud-secret"},
+        )
+        create(
+            kube,
+            namespace,
+            CONNECTIONS,
+            "InfisicalConnection",
+            "cloud",
+            {
+                "instanceUrl": cloud.url,
+                "allowInsecureHttp": True,
+                "credentials": {"secretRef": {"name": "cloud-identity"}},
+            },
+        )
+        spec = sync_spec(syncInterval="2s")
+        spec["source"] = {
+            "infisical": {
+                "connectionRef": {"name": "cloud"},
+                "projectSlug": "cloud-app",
+                "environment": "prod",
+            }
+        }
+        create(kube, namespace, SYNCS, "SecretSync", "sync", spec)
+        wait_for(lambda: remote(fake) == {"FROM_CLOUD": CANARY_VALUE, "SECOND": "2"}, timeout=20)
+        cloud.state.put_secret("p-cloud", "prod", "/", "SECOND", "changed")
+        wait_for(lambda: remote(fake).get("SECOND") == "changed", timeout=15)
+        # Unchanged source between timer ticks: conditional lists answered 304.
+        wait_for(lambda: cloud.count(r"/api/v4/secrets$", status=304) >= 1, timeout=10)
+        assert CANARY_VALUE not in repr(status(kube, namespace, SYNCS, "sync"))
+
+
+def test_rate_limits_and_5xx_converge(env: tuple[Any, str, FakeInfisical]) -> None:
+    kube, namespace, fake = env
+    put_secret(kube, namespace, "app", {f"K{i}": str(i) for i in range(20)})
+    fake.inject(Fault("status", r"/api/v4/secrets/batch$", status=503, times=4))
+    fake.inject(Fault("status", r"/api/v4/secrets$", status=429, retry_after=2, times=1))
+    create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec())
+    wait_for(lambda: remote(fake) == {f"K{i}": str(i) for i in range(20)}, timeout=60)
+    fake.rate_limits = RateLimits(enabled=True, read=1000, write=1000, secrets=3)
+    put_secret(kube, namespace, "app", {f"K{i}": f"v{i}" for i in range(20)})
+    wait_for(lambda: remote(fake) == {f"K{i}": f"v{i}" for i in range(20)}, timeout=90)
+    assert fake.count(r"/api/v4/secrets", status=429) >= 1
+    wait_for(lambda: sync_status(kube, namespace) == "Succeeded", timeout=30)
+
+
+def test_no_secret_values_anywhere(
+    env: tuple[Any, str, FakeInfisical], operator: OperatorProcess
+) -> None:
+    kube, namespace, fake = env
+    put_secret(kube, namespace, "app", {"CANARY": CANARY_VALUE})
+    create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec(dryRun=True))
+    wait_for(lambda: condition(kube, namespace, SYNCS, "sync", "Synced") == ("False", "DryRun"))
+    patch(kube, namespace, SYNCS, "sync", {"spec": {"dryRun": False}})
+    wait_for(lambda: remote(fake) == {"CANARY": CANARY_VALUE})
+    events = client.CoreV1Api(kube).list_namespaced_event(namespace).items
+    for surface in (
+        operator.log(),
+        repr(get(kube, namespace, SYNCS, "sync")),
+        repr([e.message for e in events]),
+    ):
+        assert CANARY_VALUE not in surface
+        assert CLIENT_SECRET not in surface
