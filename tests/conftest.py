@@ -13,9 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from infisical_sync.testing.controlplane import ControlPlane, ControlPlaneError, install_crds
+from infisical_sync.testing.controlplane import (
+    OPERATOR_USER,
+    ControlPlane,
+    ControlPlaneError,
+    grant_operator_rbac,
+    install_crds,
+)
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -71,11 +76,6 @@ def namespace(kube: Any) -> Iterator[str]:
 
 # --- the operator, running as a subprocess with least-privilege RBAC ---------------------------
 
-RBAC_RULES = (
-    Path(__file__).parents[1] / "deploy" / "helm" / "infisical-sync" / "files" / "rbac-rules.yaml"
-)
-OPERATOR_USER = "infisical-sync-operator"
-
 
 @dataclass
 class OperatorProcess:
@@ -86,33 +86,12 @@ class OperatorProcess:
         return self.log_path.read_text(errors="replace")
 
 
-def _grant_operator_rbac(kube: Any) -> None:
-    from kubernetes import client
-
-    rbac = client.RbacAuthorizationV1Api(kube)
-    rules = yaml.safe_load(RBAC_RULES.read_text())
-    rbac.create_cluster_role({"metadata": {"name": OPERATOR_USER}, "rules": rules})
-    rbac.create_cluster_role_binding(
-        {
-            "metadata": {"name": OPERATOR_USER},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": OPERATOR_USER,
-            },
-            "subjects": [
-                {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": OPERATOR_USER}
-            ],
-        }
-    )
-
-
 @pytest.fixture(scope="session")
 def operator(
     control_plane: ControlPlane, kube: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     """`infisical-sync run -A` at DEBUG, authenticated as a user holding only the chart's rules."""
-    _grant_operator_rbac(kube)
+    grant_operator_rbac(control_plane.kubeconfig)
     kubeconfig = control_plane.kubeconfig_for_user(OPERATOR_USER)
     log_path = tmp_path_factory.mktemp("operator") / "operator.log"
     env = {

@@ -36,6 +36,8 @@ KUBERNETES_VERSION = "v1.34.4"
 REPO_ROOT = Path(__file__).resolve().parents[3]
 GO_MODULE_DIR = REPO_ROOT / "tests" / "controlplane" / "gobuild"
 CRD_DIR = REPO_ROOT / "deploy" / "crds"
+RBAC_RULES = REPO_ROOT / "deploy" / "helm" / "infisical-sync" / "files" / "rbac-rules.yaml"
+OPERATOR_USER = "infisical-sync-operator"
 STATE_FILE_NAME = "controlplane.json"
 
 
@@ -364,6 +366,26 @@ def install_crds(kubeconfig: Path, crd_dir: Path = CRD_DIR, timeout: float = 30)
                 raise ControlPlaneError(f"CRD {name} not Established after {timeout:.0f}s")
             time.sleep(0.1)
     return names
+
+
+def grant_operator_rbac(kubeconfig: Path, user: str = OPERATOR_USER) -> None:
+    """Bind the chart's operator rules (and nothing more) to `user` cluster-wide."""
+    from kubernetes import client
+
+    rbac = client.RbacAuthorizationV1Api(api_client(kubeconfig))
+    rules = yaml.safe_load(RBAC_RULES.read_text())
+    role: Any = {"metadata": {"name": user}, "rules": rules}
+    binding: Any = {
+        "metadata": {"name": user},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": user,
+        },
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    }
+    rbac.create_cluster_role(role)
+    rbac.create_cluster_role_binding(binding)
 
 
 # --- by hand: `infisical-sync controlplane up|down` --------------------------------------------
