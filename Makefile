@@ -34,8 +34,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-kube-binaries: $(VENV)/.installed  ## build kube-apiserver + kubectl once (cached in ~/.cache/infisical-sync)
-	$(BIN)/python -c "from infisical_sync.testing.controlplane import ensure_kube_binaries as e; e(with_kubectl=True)"
+kube-binaries: $(VENV)/.installed  ## build kube-apiserver, kubectl and helm once (cached in ~/.cache/infisical-sync)
+	$(BIN)/python -c "from infisical_sync.testing.controlplane import ensure_kube_binaries as e, ensure_helm as h; e(with_kubectl=True); h()"
 
 demo: deps  ## the main job: control plane + fake Infisical + operator + samples, then clean up
 	$(BIN)/python -m infisical_sync.demo

@@ -35,6 +35,8 @@ from infisical_sync.testing.certs import CertificateAuthority, service_account_k
 KUBERNETES_VERSION = "v1.34.4"
 REPO_ROOT = Path(__file__).resolve().parents[3]
 GO_MODULE_DIR = REPO_ROOT / "tests" / "controlplane" / "gobuild"
+HELM_VERSION = "v3.19.5"
+HELM_MODULE_DIR = REPO_ROOT / "tests" / "controlplane" / "helmbuild"
 CRD_DIR = REPO_ROOT / "deploy" / "crds"
 RBAC_RULES = REPO_ROOT / "deploy" / "helm" / "infisical-sync" / "files" / "rbac-rules.yaml"
 OPERATOR_USER = "infisical-sync-operator"
@@ -69,18 +71,34 @@ def ensure_kube_binaries(*, with_kubectl: bool = False) -> dict[str, Path]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         missing = [name for name, path in wanted.items() if not path.exists()]
         if missing:
-            _go_build(missing, target)
+            packages = [f"k8s.io/kubernetes/cmd/{name}" for name in missing]
+            _go_build(GO_MODULE_DIR, packages, missing, target, KUBERNETES_VERSION)
     return wanted
 
 
-def _go_build(commands: list[str], target: Path) -> None:
+def ensure_helm() -> Path:
+    """Build (once) and return the cached helm CLI, for chart tests."""
+    target = cache_dir() / f"helm-{HELM_VERSION}"
+    helm = target / "helm"
+    if helm.exists():
+        return helm
+    target.mkdir(parents=True, exist_ok=True)
+    with open(target / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not helm.exists():
+            _go_build(HELM_MODULE_DIR, ["helm.sh/helm/v3/cmd/helm"], ["helm"], target, HELM_VERSION)
+    return helm
+
+
+def _go_build(
+    module_dir: Path, packages: list[str], commands: list[str], target: Path, version: str
+) -> None:
     go = shutil.which("go")
     if go is None:
         raise ControlPlaneError("the Go toolchain is needed to build kube-apiserver: install Go")
-    staging = Path(tempfile.mkdtemp(prefix="kube-build-", dir=target))
-    packages = [f"k8s.io/kubernetes/cmd/{name}" for name in commands]
+    staging = Path(tempfile.mkdtemp(prefix="go-build-", dir=target))
     print(
-        f"building {', '.join(commands)} {KUBERNETES_VERSION} from the Go module proxy "
+        f"building {', '.join(commands)} {version} from the Go module proxy "
         "(first run only, a few minutes)...",
         file=sys.stderr,
         flush=True,
@@ -98,7 +116,7 @@ def _go_build(commands: list[str], target: Path) -> None:
             str(staging),
             *packages,
         ],
-        cwd=GO_MODULE_DIR,
+        cwd=module_dir,
         capture_output=True,
         text=True,
         check=False,
