@@ -11,16 +11,16 @@ test: deps lint  ## lint, then the whole suite against the local control plane +
 	$(BIN)/pytest -q
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check operator tests
-	$(BIN)/ruff format --check operator tests
+	$(BIN)/ruff check operator tests benchmarks
+	$(BIN)/ruff format --check operator tests benchmarks
 	$(BIN)/mypy
 
 unit: $(VENV)/.installed  ## fast tests only (no control plane)
 	$(BIN)/pytest -q tests/unit
 
 format: $(VENV)/.installed
-	$(BIN)/ruff format operator tests
-	$(BIN)/ruff check --fix operator tests
+	$(BIN)/ruff format operator tests benchmarks
+	$(BIN)/ruff check --fix operator tests benchmarks
 
 deps: system-deps $(VENV)/.installed kube-binaries
 

@@ -27,7 +27,6 @@ from typing import Any
 
 from aiohttp import web
 
-from infisical_sync.testing.certs import CertificateAuthority
 from infisical_sync.testing.fake_state import (
     AccessToken,
     Environment,
@@ -181,6 +180,9 @@ class FakeInfisical:
     async def start(self) -> None:
         ssl_context: ssl.SSLContext | None = None
         if self.tls:
+            # Imported here: cryptography is a test extra, not in the operator image.
+            from infisical_sync.testing.certs import CertificateAuthority
+
             self._tls_dir = tempfile.TemporaryDirectory(prefix="fake-infisical-tls-")
             ca = CertificateAuthority("fake-infisical-ca")
             self.ca_pem = ca.cert_pem
