@@ -293,6 +293,13 @@ async def secretsync_daemon(
         await slot.wait(random.uniform(0, min(interval, 30.0)))  # noqa: S311 - jitter
     reasons = {"created"}
     failures = 0
+    # The status this daemon last wrote: the watched body can lag behind it, and a stale
+    # lastSyncedAt or managedKeys must never make a later cycle look like the initial one.
+    written: dict[str, Any] | None = None
+
+    async def mark_running() -> None:
+        await kube.patch_status(SYNCS, namespace, name, {"syncStatus": "Running"})
+
     try:
         while True:
             spec = body.get("spec") or {}
@@ -301,8 +308,11 @@ async def secretsync_daemon(
             if auto or reasons & MANUAL_REASONS:
                 async with runtime.lock(key):
                     try:
-                        result = await engine.run(namespace, name, body)
+                        result = await engine.run(
+                            namespace, name, body, written, on_writing=mark_running
+                        )
                         await kube.patch_status(SYNCS, namespace, name, result.status)
+                        written = {**(written or dict(body.get("status") or {})), **result.status}
                     except Exception:
                         log.exception("sync of %s/%s failed unexpectedly", namespace, name)
                         result = None

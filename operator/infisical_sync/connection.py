@@ -201,7 +201,13 @@ class ConnectionReconciler:
             namespace, name, body.get("spec") or {}, force_login=force_login
         )
         previous = body.get("status") or {}
-        was_ready = condition_status(previous.get("conditions"), "Ready") == "True"
+        # Our own last result wins over the watched body, which can lag behind our status patch.
+        known = self.states.get((namespace, name))
+        was_ready = (
+            known.ready
+            if known is not None
+            else condition_status(previous.get("conditions"), "Ready") == "True"
+        )
         status = build_status(
             outcome,
             previous,

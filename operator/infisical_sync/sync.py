@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,10 +143,22 @@ class SyncEngine:
 
     # --- one cycle -----------------------------------------------------------------------------
 
-    async def run(self, namespace: str, name: str, body: Mapping[str, Any]) -> CycleResult:
+    async def run(
+        self,
+        namespace: str,
+        name: str,
+        body: Mapping[str, Any],
+        previous_status: Mapping[str, Any] | None = None,
+        on_writing: Callable[[], Awaitable[None]] | None = None,
+    ) -> CycleResult:
+        """One cycle. `previous_status` is the status this process last wrote, which the watched
+        body may not show yet; without it (first run after a start) the body's status is used.
+        `on_writing` is awaited once before the first write of a cycle (status Running)."""
         started = time.monotonic()
         meta = body.get("metadata") or {}
-        previous = dict(body.get("status") or {})
+        previous = dict(
+            previous_status if previous_status is not None else body.get("status") or {}
+        )
         generation = meta.get("generation")
         now = dt.datetime.now(dt.UTC)
         try:
@@ -189,6 +201,7 @@ class SyncEngine:
         previous: dict[str, Any],
         generation: int | None,
         now: dt.datetime,
+        on_writing: Callable[[], Awaitable[None]] | None = None,
     ) -> dict[str, Any]:
         cache = self._caches.setdefault((namespace, name), _Cache())
         destination_ref = spec.destination.connection_ref.name
@@ -231,6 +244,8 @@ class SyncEngine:
         import_status: dict[str, Any] = {}
         if spec.dry_run:
             return self._succeeded(previous, generation, now, result, source, dry_run=True)
+        if on_writing is not None and (result.writes or result.import_to_source):
+            await on_writing()
         if result.import_to_source:
             import_status = await self._import(namespace, source, result.import_to_source, now)
         try:

@@ -1,0 +1,85 @@
+"""Reading an Infisical source: imports, recursion, duplicates, hidden values, ETag reuse."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from pydantic import SecretStr
+
+from infisical_sync.infisical.client import Credentials, InfisicalSession
+from infisical_sync.infisical.transport import InstanceTransport
+from infisical_sync.resources import InfisicalSource
+from infisical_sync.sources import InfisicalImportTarget, read_infisical
+from infisical_sync.testing.fake_infisical import FakeInfisical
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[tuple[FakeInfisical, InfisicalSession]]:
+    async with FakeInfisical() as fake:
+        fake.state.add_project("app", project_id="p-1")
+        fake.state.add_identity("id", "secret", projects={"p-1": {}})
+        transport = InstanceTransport(fake.url, allow_http=True)
+        try:
+            yield fake, InfisicalSession(transport, Credentials("id", SecretStr("secret")))
+        finally:
+            await transport.aclose()
+
+
+def source(**extra: object) -> InfisicalSource:
+    return InfisicalSource.model_validate(
+        {"connectionRef": {"name": "cloud"}, "projectSlug": "app", "environment": "prod", **extra}
+    )
+
+
+async def test_imports_are_overridden_by_own_secrets(
+    session: tuple[FakeInfisical, InfisicalSession],
+) -> None:
+    fake, client = session
+    fake.state.put_secret("p-1", "prod", "/", "OWN", "own")
+    fake.state.put_secret("p-1", "prod", "/", "BOTH", "own-wins")
+    fake.state.put_secret("p-1", "dev", "/shared", "BOTH", "imported")
+    fake.state.put_secret("p-1", "dev", "/shared", "IMPORTED", "i")
+    fake.state.projects["p-1"].environments["prod"].imports["/"] = [("dev", "/shared")]
+    result = await read_infisical(
+        client, "ns/cloud", source(includeImports=True), etag=None, cached=None
+    )
+    assert result.values == {"OWN": "own", "BOTH": "own-wins", "IMPORTED": "i"}
+    assert result.certain and isinstance(result.import_target, InfisicalImportTarget)
+    assert result.duplicates == ["BOTH in import dev:/shared and path / (path / wins)"]
+
+
+async def test_recursive_reports_duplicates_and_cannot_import(
+    session: tuple[FakeInfisical, InfisicalSession],
+) -> None:
+    fake, client = session
+    fake.state.put_secret("p-1", "prod", "/", "K", "root")
+    fake.state.put_secret("p-1", "prod", "/a", "K", "nested")
+    result = await read_infisical(
+        client, "ns/cloud", source(recursive=True), etag=None, cached=None
+    )
+    assert result.values == {"K": "nested"}
+    assert result.duplicates and result.import_target is None
+
+
+async def test_etag_reuses_the_cached_source(
+    session: tuple[FakeInfisical, InfisicalSession],
+) -> None:
+    fake, client = session
+    fake.state.put_secret("p-1", "prod", "/", "K", "v")
+    first = await read_infisical(client, "ns/cloud", source(), etag=None, cached=None)
+    again = await read_infisical(client, "ns/cloud", source(), etag=first.etag, cached=first.values)
+    assert again.values == {"K": "v"}
+    assert fake.count(r"/api/v4/secrets$", status=304) == 1
+
+
+async def test_unreadable_source_is_uncertain(
+    session: tuple[FakeInfisical, InfisicalSession],
+) -> None:
+    _, client = session
+    missing = await read_infisical(
+        client, "ns/cloud", source(secretPath="/nope"), etag=None, cached=None
+    )
+    assert not missing.certain and missing.problem_reason == "NotFound"
+    not_ready = await read_infisical(None, "ns/cloud", source(), etag=None, cached=None)
+    assert not_ready.problem_reason == "ConnectionNotReady" and not not_ready.values
