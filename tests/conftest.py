@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +18,7 @@ from infisical_sync.testing.controlplane import (
     grant_operator_rbac,
     install_crds,
 )
+from infisical_sync.testing.processes import LoggedProcess, logged_process
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -77,65 +75,40 @@ def namespace(kube: Any) -> Iterator[str]:
 # --- the operator, running as a subprocess with least-privilege RBAC ---------------------------
 
 
-@dataclass
-class OperatorProcess:
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+OperatorProcess = LoggedProcess
 
 
 @pytest.fixture(scope="session")
 def operator(
     control_plane: ControlPlane, kube: Any, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
+) -> Iterator[LoggedProcess]:
     """`infisical-sync run -A` at DEBUG, authenticated as a user holding only the chart's rules."""
     grant_operator_rbac(control_plane.kubeconfig)
-    kubeconfig = control_plane.kubeconfig_for_user(OPERATOR_USER)
-    log_path = tmp_path_factory.mktemp("operator") / "operator.log"
     env = {
         **os.environ,
-        "KUBECONFIG": str(kubeconfig),
+        "KUBECONFIG": str(control_plane.kubeconfig_for_user(OPERATOR_USER)),
         "INFISICAL_SYNC_MAX_ATTEMPTS": "3",
         "INFISICAL_SYNC_BACKOFF_BASE": "0.2",
         "INFISICAL_SYNC_REQUEST_TIMEOUT": "5",
         "INFISICAL_SYNC_CONNECT_TIMEOUT": "2",
     }
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "infisical_sync",
-                "run",
-                "-A",
-                "--log-level",
-                "DEBUG",
-                "--metrics-port",
-                "0",
-                "--health-port",
-                "0",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    handle = OperatorProcess(process, log_path)
-    try:
-        deadline = time.monotonic() + 60
-        while "infisical-sync operator started" not in handle.log():
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"operator did not start:\n{handle.log()[-3000:]}")
-            time.sleep(0.2)
+    argv = [
+        sys.executable,
+        "-m",
+        "infisical_sync",
+        "run",
+        "-A",
+        "--log-level",
+        "DEBUG",
+        "--metrics-port",
+        "0",
+        "--health-port",
+        "0",
+    ]
+    log_path = tmp_path_factory.mktemp("operator") / "operator.log"
+    with logged_process(argv, log_path, env) as handle:
+        handle.wait_for_line("infisical-sync operator started")
         yield handle
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def wait_for(predicate: Any, timeout: float = 20, interval: float = 0.2, message: str = "") -> Any:

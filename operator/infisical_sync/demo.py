@@ -16,8 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import yaml
 from pydantic import SecretStr
@@ -33,8 +32,10 @@ from infisical_sync.testing.controlplane import (
     grant_operator_rbac,
     install_crds,
 )
+from infisical_sync.testing.processes import logged_process
 
 SAMPLES = REPO_ROOT / "deploy" / "samples"
+CLI = [sys.executable, "-m", "infisical_sync"]
 NAMESPACE = "demo"
 DEMO_CLIENT_ID = "6a1f0e8e-5d43-4b7a-9c1e-0d2f3a4b5c6d"
 DEMO_CLIENT_SECRET = "demo-client-secret-do-not-use"
@@ -43,23 +44,6 @@ DEMO_PROJECT_ID = "0b7f5a52-2c1d-4e8f-9a3b-6c5d4e3f2a10"
 
 def say(text: str) -> None:
     print(f"\n\033[1m==> {text}\033[0m", flush=True)
-
-
-@contextlib.contextmanager
-def process(
-    argv: list[str], log: Path, env: dict[str, str] | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log, "wb") as out:
-        child = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        yield child
-    finally:
-        child.terminate()
-        try:
-            child.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
 
 
 def wait(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
@@ -113,57 +97,45 @@ def preferred_port(port: int) -> int:
 
 def main() -> int:
     kubectl = str(ensure_kube_binaries(with_kubectl=True)["kubectl"])
-    say("starting a local control plane (etcd + kube-apiserver, RBAC on)")
-    with ControlPlane() as plane:
+    with contextlib.ExitStack() as stack:
+        say("starting a local control plane (etcd + kube-apiserver, RBAC on)")
+        plane = stack.enter_context(ControlPlane())
+        stack.callback(say, "cleaning up: operator, fake Infisical and control plane stopped")
         install_crds(plane.kubeconfig)
         env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig)}
 
-        def k(*args: str, check: bool = True) -> str:
+        def k(*args: str, stdin: str | None = None) -> str:
             result = subprocess.run(
                 [kubectl, "-n", NAMESPACE, *args],
+                input=stdin,
                 env=env,
                 capture_output=True,
                 text=True,
                 check=False,
             )
-            if check and result.returncode != 0:
+            if result.returncode != 0:
                 raise SystemExit(f"kubectl {' '.join(args)} failed: {result.stderr}")
             return result.stdout
 
         k("create", "namespace", NAMESPACE)
         grant_operator_rbac(plane.kubeconfig)
-        port = preferred_port(8088)
-        url = f"http://127.0.0.1:{port}"
+        url = f"http://127.0.0.1:{preferred_port(8088)}"
         say(f"starting a fake Infisical on {url} (seed: deploy/samples/fake-infisical-seed.yaml)")
-        logs = plane.workdir
-        with process(
-            [
-                sys.executable,
-                "-m",
-                "infisical_sync",
-                "fake-infisical",
-                "--seed",
-                str(SAMPLES / "fake-infisical-seed.yaml"),
-                "--port",
-                str(port),
-            ],
-            logs / "fake-infisical.log",
-        ):
-            wait(
-                "the fake Infisical",
-                lambda: "listening" in (logs / "fake-infisical.log").read_text(),
+        seed = str(SAMPLES / "fake-infisical-seed.yaml")
+        fake = stack.enter_context(
+            logged_process(
+                [*CLI, "fake-infisical", "--seed", seed, "--port", url.rsplit(":", 1)[1]],
+                plane.workdir / "fake-infisical.log",
             )
-            say(f"starting the operator as user {OPERATOR_USER} (only the chart's RBAC rules)")
-            operator_env = {
-                **os.environ,
-                "KUBECONFIG": str(plane.kubeconfig_for_user(OPERATOR_USER)),
-            }
-            operator_log = logs / "operator.log"
-            with process(
+        )
+        fake.wait_for_line("listening")
+
+        say(f"starting the operator as user {OPERATOR_USER} (only the chart's RBAC rules)")
+        operator_env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig_for_user(OPERATOR_USER))}
+        operator = stack.enter_context(
+            logged_process(
                 [
-                    sys.executable,
-                    "-m",
-                    "infisical_sync",
+                    *CLI,
                     "run",
                     "--namespace",
                     NAMESPACE,
@@ -172,65 +144,53 @@ def main() -> int:
                     "--health-port",
                     "0",
                 ],
-                operator_log,
+                plane.workdir / "operator.log",
                 operator_env,
-            ):
-                wait("the operator", lambda: "operator started" in operator_log.read_text())
-                say("kubectl apply -f deploy/samples/")
-                for sample in sorted(SAMPLES.glob("0*.yaml")):
-                    text = sample.read_text().replace("http://127.0.0.1:8088", url)
-                    applied = subprocess.run(
-                        [kubectl, "-n", NAMESPACE, "apply", "-f", "-"],
-                        input=text,
-                        env=env,
-                        capture_output=True,
-                        text=True,
-                        check=True,
-                    )
-                    print("  " + applied.stdout.strip())
-                wait(
-                    "the first sync",
-                    lambda: (
-                        "Succeeded"
-                        in k("get", "ssync", "-o", "jsonpath={.items[0].status.syncStatus}")
-                    ),
-                )
-                say("kubectl get infconn,ssync")
-                print(k("get", "infconn,ssync"))
-                say("keys in the destination (names only; UNRELATED_KEY is not ours: left alone)")
-                show_destination(url)
+            )
+        )
+        operator.wait_for_line("operator started")
 
-                say(
-                    "editing the source Secret: API_KEY changed, FEATURE_FLAG added, LOG_LEVEL gone"
-                )
-                k(
-                    "patch",
-                    "secret",
-                    "app-secrets",
-                    "--type=json",
-                    "-p",
-                    '[{"op":"replace","path":"/data/API_KEY","value":"cm90YXRlZC1hcGkta2V5"},'
-                    '{"op":"add","path":"/data/FEATURE_FLAG","value":"b24="},'
-                    '{"op":"remove","path":"/data/LOG_LEVEL"}]',
-                )
-                wait(
-                    "the edit to reach Infisical",
-                    lambda: (
-                        "FEATURE_FLAG" in destination_keys(url, "/apps/payments")
-                        and "LOG_LEVEL" not in destination_keys(url, "/apps/payments")
-                    ),
-                    timeout=30,
-                )
-                say("kubectl get infconn,ssync")
-                print(k("get", "infconn,ssync"))
-                say("keys in the destination after the edit")
-                show_destination(url)
-                say("status of the SecretSync (kubectl get ssync -o yaml: the status part)")
-                raw = k("get", "ssync", "app-secrets-to-selfhosted", "-o", "jsonpath={.status}")
-                print(yaml.safe_dump({"status": json.loads(raw)}, sort_keys=False))
-                say("events")
-                print(k("get", "events", "--sort-by=.metadata.creationTimestamp"))
-        say("cleaning up: operator, fake Infisical and control plane stopped")
+        say("kubectl apply -f deploy/samples/")
+        for sample in sorted(SAMPLES.glob("0*.yaml")):
+            text = sample.read_text().replace("http://127.0.0.1:8088", url)
+            print("  " + k("apply", "-f", "-", stdin=text).strip())
+        wait(
+            "the first sync",
+            lambda: (
+                "Succeeded" in k("get", "ssync", "-o", "jsonpath={.items[0].status.syncStatus}")
+            ),
+        )
+        say("kubectl get infconn,ssync")
+        print(k("get", "infconn,ssync"))
+        say("keys in the destination (names only; UNRELATED_KEY is not ours: left alone)")
+        show_destination(url)
+
+        say("editing the source Secret: API_KEY changed, FEATURE_FLAG added, LOG_LEVEL gone")
+        k(
+            "patch",
+            "secret",
+            "app-secrets",
+            "--type=json",
+            "-p",
+            '[{"op":"replace","path":"/data/API_KEY","value":"cm90YXRlZC1hcGkta2V5"},'
+            '{"op":"add","path":"/data/FEATURE_FLAG","value":"b24="},'
+            '{"op":"remove","path":"/data/LOG_LEVEL"}]',
+        )
+
+        def edited() -> bool:
+            keys = destination_keys(url, "/apps/payments")
+            return "FEATURE_FLAG" in keys and "LOG_LEVEL" not in keys
+
+        wait("the edit to reach Infisical", edited, timeout=30)
+        say("kubectl get infconn,ssync")
+        print(k("get", "infconn,ssync"))
+        say("keys in the destination after the edit")
+        show_destination(url)
+        say("status of the SecretSync (kubectl get ssync -o yaml: the status part)")
+        raw = k("get", "ssync", "app-secrets-to-selfhosted", "-o", "jsonpath={.status}")
+        print(yaml.safe_dump({"status": json.loads(raw)}, sort_keys=False))
+        say("events")
+        print(k("get", "events", "--sort-by=.metadata.creationTimestamp"))
     return 0
 
 

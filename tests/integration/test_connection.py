@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from kubernetes import client
+from tests import kube_helpers
 from tests.conftest import OperatorProcess, wait_for
+from tests.kube_helpers import create, patch, put_secret
 
 from infisical_sync.testing.fake_infisical import BackgroundFake, FakeInfisical, Fault
 
 pytestmark = pytest.mark.controlplane
-GROUP, VERSION, PLURAL = "infisical-sync.dev", "v1alpha1", "infisicalconnections"
+PLURAL = "infisicalconnections"
 CLIENT_ID = "33333333-3333-4333-8333-333333333333"
 GOOD_SECRET = "canary-good-secret-5d41402abc4b2a76"
 BAD_SECRET = "canary-bad-secret-7d793037a0760186"
@@ -27,20 +28,6 @@ def fake() -> Iterator[FakeInfisical]:
         yield server
 
 
-def put_secret(kube: Any, namespace: str, name: str, data: dict[str, str]) -> None:
-    core = client.CoreV1Api(kube)
-    body = {
-        "metadata": {"name": name},
-        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
-    }
-    try:
-        core.create_namespaced_secret(namespace, body)
-    except client.exceptions.ApiException as exc:
-        if exc.status != 409:
-            raise
-        core.replace_namespaced_secret(name, namespace, body)
-
-
 def credentials(
     kube: Any, namespace: str, secret: str = GOOD_SECRET, name: str = "identity"
 ) -> None:
@@ -48,35 +35,22 @@ def credentials(
 
 
 def create_connection(kube: Any, namespace: str, url: str, name: str = "conn", **spec: Any) -> None:
-    body = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "InfisicalConnection",
-        "metadata": {"name": name},
-        "spec": {
-            "instanceUrl": url,
-            "allowInsecureHttp": url.startswith("http://"),
-            "credentials": {"secretRef": {"name": "identity"}},
-            "validationInterval": "1m",
-            **spec,
-        },
+    spec = {
+        "instanceUrl": url,
+        "allowInsecureHttp": url.startswith("http://"),
+        "credentials": {"secretRef": {"name": "identity"}},
+        "validationInterval": "1m",
+        **spec,
     }
-    client.CustomObjectsApi(kube).create_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, body
-    )
+    create(kube, namespace, PLURAL, "InfisicalConnection", name, spec)
 
 
 def status(kube: Any, namespace: str, name: str = "conn") -> dict[str, Any]:
-    body = client.CustomObjectsApi(kube).get_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, name
-    )
-    return dict(body.get("status") or {})
+    return kube_helpers.status(kube, namespace, PLURAL, name)
 
 
 def ready(kube: Any, namespace: str, name: str = "conn") -> tuple[str, str] | None:
-    for condition in status(kube, namespace, name).get("conditions", []):
-        if condition["type"] == "Ready":
-            return condition["status"], condition["reason"]
-    return None
+    return kube_helpers.condition(kube, namespace, PLURAL, name, "Ready")
 
 
 def wait_ready(kube: Any, namespace: str, expected: tuple[str, str], timeout: float = 20) -> None:
@@ -97,8 +71,7 @@ def test_valid_credentials_become_ready(
     assert found["clientId"] == CLIENT_ID
     assert found["instanceUrl"] == fake.url
     assert found["lastValidatedAt"] and found["tokenExpiresAt"]
-    events = client.CoreV1Api(kube).list_namespaced_event(namespace).items
-    assert [e.reason for e in events if e.involved_object.name == "conn"] == ["Ready"]
+    assert kube_helpers.event_reasons(kube, namespace, "conn") == ["Ready"]
 
 
 def test_wrong_secret_is_invalid_credentials(
@@ -143,7 +116,7 @@ def test_rotation(
     wait_ready(kube, namespace, ("False", "InvalidCredentials"), timeout=10)
     credentials(kube, namespace, GOOD_SECRET)
     wait_ready(kube, namespace, ("True", "Validated"), timeout=10)
-    reasons = [e.reason for e in client.CoreV1Api(kube).list_namespaced_event(namespace).items]
+    reasons = kube_helpers.event_reasons(kube, namespace, "conn")
     assert reasons.count("Ready") == 2 and reasons.count("InvalidCredentials") == 1
 
 
@@ -186,9 +159,8 @@ def test_custom_ca(operator: OperatorProcess, kube: Any, namespace: str) -> None
         assert "caSecretRef" in status(kube, namespace)["message"]
         assert fake.ca_pem is not None
         put_secret(kube, namespace, "infisical-ca", {"ca.crt": fake.ca_pem.decode()})
-        client.CustomObjectsApi(kube).patch_namespaced_custom_object(
-            GROUP,
-            VERSION,
+        patch(
+            kube,
             namespace,
             PLURAL,
             "conn",
