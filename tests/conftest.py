@@ -7,6 +7,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from infisical_sync.testing.controlplane import (
     OPERATOR_USER,
     ControlPlane,
     ControlPlaneError,
+    free_port,
     grant_operator_rbac,
     install_crds,
 )
@@ -75,14 +77,22 @@ def namespace(kube: Any) -> Iterator[str]:
 # --- the operator, running as a subprocess with least-privilege RBAC ---------------------------
 
 
-OperatorProcess = LoggedProcess
+@dataclass
+class OperatorProcess:
+    logged: LoggedProcess
+    metrics_port: int
+    health_port: int
+
+    def log(self) -> str:
+        return self.logged.log()
 
 
 @pytest.fixture(scope="session")
 def operator(
     control_plane: ControlPlane, kube: Any, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LoggedProcess]:
-    """`infisical-sync run -A` at DEBUG, authenticated as a user holding only the chart's rules."""
+) -> Iterator[OperatorProcess]:
+    """`infisical-sync run -A` at DEBUG with JSON logs, metrics and health endpoints,
+    authenticated as a user holding only the chart's RBAC rules."""
     grant_operator_rbac(control_plane.kubeconfig)
     env = {
         **os.environ,
@@ -92,6 +102,7 @@ def operator(
         "INFISICAL_SYNC_REQUEST_TIMEOUT": "5",
         "INFISICAL_SYNC_CONNECT_TIMEOUT": "2",
     }
+    metrics_port, health_port = free_port(), free_port()
     argv = [
         sys.executable,
         "-m",
@@ -100,15 +111,17 @@ def operator(
         "-A",
         "--log-level",
         "DEBUG",
+        "--log-format",
+        "json",
         "--metrics-port",
-        "0",
+        str(metrics_port),
         "--health-port",
-        "0",
+        str(health_port),
     ]
     log_path = tmp_path_factory.mktemp("operator") / "operator.log"
     with logged_process(argv, log_path, env) as handle:
         handle.wait_for_line("infisical-sync operator started")
-        yield handle
+        yield OperatorProcess(handle, metrics_port, health_port)
 
 
 def wait_for(predicate: Any, timeout: float = 20, interval: float = 0.2, message: str = "") -> Any:
