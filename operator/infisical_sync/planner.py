@@ -155,7 +155,8 @@ class Plan:
     hold_reason: str = ""
     owned_before: list[str] = field(default_factory=list)
     managed_after: list[str] = field(default_factory=list)
-    metadata_tracking: bool = True
+    # None: the destination was empty, so whether the server keeps metadata is not known yet.
+    metadata_tracking: bool | None = True
     metadata: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
     @property
@@ -208,8 +209,10 @@ def plan_imports(data: PlanInput) -> dict[str, str]:
 def plan(data: PlanInput) -> Plan:
     result = Plan()
     schema = KeySchema(data.key_schema, data.environment)
-    result.metadata_tracking = not any(
-        entry.metadata is None for entry in data.destination.values()
+    result.metadata_tracking = (
+        None
+        if not data.destination
+        else not any(entry.metadata is None for entry in data.destination.values())
     )
     owned = {
         key

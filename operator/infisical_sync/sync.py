@@ -497,7 +497,13 @@ class SyncEngine:
             "skippedKeys": [
                 f"{k}: {v}" for k, v in sorted({**source.skipped, **result.skipped}.items())
             ],
-            "ownershipTracking": "Metadata" if result.metadata_tracking else "Ledger",
+            "ownershipTracking": (
+                previous.get("ownershipTracking", "Metadata")
+                if result.metadata_tracking is None
+                else "Metadata"
+                if result.metadata_tracking
+                else "Ledger"
+            ),
         }
         if dry_run:
             status["syncStatus"] = previous.get("syncStatus") or "Pending"

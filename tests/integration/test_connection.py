@@ -186,3 +186,17 @@ def test_secrets_never_leak(
         for canary in (GOOD_SECRET, BAD_SECRET, *tokens):
             assert canary not in surface
     assert "POST auth.login -> 200" in operator.log()  # DEBUG request lines were being written
+
+
+def test_deleted_connection_goes_away(
+    operator: OperatorProcess, kube: Any, namespace: str, fake: FakeInfisical
+) -> None:
+    credentials(kube, namespace)
+    create_connection(kube, namespace, fake.url)
+    wait_ready(kube, namespace, ("True", "Validated"))
+    assert kube_helpers.get(kube, namespace, PLURAL, "conn")["metadata"]["finalizers"] == [
+        "infisical-sync.dev/finalizer"
+    ]
+    kube_helpers.delete(kube, namespace, PLURAL, "conn")
+    wait_for(lambda: kube_helpers.get(kube, namespace, PLURAL, "conn") is None, timeout=20)
+    wait_for(lambda: fake.count(r"/auth/token/revoke$") == 1, timeout=10)  # its token is revoked

@@ -521,3 +521,25 @@ def test_destination_race_is_replanned_once(env: tuple[Any, str, FakeInfisical])
     assert fake.count(r"/api/v4/secrets/batch$", "POST", status=400) == 1
     assert remote(fake) == {"A": "ours", "B": "b"}  # first sync: the fresh read adopts A
     assert status(kube, namespace, SYNCS, "sync")["managedKeys"] == ["A", "B"]
+
+
+def test_old_server_without_v4_or_metadata_uses_v3_and_the_ledger(
+    env: tuple[Any, str, FakeInfisical],
+) -> None:
+    kube, namespace, fake = env
+    fake.v4_enabled = False
+    fake.metadata_supported = False
+    fake.etag_enabled = False
+    put_secret(kube, namespace, "app", {"A": "1", "B": "2", "C": "3"})
+    create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec())
+    wait_for(lambda: remote(fake) == {"A": "1", "B": "2", "C": "3"})
+    wait_for(lambda: status(kube, namespace, SYNCS, "sync").get("managedKeys") == ["A", "B", "C"])
+    assert fake.count(r"/api/v3/secrets/batch/raw$", "POST", status=200) == 1
+    fake.state.put_secret(PROJECT, "prod", "/apps/payments", "FOREIGN", "f")
+    put_secret(kube, namespace, "app", {"A": "1", "B": "two", "FOREIGN": "mine"})
+    wait_for(
+        lambda: remote(fake) == {"A": "1", "B": "two", "FOREIGN": "f"}, timeout=10
+    )  # C deleted via the ledger
+    found = status(kube, namespace, SYNCS, "sync")
+    assert found["conflicts"] == ["FOREIGN"]
+    assert found["ownershipTracking"] == "Ledger"  # known once the server listed keys
