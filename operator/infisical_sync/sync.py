@@ -167,9 +167,12 @@ class SyncEngine:
             fields = ", ".join(".".join(str(p) for p in err["loc"]) for err in exc.errors())
             failure = SyncFailed("Synced", "InvalidSpec", f"spec is invalid at: {fields}")
             return self._failed(previous, generation, now, failure, {})
+        # status.destination names where keys were last written: it moves only with a real
+        # sync (or is set the first time), so a changed destination is recognised as new.
+        wrote_here = {"source": spec.source.describe(), "destination": spec.destination.describe()}
         described = {
-            "source": spec.source.describe(),
-            "destination": spec.destination.describe(),
+            "source": wrote_here["source"],
+            "destination": previous.get("destination") or wrote_here["destination"],
         }
         if spec.suspend:
             return CycleResult(self._suspended(previous, generation, now, described), ok=True)
@@ -177,7 +180,7 @@ class SyncEngine:
         annotations = meta.get("annotations") or {}
         try:
             status = await self._cycle(
-                namespace, name, spec, owner, annotations, previous, generation, now
+                namespace, name, spec, owner, annotations, previous, generation, now, on_writing
             )
         except SyncFailed as failure:
             metrics.SYNCS.labels("failed").inc()
@@ -186,7 +189,7 @@ class SyncEngine:
             return result
         finally:
             metrics.SYNC_DURATION.observe(time.monotonic() - started)
-        status.update(described)
+        status.update(described if spec.dry_run else wrote_here)
         metrics.SYNCS.labels("dry_run" if spec.dry_run else "succeeded").inc()
         self._transition_events(body, previous, status)
         return CycleResult(status, ok=True)
@@ -220,7 +223,11 @@ class SyncEngine:
             )
         location = await self._destination_location(session, spec)
         destination = await self._read_destination(session, location, cache, fresh=False)
-        initial = not previous.get("lastSyncedAt")
+        # A new destination starts afresh: its first sync is an initial one, and the ledger of
+        # the old destination says nothing about keys there.
+        moved = previous.get("destination") not in (None, spec.destination.describe())
+        initial = moved or not previous.get("lastSyncedAt")
+        ledger = frozenset() if moved else frozenset(previous.get("managedKeys") or [])
 
         def plan_input(current: Mapping[str, DestinationKey]) -> PlanInput:
             return PlanInput(
@@ -235,7 +242,7 @@ class SyncEngine:
                 allow_mass_delete=annotations.get(ALLOW_MASS_DELETE) == "true",
                 source_certain=source.certain,
                 uncertain_reason="; ".join(source.problems),
-                ledger=frozenset(previous.get("managedKeys") or []),
+                ledger=ledger,
                 keep=frozenset(source.keep),
                 import_supported=source.import_target is not None,
             )

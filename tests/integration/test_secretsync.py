@@ -517,6 +517,7 @@ def test_destination_race_is_replanned_once(env: tuple[Any, str, FakeInfisical])
         lambda: fake.count(r"/api/v4/secrets/batch$", "POST") >= 1 or fake.in_flight > 0, timeout=10
     )
     fake.state.put_secret(PROJECT, "prod", "/apps/payments", "A", "theirs")
+    assert wait_for(lambda: sync_status(kube, namespace) == "Running", timeout=2)  # while writing
     wait_for(lambda: sync_status(kube, namespace) == "Succeeded", timeout=20)
     assert fake.count(r"/api/v4/secrets/batch$", "POST", status=400) == 1
     assert remote(fake) == {"A": "ours", "B": "b"}  # first sync: the fresh read adopts A
@@ -543,3 +544,27 @@ def test_old_server_without_v4_or_metadata_uses_v3_and_the_ledger(
     found = status(kube, namespace, SYNCS, "sync")
     assert found["conflicts"] == ["FOREIGN"]
     assert found["ownershipTracking"] == "Ledger"  # known once the server listed keys
+
+
+def test_new_destination_starts_afresh(env: tuple[Any, str, FakeInfisical]) -> None:
+    kube, namespace, fake = env
+    fake.metadata_supported = False  # the ledger is all that tells ownership here
+    put_secret(kube, namespace, "app", {"A": "1", "B": "2"})
+    create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec())
+    wait_for(lambda: remote(fake) == {"A": "1", "B": "2"})
+    wait_for(lambda: status(kube, namespace, SYNCS, "sync").get("managedKeys") == ["A", "B"])
+    fake.state.put_secret(PROJECT, "prod", "/other", "B", "someone else's")
+    fake.state.put_secret(PROJECT, "prod", "/other", "C", "unrelated")
+    # Suspended while both change, so that no cycle runs in between.
+    patch(kube, namespace, SYNCS, "sync", {"spec": {"suspend": True}})
+    wait_for(lambda: condition(kube, namespace, SYNCS, "sync", "Ready") == ("False", "Suspended"))
+    put_secret(kube, namespace, "app", {"A": "1"})
+    patch(kube, namespace, SYNCS, "sync", {"spec": {"destination": {"secretPath": "/other"}}})
+    time.sleep(1)
+    assert status(kube, namespace, SYNCS, "sync")["destination"].endswith(":/apps/payments")
+    patch(kube, namespace, SYNCS, "sync", {"spec": {"suspend": False}})
+    wait_for(lambda: status(kube, namespace, SYNCS, "sync")["destination"].endswith(":/other"))
+    wait_for(lambda: sync_status(kube, namespace) == "Succeeded")
+    # The old ledger named B, but B at the new path was never ours: not deleted.
+    assert remote(fake, "/other") == {"A": "1", "B": "someone else's", "C": "unrelated"}
+    assert remote(fake) == {"A": "1", "B": "2"}  # the old destination is left as it was
