@@ -187,6 +187,8 @@ def secret_event(
     for sync, selector in syncs_by_selector.get(namespace, []):
         if selector_matches(selector, dict(labels)):
             runtime.kicks.kick(("SecretSync", namespace, sync), reason)
+    for sync in memo.engine.readers_of(namespace, name):  # e.g. its label was just removed
+        runtime.kicks.kick(("SecretSync", namespace, sync), reason)
 
 
 # --- InfisicalConnection ------------------------------------------------------------------------

@@ -44,6 +44,7 @@ class SourceResult:
     import_target: ImportTarget | None = None
     retry_after: float | None = None
     etag: str | None = None  # Infisical source listing
+    secret_names: set[str] = field(default_factory=set)  # Kubernetes Secrets that were read
 
     @property
     def certain(self) -> bool:
@@ -104,12 +105,14 @@ async def read_kubernetes(kube: Kube, namespace: str, source: KubernetesSource) 
                 result.problem("SecretNotFound", f"Secret {namespace}/{selection.name} not found")
                 continue
             _add_secret(result, origins, secret, selection.keys)
+            result.secret_names.add(secret.name)
             if len(source.secrets) == 1 and source.selector is None:
                 result.import_target = KubernetesImportTarget(secret.name, secret.resource_version)
         if source.selector is not None:
             matched = await kube.list_secrets(namespace, source.selector.to_string())
             for secret in sorted(matched, key=lambda item: item.name):
                 _add_secret(result, origins, secret, None)
+                result.secret_names.add(secret.name)
     except ApiException as exc:
         result.problem("SourceError", f"reading Secrets failed: {exc.status} {exc.reason}")
     return result

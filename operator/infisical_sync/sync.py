@@ -137,9 +137,28 @@ class SyncEngine:
         self.connections = connections
         self.post_event = post_event
         self._caches: dict[tuple[str, str], _Cache] = {}
+        # (namespace, Secret) -> SecretSyncs whose last source read included it: a Secret that
+        # stops matching a selector (label removed) still wakes the SecretSync it fed.
+        self._readers: dict[tuple[str, str], set[str]] = {}
+        self._read: dict[tuple[str, str], set[str]] = {}
 
     def forget(self, namespace: str, name: str) -> None:
         self._caches.pop((namespace, name), None)
+        self._remember_reads(namespace, name, set())
+
+    def readers_of(self, namespace: str, secret: str) -> set[str]:
+        return set(self._readers.get((namespace, secret), ()))
+
+    def _remember_reads(self, namespace: str, name: str, secrets: set[str]) -> None:
+        for secret in self._read.pop((namespace, name), set()) - secrets:
+            readers = self._readers.get((namespace, secret), set())
+            readers.discard(name)
+            if not readers:
+                self._readers.pop((namespace, secret), None)
+        for secret in secrets:
+            self._readers.setdefault((namespace, secret), set()).add(name)
+        if secrets:
+            self._read[(namespace, name)] = set(secrets)
 
     # --- one cycle -----------------------------------------------------------------------------
 
@@ -212,7 +231,7 @@ class SyncEngine:
         if session is None:
             raise self._connection_not_ready(namespace, destination_ref)
 
-        source = await self._read_source(namespace, spec, cache)
+        source = await self._read_source(namespace, name, spec, cache)
         if not source.certain and not source.values:
             raise SyncFailed(
                 "SourceReady",
@@ -297,10 +316,12 @@ class SyncEngine:
         )
 
     async def _read_source(
-        self, namespace: str, spec: SecretSyncSpec, cache: _Cache
+        self, namespace: str, name: str, spec: SecretSyncSpec, cache: _Cache
     ) -> SourceResult:
         if spec.source.kubernetes is not None:
-            return await read_kubernetes(self.kube, namespace, spec.source.kubernetes)
+            result = await read_kubernetes(self.kube, namespace, spec.source.kubernetes)
+            self._remember_reads(namespace, name, result.secret_names)
+            return result
         assert spec.source.infisical is not None
         ref = spec.source.infisical.connection_ref.name
         result = await read_infisical(

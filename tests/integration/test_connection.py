@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -183,7 +184,8 @@ def test_secrets_never_leak(
     events = client.CoreV1Api(kube).list_namespaced_event(namespace).items
     surfaces = [operator.log(), repr(status(kube, namespace)), repr([e.message for e in events])]
     for surface in surfaces:
-        for canary in (GOOD_SECRET, BAD_SECRET, *tokens):
+        encoded = [base64.b64encode(c.encode()).decode() for c in (GOOD_SECRET, BAD_SECRET)]
+        for canary in (GOOD_SECRET, BAD_SECRET, *tokens, *encoded):
             assert canary not in surface
     assert "POST auth.login -> 200" in operator.log()  # DEBUG request lines were being written
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -504,6 +505,7 @@ def test_no_secret_values_anywhere(
         repr([e.message for e in events]),
     ):
         assert CANARY_VALUE not in surface
+        assert base64.b64encode(CANARY_VALUE.encode()).decode() not in surface  # nor as Secret data
         assert CLIENT_SECRET not in surface
 
 
@@ -568,3 +570,18 @@ def test_new_destination_starts_afresh(env: tuple[Any, str, FakeInfisical]) -> N
     # The old ledger named B, but B at the new path was never ours: not deleted.
     assert remote(fake, "/other") == {"A": "1", "B": "someone else's", "C": "unrelated"}
     assert remote(fake) == {"A": "1", "B": "2"}  # the old destination is left as it was
+
+
+def test_secret_leaving_the_selector_is_noticed_at_once(
+    env: tuple[Any, str, FakeInfisical],
+) -> None:
+    kube, namespace, fake = env
+    label = {"infisical-sync.dev/push": "true"}
+    for name in ("one", "two", "three"):
+        put_secret(kube, namespace, name, {name.upper(): name}, labels=label)
+    spec = sync_spec([])
+    spec["source"]["kubernetes"] = {"selector": {"matchLabels": label}}
+    create(kube, namespace, SYNCS, "SecretSync", "sync", spec)
+    wait_for(lambda: remote(fake) == {"ONE": "one", "TWO": "two", "THREE": "three"})
+    put_secret(kube, namespace, "three", {"THREE": "three"}, labels={})  # label removed
+    wait_for(lambda: remote(fake) == {"ONE": "one", "TWO": "two"}, timeout=10)  # not the 1h timer
