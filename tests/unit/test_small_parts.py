@@ -1,0 +1,109 @@
+"""Settings, durations, selectors, conditions, the kick slots."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import pytest
+from pydantic import ValidationError
+
+from infisical_sync.conditions import Condition, condition_status, merge_conditions
+from infisical_sync.config import Settings
+from infisical_sync.durations import jittered, parse_duration
+from infisical_sync.resources import LabelSelector
+from infisical_sync.runtime import Kicks
+from infisical_sync.selectors import selector_matches
+
+
+def test_settings_from_env_and_overrides() -> None:
+    settings = Settings.from_env(
+        {
+            "INFISICAL_SYNC_NAMESPACES": "a, b",
+            "INFISICAL_SYNC_ALL_NAMESPACES": "false",
+            "INFISICAL_SYNC_LOG_FORMAT": "json",
+            "INFISICAL_SYNC_CONCURRENCY_PER_CONNECTION": "7",
+        },
+        log_format=None,  # a flag that was not given does not override the environment
+        metrics_port=0,
+    )
+    assert settings.namespaces == ["a", "b"] and settings.all_namespaces is False
+    assert (settings.log_format, settings.concurrency_per_connection, settings.metrics_port) == (
+        "json",
+        7,
+        0,
+    )
+    with pytest.raises(ValidationError):
+        Settings.from_env({"INFISICAL_SYNC_LOG_FORMAT": "xml"})
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("5m", 300),
+        ("1h30m", 5400),
+        ("90s", 90),
+        ("500ms", 0.5),
+        ("1.5h", 5400),
+        ("", 42),
+        ("5 minutes", 42),
+        ("m", 42),
+    ],
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text, 42) == seconds
+
+
+def test_jitter_stays_within_ten_percent() -> None:
+    values = [jittered(100) for _ in range(200)]
+    assert all(90 <= v <= 110 for v in values) and len(set(values)) > 1
+
+
+def test_selector_matching_and_rendering() -> None:
+    selector = {
+        "matchLabels": {"push": "true"},
+        "matchExpressions": [
+            {"key": "tier", "operator": "In", "values": ["a", "b"]},
+            {"key": "legacy", "operator": "DoesNotExist"},
+        ],
+    }
+    assert selector_matches(selector, {"push": "true", "tier": "a"})
+    assert not selector_matches(selector, {"push": "true", "tier": "c"})
+    assert not selector_matches(selector, {"push": "true", "tier": "a", "legacy": "x"})
+    assert not selector_matches(selector, {"tier": "a"})
+    assert selector_matches(
+        {"matchExpressions": [{"key": "x", "operator": "NotIn", "values": ["1"]}]}, {}
+    )
+    rendered = LabelSelector.model_validate(selector).to_string()
+    assert rendered == "push=true,tier in (a,b),!legacy"
+
+
+def test_conditions_keep_transition_time_until_status_changes() -> None:
+    t0, t1 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC), dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+    first = merge_conditions(
+        None, [Condition("Ready", "True", "Validated", "ok")], generation=1, now=t0
+    )
+    same = merge_conditions(
+        first, [Condition("Ready", "True", "Validated", "still ok")], generation=2, now=t1
+    )
+    assert (
+        same[0]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+        and same[0]["observedGeneration"] == 2
+    )
+    flipped = merge_conditions(
+        same, [Condition("Ready", "False", "InvalidCredentials", "no")], generation=2, now=t1
+    )
+    assert flipped[0]["lastTransitionTime"] == "2026-01-02T00:00:00Z"
+    assert (
+        condition_status(flipped, "Ready") == "False" and condition_status(flipped, "Other") is None
+    )
+
+
+async def test_a_kick_before_the_daemon_waits_is_not_lost() -> None:
+    kicks = Kicks()
+    kicks.kick(("SecretSync", "ns", "a"), "secret app modified")
+    kicks.kick(("SecretSync", "ns", "a"), "spec changed", force=True)
+    force, reasons = await asyncio.wait_for(kicks.slot(("SecretSync", "ns", "a")).wait(60), 1)
+    assert force and reasons == {"secret app modified", "spec changed"}
+    force, reasons = await kicks.slot(("SecretSync", "ns", "a")).wait(0.01)
+    assert (force, reasons) == (False, {"timer"})
