@@ -202,3 +202,105 @@ def test_rbac_is_enforced(control_plane: ControlPlane, namespace: str) -> None:
     with pytest.raises(ApiException) as caught:
         client.CoreV1Api(nobody).list_namespaced_secret(namespace)
     assert caught.value.status == 403
+
+
+def secretsync(**spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "source": {"kubernetes": {"secrets": [{"name": "app"}]}},
+        "destination": {"connectionRef": {"name": "conn"}, "projectId": "p", "environment": "prod"},
+    }
+    base.update(spec)
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "SecretSync",
+        "metadata": {"name": "s"},
+        "spec": base,
+    }
+
+
+INFISICAL_SOURCE = {"connectionRef": {"name": "cloud"}, "projectSlug": "app", "environment": "prod"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        (
+            {"source": {"kubernetes": {"secrets": [{"name": "a"}]}, "infisical": INFISICAL_SOURCE}},
+            "exactly one of source.kubernetes or source.infisical",
+        ),
+        ({"source": {}}, "exactly one of source.kubernetes or source.infisical"),
+        ({"source": {"kubernetes": {}}}, "list at least one Secret or give a selector"),
+        (
+            {
+                "destination": {
+                    "connectionRef": {"name": "c"},
+                    "projectId": "p",
+                    "projectSlug": "s",
+                    "environment": "prod",
+                }
+            },
+            "exactly one of projectId or projectSlug",
+        ),
+        (
+            {"destination": {"connectionRef": {"name": "c"}, "environment": "prod"}},
+            "exactly one of projectId or projectSlug",
+        ),
+        ({"syncInterval": "5 minutes"}, "spec.syncInterval"),
+        ({"deletionPolicy": "Orphan"}, "spec.deletionPolicy"),
+        ({"syncOptions": {"keySchema": "PREFIX_"}}, "keySchema must contain {{secretKey}}"),
+        ({"syncOptions": {"keySchema": "A:{{secretKey}}"}}, "keySchema may only add"),
+        (
+            {
+                "source": {"kubernetes": {"secrets": [{"name": "a"}, {"name": "b"}]}},
+                "syncOptions": {"initialSyncBehavior": "import-prioritize-source"},
+            },
+            "import modes with a Kubernetes source need exactly one listed Secret",
+        ),
+        (
+            {
+                "source": {"infisical": {**INFISICAL_SOURCE, "recursive": True}},
+                "syncOptions": {"initialSyncBehavior": "import-prioritize-destination"},
+            },
+            "import modes cannot be combined with a recursive Infisical source",
+        ),
+        (
+            {
+                "destination": {
+                    "connectionRef": {"name": "c"},
+                    "projectId": "p",
+                    "environment": "prod",
+                    "secretPath": "no-slash",
+                }
+            },
+            "spec.destination.secretPath",
+        ),
+    ],
+)
+def test_secretsync_rules_are_enforced_by_the_api_server(
+    kube: Any, namespace: str, spec: dict[str, Any], expected: str
+) -> None:
+    with pytest.raises(ApiException) as caught:
+        client.CustomObjectsApi(kube).create_namespaced_custom_object(
+            GROUP, VERSION, namespace, "secretsyncs", secretsync(**spec)
+        )
+    assert caught.value.status == 422
+    assert expected in json.loads(caught.value.body)["message"]
+
+
+def test_secretsync_defaults(kube: Any, namespace: str) -> None:
+    created = client.CustomObjectsApi(kube).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "secretsyncs", secretsync(suspend=True)
+    )
+    spec = created["spec"]
+    assert spec["syncOptions"] == {
+        "initialSyncBehavior": "overwrite-destination",
+        "keySchema": "{{secretKey}}",
+        "disableSecretDeletion": False,
+    }
+    assert (
+        spec["autoSyncEnabled"],
+        spec["syncInterval"],
+        spec["deletionPolicy"],
+        spec["dryRun"],
+    ) == (True, "5m", "Retain", False)
+    assert spec["destination"]["secretPath"] == "/"
