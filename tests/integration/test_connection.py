@@ -202,3 +202,28 @@ def test_deleted_connection_goes_away(
     kube_helpers.delete(kube, namespace, PLURAL, "conn")
     wait_for(lambda: kube_helpers.get(kube, namespace, PLURAL, "conn") is None, timeout=20)
     wait_for(lambda: fake.count(r"/auth/token/revoke$") == 1, timeout=10)  # its token is revoked
+
+
+def test_deleted_credentials_secret_is_noticed(
+    operator: OperatorProcess, kube: Any, namespace: str, fake: FakeInfisical
+) -> None:
+    credentials(kube, namespace)
+    create_connection(kube, namespace, fake.url)
+    wait_ready(kube, namespace, ("True", "Validated"))
+    client.CoreV1Api(kube).delete_namespaced_secret("identity", namespace)
+    wait_ready(kube, namespace, ("False", "SecretNotFound"), timeout=10)  # the watch, not the timer
+
+
+def test_timer_revalidates_with_renewals(
+    operator: OperatorProcess, kube: Any, namespace: str, fake: FakeInfisical
+) -> None:
+    identity = fake.state.identities[CLIENT_ID]
+    identity.access_token_ttl, identity.access_token_max_ttl = 3600, 86400  # renewable
+    credentials(kube, namespace)
+    create_connection(kube, namespace, fake.url, validationInterval="1s")
+    wait_ready(kube, namespace, ("True", "Validated"))
+    first = status(kube, namespace)["lastValidatedAt"]
+    wait_for(lambda: fake.count(r"/auth/token/renew$", status=200) >= 2, timeout=10)
+    assert fake.count(r"/universal-auth/login$") == 1  # no client-secret use per check
+    wait_for(lambda: status(kube, namespace)["lastValidatedAt"] != first, timeout=10)
+    assert kube_helpers.event_reasons(kube, namespace, "conn") == ["Ready"]  # transitions only
