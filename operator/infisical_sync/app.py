@@ -1,5 +1,8 @@
 """Composition root: kopf settings and every kopf registration live here, and nothing else.
 
+Every handler that touches the in-memory runtime is `async`: kopf runs plain functions in a
+thread pool, and asyncio objects (the kick events) must only be touched from the event loop.
+
 kopf types `namespace` as optional (cluster-scoped resources); ours are all namespaced, hence
 the `type: ignore[arg-type]` on the decorators.
 
@@ -110,7 +113,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.probe(id="now", registry=registry)
-def probe_now(**_: Any) -> str:
+async def probe_now(**_: Any) -> str:
     return dt.datetime.now(dt.UTC).isoformat()
 
 
@@ -118,7 +121,7 @@ def probe_now(**_: Any) -> str:
 
 
 @kopf.index(GROUP, VERSION, CONNECTIONS, registry=registry)  # type: ignore[arg-type]
-def connections_by_secret(
+async def connections_by_secret(
     namespace: str, name: str, spec: kopf.Spec, **_: Any
 ) -> dict[tuple[str, str], str]:
     """(namespace, Secret name) -> connection name, for the credentials and CA Secrets."""
@@ -129,7 +132,7 @@ def connections_by_secret(
 
 
 @kopf.index(GROUP, VERSION, SYNCS, registry=registry)  # type: ignore[arg-type]
-def syncs_by_connection(
+async def syncs_by_connection(
     namespace: str, name: str, spec: kopf.Spec, **_: Any
 ) -> dict[tuple[str, str], str]:
     """(namespace, connection name) -> SecretSync name, for destination and Infisical source."""
@@ -143,7 +146,7 @@ def syncs_by_connection(
 
 
 @kopf.index(GROUP, VERSION, SYNCS, registry=registry)  # type: ignore[arg-type]
-def syncs_by_secret(
+async def syncs_by_secret(
     namespace: str, name: str, spec: kopf.Spec, **_: Any
 ) -> dict[tuple[str, str], str]:
     """(namespace, Secret name) -> SecretSync name, for Secrets listed by name."""
@@ -152,7 +155,7 @@ def syncs_by_secret(
 
 
 @kopf.index(GROUP, VERSION, SYNCS, registry=registry)  # type: ignore[arg-type]
-def syncs_by_selector(
+async def syncs_by_selector(
     namespace: str, name: str, spec: kopf.Spec, **_: Any
 ) -> dict[str, tuple[str, dict[str, Any]]]:
     """namespace -> (SecretSync name, label selector), for selector sources."""
@@ -164,7 +167,7 @@ def syncs_by_selector(
 
 
 @kopf.on.event("", "v1", "secrets", registry=registry)  # type: ignore[arg-type]
-def secret_event(
+async def secret_event(
     type: str,
     namespace: str,
     name: str,
@@ -195,7 +198,7 @@ def secret_event(
 
 
 @kopf.on.update(GROUP, VERSION, CONNECTIONS, field="spec", registry=registry)  # type: ignore[arg-type]
-def connection_spec_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+async def connection_spec_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     memo.runtime.kicks.kick(("InfisicalConnection", namespace, name), "spec changed", force=True)
 
 
@@ -249,7 +252,7 @@ MANUAL_REASONS = {"created", "spec changed", "sync requested"}
 
 
 @kopf.on.event(GROUP, VERSION, SYNCS, registry=registry)  # type: ignore[arg-type]
-def secretsync_event(
+async def secretsync_event(
     type: str, namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
     """Spec changes and the sync-requested-at / allow-mass-delete annotations wake the daemon."""

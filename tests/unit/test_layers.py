@@ -55,3 +55,15 @@ def test_the_operator_does_not_import_the_test_doubles() -> None:
         if relative.parts[0] in ("testing",) or relative.name in ("demo.py", "cli.py"):
             continue  # the CLI reaches the fake and the control plane lazily, by subcommand
         assert not [m for m in imports(path) if m.startswith("infisical_sync.testing")], relative
+
+
+def test_kopf_handlers_run_on_the_event_loop() -> None:
+    """kopf runs plain functions in threads; the runtime's asyncio objects need the loop."""
+    tree = ast.parse((PACKAGE / "app.py").read_text())
+    plain = [
+        node.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef)
+        and any("kopf." in ast.unparse(decorator) for decorator in node.decorator_list)
+    ]
+    assert plain == ["login"]  # reads kubeconfig files only
