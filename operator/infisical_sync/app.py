@@ -73,7 +73,6 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 310
     settings.posting.level = logging.INFO
-    settings.execution.max_workers = 8  # threads for the synchronous kubernetes client
     settings.scanning.disabled = True  # our resources are known: no CRD discovery RBAC needed
 
     config = _settings
