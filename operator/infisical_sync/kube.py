@@ -114,20 +114,3 @@ class Kube:
             return True
 
         return await asyncio.to_thread(patch)
-
-    async def get_object(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
-        def read() -> dict[str, Any] | None:
-            try:
-                found = cast(
-                    dict[str, Any],
-                    self.custom.get_namespaced_custom_object(
-                        GROUP, VERSION, namespace, plural, name
-                    ),
-                )
-            except ApiException as exc:
-                if exc.status == 404:
-                    return None
-                raise
-            return found
-
-        return await asyncio.to_thread(read)

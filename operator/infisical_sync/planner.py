@@ -17,7 +17,7 @@ Rules (SPEC §2.3):
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -308,12 +308,3 @@ def apply_plan(
     for key in result.delete:
         after.pop(key, None)
     return after
-
-
-def destination_from_listing(
-    items: Iterable[tuple[str, str, Iterable[tuple[str, str]] | None]],
-) -> dict[str, DestinationKey]:
-    return {
-        key: DestinationKey(value, None if metadata is None else tuple(metadata))
-        for key, value, metadata in items
-    }

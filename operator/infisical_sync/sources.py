@@ -6,7 +6,6 @@ that cycle) and is reported with a reason.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 from kubernetes.client.exceptions import ApiException
@@ -54,12 +53,6 @@ class SourceResult:
         if not self.problems:
             self.problem_reason = reason
         self.problems.append(message)
-
-    def fingerprint(self) -> str:
-        digest = hashlib.sha256()
-        for key in sorted(self.values):
-            digest.update(key.encode() + b"\0" + self.values[key].encode() + b"\0")
-        return digest.hexdigest()
 
     def __repr__(self) -> str:  # never the values
         return f"SourceResult(keys={sorted(self.values)}, problems={self.problems})"
