@@ -304,3 +304,28 @@ def test_secretsync_defaults(kube: Any, namespace: str) -> None:
         spec["dryRun"],
     ) == (True, "5m", "Retain", False)
     assert spec["destination"]["secretPath"] == "/"
+
+
+def test_kubectl_explain_is_useful(control_plane: ControlPlane) -> None:
+    import subprocess
+
+    from infisical_sync.testing.controlplane import ensure_kube_binaries
+
+    kubectl = str(ensure_kube_binaries(with_kubectl=True)["kubectl"])
+
+    def explain(field: str) -> str:
+        # The API server publishes CRD schemas to OpenAPI a few seconds after they are created.
+        deadline = time.monotonic() + 60
+        while True:
+            result = subprocess.run(
+                [kubectl, "--kubeconfig", str(control_plane.kubeconfig), "explain", field],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if result.returncode == 0 or time.monotonic() > deadline:
+                return " ".join(result.stdout.split())
+            time.sleep(1)
+
+    assert "Must contain {{secretKey}}" in explain("secretsync.spec.syncOptions.keySchema")
+    assert "same namespace" in explain("infconn.spec.credentials.secretRef")
