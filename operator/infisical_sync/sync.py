@@ -489,10 +489,14 @@ class SyncEngine:
         if dry_run:
             synced = Condition("Synced", "False", "DryRun", message)
             ready = Condition("Ready", "True", "DryRun", "dry run: plan in status.plan")
+        elif not source.certain:
+            # Whatever could be read was pushed, but deletes wait for a source we can trust.
+            why = result.hold_reason or "source uncertain: " + "; ".join(source.problems)
+            synced = Condition("Synced", "False", "SourceUncertain", why)
+            ready = Condition("Ready", "False", "SourceUncertain", why)
         elif result.held_deletes:
-            reason = "SourceUncertain" if not source.certain else "DeletionHeld"
-            synced = Condition("Synced", "False", reason, result.hold_reason)
-            ready = Condition("Ready", "False", reason, result.hold_reason)
+            synced = Condition("Synced", "False", "DeletionHeld", result.hold_reason)
+            ready = Condition("Ready", "False", "DeletionHeld", result.hold_reason)
         elif result.conflicts:
             synced = Condition("Synced", "True", "SyncedWithConflicts", message)
             ready = Condition("Ready", "True", "SyncedWithConflicts", message)

@@ -585,3 +585,18 @@ def test_secret_leaving_the_selector_is_noticed_at_once(
     wait_for(lambda: remote(fake) == {"ONE": "one", "TWO": "two", "THREE": "three"})
     put_secret(kube, namespace, "three", {"THREE": "three"}, labels={})  # label removed
     wait_for(lambda: remote(fake) == {"ONE": "one", "TWO": "two"}, timeout=10)  # not the 1h timer
+
+
+def test_uncertain_source_without_deletes_is_still_not_ready(
+    env: tuple[Any, str, FakeInfisical],
+) -> None:
+    kube, namespace, fake = env
+    put_secret(kube, namespace, "app", {"A": "1"})
+    spec = sync_spec()
+    spec["source"]["kubernetes"]["secrets"] = [{"name": "app", "keys": ["A", "MISSING"]}]
+    create(kube, namespace, SYNCS, "SecretSync", "sync", spec)
+    wait_for(lambda: remote(fake) == {"A": "1"})  # what could be read is pushed
+    wait_for(lambda: sync_status(kube, namespace) == "Failed")
+    assert condition(kube, namespace, SYNCS, "sync", "Ready") == ("False", "SourceUncertain")
+    assert condition(kube, namespace, SYNCS, "sync", "SourceReady") == ("False", "SecretKeyMissing")
+    assert "has no key MISSING" in status(kube, namespace, SYNCS, "sync")["lastSyncMessage"]
