@@ -23,7 +23,7 @@ from prometheus_client import start_http_server
 
 from infisical_sync.config import Settings
 from infisical_sync.connection import ConnectionReconciler
-from infisical_sync.durations import jittered, parse_duration
+from infisical_sync.durations import jittered, parse_duration, retry_delay
 from infisical_sync.infisical.client import ClientPool
 from infisical_sync.infisical.transport import TransportOptions
 from infisical_sync.kube import GROUP, VERSION, Kube, load_api_client
@@ -43,9 +43,6 @@ SYNCS = "secretsyncs"
 log = logging.getLogger("infisical_sync")
 registry = kopf.OperatorRegistry()
 _settings = Settings()  # replaced by run_operator before kopf starts
-
-# How soon a failing connection is re-checked: 5 s, doubling, capped by its interval.
-FAILURE_RETRY_START = 5.0
 
 
 class OperatorMemo(kopf.Memo):
@@ -233,10 +230,8 @@ async def connection_daemon(
                 failures, delay = 0, jittered(interval)
             else:
                 failures += 1
-                delay = min(interval, FAILURE_RETRY_START * 2 ** (failures - 1))
-                if outcome is not None and outcome.retry_after:
-                    delay = max(delay, outcome.retry_after)
-                delay = jittered(delay)
+                retry_after = outcome.retry_after if outcome is not None else None
+                delay = jittered(retry_delay(interval, failures, retry_after))
             force, _reasons = await slot.wait(delay)
     finally:
         runtime.kicks.discard(key)
@@ -324,9 +319,8 @@ async def secretsync_daemon(
                     failures, delay = 0, interval
                 else:
                     failures += 1
-                    delay = min(interval, FAILURE_RETRY_START * 2 ** (failures - 1))
-                    if result is not None and result.retry_after:
-                        delay = max(delay, result.retry_after)
+                    retry_after = result.retry_after if result is not None else None
+                    delay = retry_delay(interval, failures, retry_after)
             else:
                 delay = interval
             _force, reasons = await slot.wait(jittered(delay))

@@ -23,3 +23,10 @@ def jittered(seconds: float, fraction: float = 0.1) -> float:
     """Spread timers by ±fraction so that a restart does not fire them all at once."""
     spread = seconds * fraction
     return max(0.0, seconds + random.uniform(-spread, spread))  # noqa: S311 - not crypto
+
+
+def retry_delay(interval: float, failures: int, retry_after: float | None = None) -> float:
+    """After `failures` failures in a row: 5 s, doubling, capped by the interval, never before
+    the instance's Retry-After. Not jittered."""
+    delay: float = min(interval, 5.0 * 2.0 ** (failures - 1))
+    return max(delay, retry_after) if retry_after else delay

@@ -42,6 +42,16 @@ def _decode(raw: dict[str, str] | None) -> dict[str, bytes]:
     return {key: base64.b64decode(value) for key, value in (raw or {}).items()}
 
 
+def _secret_data(body: dict[str, Any]) -> SecretData:
+    meta = body["metadata"]
+    return SecretData(
+        name=meta["name"],
+        data=_decode(body.get("data")),
+        resource_version=str(meta.get("resourceVersion", "")),
+        labels=dict(meta.get("labels") or {}),
+    )
+
+
 class Kube:
     def __init__(self, api_client: client.ApiClient) -> None:
         self.core = client.CoreV1Api(api_client)
@@ -57,13 +67,7 @@ class Kube:
                 if exc.status == 404:
                     return None
                 raise
-            body: dict[str, Any] = json.loads(cast(Any, secret).data)
-            return SecretData(
-                name=name,
-                data=_decode(body.get("data")),
-                resource_version=str(body["metadata"].get("resourceVersion", "")),
-                labels=dict(body["metadata"].get("labels") or {}),
-            )
+            return _secret_data(json.loads(cast(Any, secret).data))
 
         return await asyncio.to_thread(read)
 
@@ -73,15 +77,7 @@ class Kube:
                 namespace, label_selector=label_selector, _preload_content=False
             )
             body: dict[str, Any] = json.loads(cast(Any, response).data)
-            return [
-                SecretData(
-                    name=item["metadata"]["name"],
-                    data=_decode(item.get("data")),
-                    resource_version=str(item["metadata"].get("resourceVersion", "")),
-                    labels=dict(item["metadata"].get("labels") or {}),
-                )
-                for item in body.get("items", [])
-            ]
+            return [_secret_data(item) for item in body.get("items", [])]
 
         return await asyncio.to_thread(read)
 

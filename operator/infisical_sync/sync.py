@@ -28,7 +28,7 @@ from infisical_sync.infisical.errors import (
 )
 from infisical_sync.infisical.models import MetadataEntry, SecretLocation, SecretWrite
 from infisical_sync.kube import Kube
-from infisical_sync.planner import DestinationKey, Owner, Plan, PlanInput, plan
+from infisical_sync.planner import DestinationKey, Owner, Plan, PlanInput, owned_by, plan
 from infisical_sync.resources import SecretSyncSpec
 from infisical_sync.sources import (
     InfisicalImportTarget,
@@ -442,9 +442,7 @@ class SyncEngine:
             destination = await self._read_destination(session, location, cache, fresh=True)
             ledger = frozenset((body.get("status") or {}).get("managedKeys") or [])
             owned = sorted(
-                key
-                for key, entry in destination.items()
-                if (entry.owner_ref == owner.ref if entry.metadata is not None else key in ledger)
+                key for key, entry in destination.items() if owned_by(key, entry, owner, ledger)
             )
             if owned:
                 await session.batch_delete(location, owned)

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from infisical_sync.conditions import Condition, condition_status, merge_conditions
 from infisical_sync.config import Settings
-from infisical_sync.durations import jittered, parse_duration
+from infisical_sync.durations import jittered, parse_duration, retry_delay
 from infisical_sync.resources import LabelSelector
 from infisical_sync.runtime import Kicks
 from infisical_sync.selectors import selector_matches
@@ -107,3 +107,11 @@ async def test_a_kick_before_the_daemon_waits_is_not_lost() -> None:
     assert force and reasons == {"secret app modified", "spec changed"}
     force, reasons = await kicks.slot(("SecretSync", "ns", "a")).wait(0.01)
     assert (force, reasons) == (False, {"timer"})
+
+
+@pytest.mark.parametrize(
+    ("failures", "retry_after", "expected"),
+    [(1, None, 5), (2, None, 10), (5, None, 60), (1, 30, 30), (3, 2, 20)],
+)
+def test_retry_delay(failures: int, retry_after: float | None, expected: float) -> None:
+    assert retry_delay(60, failures, retry_after) == expected
