@@ -11,7 +11,7 @@ from pathlib import Path
 from infisical_sync.config import Settings
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="infisical-sync", description="Keep Infisical projects in sync from Kubernetes."
     )
@@ -47,8 +47,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _has_testing_extra() -> bool:
+    import importlib.util
+
+    return all(
+        importlib.util.find_spec(name) is not None
+        for name in ("infisical_sync.testing", "aiohttp", "cryptography")
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.command == "run":
         from infisical_sync.app import run_operator
 
@@ -63,6 +72,13 @@ def main(argv: list[str] | None = None) -> int:
             peering=args.peering,
         )
         return run_operator(settings)
+    if args.command in ("fake-infisical", "controlplane") and not _has_testing_extra():
+        print(
+            f"`{args.command}` is a development tool: install infisical-sync[testing] "
+            "(the operator image does not ship it)",
+            file=sys.stderr,
+        )
+        return 2
     if args.command == "fake-infisical":
         from infisical_sync.testing.seed import serve
 

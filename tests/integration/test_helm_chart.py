@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -106,3 +107,31 @@ def test_manifests_pass_server_side_validation(
     )
     assert result.returncode == 0, result.stderr
     assert "deployment.apps/sync-infisical-sync created (server dry run)" in result.stdout
+
+
+def _dockerfile_exec_form(instruction: str) -> list[str]:
+    """The final stage's ENTRYPOINT or CMD (exec form), as the container runtime sees it."""
+    final_stage = (CHART.parents[2] / "Dockerfile").read_text().rsplit("\nFROM ", 1)[1]
+    lines = [line for line in final_stage.splitlines() if line.startswith(f"{instruction} ")]
+    assert lines, f"the final stage has no {instruction}"
+    found: list[str] = json.loads(lines[-1].split(" ", 1)[1])
+    return found
+
+
+@pytest.mark.parametrize(
+    "values", [[], ["rbac.clusterWide=false", "watchNamespaces={team-a}"]], ids=["all", "some"]
+)
+def test_image_entrypoint_with_chart_args_is_a_valid_command(helm: str, values: list[str]) -> None:
+    """The pod runs ENTRYPOINT + the chart's args (args replace CMD): that must parse as `run`."""
+    from infisical_sync.cli import build_parser
+
+    deployment = next(doc for doc in render(helm, *values) if doc["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert "command" not in container  # the image's ENTRYPOINT is used as is
+    argv = _dockerfile_exec_form("ENTRYPOINT") + container["args"]
+    assert argv[0] == "infisical-sync"
+    args = build_parser().parse_args(argv[1:])  # exits (SystemExit) on unknown arguments
+    assert args.command == "run"
+    # And the image alone (no args from a chart) runs the operator too.
+    image_default = _dockerfile_exec_form("ENTRYPOINT") + _dockerfile_exec_form("CMD")
+    assert build_parser().parse_args(image_default[1:]).command == "run"

@@ -1,0 +1,3 @@
+module infisical-sync.dev/pause
+
+go 1.22
