@@ -1,130 +1,88 @@
-"""End to end on kind: the real image, a Helm install, a fake Infisical in the cluster.
+"""The node scenarios (tests/node/scenarios.py) on kind, for hosts with a Docker engine.
 
-Opt-in (`pytest --e2e tests/e2e`): needs a Docker engine, `kind`, and the helm/kubectl that
-`make kube-binaries` builds. This machine has no Docker engine, so CI skips these.
+Opt-in (`pytest --e2e tests/e2e`): needs Docker, `kind`, and the helm/kubectl that
+`make kube-binaries` builds. The image is built from the Dockerfile with `docker build`; the
+fake Infisical runs in this process (it needs the `testing` extra, which the image does not
+ship) and listens on the kind network's gateway, the host's address that kind's pods reach.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from itertools import count
 from pathlib import Path
 
 import pytest
+import yaml
+from tests.node.scenarios import SCENARIOS, SEED, NodeEnv
 
 from infisical_sync.testing.controlplane import ensure_helm, ensure_kube_binaries
+from infisical_sync.testing.fake_infisical import BackgroundFake, FakeInfisical
+from infisical_sync.testing.seed import load_seed
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).parents[2]
 CLUSTER = "infisical-sync-e2e"
-IMAGE = "infisical-sync:e2e"
-FAKE = """
-apiVersion: v1
-kind: ConfigMap
-metadata: {name: fake-seed}
-data:
-  seed.yaml: |
-    projects:
-      - {slug: payments, id: 0b7f5a52-2c1d-4e8f-9a3b-6c5d4e3f2a10, environments: [prod]}
-    identities:
-      - clientId: 6a1f0e8e-5d43-4b7a-9c1e-0d2f3a4b5c6d
-        clientSecret: demo-client-secret-do-not-use
-        projects: {payments: {}}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: fake-infisical}
-spec:
-  selector: {matchLabels: {app: fake-infisical}}
-  template:
-    metadata: {labels: {app: fake-infisical}}
-    spec:
-      containers:
-        - name: fake
-          image: infisical-sync:e2e
-          imagePullPolicy: Never
-          command: [infisical-sync, fake-infisical, --seed, /seed/seed.yaml, --host, 0.0.0.0, --port, "8088"]
-          volumeMounts: [{name: seed, mountPath: /seed}]
-      volumes: [{name: seed, configMap: {name: fake-seed}}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: fake-infisical}
-spec:
-  selector: {app: fake-infisical}
-  ports: [{port: 8088}]
-"""
+REPOSITORY, TAG = "infisical-sync", "e2e"
+_ports = count(18088)
 
 
-def run(*args: str, stdin: str | None = None) -> str:
-    return subprocess.run(args, input=stdin, capture_output=True, text=True, check=True).stdout
+def run(*args: str) -> str:
+    return subprocess.run(args, capture_output=True, text=True, check=True).stdout
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[str]:
+def kind_cluster() -> Iterator[str]:
     if not shutil.which("docker") or not shutil.which("kind"):
         pytest.skip("needs docker and kind")
-    kubectl = str(ensure_kube_binaries(with_kubectl=True)["kubectl"])
-    run("docker", "build", "-t", IMAGE, str(ROOT))
+    run("docker", "build", "-t", f"{REPOSITORY}:{TAG}", str(ROOT))
     run("kind", "create", "cluster", "--name", CLUSTER, "--wait", "120s")
     try:
-        run("kind", "load", "docker-image", IMAGE, "--name", CLUSTER)
-        yield kubectl
+        run("kind", "load", "docker-image", f"{REPOSITORY}:{TAG}", "--name", CLUSTER)
+        yield run(
+            "docker", "network", "inspect", "kind", "-f", "{{(index .IPAM.Config 0).Gateway}}"
+        ).strip()
     finally:
         subprocess.run(["kind", "delete", "cluster", "--name", CLUSTER], check=False)
 
 
-def test_helm_install_and_sync(cluster: str) -> None:
-    kubectl, helm = cluster, str(ensure_helm())
-    context = f"kind-{CLUSTER}"
-    k = [kubectl, "--context", context]
+def kill_container(container_id: str) -> None:
+    node = f"{CLUSTER}-control-plane"
     run(
-        helm,
-        "install",
-        "infisical-sync",
-        str(ROOT / "deploy" / "helm" / "infisical-sync"),
-        "--kube-context",
-        context,
+        "docker",
+        "exec",
+        node,
+        "ctr",
         "-n",
-        "infisical-sync",
-        "--create-namespace",
-        "--set",
-        "image.repository=infisical-sync",
-        "--set",
-        "image.tag=e2e",
-        "--set",
-        "image.pullPolicy=Never",
-        "--wait",
-        "--timeout",
-        "180s",
+        "k8s.io",
+        "tasks",
+        "kill",
+        "-s",
+        "SIGKILL",
+        container_id,
     )
-    run(*k, "create", "namespace", "demo")
-    run(*k, "-n", "demo", "apply", "-f", "-", stdin=FAKE)
-    run(*k, "-n", "demo", "rollout", "status", "deployment/fake-infisical", "--timeout=120s")
-    for sample in sorted((ROOT / "deploy" / "samples").glob("0*.yaml")):
-        text = sample.read_text().replace(
-            "http://127.0.0.1:8088", "http://fake-infisical.demo.svc:8088"
+
+
+@pytest.fixture
+def kind_env(kind_cluster: str) -> Iterator[NodeEnv]:
+    gateway = kind_cluster
+    fake: FakeInfisical = FakeInfisical(host=gateway, port=next(_ports))
+    with BackgroundFake(fake) as server:
+        load_seed(server.state, yaml.safe_load(SEED.read_text()))
+        context = ["--context", f"kind-{CLUSTER}"]
+        yield NodeEnv(
+            kubectl=[str(ensure_kube_binaries(with_kubectl=True)["kubectl"]), *context],
+            helm=[str(ensure_helm()), "--kube-context", f"kind-{CLUSTER}"],
+            image_values={"image.repository": REPOSITORY, "image.tag": TAG},
+            fake=server,
+            fake_url=server.url,
+            kill_container=kill_container,
         )
-        run(*k, "-n", "demo", "apply", "-f", "-", stdin=text)
-    deadline = time.monotonic() + 120
-    status: dict[str, object] = {}
-    while time.monotonic() < deadline:
-        raw = run(
-            *k,
-            "-n",
-            "demo",
-            "get",
-            "ssync",
-            "app-secrets-to-selfhosted",
-            "-o",
-            "jsonpath={.status}",
-        )
-        status = json.loads(raw or "{}")
-        if status.get("syncStatus") == "Succeeded":
-            break
-        time.sleep(2)
-    assert status.get("syncStatus") == "Succeeded", status
-    assert status.get("managedKeys") == ["API_KEY", "DB_PASSWORD", "LOG_LEVEL"]
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("scenario", SCENARIOS.values(), ids=SCENARIOS.keys())
+def test_scenario(kind_env: NodeEnv, scenario: Callable[[NodeEnv], None]) -> None:
+    scenario(kind_env)

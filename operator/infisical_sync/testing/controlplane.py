@@ -12,6 +12,7 @@ import base64
 import contextlib
 import ctypes
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,10 +38,15 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 GO_MODULE_DIR = REPO_ROOT / "tests" / "controlplane" / "gobuild"
 HELM_VERSION = "v3.19.5"
 HELM_MODULE_DIR = REPO_ROOT / "tests" / "controlplane" / "helmbuild"
+COREDNS_VERSION = "v1.14.7"  # pinned in tests/controlplane/corednsbuild/go.mod
+COREDNS_MODULE_DIR = REPO_ROOT / "tests" / "controlplane" / "corednsbuild"
 CRD_DIR = REPO_ROOT / "deploy" / "crds"
 RBAC_RULES = REPO_ROOT / "deploy" / "helm" / "infisical-sync" / "files" / "rbac-rules.yaml"
 OPERATOR_USER = "infisical-sync-operator"
 STATE_FILE_NAME = "controlplane.json"
+SERVICE_CIDR = "10.0.0.0/24"
+SERVICE_IP = "10.0.0.1"  # the `kubernetes` Service: the first address of SERVICE_CIDR
+KUBERNETES_SERVICE_FQDN = "kubernetes.default.svc.cluster.local"
 
 
 class ControlPlaneError(RuntimeError):
@@ -58,10 +64,47 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def ensure_kube_binaries(*, with_kubectl: bool = False) -> dict[str, Path]:
-    """Build (once) and return the cached kube-apiserver (and kubectl) for KUBERNETES_VERSION."""
-    target = cache_dir() / f"kubernetes-{KUBERNETES_VERSION}"
-    names = ["kube-apiserver"] + (["kubectl"] if with_kubectl else [])
+CONTROL_PLANE_COMMANDS = ("kube-apiserver",)
+NODE_COMMANDS = ("kubelet", "kube-controller-manager", "kube-scheduler", "kube-proxy")
+
+
+def _recipe_key(module_dir: Path, flags: list[str]) -> str:
+    """A short hash of what a build depends on, so a changed recipe never reuses old binaries."""
+    digest = hashlib.sha256()
+    for name in ("go.mod", "go.sum", "tools.go"):
+        path = module_dir / name
+        if path.exists():
+            digest.update(path.read_bytes())
+    digest.update("\0".join(flags).encode())
+    return digest.hexdigest()[:10]
+
+
+def kubernetes_ldflags(version: str = KUBERNETES_VERSION) -> list[str]:
+    """Stamp the version like Kubernetes' own release builds do: without it the binaries report
+    v0.0.0-master, which `kubectl version` and Helm's kubeVersion checks cannot parse."""
+    major, minor = version.lstrip("v").split(".")[:2]
+    stamps = {
+        "gitVersion": version,
+        "gitMajor": major,
+        "gitMinor": minor,
+        "gitTreeState": "clean",
+        "buildDate": "1970-01-01T00:00:00Z",
+    }
+    return [
+        f"-X {package}.{name}={value}"
+        for package in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
+        for name, value in stamps.items()
+    ]
+
+
+def ensure_kube_binaries(*, with_kubectl: bool = False, node: bool = False) -> dict[str, Path]:
+    """Build (once) and return the cached kube-apiserver (kubectl, node binaries) for
+    KUBERNETES_VERSION, stamped with that version."""
+    ldflags = kubernetes_ldflags()
+    target = cache_dir() / f"kubernetes-{KUBERNETES_VERSION}-{_recipe_key(GO_MODULE_DIR, ldflags)}"
+    names = list(CONTROL_PLANE_COMMANDS)
+    names += ["kubectl"] if with_kubectl else []
+    names += list(NODE_COMMANDS) if node else []
     wanted = {name: target / name for name in names}
     if all(path.exists() for path in wanted.values()):
         return wanted
@@ -72,13 +115,14 @@ def ensure_kube_binaries(*, with_kubectl: bool = False) -> dict[str, Path]:
         missing = [name for name, path in wanted.items() if not path.exists()]
         if missing:
             packages = [f"k8s.io/kubernetes/cmd/{name}" for name in missing]
-            _go_build(GO_MODULE_DIR, packages, missing, target, KUBERNETES_VERSION)
+            _go_build(GO_MODULE_DIR, packages, missing, target, KUBERNETES_VERSION, ldflags=ldflags)
     return wanted
 
 
 def ensure_helm() -> Path:
     """Build (once) and return the cached helm CLI, for chart tests."""
-    target = cache_dir() / f"helm-{HELM_VERSION}"
+    ldflags = [f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"]
+    target = cache_dir() / f"helm-{HELM_VERSION}-{_recipe_key(HELM_MODULE_DIR, ldflags)}"
     helm = target / "helm"
     if helm.exists():
         return helm
@@ -86,12 +130,49 @@ def ensure_helm() -> Path:
     with open(target / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not helm.exists():
-            _go_build(HELM_MODULE_DIR, ["helm.sh/helm/v3/cmd/helm"], ["helm"], target, HELM_VERSION)
+            _go_build(
+                HELM_MODULE_DIR,
+                ["helm.sh/helm/v3/cmd/helm"],
+                ["helm"],
+                target,
+                HELM_VERSION,
+                ldflags=ldflags,
+            )
     return helm
 
 
+def ensure_coredns() -> Path:
+    """Build (once) and return a CoreDNS with the kubernetes plugin: the test node's cluster DNS."""
+    target = cache_dir() / f"coredns-{COREDNS_VERSION}-{_recipe_key(COREDNS_MODULE_DIR, [])}"
+    coredns = target / "coredns"
+    if coredns.exists():
+        return coredns
+    target.mkdir(parents=True, exist_ok=True)
+    with open(target / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not coredns.exists():
+            _go_build(
+                COREDNS_MODULE_DIR,
+                ["."],
+                ["coredns"],
+                target,
+                COREDNS_VERSION,
+                tags="",
+                env={"CGO_ENABLED": "0"},
+            )
+    return coredns
+
+
 def _go_build(
-    module_dir: Path, packages: list[str], commands: list[str], target: Path, version: str
+    module_dir: Path,
+    packages: list[str],
+    commands: list[str],
+    target: Path,
+    version: str,
+    *,
+    ldflags: Sequence[str] = (),
+    tags: str = "providerless",
+    env: dict[str, str] | None = None,
 ) -> None:
     go = shutil.which("go")
     if go is None:
@@ -109,9 +190,9 @@ def _go_build(
             go,
             "build",
             "-tags",
-            "providerless",
+            tags,
             "-trimpath",
-            "-ldflags=-s -w",
+            "-ldflags=" + " ".join(["-s", "-w", *ldflags]),
             "-o",
             str(staging),
             *packages,
@@ -120,6 +201,7 @@ def _go_build(
         capture_output=True,
         text=True,
         check=False,
+        env={**os.environ, **(env or {})},
     )
     if result.returncode != 0:
         shutil.rmtree(staging, ignore_errors=True)
@@ -148,9 +230,15 @@ class ControlPlane:
     """etcd + kube-apiserver in a temp directory. Use as a context manager or start()/stop()."""
 
     detached: bool = False  # survive this process (the `controlplane up` command)
+    # Set by the test node (testing.node): the node's address inside its network namespace. The
+    # API server then advertises it (the `kubernetes` Service points there), authorizes kubelets
+    # (Node, NodeRestriction), admits service accounts, and reaches kubelets through the egress
+    # proxy on `egress_socket` instead of dialing the node's address from this namespace.
+    node_ip: str = ""
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="infisical-cp-")))
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     url: str = ""
+    port: int = 0
 
     @property
     def kubeconfig(self) -> Path:
@@ -181,9 +269,10 @@ class ControlPlane:
         pki.mkdir(parents=True, exist_ok=True)
         ca = CertificateAuthority("infisical-sync-kube-ca")
         self.ca_file.write_bytes(ca.cert_pem)
-        serving_cert, serving_key = ca.issue_server(
-            ["127.0.0.1", "localhost", "kubernetes", "kubernetes.default.svc"]
-        ).write(pki, "apiserver")
+        hosts = ["127.0.0.1", "localhost", "kubernetes", "kubernetes.default.svc"]
+        if self.node_ip:
+            hosts += [self.node_ip, SERVICE_IP, "kubernetes.default", KUBERNETES_SERVICE_FQDN]
+        serving_cert, serving_key = ca.issue_server(hosts).write(pki, "apiserver")
         self._admin = ca.issue_client("admin", "system:masters")
         self._admin.write(pki, "admin")
         self._ca = ca
@@ -207,6 +296,7 @@ class ControlPlane:
         self._wait_for(f"http://127.0.0.1:{etcd_port}/health", "etcd", timeout=30)
 
         self.url = f"https://127.0.0.1:{api_port}"
+        self.port = api_port
         self._spawn(
             "kube-apiserver",
             [
@@ -219,28 +309,81 @@ class ControlPlane:
                 f"--tls-cert-file={serving_cert}",
                 f"--tls-private-key-file={serving_key}",
                 f"--client-ca-file={self.ca_file}",
-                "--authorization-mode=RBAC",
                 f"--service-account-key-file={sa_pub}",
                 f"--service-account-signing-key-file={sa_key}",
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                "--service-cluster-ip-range=10.0.0.0/24",
-                "--endpoint-reconciler-type=none",
-                "--disable-admission-plugins=ServiceAccount",
+                f"--service-account-issuer=https://{KUBERNETES_SERVICE_FQDN}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--allow-privileged=true",
                 "--v=0",
+                *(self._node_flags(pki) if self.node_ip else self._standalone_flags()),
             ],
         )
         self._wait_for(f"{self.url}/readyz", "kube-apiserver", timeout=90)
         self._write_kubeconfig(self.kubeconfig, "admin", self._admin.cert_pem, self._admin.key_pem)
 
-    def kubeconfig_for_user(self, user: str, group: str | None = None) -> Path:
-        """A kubeconfig authenticating as `user` with a client cert: RBAC decides what it may do."""
+    @staticmethod
+    def _standalone_flags() -> list[str]:
+        # No kubelet: nothing would serve the `kubernetes` endpoints or service-account tokens.
+        return [
+            "--advertise-address=127.0.0.1",
+            "--authorization-mode=RBAC",
+            "--endpoint-reconciler-type=none",
+            "--disable-admission-plugins=ServiceAccount",
+        ]
+
+    def _node_flags(self, pki: Path) -> list[str]:
+        egress = self.workdir / "egress-selector.yaml"
+        egress.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "apiserver.k8s.io/v1beta1",
+                    "kind": "EgressSelectorConfiguration",
+                    "egressSelections": [
+                        {
+                            "name": "cluster",
+                            "connection": {
+                                "proxyProtocol": "HTTPConnect",
+                                "transport": {"uds": {"udsName": str(self.egress_socket)}},
+                            },
+                        }
+                    ],
+                }
+            )
+        )
+        kubelet_cert, kubelet_key = self._ca.issue_client(
+            "kube-apiserver-kubelet-client", "system:masters"
+        ).write(pki, "kubelet-client")
+        return [
+            f"--advertise-address={self.node_ip}",
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            f"--egress-selector-config-file={egress}",
+            f"--kubelet-client-certificate={kubelet_cert}",
+            f"--kubelet-client-key={kubelet_key}",
+            "--kubelet-preferred-address-types=InternalIP",
+        ]
+
+    @property
+    def egress_socket(self) -> Path:
+        return self.workdir / "egress.sock"
+
+    @property
+    def ca(self) -> CertificateAuthority:
+        return self._ca
+
+    def kubeconfig_for_user(
+        self, user: str, group: str | None = None, *, server: str | None = None
+    ) -> Path:
+        """A kubeconfig authenticating as `user` with a client cert: RBAC decides what it may do.
+        `server` overrides the URL (the test node reaches the API server at its own address)."""
         pair = self._ca.issue_client(user, group)
         path = self.workdir / f"kubeconfig-{user.replace(':', '-')}"
-        self._write_kubeconfig(path, user, pair.cert_pem, pair.key_pem)
+        self._write_kubeconfig(path, user, pair.cert_pem, pair.key_pem, server=server)
         return path
 
-    def _write_kubeconfig(self, path: Path, user: str, cert: bytes, key: bytes) -> None:
+    def _write_kubeconfig(
+        self, path: Path, user: str, cert: bytes, key: bytes, *, server: str | None = None
+    ) -> None:
         def b64(data: bytes) -> str:
             return base64.b64encode(data).decode()
 
@@ -251,7 +394,7 @@ class ControlPlane:
                 {
                     "name": "local",
                     "cluster": {
-                        "server": self.url,
+                        "server": server or self.url,
                         "certificate-authority-data": b64(self.ca_file.read_bytes()),
                     },
                 }
