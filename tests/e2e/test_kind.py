@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.node.scenarios import SCENARIOS, SEED, NodeEnv
+from tests.node.scenarios import SCENARIOS, SEED, NodeEnv, run_scenario
 
 from infisical_sync.testing.controlplane import ensure_helm, ensure_kube_binaries
 from infisical_sync.testing.fake_infisical import BackgroundFake, FakeInfisical
@@ -85,4 +85,4 @@ def kind_env(kind_cluster: str) -> Iterator[NodeEnv]:
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("scenario", SCENARIOS.values(), ids=SCENARIOS.keys())
 def test_scenario(kind_env: NodeEnv, scenario: Callable[[NodeEnv], None]) -> None:
-    scenario(kind_env)
+    run_scenario(kind_env, scenario)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.node.scenarios import SCENARIOS, NodeEnv
+from tests.node.scenarios import SCENARIOS, NodeEnv, run_scenario
 
 pytestmark = pytest.mark.node
 
@@ -15,4 +15,4 @@ pytestmark = pytest.mark.node
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("scenario", SCENARIOS.values(), ids=SCENARIOS.keys())
 def test_scenario(node_env: NodeEnv, scenario: Callable[[NodeEnv], None]) -> None:
-    scenario(node_env)
+    run_scenario(node_env, scenario)

@@ -48,7 +48,13 @@ ISOLATION = "oci"
 # What the operator image is built from (the Dockerfile's context is filtered by .dockerignore).
 OPERATOR_INPUTS = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "operator")
 # Directories on the machine that buildah and runc create whatever their flags say.
-_HOST_STATE_DIRS = (Path("/run/containers"), Path("/run/runc"), Path("/etc/cni"))
+_HOST_STATE_DIRS = (
+    Path("/run/containers"),
+    Path("/run/runc"),
+    Path("/etc/cni"),
+    Path("/etc/containers/networks"),
+    Path("/var/lib/containers"),  # the blob-info cache every push writes
+)
 # Left out of the image by .dockerignore (test fakes and the demo), so left out of its key too.
 _NOT_IN_IMAGE = ("operator/infisical_sync/testing", "operator/infisical_sync/demo.py")
 _IGNORED_PARTS = ("__pycache__",)
@@ -82,7 +88,7 @@ def images_dir() -> Path:
 
 
 def _is_ignored(relative: Path) -> bool:
-    if any(relative.as_posix().startswith(prefix) for prefix in _NOT_IN_IMAGE):
+    if any(relative.parts[: len(Path(p).parts)] == Path(p).parts for p in _NOT_IN_IMAGE):
         return True
     return any(
         part in _IGNORED_PARTS or part.endswith(_IGNORED_SUFFIXES) for part in relative.parts

@@ -91,9 +91,16 @@ async def _splice(
     a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
     b: tuple[asyncio.StreamReader, asyncio.StreamWriter],
 ) -> None:
+    """Pipe both ways until both directions end; an error in one closes both sockets."""
+    directions = [
+        asyncio.ensure_future(_pipe(a[0], b[1])),
+        asyncio.ensure_future(_pipe(b[0], a[1])),
+    ]
     try:
-        await asyncio.gather(_pipe(a[0], b[1]), _pipe(b[0], a[1]))
+        await asyncio.gather(*directions)
     finally:
+        for direction in directions:
+            direction.cancel()
         for writer in (a[1], b[1]):
             writer.close()
 
@@ -129,7 +136,11 @@ class NetBridge:
         async def start() -> None:
             self._servers.append(await asyncio.start_server(handle, sock=sock))
 
-        self._run(start())
+        try:
+            self._run(start())
+        except BaseException:
+            sock.close()  # an open socket would keep the namespace alive
+            raise
 
     def serve_egress(self, socket_path: Path) -> None:
         """An HTTP CONNECT proxy on a Unix socket, dialing only inside the namespace's subnet."""
@@ -140,27 +151,39 @@ class NetBridge:
         self._run(start())
 
     async def _connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        sock: socket.socket | None = None
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
-            method, authority, _ = head.split(b"\r\n", 1)[0].decode("ascii").split(" ", 2)
-            host, _, port = authority.rpartition(":")
-            address = ipaddress.ip_address(host.strip("[]"))
-            if method != "CONNECT" or address not in self._subnet:
-                raise ValueError(f"refused {method} {authority}")
+            address, port = await self._connect_target(reader)
             sock = await asyncio.wrap_future(self._netns.call(_stream_socket))
-            await asyncio.wait_for(
-                self._loop.sock_connect(sock, (str(address), int(port))), timeout=10
-            )
+            await asyncio.wait_for(self._loop.sock_connect(sock, (str(address), port)), timeout=10)
             upstream = await asyncio.open_connection(sock=sock)
-        except (OSError, ValueError, asyncio.IncompleteReadError, TimeoutError):
+            sock = None  # owned by the stream now
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            await writer.drain()
+        except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             with contextlib.suppress(Exception):
                 writer.write(b"HTTP/1.1 502 Bad Gateway\r\n\r\n")
                 await writer.drain()
-            writer.close()
-            return
-        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        await writer.drain()
-        await _splice((reader, writer), upstream)
+        finally:
+            if sock is not None:
+                sock.close()
+            if upstream is None:
+                writer.close()
+        if upstream is not None:
+            await _splice((reader, writer), upstream)
+
+    async def _connect_target(
+        self, reader: asyncio.StreamReader
+    ) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+        """The address of `CONNECT host:port HTTP/1.1`, if it is inside the namespace's subnet."""
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+        method, authority, _ = head.split(b"\r\n", 1)[0].decode("ascii").split(" ", 2)
+        host, _, port = authority.rpartition(":")
+        address = ipaddress.ip_address(host.strip("[]"))
+        if method != "CONNECT" or address not in self._subnet:
+            raise ValueError(f"refused {method} {authority}")
+        return address, int(port)
 
     def close(self) -> None:
         async def stop() -> None:

@@ -21,8 +21,10 @@ Needs root and Debian's ``containerd``, ``runc``, ``containernetworking-plugins`
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -74,6 +76,7 @@ HOST_PATHS = (
     "/run/netns",
     "/var/run/netns",
     "/etc/cni",
+    "/usr/libexec/kubernetes",  # flexvolume plugin dirs, should a flag be missed
 )
 REQUIRED_COMMANDS = (
     "containerd",
@@ -109,7 +112,15 @@ def check_prerequisites() -> None:
 
 
 def _run(argv: list[str], *, check: bool = True, timeout: float = 60) -> str:
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    """stdout of argv; on failure (exit code, timeout) raises if `check`, else returns ""."""
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        if check:
+            raise ControlPlaneError(f"{' '.join(argv)} timed out after {timeout:.0f}s") from None
+        return ""
+    if not check and result.returncode != 0:
+        return ""
     if check and result.returncode != 0:
         raise ControlPlaneError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr}")
     return result.stdout
@@ -198,9 +209,22 @@ def _remove_cgroup_tree(top: Path) -> None:
 
 # --- what a node must undo, kept on disk so a crashed run can be cleaned up later ---------------
 
+NETNS_PATTERN = re.compile(r"infisync-[0-9a-f]{8}")
+
 
 def _state_dir() -> Path:
-    return cache_dir() / "nodes"
+    directory = cache_dir() / "nodes"
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)  # records tell root what to kill and delete
+    return directory
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot): a pid and this name one process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
 @dataclass
@@ -208,39 +232,60 @@ class NodeRecord:
     """What a node changed on the machine, written before it changes it."""
 
     owner_pid: int
-    netns: str
+    owner_start: str | None
+    netns: str  # infisync-<8 hex>; also the name of the node's cgroup root
     workdir: str
     sysctls: dict[str, str]
     absent_paths: list[str]  # HOST_PATHS that did not exist before the node started
-    cgroup_name: str = "kubepods"
+    plane_workdir: str = ""  # the control plane's temp directory (a killed run leaves it)
 
     @property
     def path(self) -> Path:
         return _state_dir() / f"{self.netns}.json"
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.__dict__, indent=2))
+        partial = self.path.with_suffix(".partial")
+        partial.write_text(json.dumps(self.__dict__, indent=2))
+        partial.replace(self.path)  # never a half-written record
+
+    def problems(self) -> list[str]:
+        """Why this record must not be acted on (it tells root what to kill and delete)."""
+        found = []
+        if not NETNS_PATTERN.fullmatch(self.netns):
+            found.append(f"netns {self.netns!r}")
+        temp = os.path.realpath(tempfile.gettempdir()) + "/"
+        for name, prefix in (("workdir", "infisical-node-"), ("plane_workdir", "infisical-cp-")):
+            value = getattr(self, name)
+            if name == "plane_workdir" and not value:
+                continue
+            parent, _, leaf = value.rpartition("/")
+            if parent + "/" != temp or not leaf.startswith(prefix) or len(leaf) <= len(prefix):
+                found.append(f"{name} {value!r}")
+        found += [f"path {p!r}" for p in self.absent_paths if p not in HOST_PATHS]
+        found += [f"sysctl {n!r}" for n in self.sysctls if n not in KUBELET_SYSCTLS]
+        return found
+
+    def owner_alive(self) -> bool:
+        return _start_time(self.owner_pid) == self.owner_start is not None
 
 
-def undo(record: NodeRecord) -> None:
-    """Put the machine back as the record says it was. Idempotent; never raises."""
+def undo(record: NodeRecord, *, owner_gone: bool = False) -> None:
+    """Put the machine back as the record says it was. Idempotent; never raises. The control
+    plane's directory goes only when its owner is gone (else the owner stops the plane)."""
+    if record.problems():
+        return
     workdir = record.workdir
     # Daemons and their shims first (containers are children of shims, killed via cgroups below).
-    _kill_pids(_pids_matching(workdir))
-    time.sleep(0.2)
-    _kill_pids(_pids_matching(workdir))
-    for top in _cgroup_dirs(record.cgroup_name):
+    for _ in range(2):
+        _kill_pids(_pids_matching(workdir + "/"))
+        time.sleep(0.2)
+    # The node's own cgroup root (the kubelet's cgroupRoot): its pods and nothing else.
+    for top in _cgroup_dirs(record.netns):
         _remove_cgroup_tree(top)
     _unmount_under(workdir)
-    # Pod network namespaces pinned by containerd under /run/netns, then the node's own.
-    netns_dir = "/run/netns"
-    if Path(netns_dir).is_dir():
-        for entry in Path(netns_dir).iterdir():
-            if entry.name.startswith("cni-") or entry.name == record.netns:
-                _unmount_under(str(entry))
-                with contextlib.suppress(OSError):
-                    entry.unlink()
+    own_netns = Path("/run/netns") / record.netns
+    _unmount_under(str(own_netns))
+    own_netns.unlink(missing_ok=True)
     for name, value in record.sysctls.items():
         _write_sysctl(name, value)
     for path in record.absent_paths:
@@ -251,23 +296,40 @@ def undo(record: NodeRecord) -> None:
         elif target.exists():
             shutil.rmtree(target, ignore_errors=True)
     shutil.rmtree(workdir, ignore_errors=True)
+    if owner_gone and record.plane_workdir:
+        shutil.rmtree(record.plane_workdir, ignore_errors=True)
     record.path.unlink(missing_ok=True)
+
+
+def _read_record(path: Path) -> NodeRecord | None:
+    try:
+        return NodeRecord(**json.loads(path.read_text()))
+    except (ValueError, OSError, TypeError):
+        return None
 
 
 def cleanup_stale() -> list[str]:
     """Undo every recorded node whose owner process is gone (a crashed or killed run)."""
     cleaned: list[str] = []
-    directory = _state_dir()
-    if not directory.is_dir():
-        return cleaned
-    for path in sorted(directory.glob("*.json")):
-        with contextlib.suppress(ValueError, OSError, TypeError):
-            record = NodeRecord(**json.loads(path.read_text()))
-            if Path(f"/proc/{record.owner_pid}").exists():
-                continue
-            undo(record)
-            cleaned.append(record.netns)
+    for path in sorted(_state_dir().glob("*.json")):
+        record = _read_record(path)
+        if record is None or record.problems() or record.owner_alive():
+            continue
+        undo(record, owner_gone=True)
+        cleaned.append(record.netns)
     return cleaned
+
+
+@contextlib.contextmanager
+def _one_node_per_machine() -> Iterator[None]:
+    """Held for a node's lifetime: teardown removes host paths that were absent at its start,
+    which is only safe when no other node created them meanwhile."""
+    with open(_state_dir() / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise NodeUnavailable("another test node runs on this machine") from None
+        yield
 
 
 # --- the node ---------------------------------------------------------------------------------
@@ -284,6 +346,7 @@ class Node:
     netns: str = field(default_factory=lambda: f"infisync-{uuid.uuid4().hex[:8]}")
     _bridge: NetBridge | None = None
     _record: NodeRecord | None = None
+    _lock: contextlib.ExitStack | None = None
 
     @property
     def netns_path(self) -> Path:
@@ -303,17 +366,21 @@ class Node:
     def start(self) -> None:
         if self.plane.node_ip != NODE_IP:
             raise ControlPlaneError("the control plane must be created with node_ip=NODE_IP")
-        check_prerequisites()
-        cleanup_stale()
-        self._record = NodeRecord(
-            owner_pid=os.getpid(),
-            netns=self.netns,
-            workdir=str(self.workdir),
-            sysctls={n: v for n in KUBELET_SYSCTLS if (v := _read_sysctl(n)) is not None},
-            absent_paths=[p for p in HOST_PATHS if not os.path.lexists(p)],
-        )
-        self._record.save()
+        self._lock = contextlib.ExitStack()
         try:
+            check_prerequisites()
+            self._lock.enter_context(_one_node_per_machine())
+            cleanup_stale()
+            self._record = NodeRecord(
+                owner_pid=os.getpid(),
+                owner_start=_start_time(os.getpid()),
+                netns=self.netns,
+                workdir=str(self.workdir),
+                sysctls={n: v for n in KUBELET_SYSCTLS if (v := _read_sysctl(n)) is not None},
+                absent_paths=[p for p in HOST_PATHS if not os.path.lexists(p)],
+                plane_workdir=str(self.plane.workdir),
+            )
+            self._record.save()
             self._start()
         except BaseException:
             self.stop()
@@ -337,10 +404,12 @@ class Node:
             f"system:node:{self.name}", "system:nodes", server=node_url
         )
         proxy_kc = self.plane.kubeconfig_for_user("system:kube-proxy", server=node_url)
-        controller_kc = self.plane.kubeconfig_for_user(
-            "system:kube-controller-manager", "system:masters"
+        # Their kubeconfigs live in the node's directory: its path in their command lines is how
+        # teardown (and a later cleanup of a killed run) finds every process of this node.
+        controller_kc = self._own_copy(
+            self.plane.kubeconfig_for_user("system:kube-controller-manager", "system:masters")
         )
-        scheduler_kc = self.plane.kubeconfig_for_user("system:kube-scheduler")
+        scheduler_kc = self._own_copy(self.plane.kubeconfig_for_user("system:kube-scheduler"))
         plane_pki = self.plane.workdir / "pki"
         self._spawn(
             "kube-controller-manager",
@@ -353,6 +422,7 @@ class Node:
                 f"--service-account-private-key-file={plane_pki / 'service-account.key'}",
                 "--use-service-account-credentials=false",
                 "--allocate-node-cidrs=false",
+                f"--flex-volume-plugin-dir={self.workdir / 'volume-plugins'}",
                 "--v=1",
             ],
         )
@@ -369,6 +439,7 @@ class Node:
         serving_cert, serving_key = self.plane.ca.issue_server([NODE_IP, self.name]).write(
             pki, "kubelet"
         )
+        self._make_cgroup_root()
         kubelet_config = self.workdir / "kubelet.yaml"
         kubelet_config.write_text(
             yaml.safe_dump(self._kubelet_config(serving_cert, serving_key), sort_keys=False)
@@ -488,6 +559,25 @@ disabled_plugins = [
             time.sleep(0.2)
         raise ControlPlaneError(f"containerd not ready:\n{self.log_tail('containerd')}")
 
+    def _own_copy(self, path: Path) -> Path:
+        copy = self.workdir / path.name
+        shutil.copyfile(path, copy)
+        copy.chmod(0o600)
+        return copy
+
+    def _make_cgroup_root(self) -> None:
+        """The kubelet's cgroupRoot must exist in every hierarchy before it starts."""
+        top = Path("/sys/fs/cgroup")
+        unified = (top / "cgroup.controllers").exists()  # cgroup v2 only: one hierarchy
+        controllers = [top] if unified else [c for c in top.iterdir() if os.path.ismount(c)]
+        for controller in controllers:
+            root = controller / self.netns
+            root.mkdir(exist_ok=True)
+            # cgroup v1 cpuset: a new cgroup has no CPUs or memory nodes until given some.
+            for name in ("cpuset.cpus", "cpuset.mems"):
+                if (root / name).exists() and not (root / name).read_text().strip():
+                    (root / name).write_text((controller / name).read_text())
+
     def _start_cluster_dns(self, node_url: str) -> None:
         """CoreDNS on NODE_IP:53 inside the namespace (the kubelet's clusterDNS): in-cluster
         clients such as kopf resolve `kubernetes.default.svc`. Nothing upstream: names outside
@@ -575,6 +665,10 @@ disabled_plugins = [
             "authorization": {"mode": "Webhook"},
             "containerRuntimeEndpoint": f"unix://{self.containerd_socket}",
             "cgroupDriver": "cgroupfs",
+            # Pods under a cgroup of this node's own, never a kubelet's `kubepods` at the root:
+            # teardown removes this one, and the kubelet only ever reaps what is below it.
+            "cgroupRoot": f"/{self.netns}",
+            "volumePluginDir": str(self.workdir / "volume-plugins"),
             "failCgroupV1": False,
             "failSwapOn": False,
             "clusterDomain": CLUSTER_DOMAIN,
@@ -686,25 +780,30 @@ disabled_plugins = [
     # --- teardown -----------------------------------------------------------------------------
 
     def stop(self) -> None:
-        self._drain_pods()
-        # Node daemons first, containerd last, so nothing restarts what is being stopped.
-        for name in (
-            "coredns",
-            "kube-proxy",
-            "kubelet",
-            "kube-scheduler",
-            "kube-controller-manager",
-        ):
-            self._stop_process(name)
-        self._remove_containers()
-        self._stop_process("containerd")
-        if self._bridge is not None:
-            self._bridge.close()
-            self._bridge = None
-        if self._record is not None:
-            undo(self._record)
-            self._record = None
-        subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True, check=False)
+        try:
+            # Controllers first: a ReplicaSet must not recreate the pods being drained.
+            for name in ("kube-controller-manager", "kube-scheduler"):
+                self._stop_process(name)
+            self._drain_pods()
+            for name in ("coredns", "kube-proxy", "kubelet"):
+                self._stop_process(name)
+            self._remove_containers()
+            self._stop_process("containerd")
+        finally:
+            # Whatever failed above, the machine is put back.
+            if self._bridge is not None:
+                with contextlib.suppress(Exception):
+                    self._bridge.close()
+                self._bridge = None
+            if self._record is not None:
+                undo(self._record)
+                self._record = None
+            else:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+            subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True, check=False)
+            if self._lock is not None:
+                self._lock.close()
+                self._lock = None
 
     def _drain_pods(self) -> None:
         """Delete every pod so the kubelet stops them and CNI releases their addresses."""
@@ -748,7 +847,8 @@ disabled_plugins = [
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=5)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=5)
 
 
 def _die_with_parent() -> None:
@@ -817,22 +917,44 @@ def host_snapshot() -> dict[str, Any]:
         },
         "mounts": sorted(_mountpoints()),
         "host_paths": sorted(p for p in HOST_PATHS if os.path.lexists(p)),
-        "cgroups": sorted(str(p) for p in _cgroup_dirs("kubepods")),
+        "cgroups": sorted(str(p) for p in _cgroup_dirs_matching(NETNS_PATTERN)),
+        "kubepods": sorted(str(p) for p in _cgroup_dirs("kubepods")),
+        "temp_dirs": sorted(
+            str(d)
+            for pattern in ("infisical-node-*", "infisical-cp-*")
+            for d in Path(tempfile.gettempdir()).glob(pattern)
+        ),
+        "netns": sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else [],
     }
 
 
 def leftovers() -> list[str]:
     """What a node run could have left behind: named for CI's check after the suite."""
-    found = [f"process {pid}" for pid in _pids_matching("infisical-node-")]
-    found += [f"cgroup {path}" for path in _cgroup_dirs("kubepods")]
-    found += [f"mount {m}" for m in _mountpoints() if "infisical-node-" in m or "/netns/" in m]
+    found = [f"process {pid}" for pid in _pids_matching("/infisical-node-")]
+    found += [f"cgroup {path}" for path in _cgroup_dirs_matching(NETNS_PATTERN)]
+    found += [
+        f"mount {m}" for m in _mountpoints() if "/infisical-node-" in m or "/netns/infisync-" in m
+    ]
     netns = Path("/run/netns")
     if netns.is_dir():
-        ours = ("infisync-", "cni-")
-        found += [f"netns {e.name}" for e in netns.iterdir() if e.name.startswith(ours)]
-    if _state_dir().is_dir():
-        found += [f"state {p.name}" for p in _state_dir().glob("*.json")]
+        found += [f"netns {e.name}" for e in netns.iterdir() if NETNS_PATTERN.fullmatch(e.name)]
+    temp = Path(tempfile.gettempdir())
+    found += [f"directory {d}" for d in temp.glob("infisical-node-*")]
+    found += [f"directory {d}" for d in temp.glob("infisical-cp-*")]
+    found += [f"record {p.name}" for p in _state_dir().glob("*.json")]
+    found += [f"path {p}" for p in ("/usr/libexec/kubernetes",) if os.path.lexists(p)]
     return found
+
+
+def _cgroup_dirs_matching(pattern: re.Pattern[str]) -> list[Path]:
+    root = Path("/sys/fs/cgroup")
+    hierarchies = [root, *(d for d in root.iterdir() if d.is_dir())]
+    return [
+        entry
+        for hierarchy in hierarchies
+        for entry in (hierarchy.iterdir() if hierarchy.is_dir() else [])
+        if entry.is_dir() and pattern.fullmatch(entry.name)
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
