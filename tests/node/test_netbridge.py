@@ -16,10 +16,10 @@ from infisical_sync.testing.netbridge import NetBridge
 pytestmark = pytest.mark.node
 
 
-@pytest.fixture
-def echo_port() -> Iterator[int]:
-    server = socket.create_server(("127.0.0.1", 0))
-    port = server.getsockname()[1]
+def echo_server(host: str) -> tuple[socket.socket, list[int]]:
+    """A loopback echo server; the list counts the connections it accepted."""
+    server = socket.create_server((host, 0))
+    accepted: list[int] = []
 
     def serve() -> None:
         while True:
@@ -27,12 +27,27 @@ def echo_port() -> Iterator[int]:
                 conn, _ = server.accept()
             except OSError:
                 return
+            accepted.append(1)
             with conn:
                 while data := conn.recv(1024):
                     conn.sendall(b"echo:" + data)
 
     threading.Thread(target=serve, daemon=True).start()
-    yield port
+    return server, accepted
+
+
+@pytest.fixture
+def echo_port() -> Iterator[int]:
+    server, _ = echo_server("127.0.0.1")
+    yield server.getsockname()[1]
+    server.close()
+
+
+@pytest.fixture
+def forbidden() -> Iterator[tuple[int, list[int]]]:
+    """A live listener outside the bridge's subnet (127.1.0.1 is still loopback)."""
+    server, accepted = echo_server("127.1.0.1")
+    yield server.getsockname()[1], accepted
     server.close()
 
 
@@ -41,7 +56,7 @@ def bridge() -> Iterator[NetBridge]:
     if os.geteuid() != 0:
         pytest.skip("setns needs root")
     bridge = NetBridge(
-        Path(f"/proc/{os.getpid()}/task/{threading.get_native_id()}/ns/net"), "127.0.0.0/8"
+        Path(f"/proc/{os.getpid()}/task/{threading.get_native_id()}/ns/net"), ["127.0.0.0/16"]
     )
     yield bridge
     bridge.close()
@@ -76,21 +91,23 @@ def test_egress_proxy_connects_inside_its_subnet(
 @pytest.mark.parametrize(
     "request_line",
     [
-        "CONNECT 127.1.2.3:443 HTTP/1.1",  # outside the subnet (still loopback): never dialed
-        "CONNECT [::1]:443 HTTP/1.1",
-        "GET http://127.0.0.1:80/ HTTP/1.1",  # only CONNECT
+        "CONNECT 127.1.0.1:{port} HTTP/1.1",  # a live listener, but outside the subnet
+        "CONNECT [::1]:{port} HTTP/1.1",
+        "GET http://127.1.0.1:{port}/ HTTP/1.1",  # only CONNECT
         "CONNECT nonsense HTTP/1.1",
     ],
 )
 def test_egress_proxy_refuses_everything_else(
-    bridge: NetBridge, tmp_path: Path, request_line: str
+    bridge: NetBridge, tmp_path: Path, forbidden: tuple[int, list[int]], request_line: str
 ) -> None:
+    port, accepted = forbidden
     path = tmp_path / "egress.sock"
     bridge.serve_egress(path)
-    head, client = connect_via(path, f"{request_line}\r\n\r\n".encode())
+    head, client = connect_via(path, f"{request_line.format(port=port)}\r\n\r\n".encode())
     with client:
         assert head.startswith(b"HTTP/1.1 502"), head
         assert client.recv(1024) == b""  # and the connection is closed
+    assert accepted == [], "the proxy dialed a target outside its subnets"
 
 
 def test_forwarder_pipes_to_a_loopback_port(bridge: NetBridge, echo_port: int) -> None:

@@ -304,7 +304,6 @@ class ControlPlane:
                 f"--etcd-servers=http://127.0.0.1:{etcd_port}",
                 f"--cert-dir={pki}",
                 "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
                 f"--secure-port={api_port}",
                 f"--tls-cert-file={serving_cert}",
                 f"--tls-private-key-file={serving_key}",

@@ -22,7 +22,7 @@ import ipaddress
 import os
 import socket
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -108,9 +108,9 @@ async def _splice(
 class NetBridge:
     """An event loop in a background thread that runs every bridge for one namespace."""
 
-    def __init__(self, netns_path: Path, subnet: str) -> None:
+    def __init__(self, netns_path: Path, subnets: Sequence[str]) -> None:
         self._netns = NetnsExecutor(netns_path)
-        self._subnet = ipaddress.ip_network(subnet)
+        self._subnets = [ipaddress.ip_network(subnet) for subnet in subnets]
         self._loop = asyncio.new_event_loop()
         self._servers: list[asyncio.AbstractServer] = []
         self._thread = threading.Thread(
@@ -143,7 +143,7 @@ class NetBridge:
             raise
 
     def serve_egress(self, socket_path: Path) -> None:
-        """An HTTP CONNECT proxy on a Unix socket, dialing only inside the namespace's subnet."""
+        """An HTTP CONNECT proxy on a Unix socket, dialing only inside the bridge's subnets."""
 
         async def start() -> None:
             self._servers.append(await asyncio.start_unix_server(self._connect, str(socket_path)))
@@ -176,12 +176,12 @@ class NetBridge:
     async def _connect_target(
         self, reader: asyncio.StreamReader
     ) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
-        """The address of `CONNECT host:port HTTP/1.1`, if it is inside the namespace's subnet."""
+        """The address of `CONNECT host:port HTTP/1.1`, if it is inside one of our subnets."""
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
         method, authority, _ = head.split(b"\r\n", 1)[0].decode("ascii").split(" ", 2)
         host, _, port = authority.rpartition(":")
         address = ipaddress.ip_address(host.strip("[]"))
-        if method != "CONNECT" or address not in self._subnet:
+        if method != "CONNECT" or not any(address in subnet for subnet in self._subnets):
             raise ValueError(f"refused {method} {authority}")
         return address, int(port)
 

@@ -389,7 +389,8 @@ class Node:
     def _start(self) -> None:
         binaries = ensure_kube_binaries(node=True)
         self._make_netns()
-        self._bridge = NetBridge(self.netns_path, NODE_SUBNET)
+        # The API server dials kubelets (node subnet) and, for its pod proxy, pods (pod CIDR).
+        self._bridge = NetBridge(self.netns_path, [NODE_SUBNET, POD_CIDR])
         self._bridge.serve_egress(self.plane.egress_socket)
         # The `kubernetes` endpoints point at NODE_IP:<secure port> (the advertise address).
         self._bridge.forward(NODE_IP, self.plane.port, self.plane.port)
@@ -542,6 +543,7 @@ disabled_plugins = [
 
 [{cri}.containerd.runtimes.runc.options]
   SystemdCgroup = false
+  Root = "{root / "runc"}"
 
 [{cri}.cni]
   bin_dir = "{CNI_BIN_DIR}"
