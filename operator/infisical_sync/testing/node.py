@@ -39,7 +39,6 @@ from typing import Any
 import yaml
 
 from infisical_sync.testing.controlplane import (
-    SERVICE_IP,
     ControlPlane,
     ControlPlaneError,
     cache_dir,
@@ -880,19 +879,6 @@ def running_cluster(*, crds: bool = False) -> Iterator[Cluster]:
             install_crds(plane.kubeconfig)
         with Node(plane) as node:
             yield Cluster(plane, node)
-
-
-__all__ = [
-    "NODE_IP",
-    "POD_CIDR",
-    "SERVICE_IP",
-    "Cluster",
-    "Node",
-    "NodeUnavailable",
-    "check_prerequisites",
-    "cleanup_stale",
-    "running_cluster",
-]
 
 
 def host_snapshot() -> dict[str, Any]:
