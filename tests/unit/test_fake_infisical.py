@@ -553,6 +553,22 @@ async def test_faults(fake: FakeInfisical, http: httpx.AsyncClient) -> None:
     assert not fake.faults
 
 
+async def test_a_counted_fault_fires_exactly_times_under_concurrent_requests(
+    fake: FakeInfisical, http: httpx.AsyncClient
+) -> None:
+    """Requests that matched an earlier fault (and waited on it) while a later counted fault ran
+    out must not fire it again, nor fail removing it twice."""
+    headers = await token(http)
+    fake.inject(Fault("latency", r"/api/v4/secrets$", delay=0.2))  # every request waits here
+    fake.inject(Fault("status", r"/api/v4/secrets$", status=503, times=2))
+    responses = await asyncio.gather(
+        *(http.get("/api/v4/secrets", params=LIST, headers=headers) for _ in range(6))
+    )
+    statuses = sorted(response.status_code for response in responses)
+    assert statuses == [200, 200, 200, 200, 503, 503]
+    assert [f.kind for f in fake.faults] == ["latency"]
+
+
 async def test_request_log_and_counters(fake: FakeInfisical, http: httpx.AsyncClient) -> None:
     headers = await token(http)
     await http.get("/api/v4/secrets", params=LIST, headers=headers)

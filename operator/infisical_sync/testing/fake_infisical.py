@@ -282,12 +282,15 @@ class FakeInfisical:
 
     async def _apply_faults(self, request: web.Request) -> web.StreamResponse | None:
         for fault in list(self.faults):
-            if not fault.matches(request):
+            # Checked again on every step: while this request waited on an earlier fault, a
+            # concurrent one may have used up (and removed) a later counted fault.
+            if not any(f is fault for f in self.faults) or not fault.matches(request):
                 continue
             if fault.times is not None:
                 fault.times -= 1
                 if fault.times <= 0:
-                    self.faults.remove(fault)
+                    # By identity: an equal fault injected twice is two faults.
+                    self.faults = [f for f in self.faults if f is not fault]
             if fault.kind == "latency":
                 await asyncio.sleep(fault.delay)
             elif fault.kind == "hang":
