@@ -206,3 +206,21 @@ def test_slimming_keeps_copyrights_and_drops_docs_man_pages_and_apt_state(tmp_pa
     assert "path-exclude /usr/share/doc/*" in dpkg_cfg
     assert "path-include /usr/share/doc/*/copyright" in dpkg_cfg
     assert (root / "usr/sbin/policy-rc.d").stat().st_mode & 0o111
+
+
+def test_the_base_recipe_key_is_stable_and_per_suite() -> None:
+    from infisical_sync.testing.images import base_recipe_key
+
+    assert base_recipe_key("trixie") == base_recipe_key("trixie")
+    assert base_recipe_key("trixie") != base_recipe_key("forky")
+
+
+def test_a_changed_slimming_recipe_changes_both_keys(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from infisical_sync.testing import images
+
+    base, operator = images.base_recipe_key(), operator_image_key(repo)
+    monkeypatch.setattr(images, "_SLIM_EXCLUDES", (*images._SLIM_EXCLUDES, "/usr/share/extra/*"))
+    assert images.base_recipe_key() != base
+    assert operator_image_key(repo) != operator

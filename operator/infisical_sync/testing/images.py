@@ -127,8 +127,27 @@ def source_digest(root: Path, names: Iterable[str], *extra: str) -> str:
 
 
 def operator_image_key(repo_root: Path = REPO_ROOT, tag: str = OPERATOR_IMAGE) -> str:
-    """Changes whenever the Dockerfile, its context or the image name changes."""
-    return source_digest(repo_root, OPERATOR_INPUTS, tag)
+    """Changes whenever the Dockerfile, its context, the image name or the base's recipe
+    changes."""
+    return source_digest(repo_root, OPERATOR_INPUTS, tag, base_recipe_key())
+
+
+def base_recipe_key(suite: str = DEBIAN_SUITE) -> str:
+    """How the Debian base is made: a changed recipe rebuilds it (it is cached by name)."""
+    import inspect
+
+    digest = hashlib.sha256()
+    for part in (
+        suite,
+        DEBIAN_MIRROR,
+        debian_sources(suite),
+        repr(_SLIM_EXCLUDES),
+        repr(_SLIM_INCLUDES),
+        inspect.getsource(_slim_rootfs),
+        inspect.getsource(_ensure_debian_base),
+    ):
+        digest.update(part.encode() + b"\0")
+    return digest.hexdigest()[:12]
 
 
 def pause_image_key(module_dir: Path = PAUSE_MODULE_DIR, name: str = PAUSE_IMAGE) -> str:
@@ -278,13 +297,23 @@ class _Buildah:
         return _run(self.argv(*args), log=self.logs / f"{log}.log", env=self.env(), cwd=cwd)
 
     def has_image(self, name: str) -> bool:
+        return self.labels(name) is not None
+
+    def labels(self, name: str) -> dict[str, str] | None:
+        """The image's labels, or None when the storage has no such image."""
         result = subprocess.run(
             self.argv("inspect", "--type=image", name),
             capture_output=True,
             env={**os.environ, **self.env()},
             check=False,
         )
-        return result.returncode == 0
+        if result.returncode != 0:
+            return None
+        try:
+            config = json.loads(result.stdout).get("OCIv1", {}).get("config", {})
+        except ValueError:
+            return {}
+        return dict(config.get("Labels") or {})
 
     def remove_container(self, name: str) -> None:
         subprocess.run(
@@ -390,9 +419,13 @@ def ensure_debian_base(suite: str = DEBIAN_SUITE) -> str:
         return _ensure_debian_base(buildah, suite)
 
 
+BASE_RECIPE_LABEL = "dev.infisical-sync.base-recipe"
+
+
 def _ensure_debian_base(buildah: _Buildah, suite: str) -> str:
     name = debian_image_name(suite)
-    if buildah.has_image(name):
+    recipe = base_recipe_key(suite)
+    if (buildah.labels(name) or {}).get(BASE_RECIPE_LABEL) == recipe:
         return name
     debootstrap = _require("debootstrap", "install Debian's debootstrap (apt-get install ...)")
     if os.geteuid() != 0:
@@ -437,6 +470,7 @@ def _ensure_debian_base(buildah: _Buildah, suite: str) -> str:
                 '--cmd=["bash"]',
                 f"--env=PATH={_IMAGE_PATH}",
                 f"--label=org.opencontainers.image.description=debootstrap {suite} minbase, slim",
+                f"--label={BASE_RECIPE_LABEL}={recipe}",
                 container,
                 log=log,
             )
