@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from infisical_sync.testing.fake_infisical import FakeInfisical, Fault
+from tests.conftest import wait_for as poll
 
 ROOT = Path(__file__).parents[2]
 CHART = ROOT / "deploy" / "helm" / "infisical-sync"
@@ -63,14 +64,8 @@ class NodeEnv:
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+    """Every second: a scenario's waits are kubectl calls, not cheap reads."""
+    return poll(predicate, timeout=timeout, interval=1, message=f"waiting for {what}")
 
 
 # --- steps --------------------------------------------------------------------------------------

@@ -121,46 +121,52 @@ def ensure_kube_binaries(*, with_kubectl: bool = False, node: bool = False) -> d
 
 def ensure_helm() -> Path:
     """Build (once) and return the cached helm CLI, for chart tests."""
-    ldflags = [f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"]
-    target = cache_dir() / f"helm-{HELM_VERSION}-{_recipe_key(HELM_MODULE_DIR, ldflags)}"
-    helm = target / "helm"
-    if helm.exists():
-        return helm
-    target.mkdir(parents=True, exist_ok=True)
-    with open(target / ".build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not helm.exists():
-            _go_build(
-                HELM_MODULE_DIR,
-                ["helm.sh/helm/v3/cmd/helm"],
-                ["helm"],
-                target,
-                HELM_VERSION,
-                ldflags=ldflags,
-            )
-    return helm
+    return _ensure_built(
+        HELM_MODULE_DIR,
+        "helm.sh/helm/v3/cmd/helm",
+        "helm",
+        HELM_VERSION,
+        ldflags=[f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"],
+    )
 
 
 def ensure_coredns() -> Path:
     """Build (once) and return a CoreDNS with the kubernetes plugin: the test node's cluster DNS."""
-    target = cache_dir() / f"coredns-{COREDNS_VERSION}-{_recipe_key(COREDNS_MODULE_DIR, [])}"
-    coredns = target / "coredns"
-    if coredns.exists():
-        return coredns
+    return _ensure_built(
+        COREDNS_MODULE_DIR, ".", "coredns", COREDNS_VERSION, tags="", env={"CGO_ENABLED": "0"}
+    )
+
+
+def _ensure_built(
+    module_dir: Path,
+    package: str,
+    command: str,
+    version: str,
+    *,
+    ldflags: Sequence[str] = (),
+    tags: str = "providerless",
+    env: dict[str, str] | None = None,
+) -> Path:
+    """One command built from its Go module, cached under a key of the build recipe."""
+    target = cache_dir() / f"{command}-{version}-{_recipe_key(module_dir, list(ldflags))}"
+    binary = target / command
+    if binary.exists():
+        return binary
     target.mkdir(parents=True, exist_ok=True)
     with open(target / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not coredns.exists():
+        if not binary.exists():
             _go_build(
-                COREDNS_MODULE_DIR,
-                ["."],
-                ["coredns"],
+                module_dir,
+                [package],
+                [command],
                 target,
-                COREDNS_VERSION,
-                tags="",
-                env={"CGO_ENABLED": "0"},
+                version,
+                ldflags=ldflags,
+                tags=tags,
+                env=env,
             )
-    return coredns
+    return binary
 
 
 def _go_build(
@@ -411,16 +417,9 @@ class ControlPlane:
         path.chmod(0o600)
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
-        self.processes[name] = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=None if self.detached else _die_with_parent,
+        self.processes[name] = spawn_logged(
+            self.workdir, name, argv, die_with_parent=not self.detached
         )
-        log.close()
 
     def _wait_for(self, url: str, name: str, timeout: float) -> None:
         context: ssl.SSLContext | None = None
@@ -448,23 +447,14 @@ class ControlPlane:
         )
 
     def log_tail(self, name: str, lines: int = 30) -> str:
-        path = self.workdir / f"{name}.log"
-        if not path.exists():
-            return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return log_tail(self.workdir, name, lines)
 
     def stop(self) -> None:
         # apiserver first, so it does not spin on a vanished etcd.
         for name in ("kube-apiserver", "etcd"):
             process = self.processes.pop(name, None)
-            if process is None:
-                continue
-            _terminate(process.pid)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=15)
-            if process.poll() is None:
-                _kill(process.pid)
-                process.wait(timeout=5)
+            if process is not None:
+                stop_process(process)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def state(self) -> dict[str, Any]:
@@ -474,6 +464,47 @@ class ControlPlane:
             "url": self.url,
             "pids": {name: process.pid for name, process in self.processes.items()},
         }
+
+
+def spawn_logged(
+    workdir: Path,
+    name: str,
+    argv: list[str],
+    *,
+    die_with_parent: bool = True,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """A daemon in a session of its own, logging to workdir/<name>.log."""
+    log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
+    process = subprocess.Popen(
+        argv,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=_die_with_parent if die_with_parent else None,
+        cwd=cwd,
+    )
+    log.close()
+    return process
+
+
+def log_tail(workdir: Path, name: str, lines: int = 30) -> str:
+    path = workdir / f"{name}.log"
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM its process group, then SIGKILL after 15 s. Never raises."""
+    _terminate(process.pid)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        _kill(process.pid)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=5)
 
 
 def _terminate(pid: int) -> None:
@@ -530,10 +561,14 @@ def install_crds(kubeconfig: Path, crd_dir: Path = CRD_DIR, timeout: float = 30)
 
 def grant_operator_rbac(kubeconfig: Path, user: str = OPERATOR_USER) -> None:
     """Bind the chart's operator rules (and nothing more) to `user` cluster-wide."""
+    grant_cluster_role(kubeconfig, user, yaml.safe_load(RBAC_RULES.read_text()))
+
+
+def grant_cluster_role(kubeconfig: Path, user: str, rules: list[dict[str, Any]]) -> None:
+    """A ClusterRole named after `user` with `rules`, bound to that user."""
     from kubernetes import client
 
     rbac = client.RbacAuthorizationV1Api(api_client(kubeconfig))
-    rules = yaml.safe_load(RBAC_RULES.read_text())
     role: Any = {"metadata": {"name": user}, "rules": rules}
     binding: Any = {
         "metadata": {"name": user},

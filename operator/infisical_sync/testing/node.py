@@ -41,9 +41,14 @@ import yaml
 from infisical_sync.testing.controlplane import (
     ControlPlane,
     ControlPlaneError,
+    api_client,
     cache_dir,
+    ensure_coredns,
     ensure_kube_binaries,
-    install_crds,
+    grant_cluster_role,
+    log_tail,
+    spawn_logged,
+    stop_process,
 )
 from infisical_sync.testing.netbridge import NetBridge
 
@@ -181,10 +186,19 @@ def _kill_pids(pids: list[int]) -> None:
 
 def _cgroup_dirs(name: str) -> list[Path]:
     """Every cgroup v1/v2 directory called `name` directly under a hierarchy root."""
+    return _cgroup_dirs_matching(re.compile(re.escape(name)))
+
+
+def _cgroup_dirs_matching(pattern: re.Pattern[str]) -> list[Path]:
+    """Every cgroup directory whose name matches, directly under a hierarchy root."""
     root = Path("/sys/fs/cgroup")
-    found = [root / name] if (root / name).is_dir() else []
-    found += [d / name for d in root.iterdir() if d.is_dir() and (d / name).is_dir()]
-    return found
+    hierarchies = [root, *(d for d in root.iterdir() if d.is_dir())]
+    return [
+        entry
+        for hierarchy in hierarchies
+        for entry in (hierarchy.iterdir() if hierarchy.is_dir() else [])
+        if entry.is_dir() and pattern.fullmatch(entry.name)
+    ]
 
 
 def _remove_cgroup_tree(top: Path) -> None:
@@ -583,15 +597,11 @@ disabled_plugins = [
         """CoreDNS on NODE_IP:53 inside the namespace (the kubelet's clusterDNS): in-cluster
         clients such as kopf resolve `kubernetes.default.svc`. Nothing upstream: names outside
         the cluster do not resolve, as nothing outside the namespace is reachable anyway."""
-        from kubernetes import client
-
-        from infisical_sync.testing.controlplane import api_client, ensure_coredns
-
         user = "system:coredns"
-        rbac = client.RbacAuthorizationV1Api(api_client(self.plane.kubeconfig))
-        role: Any = {
-            "metadata": {"name": user},
-            "rules": [
+        grant_cluster_role(
+            self.plane.kubeconfig,
+            user,
+            [
                 {
                     "apiGroups": [""],
                     "resources": ["services", "pods", "namespaces", "endpoints"],
@@ -603,18 +613,7 @@ disabled_plugins = [
                     "verbs": ["list", "watch"],
                 },
             ],
-        }
-        binding: Any = {
-            "metadata": {"name": user},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": user,
-            },
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
-        }
-        rbac.create_cluster_role(role)
-        rbac.create_cluster_role_binding(binding)
+        )
         kubeconfig = self.plane.kubeconfig_for_user(user, server=node_url)
         corefile = self.workdir / "Corefile"
         corefile.write_text(
@@ -723,17 +722,7 @@ disabled_plugins = [
     def _spawn(self, name: str, argv: list[str], *, in_netns: bool = False) -> None:
         if in_netns:
             argv = ["nsenter", f"--net={self.netns_path}", "--", *argv]
-        log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
-        self.processes[name] = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-            cwd=self.workdir,
-        )
-        log.close()
+        self.processes[name] = spawn_logged(self.workdir, name, argv, cwd=self.workdir)
 
     def _check_alive(self, name: str) -> None:
         process = self.processes[name]
@@ -743,15 +732,10 @@ disabled_plugins = [
             )
 
     def log_tail(self, name: str, lines: int = 40) -> str:
-        path = self.workdir / f"{name}.log"
-        if not path.exists():
-            return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return log_tail(self.workdir, name, lines)
 
     def _wait_ready(self, timeout: float) -> None:
         from kubernetes import client
-
-        from infisical_sync.testing.controlplane import api_client
 
         core = client.CoreV1Api(api_client(self.plane.kubeconfig))
         deadline = time.monotonic() + timeout
@@ -813,8 +797,6 @@ disabled_plugins = [
         with contextlib.suppress(Exception):
             from kubernetes import client
 
-            from infisical_sync.testing.controlplane import api_client
-
             core = client.CoreV1Api(api_client(self.plane.kubeconfig))
             pods: Any = core.list_pod_for_all_namespaces()
             for pod in pods.items:
@@ -839,23 +821,8 @@ disabled_plugins = [
 
     def _stop_process(self, name: str) -> None:
         process = self.processes.pop(name, None)
-        if process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=5)
-
-
-def _die_with_parent() -> None:
-    from infisical_sync.testing.controlplane import _die_with_parent as die
-
-    die()
+        if process is not None:
+            stop_process(process)
 
 
 @dataclass
@@ -871,14 +838,11 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def running_cluster(*, crds: bool = False) -> Iterator[Cluster]:
+def running_cluster() -> Iterator[Cluster]:
     """Start a control plane and one node; stop both (and undo everything) on exit."""
     check_prerequisites()
-    with ControlPlane(node_ip=NODE_IP) as plane:
-        if crds:
-            install_crds(plane.kubeconfig)
-        with Node(plane) as node:
-            yield Cluster(plane, node)
+    with ControlPlane(node_ip=NODE_IP) as plane, Node(plane) as node:
+        yield Cluster(plane, node)
 
 
 def host_snapshot() -> dict[str, Any]:
@@ -932,17 +896,6 @@ def leftovers() -> list[str]:
     found += [f"record {p.name}" for p in _state_dir().glob("*.json")]
     found += [f"path {p}" for p in ("/usr/libexec/kubernetes",) if os.path.lexists(p)]
     return found
-
-
-def _cgroup_dirs_matching(pattern: re.Pattern[str]) -> list[Path]:
-    root = Path("/sys/fs/cgroup")
-    hierarchies = [root, *(d for d in root.iterdir() if d.is_dir())]
-    return [
-        entry
-        for hierarchy in hierarchies
-        for entry in (hierarchy.iterdir() if hierarchy.is_dir() else [])
-        if entry.is_dir() and pattern.fullmatch(entry.name)
-    ]
 
 
 def main(argv: list[str] | None = None) -> int:
