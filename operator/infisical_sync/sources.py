@@ -68,46 +68,87 @@ def _merge(
     origins[key] = origin
 
 
-def _add_secret(
-    result: SourceResult,
-    origins: dict[str, str],
-    secret: SecretData,
-    keys: list[str] | None,
-) -> None:
-    for key in keys if keys is not None else sorted(secret.data):
-        raw = secret.data.get(key)
-        if raw is None:
-            result.problem("SecretKeyMissing", f"Secret {secret.name} has no key {key}")
+@dataclass(frozen=True)
+class SecretRead:
+    """One Kubernetes source entry as read: the Secret, or why it could not be read."""
+
+    origin: str  # "Secret a" / "selector x=y"
+    secret: SecretData | None
+    keys: list[str] | None = None  # the keys it was listed with (None: all of them)
+    problem: tuple[str, str] | None = None  # (reason, message) when it could not be read
+
+
+def merge_kubernetes(reads: list[SecretRead]) -> SourceResult:
+    """Later entries win. Pure: the reads were made before.
+
+    An entry that could not be read may hold any of its keys (all of them when it was not
+    listed with `keys`), so a key whose value came from an earlier entry is held, not pushed:
+    the unread entry might override it.
+    """
+    result = SourceResult()
+    origins: dict[str, str] = {}
+    winner: dict[str, int] = {}  # key -> index of the read its value comes from
+    gaps: list[tuple[int, frozenset[str] | None, str]] = []  # (index, keys or all, origin)
+    for index, read in enumerate(reads):
+        if read.secret is None:
+            reason, message = read.problem or ("SecretNotFound", f"{read.origin} not found")
+            result.problem(reason, message)
+            gaps.append((index, None if read.keys is None else frozenset(read.keys), read.origin))
             continue
-        try:
-            value = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            result.skipped[key] = f"Secret {secret.name}: value is not UTF-8 text"
-            result.keep.add(key)
-            continue
-        _merge(result, origins, f"secret/{secret.name}", key, value)
+        secret = read.secret
+        result.secret_names.add(secret.name)
+        for key in read.keys if read.keys is not None else sorted(secret.data):
+            raw = secret.data.get(key)
+            if raw is None:
+                result.problem("SecretKeyMissing", f"Secret {secret.name} has no key {key}")
+                gaps.append((index, frozenset({key}), f"key {key} of Secret {secret.name}"))
+                continue
+            try:
+                value = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                result.skipped[key] = f"Secret {secret.name}: value is not UTF-8 text"
+                result.keep.add(key)
+                continue
+            _merge(result, origins, f"secret/{secret.name}", key, value)
+            winner[key] = index
+    for key, index in sorted(winner.items()):
+        for gap, keys, origin in gaps:
+            if gap > index and (keys is None or key in keys):
+                del result.values[key]
+                result.keep.add(key)
+                result.skipped[key] = f"held: {origin} could not be read and may override it"
+                break
+    return result
 
 
 async def read_kubernetes(kube: Kube, namespace: str, source: KubernetesSource) -> SourceResult:
-    result = SourceResult()
-    origins: dict[str, str] = {}
-    try:
-        for selection in source.secrets:
+    reads: list[SecretRead] = []
+    for selection in source.secrets:
+        origin = f"Secret {namespace}/{selection.name}"
+        try:
             secret = await kube.read_secret(namespace, selection.name)
-            if secret is None:
-                result.problem("SecretNotFound", f"Secret {namespace}/{selection.name} not found")
-                continue
-            _add_secret(result, origins, secret, selection.keys)
-            result.secret_names.add(secret.name)
-            if len(source.secrets) == 1 and source.selector is None:
-                result.import_target = KubernetesImportTarget(secret.name, secret.resource_version)
-        if source.selector is not None:
-            matched = await kube.list_secrets(namespace, source.selector.to_string())
+        except ApiException as exc:
+            problem = ("SourceError", f"reading {origin} failed: {exc.status} {exc.reason}")
+            reads.append(SecretRead(origin, None, selection.keys, problem))
+            continue
+        reads.append(SecretRead(origin, secret, selection.keys))
+    if source.selector is not None:
+        selector = source.selector.to_string()
+        try:
+            matched = await kube.list_secrets(namespace, selector)
+        except ApiException as exc:
+            problem = (
+                "SourceError",
+                f"listing Secrets ({selector}) failed: {exc.status} {exc.reason}",
+            )
+            reads.append(SecretRead(f"selector {selector}", None, None, problem))
+        else:
             for secret in sorted(matched, key=lambda item: item.name):
-                _add_secret(result, origins, secret, None)
-                result.secret_names.add(secret.name)
-    except ApiException as exc:
-        result.problem("SourceError", f"reading Secrets failed: {exc.status} {exc.reason}")
+                reads.append(SecretRead(f"Secret {namespace}/{secret.name}", secret))
+    result = merge_kubernetes(reads)
+    if len(source.secrets) == 1 and source.selector is None and reads[0].secret is not None:
+        secret = reads[0].secret
+        result.import_target = KubernetesImportTarget(secret.name, secret.resource_version)
     return result
 
 

@@ -1,4 +1,5 @@
-"""Reading an Infisical source: imports, recursion, duplicates, hidden values, ETag reuse."""
+"""Reading sources: Infisical (imports, recursion, duplicates, hidden values, ETag reuse) and
+merging Kubernetes Secrets (order, duplicates, what an unreadable Secret holds)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,14 @@ from pydantic import SecretStr
 
 from infisical_sync.infisical.client import Credentials, InfisicalSession
 from infisical_sync.infisical.transport import InstanceTransport
+from infisical_sync.kube import SecretData
 from infisical_sync.resources import InfisicalSource
-from infisical_sync.sources import InfisicalImportTarget, read_infisical
+from infisical_sync.sources import (
+    InfisicalImportTarget,
+    SecretRead,
+    merge_kubernetes,
+    read_infisical,
+)
 from infisical_sync.testing.fake_infisical import FakeInfisical
 
 
@@ -83,3 +90,63 @@ async def test_unreadable_source_is_uncertain(
     assert not missing.certain and missing.problem_reason == "NotFound"
     not_ready = await read_infisical(None, "ns/cloud", source(), etag=None, cached=None)
     assert not_ready.problem_reason == "ConnectionNotReady" and not not_ready.values
+
+
+# --- Kubernetes sources: merging what was read (pure) ------------------------------------------
+
+
+def secret(name: str, **data: str) -> SecretData:
+    return SecretData(name, {k: v.encode() for k, v in data.items()}, "1", {})
+
+
+def test_later_secrets_win_and_duplicates_are_reported() -> None:
+    result = merge_kubernetes(
+        [
+            SecretRead("Secret ns/a", secret("a", K="a", A="1")),
+            SecretRead("Secret ns/b", secret("b", K="b")),
+        ]
+    )
+    assert result.values == {"K": "b", "A": "1"} and result.certain
+    assert result.duplicates == ["K in secret/a and secret/b (secret/b wins)"]
+
+
+def test_an_unreadable_later_secret_holds_the_keys_it_may_override() -> None:
+    result = merge_kubernetes(
+        [SecretRead("Secret ns/a", secret("a", K="stale", A="1")), SecretRead("Secret ns/b", None)]
+    )
+    # b (all keys) could hold K or A: neither earlier value is pushed, and neither is deleted.
+    assert result.values == {} and not result.certain
+    assert result.keep == {"K", "A"}
+    assert "Secret ns/b could not be read" in result.skipped["K"]
+    assert result.problem_reason == "SecretNotFound"
+
+
+def test_an_unreadable_secret_listed_with_keys_holds_only_those() -> None:
+    result = merge_kubernetes(
+        [
+            SecretRead("Secret ns/a", secret("a", K="stale", A="1")),
+            SecretRead(
+                "Secret ns/b", None, ["K"], ("SourceError", "reading Secret ns/b failed: 500")
+            ),
+        ]
+    )
+    assert result.values == {"A": "1"} and result.keep == {"K"}
+    assert result.problems == ["reading Secret ns/b failed: 500"]
+
+
+def test_a_missing_listed_key_holds_the_earlier_value() -> None:
+    result = merge_kubernetes(
+        [
+            SecretRead("Secret ns/a", secret("a", K="stale")),
+            SecretRead("Secret ns/b", secret("b", OTHER="x"), ["K"]),
+        ]
+    )
+    assert result.values == {} and result.keep == {"K"}
+    assert result.problem_reason == "SecretKeyMissing"
+
+
+def test_an_unreadable_earlier_secret_does_not_hold_later_winners() -> None:
+    result = merge_kubernetes(
+        [SecretRead("Secret ns/a", None), SecretRead("Secret ns/b", secret("b", K="b"))]
+    )
+    assert result.values == {"K": "b"} and not result.certain and not result.keep
