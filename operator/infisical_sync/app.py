@@ -27,11 +27,11 @@ from infisical_sync.durations import jittered, parse_duration, retry_delay
 from infisical_sync.infisical.client import ClientPool
 from infisical_sync.infisical.transport import TransportOptions
 from infisical_sync.kube import GROUP, VERSION, Kube, load_api_client
+from infisical_sync.planner import ALLOW_MASS_DELETE
 from infisical_sync.runtime import Kicks, Runtime
 from infisical_sync.selectors import selector_matches
 from infisical_sync.sync import (
     ABANDON,
-    ALLOW_MASS_DELETE,
     SYNC_REQUESTED_AT,
     SyncEngine,
     SyncFailed,
@@ -90,9 +90,25 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     )
     memo.runtime = Runtime(settings=config, pool=pool, kicks=Kicks())
     memo.connections = ConnectionReconciler(kube, pool, post_event=_post_event)
-    memo.engine = SyncEngine(kube, memo.connections, post_event=_post_event)
+    memo.engine = SyncEngine(
+        kube, memo.connections, post_event=_post_event, cluster_id=await _cluster_id(config, kube)
+    )
     memo.kube = kube
     log.info("infisical-sync operator started")
+
+
+async def _cluster_id(config: Settings, kube: Kube) -> str:
+    """Part of every written key's owner identity: a same-named SecretSync of another cluster
+    writing the same Infisical path is then a conflict, not the same owner."""
+    if config.cluster_id:
+        return config.cluster_id
+    try:
+        return await kube.namespace_uid("kube-system")
+    except Exception as exc:
+        raise kopf.PermanentError(
+            "cannot read the kube-system namespace for this cluster's identity "
+            f"({type(exc).__name__}); grant get on it or set --cluster-id"
+        ) from None
 
 
 @kopf.on.login(registry=registry)
@@ -332,28 +348,35 @@ async def secretsync_daemon(
 async def secretsync_deleted(
     namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
+    """Delete removes the owned keys; Retain keeps them and releases their ownership."""
     runtime: Runtime = memo.runtime
     engine: SyncEngine = memo.engine
     key = ("SecretSync", namespace, name)
     annotations = body.get("metadata", {}).get("annotations") or {}
     policy = (body.get("spec") or {}).get("deletionPolicy", "Retain")
-    if annotations.get(ABANDON) == "true" or policy != "Delete":
+    if annotations.get(ABANDON) == "true":
         engine.forget(namespace, name)
         runtime.locks.pop(key, None)
         return
     async with runtime.lock(key):
         try:
-            removed = await engine.remove_owned(namespace, name, body)
+            if policy == "Delete":
+                done = await engine.remove_owned(namespace, name, body)
+                what = "removed %d owned destination keys"
+            else:
+                done = await engine.release_owned(namespace, name, body)
+                what = "released ownership of %d destination keys (kept)"
         except SyncFailed as failure:
+            action = "removing" if policy == "Delete" else "releasing ownership of"
             message = (
-                f"deletionPolicy Delete: removing owned keys failed: {failure.message}; "
-                f'retrying. Annotate {ABANDON}: "true" to let go without removing them'
+                f"deletionPolicy {policy}: {action} owned keys failed: {failure.message}; "
+                f'retrying. Annotate {ABANDON}: "true" to let go without it'
             )
             await memo.kube.patch_status(
                 SYNCS, namespace, name, {"syncStatus": "Failed", "lastSyncMessage": message[:1024]}
             )
             raise kopf.TemporaryError(message, delay=10) from None
-    log.info("%s/%s deleted: removed %d owned destination keys", namespace, name, removed)
+    log.info("%s/%s deleted: " + what, namespace, name, done)
     runtime.locks.pop(key, None)
 
 

@@ -35,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--peering", action="store_true", default=None, help="kopf peering for several replicas"
     )
+    run.add_argument(
+        "--cluster-id",
+        help="this cluster's identity in the ownership metadata of written keys "
+        "(default: the UID of the kube-system namespace)",
+    )
 
     fake = commands.add_parser("fake-infisical", help="serve the fake Infisical (tests, demo)")
     fake.add_argument("--seed", type=Path, required=True, help="seed file (YAML or JSON)")
@@ -70,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             health_port=args.health_port,
             concurrency_per_connection=args.concurrency_per_connection,
             peering=args.peering,
+            cluster_id=args.cluster_id,
         )
         return run_operator(settings)
     if args.command in ("fake-infisical", "controlplane") and not _has_testing_extra():

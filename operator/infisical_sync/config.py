@@ -25,6 +25,11 @@ class Settings(BaseModel):
     backoff_cap: float = Field(default=30.0, gt=0)
     batch_chunk_size: int = Field(default=100, ge=1, le=1000)
     peering: bool = Field(default=False, description="use kopf peering (several replicas)")
+    cluster_id: str = Field(
+        default="",
+        max_length=128,
+        description="cluster identity in key ownership (empty: kube-system namespace UID)",
+    )
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:

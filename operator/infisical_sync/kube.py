@@ -93,6 +93,26 @@ class Kube:
         }
         await asyncio.to_thread(self.core.patch_namespaced_secret, name, namespace, patch)
 
+    async def namespace_uid(self, name: str) -> str:
+        namespace = await asyncio.to_thread(self.core.read_namespace, name)
+        uid = namespace.metadata.uid if namespace.metadata else None
+        if not uid:
+            raise ValueError(f"namespace {name} has no UID")
+        return str(uid)
+
+    async def remove_annotation(self, plural: str, namespace: str, name: str, key: str) -> None:
+        """Drop one annotation of our own resource (a merge patch with null)."""
+        patch = {"metadata": {"annotations": {key: None}}}
+        await asyncio.to_thread(
+            self.custom.patch_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            plural,
+            name,
+            patch,
+        )
+
     async def patch_status(
         self, plural: str, namespace: str, name: str, status: dict[str, Any]
     ) -> bool:

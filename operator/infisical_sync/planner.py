@@ -4,18 +4,22 @@ Rules (SPEC §2.3):
 - each source key becomes `keySchema` rendered with the key and the destination environment;
   keys Infisical refuses (empty, `:` or `/`, > 500 chars, surrounding spaces) are skipped;
 - values are compared the way Infisical stores them (trimmed, one trailing newline kept);
-- only keys this SecretSync owns are updated or deleted. Ownership is the `secretMetadata` entry
-  `infisical-sync.dev/owner` = `<namespace>/<name>`; on servers that return no metadata it falls
-  back to the status ledger (managedKeys). An unowned key is adopted on the initial sync only;
-  a key owned by another SecretSync is a conflict and never written;
+- only keys this SecretSync owns are updated or deleted. Ownership is the `secretMetadata`
+  entries owner (`<namespace>/<name>`), owner-uid and owner-cluster (the cluster's identity): a
+  same-named SecretSync of another cluster is a conflict, and so is another UID unless the
+  cluster is ours (the object was deleted with its keys kept and created again). On servers that
+  return no metadata ownership falls back to the status ledger (managedKeys). An unowned key is
+  adopted on the initial sync only; a key owned by anyone else is a conflict and never written;
 - deletes are gated by keySchema and `disableSecretDeletion`, and held when the source is
-  uncertain (unreadable, partly read, suddenly empty) or when more than half of the owned keys
-  (counting this cycle's creates) would go without the allow-mass-delete annotation;
+  uncertain (unreadable, partly read) or suddenly empty, or when more than half of the owned
+  keys (counting this cycle's creates) would go. A held plan has an id; the allow-mass-delete
+  annotation set to that id lets exactly that plan through, once (never on an uncertain source);
 - import modes (initial sync only) first merge the destination into the source.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,6 +27,9 @@ from typing import Literal
 
 OWNER_KEY = "infisical-sync.dev/owner"
 OWNER_UID_KEY = "infisical-sync.dev/owner-uid"
+OWNER_CLUSTER_KEY = "infisical-sync.dev/owner-cluster"
+OWNERSHIP_KEYS = (OWNER_KEY, OWNER_UID_KEY, OWNER_CLUSTER_KEY)
+ALLOW_MASS_DELETE = "infisical-sync.dev/allow-mass-delete"
 MAX_KEY_LENGTH = 500
 InitialBehavior = Literal[
     "overwrite-destination", "import-prioritize-source", "import-prioritize-destination"
@@ -102,6 +109,7 @@ class Owner:
     namespace: str
     name: str
     uid: str
+    cluster: str  # the cluster's identity (kube-system namespace UID unless configured)
 
     @property
     def ref(self) -> str:
@@ -114,12 +122,15 @@ class DestinationKey:
     # None: the server returned no secretMetadata for this key (ownership falls back to the ledger)
     metadata: tuple[tuple[str, str], ...] | None = ()
 
-    @property
-    def owner_ref(self) -> str | None:
+    def meta(self, name: str) -> str | None:
         for key, value in self.metadata or ():
-            if key == OWNER_KEY:
+            if key == name:
                 return value
         return None
+
+    @property
+    def owner_ref(self) -> str | None:
+        return self.meta(OWNER_KEY)
 
 
 @dataclass(frozen=True)
@@ -132,7 +143,9 @@ class PlanInput:
     initial: bool = False
     initial_behavior: InitialBehavior = "overwrite-destination"
     disable_deletion: bool = False
-    allow_mass_delete: bool = False
+    # The allow-mass-delete annotation's value: lets through the held plan with this id only.
+    mass_delete_confirmation: str | None = None
+    location: str = ""  # where the destination is: part of a held plan's id
     source_certain: bool = True
     uncertain_reason: str = ""
     ledger: frozenset[str] = frozenset()  # status.managedKeys from the last sync
@@ -153,6 +166,8 @@ class Plan:
     conflicts: dict[str, str] = field(default_factory=dict)  # destination key -> reason
     held_deletes: list[str] = field(default_factory=list)
     hold_reason: str = ""
+    held_id: str = ""  # what the allow-mass-delete annotation must say to let these deletes go
+    confirmed: bool = False  # the deletes go because the annotation confirmed this plan
     owned_before: list[str] = field(default_factory=list)
     managed_after: list[str] = field(default_factory=list)
     # None: the destination was empty, so whether the server keeps metadata is not known yet.
@@ -168,18 +183,52 @@ class Plan:
         return len(self.create) + len(self.update) + len(self.unchanged)
 
 
+def foreign_owner(entry: DestinationKey, owner: Owner) -> str | None:
+    """Why a key carrying owner metadata is not ours (None: it is ours, or nobody's)."""
+    ref = entry.owner_ref
+    if ref is None:
+        return None
+    if ref != owner.ref:
+        return f"owned by SecretSync {ref}"
+    cluster, uid = entry.meta(OWNER_CLUSTER_KEY), entry.meta(OWNER_UID_KEY)
+    if cluster is not None and cluster != owner.cluster:
+        return f"owned by SecretSync {ref} of another cluster ({cluster})"
+    if uid is not None and uid != owner.uid and cluster is None:
+        # Written before cluster identities by an object of this name with another UID:
+        # it may be another cluster's, so it is not taken over.
+        return f"owned by another SecretSync named {ref} (UID {uid}, cluster unknown)"
+    return None  # ours; another UID on our cluster means deleted with Retain, then recreated
+
+
 def owned_by(key: str, entry: DestinationKey, owner: Owner, ledger: frozenset[str]) -> bool:
     if entry.metadata is None:
         return key in ledger
-    return entry.owner_ref == owner.ref
+    return entry.owner_ref is not None and foreign_owner(entry, owner) is None
 
 
 def ownership_metadata(
     owner: Owner, existing: tuple[tuple[str, str], ...] | None = None
 ) -> tuple[tuple[str, str], ...]:
-    """Our two entries, keeping whatever other metadata the key already carries."""
-    kept = tuple((k, v) for k, v in (existing or ()) if k not in (OWNER_KEY, OWNER_UID_KEY))
-    return (*kept, (OWNER_KEY, owner.ref), (OWNER_UID_KEY, owner.uid))
+    """Our entries, keeping whatever other metadata the key already carries."""
+    return (
+        *without_ownership(existing),
+        (OWNER_KEY, owner.ref),
+        (OWNER_UID_KEY, owner.uid),
+        (OWNER_CLUSTER_KEY, owner.cluster),
+    )
+
+
+def without_ownership(
+    existing: tuple[tuple[str, str], ...] | None,
+) -> tuple[tuple[str, str], ...]:
+    """The key's metadata less ours: what Retain leaves behind when it lets a key go."""
+    return tuple((k, v) for k, v in (existing or ()) if k not in OWNERSHIP_KEYS)
+
+
+def held_plan_id(location: str, keys: list[str]) -> str:
+    """Names one held set of deletes at one destination (no values: keys are not secret)."""
+    digest = hashlib.sha256("\0".join([location, *sorted(keys)]).encode())
+    return digest.hexdigest()[:12]
 
 
 def plan_imports(data: PlanInput) -> dict[str, str]:
@@ -190,8 +239,7 @@ def plan_imports(data: PlanInput) -> dict[str, str]:
     imports: dict[str, str] = {}
     for dest_key in sorted(data.destination):
         entry = data.destination[dest_key]
-        ref = entry.owner_ref
-        if ref is not None and ref != data.owner.ref:
+        if foreign_owner(entry, data.owner) is not None:
             continue  # another SecretSync's key: reported as a conflict by plan()
         source_key = schema.source_key(dest_key)
         if source_key is None:
@@ -242,13 +290,13 @@ def plan(data: PlanInput) -> Plan:
             result.create[dest_key] = value
             result.metadata[dest_key] = ownership_metadata(data.owner)
         elif dest_key in owned:
-            if entry.value != value or _stale_uid(entry, data.owner):
+            if entry.value != value or _stale_metadata(entry, data.owner):
                 result.update[dest_key] = value
                 result.metadata[dest_key] = ownership_metadata(data.owner, entry.metadata)
             else:
                 result.unchanged.append(dest_key)
         elif entry.owner_ref is not None:
-            result.conflicts[dest_key] = f"owned by SecretSync {entry.owner_ref}"
+            result.conflicts[dest_key] = foreign_owner(entry, data.owner) or "owned elsewhere"
         elif data.initial:
             result.adopt.append(dest_key)
             result.update[dest_key] = value
@@ -268,32 +316,41 @@ def plan(data: PlanInput) -> Plan:
         if key not in desired and key not in kept_targets and schema.matches(key)
     )
     if removable and not data.disable_deletion:
+        held_id = held_plan_id(data.location, removable)
+        confirm = (
+            f'set the annotation {ALLOW_MASS_DELETE}: "{held_id}" to allow exactly these deletes'
+        )
+        if data.mass_delete_confirmation not in (None, held_id):
+            confirm += f" (the annotation says {data.mass_delete_confirmation[:40]!r})"
+        confirmed = data.mass_delete_confirmation == held_id
+        if not source and owned:
+            guard = f"source is empty while {len(owned)} keys are owned: no deletes"
+        elif len(removable) * 2 > len(owned_now):
+            guard = f"would delete {len(removable)} of {len(owned_now)} owned keys"
+        else:
+            guard = ""
         if not data.source_certain:
             result.held_deletes = removable
             result.hold_reason = f"source uncertain ({data.uncertain_reason}): no deletes"
-        elif not source and owned:
-            result.held_deletes = removable
-            result.hold_reason = f"source is empty while {len(owned)} keys are owned: no deletes"
-        elif len(removable) * 2 > len(owned_now) and not data.allow_mass_delete:
-            result.held_deletes = removable
-            result.hold_reason = (
-                f"would delete {len(removable)} of {len(owned_now)} owned keys; set the annotation "
-                'infisical-sync.dev/allow-mass-delete: "true" to allow it'
-            )
+        elif guard and not confirmed:
+            result.held_deletes, result.held_id = removable, held_id
+            result.hold_reason = f"{guard}; {confirm}"
         else:
             result.delete = removable
+            result.confirmed = bool(guard)
 
     after = (owned | set(result.create) | set(result.adopt)) - set(result.delete)
     result.managed_after = sorted(after)
     return result
 
 
-def _stale_uid(entry: DestinationKey, owner: Owner) -> bool:
-    """Ours by name but written by an earlier incarnation (deleted with Retain, recreated)."""
+def _stale_metadata(entry: DestinationKey, owner: Owner) -> bool:
+    """Ours, but our entries are not exactly what we write today: an earlier incarnation
+    (deleted with Retain, recreated) or a key written before the cluster identity."""
     if entry.metadata is None:
         return False
-    uids = [value for key, value in entry.metadata if key == OWNER_UID_KEY]
-    return bool(uids) and uids[0] != owner.uid
+    ours = {(k, v) for k, v in entry.metadata if k in OWNERSHIP_KEYS}
+    return ours != set(ownership_metadata(owner)) or len(ours) != len(OWNERSHIP_KEYS)
 
 
 def apply_plan(

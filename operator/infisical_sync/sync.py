@@ -28,7 +28,16 @@ from infisical_sync.infisical.errors import (
 )
 from infisical_sync.infisical.models import MetadataEntry, SecretLocation, SecretWrite
 from infisical_sync.kube import Kube
-from infisical_sync.planner import DestinationKey, Owner, Plan, PlanInput, owned_by, plan
+from infisical_sync.planner import (
+    ALLOW_MASS_DELETE,
+    DestinationKey,
+    Owner,
+    Plan,
+    PlanInput,
+    owned_by,
+    plan,
+    without_ownership,
+)
 from infisical_sync.resources import SecretSyncSpec
 from infisical_sync.sources import (
     InfisicalImportTarget,
@@ -40,7 +49,6 @@ from infisical_sync.sources import (
 
 log = logging.getLogger(__name__)
 PLURAL = "secretsyncs"
-ALLOW_MASS_DELETE = "infisical-sync.dev/allow-mass-delete"
 ABANDON = "infisical-sync.dev/abandon"
 SYNC_REQUESTED_AT = "infisical-sync.dev/sync-requested-at"
 EventPoster = Callable[[Any, str, str, str], None]
@@ -129,13 +137,36 @@ def summary(result: Plan, *, dry_run: bool = False) -> str:
     return text
 
 
+def location_label(connection: str, location: SecretLocation) -> str:
+    return f"{connection}/{location.project_id}/{location.environment}:{location.secret_path}"
+
+
+def recorded_location(status: Mapping[str, Any]) -> tuple[str, SecretLocation] | None:
+    """status.destinationLocation: where the last real sync wrote (connection, location)."""
+    recorded = status.get("destinationLocation") or {}
+    try:
+        return str(recorded["connection"]), SecretLocation(
+            project_id=str(recorded["projectId"]),
+            environment=str(recorded["environment"]),
+            secret_path=str(recorded["secretPath"]),
+        )
+    except (KeyError, TypeError):
+        return None
+
+
 class SyncEngine:
     def __init__(
-        self, kube: Kube, connections: ConnectionReconciler, *, post_event: EventPoster
+        self,
+        kube: Kube,
+        connections: ConnectionReconciler,
+        *,
+        post_event: EventPoster,
+        cluster_id: str,
     ) -> None:
         self.kube = kube
         self.connections = connections
         self.post_event = post_event
+        self.cluster_id = cluster_id  # part of every key's ownership metadata
         self._caches: dict[tuple[str, str], _Cache] = {}
         # (namespace, Secret) -> SecretSyncs whose last source read included it: a Secret that
         # stops matching a selector (label removed) still wakes the SecretSync it fed.
@@ -195,7 +226,7 @@ class SyncEngine:
         }
         if spec.suspend:
             return CycleResult(self._suspended(previous, generation, now, described), ok=True)
-        owner = Owner(namespace, name, str(meta.get("uid", "")))
+        owner = Owner(namespace, name, str(meta.get("uid", "")), self.cluster_id)
         annotations = meta.get("annotations") or {}
         try:
             status = await self._cycle(
@@ -258,7 +289,8 @@ class SyncEngine:
                 initial=initial,
                 initial_behavior=spec.sync_options.initial_sync_behavior,
                 disable_deletion=spec.sync_options.disable_secret_deletion,
-                allow_mass_delete=annotations.get(ALLOW_MASS_DELETE) == "true",
+                mass_delete_confirmation=annotations.get(ALLOW_MASS_DELETE),
+                location=location_label(destination_ref, location),
                 source_certain=source.certain,
                 uncertain_reason="; ".join(source.problems),
                 ledger=ledger,
@@ -298,9 +330,30 @@ class SyncEngine:
                 metrics.KEYS_CHANGED.labels(action).inc(count)
         if result.writes:
             log.info("%s/%s synced: %s", namespace, name, summary(result))
+        if result.confirmed:
+            await self._consume_confirmation(namespace, name)
         status = self._succeeded(previous, generation, now, result, source, dry_run=False)
         status.update(import_status)
+        status["destinationLocation"] = {
+            "connection": destination_ref,
+            "projectId": location.project_id,
+            "environment": location.environment,
+            "secretPath": location.secret_path,
+        }
         return status
+
+    async def _consume_confirmation(self, namespace: str, name: str) -> None:
+        """allow-mass-delete is one-shot: once its plan ran, the annotation goes."""
+        try:
+            await self.kube.remove_annotation(PLURAL, namespace, name, ALLOW_MASS_DELETE)
+        except Exception as exc:  # its id no longer matches any plan anyway
+            log.warning(
+                "%s/%s: could not remove the used %s annotation: %s",
+                namespace,
+                name,
+                ALLOW_MASS_DELETE,
+                type(exc).__name__,
+            )
 
     # --- reads ---------------------------------------------------------------------------------
 
@@ -427,29 +480,85 @@ class SyncEngine:
             "lastImportMessage": f"imported {len(values)} keys into {where}: {keys}"[:1024],
         }
 
-    async def remove_owned(self, namespace: str, name: str, body: Mapping[str, Any]) -> int:
-        """deletionPolicy Delete: remove the keys this SecretSync owns. Returns how many."""
+    async def _owned_at_last_destination(
+        self, namespace: str, name: str, body: Mapping[str, Any]
+    ) -> tuple[InfisicalSession, SecretLocation, dict[str, DestinationKey]] | None:
+        """The keys this SecretSync owns where it last wrote, with the same ownership test as a
+        sync. None when that place is unknown (the destination changed and no sync recorded
+        where it went)."""
         spec = SecretSyncSpec.model_validate(dict(body.get("spec") or {}))
         meta = body.get("metadata") or {}
-        owner = Owner(namespace, name, str(meta.get("uid", "")))
-        ref = spec.destination.connection_ref.name
-        session = self.connections.session(namespace, ref)
-        if session is None:
-            raise self._connection_not_ready(namespace, ref)
-        location = await self._destination_location(session, spec)
-        cache = _Cache()
-        try:
-            destination = await self._read_destination(session, location, cache, fresh=True)
-            ledger = frozenset((body.get("status") or {}).get("managedKeys") or [])
-            owned = sorted(
-                key for key, entry in destination.items() if owned_by(key, entry, owner, ledger)
+        status = body.get("status") or {}
+        owner = Owner(namespace, name, str(meta.get("uid", "")), self.cluster_id)
+        recorded = recorded_location(status)
+        if recorded is not None:
+            ref, location = recorded
+            session = self.connections.session(namespace, ref)
+            if session is None:
+                raise self._connection_not_ready(namespace, ref)
+        elif status.get("destination") in (None, spec.destination.describe()):
+            ref = spec.destination.connection_ref.name
+            session = self.connections.session(namespace, ref)
+            if session is None:
+                raise self._connection_not_ready(namespace, ref)
+            location = await self._destination_location(session, spec)
+        else:
+            log.warning(
+                "%s/%s: its destination changed before its last sync recorded where it wrote; "
+                "keys at %s are left in place",
+                namespace,
+                name,
+                status.get("destination"),
             )
-            if owned:
-                await session.batch_delete(location, owned)
+            return None
+        try:
+            listing = await session.list_secrets(location)
+        except NotFound:  # the folder is gone: nothing of ours is left there
+            return session, location, {}
         except InfisicalError as exc:
             raise self._remote_failure("Synced", exc) from None
+        destination = _destination_map(listing.secrets)
+        ledger = frozenset(status.get("managedKeys") or [])
+        owned = {
+            key: entry for key, entry in destination.items() if owned_by(key, entry, owner, ledger)
+        }
+        return session, location, owned
+
+    async def remove_owned(self, namespace: str, name: str, body: Mapping[str, Any]) -> int:
+        """deletionPolicy Delete: remove the keys this SecretSync owns. Returns how many."""
+        found = await self._owned_at_last_destination(namespace, name, body)
+        owned = sorted(found[2]) if found else []
+        if found and owned:
+            session, location, _ = found
+            try:
+                await session.batch_delete(location, owned)
+            except InfisicalError as exc:
+                raise self._remote_failure("Synced", exc) from None
         self.forget(namespace, name)
         return len(owned)
+
+    async def release_owned(self, namespace: str, name: str, body: Mapping[str, Any]) -> int:
+        """deletionPolicy Retain: keep the keys and their values, drop our ownership metadata
+        so that another SecretSync may adopt them (like Kubernetes' orphan deletion)."""
+        found = await self._owned_at_last_destination(namespace, name, body)
+        items = [
+            SecretWrite(
+                key=key,
+                metadata=[
+                    MetadataEntry(key=k, value=v) for k, v in without_ownership(entry.metadata)
+                ],
+            )
+            for key, entry in sorted((found[2] if found else {}).items())
+            if entry.metadata is not None  # ledger mode: the ledger goes with the object
+        ]
+        if found and items:
+            session, location, _ = found
+            try:
+                await session.batch_update(location, items)
+            except InfisicalError as exc:
+                raise self._remote_failure("Synced", exc) from None
+        self.forget(namespace, name)
+        return len(items)
 
     # --- status --------------------------------------------------------------------------------
 
@@ -524,6 +633,16 @@ class SyncEngine:
                 "unchanged": len(result.unchanged),
             },
             "conflicts": sorted(result.conflicts),
+            # null clears what an earlier cycle held (status is merge-patched)
+            "heldDeletes": (
+                {
+                    "keys": sorted(result.held_deletes),
+                    "reason": result.hold_reason[:1024],
+                    **({"id": result.held_id} if result.held_id else {}),
+                }
+                if result.held_deletes
+                else None
+            ),
             "skippedKeys": [
                 f"{k}: {v}" for k, v in sorted({**source.skipped, **result.skipped}.items())
             ],

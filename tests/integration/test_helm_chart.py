@@ -14,6 +14,12 @@ from infisical_sync.testing.controlplane import ControlPlane, ensure_helm, ensur
 
 pytestmark = pytest.mark.controlplane
 CHART = Path(__file__).parents[2] / "deploy" / "helm" / "infisical-sync"
+CLUSTER_IDENTITY_RULE = {
+    "apiGroups": [""],
+    "resources": ["namespaces"],
+    "resourceNames": ["kube-system"],
+    "verbs": ["get"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +43,15 @@ def test_lint(helm: str) -> None:
 def test_cluster_wide_defaults(helm: str) -> None:
     docs = render(helm)
     kinds = sorted(doc["kind"] for doc in docs)
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
+    assert kinds == [
+        "ClusterRole",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ClusterRoleBinding",
+        "Deployment",
+        "Service",
+        "ServiceAccount",
+    ]
     deployment = next(doc for doc in docs if doc["kind"] == "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
@@ -46,9 +60,20 @@ def test_cluster_wide_defaults(helm: str) -> None:
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert deployment["spec"]["strategy"]["type"] == "Recreate"
-    role = next(doc for doc in docs if doc["kind"] == "ClusterRole")
+    roles = {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == "ClusterRole"}
     rules = yaml.safe_load((CHART / "files" / "rbac-rules.yaml").read_text())
-    assert role["rules"] == rules
+    assert roles["sync-infisical-sync"]["rules"] == rules
+    assert roles["sync-infisical-sync-cluster-identity"]["rules"] == [CLUSTER_IDENTITY_RULE]
+    assert not any(env["name"] == "INFISICAL_SYNC_CLUSTER_ID" for env in container["env"])
+
+
+def test_cluster_identity_from_a_value_needs_no_cluster_read(helm: str) -> None:
+    docs = render(helm, "clusterId=prod-eu-1")
+    assert not any(doc["metadata"]["name"].endswith("-cluster-identity") for doc in docs)
+    container = next(doc for doc in docs if doc["kind"] == "Deployment")["spec"]["template"][
+        "spec"
+    ]["containers"][0]
+    assert {"name": "INFISICAL_SYNC_CLUSTER_ID", "value": "prod-eu-1"} in container["env"]
 
 
 def test_namespaced_install(helm: str) -> None:
@@ -60,7 +85,11 @@ def test_namespaced_install(helm: str) -> None:
     )
     roles = [doc for doc in docs if doc["kind"] == "Role"]
     assert sorted(role["metadata"]["namespace"] for role in roles) == ["team-a", "team-b"]
-    assert not [doc for doc in docs if doc["kind"].startswith("Cluster")]
+    # Cluster-scoped: only `get` on the kube-system namespace, for the cluster's identity.
+    cluster_scoped = [doc for doc in docs if doc["kind"].startswith("Cluster")]
+    assert sorted(doc["kind"] for doc in cluster_scoped) == ["ClusterRole", "ClusterRoleBinding"]
+    role = next(doc for doc in cluster_scoped if doc["kind"] == "ClusterRole")
+    assert role["rules"] == [CLUSTER_IDENTITY_RULE]
     args = next(doc for doc in docs if doc["kind"] == "Deployment")["spec"]["template"]["spec"][
         "containers"
     ][0]["args"]

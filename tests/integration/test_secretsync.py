@@ -198,12 +198,14 @@ def test_mass_delete_is_held_until_annotated(env: tuple[Any, str, FakeInfisical]
         timeout=10,
     )
     assert len(remote(fake)) == 4
+    held = status(kube, namespace, SYNCS, "sync")["heldDeletes"]
+    assert held["keys"] == ["B", "C", "D"]
     patch(
         kube,
         namespace,
         SYNCS,
         "sync",
-        {"metadata": {"annotations": {"infisical-sync.dev/allow-mass-delete": "true"}}},
+        {"metadata": {"annotations": {"infisical-sync.dev/allow-mass-delete": held["id"]}}},
     )
     wait_for(lambda: remote(fake) == {"A": "A"}, timeout=10)
 
@@ -225,7 +227,8 @@ def test_deleted_source_secret_deletes_nothing(env: tuple[Any, str, FakeInfisica
     found = status(kube, namespace, SYNCS, "sync")
     assert found["syncStatus"] == "Failed"
     assert f"Secret {namespace}/extra not found" in found["lastSyncMessage"]
-    assert condition(kube, namespace, SYNCS, "sync", "Synced") == ("False", "SourceUncertain")
+    # extra could override any key of app: nothing is left to write, and nothing is deleted.
+    assert condition(kube, namespace, SYNCS, "sync", "Synced") == ("False", "SecretNotFound")
     client.CoreV1Api(kube).delete_namespaced_secret("app", namespace)
     wait_for(
         lambda: (

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from infisical_sync.planner import (
+    OWNER_CLUSTER_KEY,
     OWNER_KEY,
     OWNER_UID_KEY,
     DestinationKey,
@@ -16,18 +17,24 @@ from infisical_sync.planner import (
     Owner,
     PlanInput,
     apply_plan,
+    held_plan_id,
     key_problem,
     owned_by,
     plan,
     stored_form,
 )
 
-US = Owner("team-a", "app", "uid-1")
-OTHER = Owner("team-a", "other", "uid-2")
+US = Owner("team-a", "app", "uid-1", "cluster-1")
+OTHER = Owner("team-a", "other", "uid-2", "cluster-1")
+# The same namespace/name on another cluster writing the same Infisical path.
+TWIN = Owner("team-a", "app", "uid-9", "cluster-2")
 
 
 def ours(value: str, owner: Owner = US) -> DestinationKey:
-    return DestinationKey(value, ((OWNER_KEY, owner.ref), (OWNER_UID_KEY, owner.uid)))
+    return DestinationKey(
+        value,
+        ((OWNER_KEY, owner.ref), (OWNER_UID_KEY, owner.uid), (OWNER_CLUSTER_KEY, owner.cluster)),
+    )
 
 
 def unowned(value: str) -> DestinationKey:
@@ -51,7 +58,11 @@ def inputs(**kwargs: object) -> PlanInput:
 def test_creates_into_empty_destination() -> None:
     result = plan(inputs(source={"A": "1", "B": "2"}, initial=True))
     assert result.create == {"A": "1", "B": "2"}
-    assert result.metadata["A"] == ((OWNER_KEY, "team-a/app"), (OWNER_UID_KEY, "uid-1"))
+    assert result.metadata["A"] == (
+        (OWNER_KEY, "team-a/app"),
+        (OWNER_UID_KEY, "uid-1"),
+        (OWNER_CLUSTER_KEY, "cluster-1"),
+    )
     assert result.managed_after == ["A", "B"]
 
 
@@ -164,23 +175,91 @@ def test_no_deletes_on_uncertain_source() -> None:
 
 
 def test_suddenly_empty_source_deletes_nothing() -> None:
-    result = plan(inputs(source={}, destination={"A": ours("1")}, allow_mass_delete=True))
+    result = plan(inputs(source={}, destination={"A": ours("1")}, mass_delete_confirmation="true"))
     assert result.delete == [] and "empty" in result.hold_reason
+
+
+def test_empty_source_is_confirmed_by_the_held_plan_id() -> None:
+    held = plan(inputs(source={}, destination={"A": ours("1")}, location="c/p/prod:/"))
+    assert held.held_id and held.held_id in held.hold_reason
+    confirmed = plan(
+        inputs(
+            source={},
+            destination={"A": ours("1")},
+            location="c/p/prod:/",
+            mass_delete_confirmation=held.held_id,
+        )
+    )
+    assert confirmed.delete == ["A"] and confirmed.confirmed
 
 
 def test_mass_delete_guard_and_annotation() -> None:
     destination = {k: ours(k) for k in "ABCDE"}
-    held = plan(inputs(source={"A": "A", "B": "B"}, destination=destination))
+    held = plan(inputs(source={"A": "A", "B": "B"}, destination=destination, location="here"))
     assert held.delete == [] and held.held_deletes == ["C", "D", "E"]
-    assert "allow-mass-delete" in held.hold_reason
+    assert f'allow-mass-delete: "{held.held_id}"' in held.hold_reason
+    assert held.held_id == held_plan_id("here", ["C", "D", "E"])
     allowed = plan(
-        inputs(source={"A": "A", "B": "B"}, destination=destination, allow_mass_delete=True)
+        inputs(
+            source={"A": "A", "B": "B"},
+            destination=destination,
+            location="here",
+            mass_delete_confirmation=held.held_id,
+        )
     )
-    assert allowed.delete == ["C", "D", "E"]
+    assert allowed.delete == ["C", "D", "E"] and allowed.confirmed
     half = plan(
         inputs(source={"A": "A", "B": "B", "C": "C"}, destination={k: ours(k) for k in "ABCD"})
     )
-    assert half.delete == ["D"]
+    assert half.delete == ["D"] and not half.confirmed
+
+
+@pytest.mark.parametrize("annotation", ["true", "yes", ""])
+def test_mass_delete_annotation_is_not_a_standing_permission(annotation: str) -> None:
+    destination = {k: ours(k) for k in "ABCDE"}
+    result = plan(
+        inputs(source={"A": "A"}, destination=destination, mass_delete_confirmation=annotation)
+    )
+    assert result.delete == [] and result.held_deletes == ["B", "C", "D", "E"]
+
+
+def test_a_confirmation_allows_only_the_plan_it_was_given_for() -> None:
+    destination = {k: ours(k) for k in "ABCDE"}
+    first = plan(inputs(source={"A": "A", "B": "B"}, destination=destination, location="here"))
+    # Later the source shrinks further: the old confirmation does not cover the new plan.
+    later = plan(
+        inputs(
+            source={"A": "A"},
+            destination=destination,
+            location="here",
+            mass_delete_confirmation=first.held_id,
+        )
+    )
+    assert later.delete == [] and later.held_id != first.held_id
+    # The same keys at another destination are another plan.
+    elsewhere = plan(
+        inputs(
+            source={"A": "A", "B": "B"},
+            destination=destination,
+            location="there",
+            mass_delete_confirmation=first.held_id,
+        )
+    )
+    assert elsewhere.delete == []
+
+
+def test_a_confirmation_never_deletes_on_an_uncertain_source() -> None:
+    destination = {k: ours(k) for k in "ABCDE"}
+    held = plan(inputs(source={"A": "A"}, destination=destination))
+    result = plan(
+        inputs(
+            source={"A": "A"},
+            destination=destination,
+            source_certain=False,
+            mass_delete_confirmation=held.held_id,
+        )
+    )
+    assert result.delete == []
 
 
 def test_keep_protects_targets_of_unsendable_source_keys() -> None:
@@ -209,11 +288,35 @@ def test_ledger_fallback_without_metadata() -> None:
     assert "Z" not in result.managed_after
 
 
-def test_recreated_sync_refreshes_uid() -> None:
-    stale = ours("1", Owner("team-a", "app", "old-uid"))
+def test_recreated_sync_on_this_cluster_refreshes_uid() -> None:
+    stale = ours("1", Owner("team-a", "app", "old-uid", "cluster-1"))
     result = plan(inputs(source={"A": "1"}, destination={"A": stale}))
     assert result.update == {"A": "1"}
     assert (OWNER_UID_KEY, "uid-1") in result.metadata["A"]
+
+
+@pytest.mark.parametrize("initial", [True, False])
+def test_same_named_sync_of_another_cluster_is_a_conflict(initial: bool) -> None:
+    destination = {"A": ours("theirs", TWIN), "B": ours("b", TWIN)}
+    result = plan(inputs(source={"A": "mine"}, destination=destination, initial=initial))
+    assert result.update == {} and result.delete == [] and result.create == {}
+    assert "another cluster (cluster-2)" in result.conflicts["A"]
+    assert result.managed_after == []
+
+
+def test_other_uid_without_a_cluster_is_a_conflict() -> None:
+    legacy = DestinationKey("x", ((OWNER_KEY, "team-a/app"), (OWNER_UID_KEY, "uid-old")))
+    result = plan(inputs(source={"A": "y"}, destination={"A": legacy}, initial=True))
+    assert result.update == {} and "cluster unknown" in result.conflicts["A"]
+
+
+def test_keys_written_before_cluster_identities_get_it() -> None:
+    legacy = DestinationKey("1", ((OWNER_KEY, "team-a/app"), (OWNER_UID_KEY, "uid-1")))
+    result = plan(inputs(source={"A": "1"}, destination={"A": legacy}))
+    assert result.update == {"A": "1"}
+    assert (OWNER_CLUSTER_KEY, "cluster-1") in result.metadata["A"]
+    settled = plan(inputs(source={"A": "1"}, destination=apply_plan({"A": legacy}, result)))
+    assert settled.update == {} and settled.unchanged == ["A"]
 
 
 def test_import_prioritize_source() -> None:
@@ -262,7 +365,7 @@ def test_imports_only_on_the_initial_sync() -> None:
 
 KEYS = st.sampled_from(["A", "B", "C", "D", "E", "F", "a:b", " G", "APP_A", "APP_B"])
 VALUES = st.sampled_from(["1", "2", " 1 ", "1\n", "", "x y", "\u00a0z"])
-OWNERS = st.sampled_from(["us", "other", "none", "no-metadata"])
+OWNERS = st.sampled_from(["us", "other", "twin", "none", "no-metadata"])
 STORED_KEYS = KEYS.filter(lambda key: key_problem(key) is None)  # the server refuses the rest
 
 
@@ -278,6 +381,8 @@ def plan_inputs(draw: st.DrawFn) -> PlanInput:
             destination[key] = ours(stored)
         elif who == "other":
             destination[key] = ours(stored, OTHER)
+        elif who == "twin":
+            destination[key] = ours(stored, TWIN)
         elif who == "none":
             destination[key] = unowned(stored)
         else:
@@ -299,7 +404,7 @@ def plan_inputs(draw: st.DrawFn) -> PlanInput:
             )
         ),
         disable_deletion=draw(st.booleans()),
-        allow_mass_delete=draw(st.booleans()),
+        mass_delete_confirmation=draw(st.sampled_from([None, "true", "0123456789ab"])),
         source_certain=draw(st.booleans()),
         uncertain_reason="test",
         ledger=frozenset(draw(st.lists(KEYS, max_size=5))),
@@ -352,9 +457,12 @@ def test_no_deletes_when_source_uncertain_or_empty(data: PlanInput) -> None:
 @given(plan_inputs())
 def test_mass_delete_guard_holds(data: PlanInput) -> None:
     result = plan(data)
-    if not data.allow_mass_delete:
+    if not result.confirmed:
         owned_now = set(result.owned_before) | set(result.create) | set(result.adopt)
         assert len(result.delete) * 2 <= len(owned_now)
+        assert data.source or not result.delete
+    else:
+        assert data.mass_delete_confirmation == held_plan_id(data.location, result.delete)
     assert set(result.delete) <= set(result.owned_before)
 
 

@@ -64,17 +64,17 @@ class Project(_Wire):
 
 
 class SecretWrite(_Wire):
-    """One item of a batch create or update."""
+    """One item of a batch create or update. An update without a value keeps the stored one
+    (releasing ownership rewrites only the metadata)."""
 
     key: str
-    value: SecretStr
+    value: SecretStr | None = None
     metadata: list[MetadataEntry] | None = None
 
     def wire(self) -> dict[str, object]:
-        item: dict[str, object] = {
-            "secretKey": self.key,
-            "secretValue": self.value.get_secret_value(),
-        }
+        item: dict[str, object] = {"secretKey": self.key}
+        if self.value is not None:
+            item["secretValue"] = self.value.get_secret_value()
         if self.metadata is not None:
             item["secretMetadata"] = [
                 {"key": entry.key, "value": entry.value} for entry in self.metadata

@@ -42,6 +42,7 @@ COREDNS_VERSION = "v1.14.7"  # pinned in tests/controlplane/corednsbuild/go.mod
 COREDNS_MODULE_DIR = REPO_ROOT / "tests" / "controlplane" / "corednsbuild"
 CRD_DIR = REPO_ROOT / "deploy" / "crds"
 RBAC_RULES = REPO_ROOT / "deploy" / "helm" / "infisical-sync" / "files" / "rbac-rules.yaml"
+CLUSTER_IDENTITY_RULES = RBAC_RULES.with_name("cluster-identity-rules.yaml")
 OPERATOR_USER = "infisical-sync-operator"
 STATE_FILE_NAME = "controlplane.json"
 SERVICE_CIDR = "10.0.0.0/24"
@@ -561,7 +562,10 @@ def install_crds(kubeconfig: Path, crd_dir: Path = CRD_DIR, timeout: float = 30)
 
 def grant_operator_rbac(kubeconfig: Path, user: str = OPERATOR_USER) -> None:
     """Bind the chart's operator rules (and nothing more) to `user` cluster-wide."""
-    grant_cluster_role(kubeconfig, user, yaml.safe_load(RBAC_RULES.read_text()))
+    rules = yaml.safe_load(RBAC_RULES.read_text()) + yaml.safe_load(
+        CLUSTER_IDENTITY_RULES.read_text()
+    )
+    grant_cluster_role(kubeconfig, user, rules)
 
 
 def grant_cluster_role(kubeconfig: Path, user: str, rules: list[dict[str, Any]]) -> None:
