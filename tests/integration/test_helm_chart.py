@@ -49,6 +49,37 @@ def test_cluster_wide_defaults(helm: str) -> None:
     role = next(doc for doc in docs if doc["kind"] == "ClusterRole")
     rules = yaml.safe_load((CHART / "files" / "rbac-rules.yaml").read_text())
     assert role["rules"] == rules
+    assert not _grants_secret_writes(role["rules"])
+
+
+def _grants_secret_writes(rules: list[dict[str, Any]]) -> bool:
+    return any(
+        "" in rule["apiGroups"]
+        and "secrets" in rule["resources"]
+        and set(rule["verbs"]) & {"patch", "update", "create", "delete", "*"}
+        for rule in rules
+    )
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[], ["rbac.clusterWide=false", "watchNamespaces={team-a,team-b}"]],
+    ids=["cluster-wide", "namespaced"],
+)
+def test_secret_writes_are_opt_in(helm: str, values: list[str]) -> None:
+    """Only rbac.secretWrites=true lets the operator patch Secrets (the import modes)."""
+    roles = [doc for doc in render(helm, *values) if doc["kind"] in ("Role", "ClusterRole")]
+    assert roles and not any(_grants_secret_writes(role["rules"]) for role in roles)
+    opted_in = [
+        doc
+        for doc in render(helm, *values, "rbac.secretWrites=true")
+        if doc["kind"] in ("Role", "ClusterRole")
+    ]
+    assert len(opted_in) == len(roles)
+    writes = yaml.safe_load((CHART / "files" / "rbac-secret-writes.yaml").read_text())
+    for role in opted_in:
+        assert role["rules"][-len(writes) :] == writes
+        assert _grants_secret_writes(role["rules"])
 
 
 def test_namespaced_install(helm: str) -> None:
