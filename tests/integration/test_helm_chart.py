@@ -99,6 +99,20 @@ def test_namespaced_install(helm: str) -> None:
     assert any(doc["kind"] == "ServiceMonitor" for doc in docs)
 
 
+def test_allowed_instance_urls(helm: str) -> None:
+    def args(*values: str) -> list[str]:
+        deployment = next(doc for doc in render(helm, *values) if doc["kind"] == "Deployment")
+        found: list[str] = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        return found
+
+    assert not [arg for arg in args() if arg.startswith("--allowed-instance-url")]  # any
+    listed = "allowedInstanceUrls={https://app.infisical.com,https://infisical.example.com/base}"
+    assert [arg for arg in args(listed) if arg.startswith("--allowed-instance-url")] == [
+        "--allowed-instance-url=https://app.infisical.com",
+        "--allowed-instance-url=https://infisical.example.com/base",
+    ]
+
+
 def test_namespaced_without_namespaces_fails(helm: str) -> None:
     result = subprocess.run(
         [helm, "template", "sync", str(CHART), "--set", "rbac.clusterWide=false"],
@@ -150,7 +164,13 @@ def _dockerfile_exec_form(instruction: str) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "values", [[], ["rbac.clusterWide=false", "watchNamespaces={team-a}"]], ids=["all", "some"]
+    "values",
+    [
+        [],
+        ["rbac.clusterWide=false", "watchNamespaces={team-a}"],
+        ["allowedInstanceUrls={https://app.infisical.com,http://10.0.0.7:8080/infisical}"],
+    ],
+    ids=["all", "some", "allow-list"],
 )
 def test_image_entrypoint_with_chart_args_is_a_valid_command(helm: str, values: list[str]) -> None:
     """The pod runs ENTRYPOINT + the chart's args (args replace CMD): that must parse as `run`."""
