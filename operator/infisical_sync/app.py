@@ -89,7 +89,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         chunk_size=config.batch_chunk_size,
     )
     memo.runtime = Runtime(settings=config, pool=pool, kicks=Kicks())
-    memo.connections = ConnectionReconciler(kube, pool, post_event=_post_event)
+    memo.connections = ConnectionReconciler(
+        kube, pool, post_event=_post_event, allowed_instances=config.allowed_instances
+    )
     memo.engine = SyncEngine(
         kube, memo.connections, post_event=_post_event, cluster_id=await _cluster_id(config, kube)
     )

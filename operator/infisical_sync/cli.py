@@ -9,6 +9,14 @@ import sys
 from pathlib import Path
 
 from infisical_sync.config import Settings
+from infisical_sync.instance_urls import parse_entry
+
+
+def _allowed_instance_url(text: str) -> str:
+    try:
+        return str(parse_entry(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--cluster-id",
         help="this cluster's identity in the ownership metadata of written keys "
         "(default: the UID of the kube-system namespace)",
+    )
+    run.add_argument(
+        "--allowed-instance-url",
+        action="append",
+        dest="allowed_instance_urls",
+        type=_allowed_instance_url,
+        metavar="URL",
+        help="an Infisical instance connections may use (repeat); none given: any",
     )
 
     fake = commands.add_parser("fake-infisical", help="serve the fake Infisical (tests, demo)")
@@ -76,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             concurrency_per_connection=args.concurrency_per_connection,
             peering=args.peering,
             cluster_id=args.cluster_id,
+            allowed_instance_urls=args.allowed_instance_urls,
         )
         return run_operator(settings)
     if args.command in ("fake-infisical", "controlplane") and not _has_testing_extra():

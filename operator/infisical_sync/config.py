@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+
+from infisical_sync.instance_urls import AllowedInstances, parse_entry
 
 ENV_PREFIX = "INFISICAL_SYNC_"
 
@@ -30,6 +32,18 @@ class Settings(BaseModel):
         max_length=128,
         description="cluster identity in key ownership (empty: kube-system namespace UID)",
     )
+    allowed_instance_urls: list[str] = Field(
+        default_factory=list, description="Infisical instances connections may use; empty: any"
+    )
+
+    @field_validator("allowed_instance_urls")
+    @classmethod
+    def _plain_urls(cls, urls: list[str]) -> list[str]:
+        return [str(parse_entry(url)) for url in urls]
+
+    @property
+    def allowed_instances(self) -> AllowedInstances:
+        return AllowedInstances.from_urls(self.allowed_instance_urls)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -41,7 +55,7 @@ class Settings(BaseModel):
                 continue
             if info.annotation in (bool, "bool"):
                 values[name] = raw.strip().lower() in ("1", "true", "yes", "on")
-            elif name == "namespaces":
+            elif info.annotation == list[str]:  # comma-separated
                 values[name] = [part.strip() for part in raw.split(",") if part.strip()]
             else:
                 values[name] = raw

@@ -19,6 +19,7 @@ from infisical_sync import metrics
 from infisical_sync.conditions import Condition, condition_status, merge_conditions, timestamp
 from infisical_sync.infisical.client import ClientPool, Credentials, InfisicalSession
 from infisical_sync.infisical.errors import InfisicalError, RateLimited
+from infisical_sync.instance_urls import AllowedInstances
 from infisical_sync.kube import Kube
 from infisical_sync.resources import ConnectionSpec
 
@@ -27,7 +28,14 @@ PLURAL = "infisicalconnections"
 EventPoster = Callable[[Any, str, str, str], None]
 
 # Failures that say nothing about the credentials themselves.
-_CREDENTIALS_UNKNOWN = {"Unreachable", "TLSError", "RateLimited", "ServerError", "InsecureHttp"}
+_CREDENTIALS_UNKNOWN = {
+    "Unreachable",
+    "TLSError",
+    "RateLimited",
+    "ServerError",
+    "InsecureHttp",
+    "InstanceNotAllowed",
+}
 
 
 @dataclass(frozen=True)
@@ -101,10 +109,12 @@ class ConnectionReconciler:
         pool: ClientPool,
         *,
         post_event: EventPoster,
+        allowed_instances: AllowedInstances,
     ) -> None:
         self.kube = kube
         self.pool = pool
         self.post_event = post_event
+        self.allowed_instances = allowed_instances
         self.states: dict[tuple[str, str], ConnectionState] = {}
 
     def state(self, namespace: str, name: str) -> ConnectionState | None:
@@ -129,6 +139,13 @@ class ConnectionReconciler:
         def fail(reason: str, message: str, client_id: str | None = None) -> Outcome:
             return Outcome(False, reason, message, client_id, spec.instance_url)
 
+        # Before any Secret is read: credentials never go to an instance the operator refuses.
+        if not self.allowed_instances.allows(spec.instance_url):
+            return fail(
+                "InstanceNotAllowed",
+                f"instanceUrl {spec.instance_url} is not allowed by the operator "
+                f"(allowed: {self.allowed_instances}); no Secret was read",
+            )
         ref = spec.credentials.secret_ref
         secret = await self.kube.read_secret(namespace, ref.name)
         if secret is None:

@@ -19,6 +19,10 @@ GROUP = "infisical-sync.dev"
 VERSION = "v1alpha1"
 
 
+class WriteForbidden(Exception):
+    """The API server refused a write (403): the operator's RBAC does not grant it."""
+
+
 @dataclass(frozen=True)
 class SecretData:
     name: str
@@ -91,7 +95,18 @@ class Kube:
                 key: base64.b64encode(value.encode()).decode() for key, value in values.items()
             },
         }
-        await asyncio.to_thread(self.core.patch_namespaced_secret, name, namespace, patch)
+
+        def write() -> None:
+            try:
+                self.core.patch_namespaced_secret(name, namespace, patch)
+            except ApiException as exc:
+                if exc.status == 403:
+                    raise WriteForbidden(
+                        f"patching Secret {namespace}/{name} refused (403)"
+                    ) from None
+                raise
+
+        await asyncio.to_thread(write)
 
     async def namespace_uid(self, name: str) -> str:
         namespace = await asyncio.to_thread(self.core.read_namespace, name)

@@ -27,7 +27,7 @@ from infisical_sync.infisical.errors import (
     RateLimited,
 )
 from infisical_sync.infisical.models import MetadataEntry, SecretLocation, SecretWrite
-from infisical_sync.kube import Kube
+from infisical_sync.kube import Kube, WriteForbidden
 from infisical_sync.planner import (
     ALLOW_MASS_DELETE,
     DestinationKey,
@@ -465,6 +465,15 @@ class SyncEngine:
                 )
         except InfisicalError as exc:
             raise self._remote_failure("SourceReady", exc) from None
+        except WriteForbidden as exc:
+            # A configuration problem, not a transient one: retried at the next timer tick.
+            raise SyncFailed(
+                "SourceReady",
+                "ImportForbidden",
+                f"cannot import into the source: {exc}; install the chart with "
+                "rbac.secretWrites=true (or grant the operator patch on this Secret), "
+                "or use initialSyncBehavior overwrite-destination",
+            ) from None
         except Exception as exc:
             if isinstance(exc, SyncFailed):
                 raise

@@ -63,6 +63,7 @@ def test_cluster_wide_defaults(helm: str) -> None:
     roles = {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == "ClusterRole"}
     rules = yaml.safe_load((CHART / "files" / "rbac-rules.yaml").read_text())
     assert roles["sync-infisical-sync"]["rules"] == rules
+    assert not _grants_secret_writes(roles["sync-infisical-sync"]["rules"])
     assert roles["sync-infisical-sync-cluster-identity"]["rules"] == [CLUSTER_IDENTITY_RULE]
     assert not any(env["name"] == "INFISICAL_SYNC_CLUSTER_ID" for env in container["env"])
 
@@ -74,6 +75,41 @@ def test_cluster_identity_from_a_value_needs_no_cluster_read(helm: str) -> None:
         "spec"
     ]["containers"][0]
     assert {"name": "INFISICAL_SYNC_CLUSTER_ID", "value": "prod-eu-1"} in container["env"]
+
+
+def _operator_role(doc: dict[str, Any]) -> bool:
+    """The operator's (Cluster)Roles, less the one for reading the cluster identity."""
+    return doc["kind"] in ("Role", "ClusterRole") and not doc["metadata"]["name"].endswith(
+        "-cluster-identity"
+    )
+
+
+def _grants_secret_writes(rules: list[dict[str, Any]]) -> bool:
+    return any(
+        "" in rule["apiGroups"]
+        and "secrets" in rule["resources"]
+        and set(rule["verbs"]) & {"patch", "update", "create", "delete", "*"}
+        for rule in rules
+    )
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[], ["rbac.clusterWide=false", "watchNamespaces={team-a,team-b}"]],
+    ids=["cluster-wide", "namespaced"],
+)
+def test_secret_writes_are_opt_in(helm: str, values: list[str]) -> None:
+    """Only rbac.secretWrites=true lets the operator patch Secrets (the import modes)."""
+    roles = [doc for doc in render(helm, *values) if _operator_role(doc)]
+    assert roles and not any(_grants_secret_writes(role["rules"]) for role in roles)
+    opted_in = [
+        doc for doc in render(helm, *values, "rbac.secretWrites=true") if _operator_role(doc)
+    ]
+    assert len(opted_in) == len(roles)
+    writes = yaml.safe_load((CHART / "files" / "rbac-secret-writes.yaml").read_text())
+    for role in opted_in:
+        assert role["rules"][-len(writes) :] == writes
+        assert _grants_secret_writes(role["rules"])
 
 
 def test_namespaced_install(helm: str) -> None:
@@ -95,6 +131,20 @@ def test_namespaced_install(helm: str) -> None:
     ][0]["args"]
     assert "--namespace=team-a" in args and "--namespace=team-b" in args
     assert any(doc["kind"] == "ServiceMonitor" for doc in docs)
+
+
+def test_allowed_instance_urls(helm: str) -> None:
+    def args(*values: str) -> list[str]:
+        deployment = next(doc for doc in render(helm, *values) if doc["kind"] == "Deployment")
+        found: list[str] = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        return found
+
+    assert not [arg for arg in args() if arg.startswith("--allowed-instance-url")]  # any
+    listed = "allowedInstanceUrls={https://app.infisical.com,https://infisical.example.com/base}"
+    assert [arg for arg in args(listed) if arg.startswith("--allowed-instance-url")] == [
+        "--allowed-instance-url=https://app.infisical.com",
+        "--allowed-instance-url=https://infisical.example.com/base",
+    ]
 
 
 def test_namespaced_without_namespaces_fails(helm: str) -> None:
@@ -148,7 +198,13 @@ def _dockerfile_exec_form(instruction: str) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "values", [[], ["rbac.clusterWide=false", "watchNamespaces={team-a}"]], ids=["all", "some"]
+    "values",
+    [
+        [],
+        ["rbac.clusterWide=false", "watchNamespaces={team-a}"],
+        ["allowedInstanceUrls={https://app.infisical.com,http://10.0.0.7:8080/infisical}"],
+    ],
+    ids=["all", "some", "allow-list"],
 )
 def test_image_entrypoint_with_chart_args_is_a_valid_command(helm: str, values: list[str]) -> None:
     """The pod runs ENTRYPOINT + the chart's args (args replace CMD): that must parse as `run`."""

@@ -23,6 +23,7 @@ from tests.kube_helpers import (
 )
 
 from infisical_sync.planner import OWNER_KEY
+from infisical_sync.testing.controlplane import ControlPlane, grant_secret_writes
 from infisical_sync.testing.fake_infisical import BackgroundFake, FakeInfisical, Fault, RateLimits
 
 pytestmark = pytest.mark.controlplane
@@ -336,11 +337,13 @@ def test_unowned_key_after_the_first_sync_is_a_conflict(
 )
 def test_import_modes(
     env: tuple[Any, str, FakeInfisical],
+    control_plane: ControlPlane,
     behavior: str,
     expected_source: dict[str, str],
     expected_remote: dict[str, str],
 ) -> None:
     kube, namespace, fake = env
+    grant_secret_writes(control_plane.kubeconfig, namespace)  # rbac.secretWrites=true
     fake.state.put_secret(PROJECT, "prod", "/apps/payments", "A", "dest")
     fake.state.put_secret(PROJECT, "prod", "/apps/payments", "ONLY_DEST", "d")
     put_secret(kube, namespace, "app", {"A": "src", "ONLY_SRC": "s"})
@@ -358,6 +361,34 @@ def test_import_modes(
     found = status(kube, namespace, SYNCS, "sync")
     assert found["lastImportedAt"] and "ONLY_DEST" in found["lastImportMessage"]
     assert found["managedKeys"] == sorted(expected_remote)
+
+
+def test_import_without_secret_writes_names_the_chart_value(
+    env: tuple[Any, str, FakeInfisical],
+) -> None:
+    """The chart's default RBAC cannot patch Secrets: the import stops with a clear reason,
+    and nothing is pushed (an import mode never writes the destination before importing)."""
+    kube, namespace, fake = env
+    fake.state.put_secret(PROJECT, "prod", "/apps/payments", "ONLY_DEST", CANARY_VALUE)
+    put_secret(kube, namespace, "app", {"A": "src"})
+    create(
+        kube,
+        namespace,
+        SYNCS,
+        "SecretSync",
+        "sync",
+        sync_spec(syncOptions={"initialSyncBehavior": "import-prioritize-source"}),
+    )
+    wait_for(lambda: sync_status(kube, namespace) == "Failed")
+    found = status(kube, namespace, SYNCS, "sync")
+    reasons = {c["type"]: (c["status"], c["reason"]) for c in found["conditions"]}
+    assert reasons["SourceReady"] == ("False", "ImportForbidden")
+    assert reasons["Synced"] == ("False", "ImportForbidden")
+    assert "rbac.secretWrites" in found["lastSyncMessage"]
+    assert CANARY_VALUE not in repr(found)
+    assert read_secret(kube, namespace, "app") == {"A": "src"}
+    assert remote(fake) == {"ONLY_DEST": CANARY_VALUE}
+    wait_for(lambda: "ImportForbidden" in event_reasons(kube, namespace, "sync"))
 
 
 def test_deletion_policies(env: tuple[Any, str, FakeInfisical]) -> None:

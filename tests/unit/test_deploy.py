@@ -46,18 +46,28 @@ def test_every_field_is_described_for_kubectl_explain(crd_path: Path) -> None:
         assert {c["name"] for c in version["additionalPrinterColumns"]} >= {"Age"}
 
 
-def test_rbac_rules_are_least_privilege() -> None:
-    rules = yaml.safe_load((CHART / "files" / "rbac-rules.yaml").read_text())
-    verbs = {
+def _verbs(rules_file: str) -> dict[tuple[str, str], set[str]]:
+    rules = yaml.safe_load((CHART / "files" / rules_file).read_text())
+    return {
         (group, resource): set(rule["verbs"])
         for rule in rules
         for group in rule["apiGroups"]
         for resource in rule["resources"]
     }
+
+
+def test_rbac_rules_are_least_privilege() -> None:
+    verbs = _verbs("rbac-rules.yaml")
     assert "*" not in {verb for granted in verbs.values() for verb in granted}
-    assert verbs[("", "secrets")] == {"get", "list", "watch", "patch"}  # never create or delete
+    assert verbs[("", "secrets")] == {"get", "list", "watch"}  # Secret writes are opt-in
     assert "delete" not in verbs[("infisical-sync.dev", "secretsyncs")]
     assert verbs[("infisical-sync.dev", "secretsyncs/status")] == {"get", "patch"}
+
+
+def test_secret_writes_are_opt_in_and_only_patch() -> None:
+    """rbac.secretWrites (off by default) adds patch on Secrets, for the import modes only."""
+    assert yaml.safe_load((CHART / "values.yaml").read_text())["rbac"]["secretWrites"] is False
+    assert _verbs("rbac-secret-writes.yaml") == {("", "secrets"): {"patch"}}  # never create/delete
 
 
 def test_samples_parse_and_name_each_other() -> None:

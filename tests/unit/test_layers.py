@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).parents[2] / "operator" / "infisical_sync"
-PURE = ["planner.py", "conditions.py", "durations.py", "selectors.py", "resources.py"]
+PURE = [
+    "planner.py",
+    "conditions.py",
+    "durations.py",
+    "selectors.py",
+    "resources.py",
+    "instance_urls.py",
+]
 IO_LIBRARIES = {
     "kopf",
     "kubernetes",

@@ -43,6 +43,8 @@ COREDNS_MODULE_DIR = REPO_ROOT / "tests" / "controlplane" / "corednsbuild"
 CRD_DIR = REPO_ROOT / "deploy" / "crds"
 RBAC_RULES = REPO_ROOT / "deploy" / "helm" / "infisical-sync" / "files" / "rbac-rules.yaml"
 CLUSTER_IDENTITY_RULES = RBAC_RULES.with_name("cluster-identity-rules.yaml")
+# Added by the chart only with rbac.secretWrites=true (the import modes).
+RBAC_SECRET_WRITES = RBAC_RULES.with_name("rbac-secret-writes.yaml")
 OPERATOR_USER = "infisical-sync-operator"
 STATE_FILE_NAME = "controlplane.json"
 SERVICE_CIDR = "10.0.0.0/24"
@@ -561,11 +563,49 @@ def install_crds(kubeconfig: Path, crd_dir: Path = CRD_DIR, timeout: float = 30)
 
 
 def grant_operator_rbac(kubeconfig: Path, user: str = OPERATOR_USER) -> None:
-    """Bind the chart's operator rules (and nothing more) to `user` cluster-wide."""
+    """Bind the chart's default rules and the cluster-identity read (nothing more) to `user`."""
     rules = yaml.safe_load(RBAC_RULES.read_text()) + yaml.safe_load(
         CLUSTER_IDENTITY_RULES.read_text()
     )
     grant_cluster_role(kubeconfig, user, rules)
+
+
+def grant_secret_writes(kubeconfig: Path, namespace: str, user: str = OPERATOR_USER) -> None:
+    """What rbac.secretWrites=true adds, as the chart's namespaced mode renders it: a Role and
+    RoleBinding in `namespace` only."""
+    from kubernetes import client
+
+    rbac = client.RbacAuthorizationV1Api(api_client(kubeconfig))
+    name = f"{user}-secret-writes"
+    role: Any = {
+        "metadata": {"name": name},
+        "rules": yaml.safe_load(RBAC_SECRET_WRITES.read_text()),
+    }
+    binding: Any = {
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    }
+    rbac.create_namespaced_role(namespace, role)
+    rbac.create_namespaced_role_binding(namespace, binding)
+    # The authorizer learns of new bindings from a watch: wait until it answers yes, so the
+    # operator's first import is not refused.
+    review: Any = {
+        "spec": {
+            "user": user,
+            "resourceAttributes": {"namespace": namespace, "verb": "patch", "resource": "secrets"},
+        }
+    }
+    authorization = client.AuthorizationV1Api(api_client(kubeconfig))
+    deadline = time.monotonic() + 10
+    while not _allowed(authorization.create_subject_access_review(review)):
+        if time.monotonic() > deadline:
+            raise ControlPlaneError(f"patch on Secrets in {namespace} not granted to {user}")
+        time.sleep(0.05)
+
+
+def _allowed(review: Any) -> bool:
+    return bool(review.status and review.status.allowed)
 
 
 def grant_cluster_role(kubeconfig: Path, user: str, rules: list[dict[str, Any]]) -> None:
