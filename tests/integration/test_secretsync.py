@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +24,7 @@ from tests.kube_helpers import (
     status,
 )
 
+from infisical_sync.conditions import timestamp
 from infisical_sync.planner import OWNER_KEY
 from infisical_sync.testing.fake_infisical import BackgroundFake, FakeInfisical, Fault, RateLimits
 
@@ -147,13 +150,30 @@ def request_sync(kube: Any, namespace: str, value: str, name: str = "sync") -> N
     patch(kube, namespace, SYNCS, name, {"metadata": {"annotations": annotation}})
 
 
+def next_cycle(kube: Any, namespace: str, name: str = "sync") -> None:
+    """Return once a whole sync cycle that started after this call has ended.
+
+    The status is written at the end of a cycle with the second it started in
+    (lastSyncAttemptAt), so an attempt stamped after the call's second proves it. Syncs are
+    requested until one shows up: a cycle started in the call's own second would not."""
+    asked = timestamp(dt.datetime.now(dt.UTC))
+
+    def ended() -> bool:
+        if status(kube, namespace, SYNCS, name).get("lastSyncAttemptAt", "") > asked:
+            return True
+        request_sync(kube, namespace, uuid.uuid4().hex, name)
+        return False
+
+    wait_for(ended, timeout=15, interval=0.5, message=f"for a new sync cycle of {name}")
+
+
 def test_drift_is_corrected_by_the_timer(env: tuple[Any, str, FakeInfisical]) -> None:
     kube, namespace, fake = env
     put_secret(kube, namespace, "app", {"A": "1"})
-    create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec(syncInterval="2s"))
+    create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec(syncInterval="10s"))
     wait_for(lambda: remote(fake) == {"A": "1"})
     fake.state.put_secret(PROJECT, "prod", "/apps/payments", "A", "tampered")
-    wait_for(lambda: remote(fake) == {"A": "1"}, timeout=15)
+    wait_for(lambda: remote(fake) == {"A": "1"}, timeout=25)  # 10 s ±10 %, nothing else kicks
 
 
 def test_removed_key_is_deleted_or_kept(env: tuple[Any, str, FakeInfisical]) -> None:
@@ -244,12 +264,14 @@ def test_two_syncs_on_one_key_report_a_conflict_without_flapping(
     kube, namespace, fake = env
     put_secret(kube, namespace, "first", {"SHARED": "one"})
     put_secret(kube, namespace, "second", {"SHARED": "two", "OWN": "x"})
-    create(kube, namespace, SYNCS, "SecretSync", "one", sync_spec(["first"], syncInterval="1s"))
+    create(kube, namespace, SYNCS, "SecretSync", "one", sync_spec(["first"]))
     wait_for(lambda: remote(fake) == {"SHARED": "one"})
-    create(kube, namespace, SYNCS, "SecretSync", "two", sync_spec(["second"], syncInterval="1s"))
+    create(kube, namespace, SYNCS, "SecretSync", "two", sync_spec(["second"]))
     wait_for(lambda: status(kube, namespace, SYNCS, "two").get("conflicts") == ["SHARED"])
     version = fake.state.folder(PROJECT, "prod", "/apps/payments")["SHARED"].version  # type: ignore[index]
-    time.sleep(4)  # several timer cycles of both
+    for _ in range(2):  # further cycles of both, each run to its end
+        next_cycle(kube, namespace, "one")
+        next_cycle(kube, namespace, "two")
     assert remote(fake) == {"SHARED": "one", "OWN": "x"}
     assert fake.state.folder(PROJECT, "prod", "/apps/payments")["SHARED"].version == version  # type: ignore[index]
     assert condition(kube, namespace, SYNCS, "two", "Synced") == ("True", "SyncedWithConflicts")
@@ -458,7 +480,7 @@ def test_infisical_to_infisical(
                 "credentials": {"secretRef": {"name": "cloud-identity"}},
             },
         )
-        spec = sync_spec(syncInterval="2s")
+        spec = sync_spec()
         spec["source"] = {
             "infisical": {
                 "connectionRef": {"name": "cloud"},
@@ -468,10 +490,14 @@ def test_infisical_to_infisical(
         }
         create(kube, namespace, SYNCS, "SecretSync", "sync", spec)
         wait_for(lambda: remote(fake) == {"FROM_CLOUD": CANARY_VALUE, "SECOND": "2"}, timeout=20)
+        # An Infisical source is not watched: the timer or a request reads it again.
         cloud.state.put_secret("p-cloud", "prod", "/", "SECOND", "changed")
+        request_sync(kube, namespace, "after-change")
         wait_for(lambda: remote(fake).get("SECOND") == "changed", timeout=15)
-        # Unchanged source between timer ticks: conditional lists answered 304.
-        wait_for(lambda: cloud.count(r"/api/v4/secrets$", status=304) >= 1, timeout=10)
+        # Unchanged source on the next cycle: its conditional list is answered 304.
+        not_modified = cloud.count(r"/api/v4/secrets$", status=304)
+        next_cycle(kube, namespace)
+        assert cloud.count(r"/api/v4/secrets$", status=304) > not_modified
         assert CANARY_VALUE not in repr(status(kube, namespace, SYNCS, "sync"))
 
 
