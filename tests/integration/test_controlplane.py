@@ -260,6 +260,10 @@ INFISICAL_SOURCE = {"connectionRef": {"name": "cloud"}, "projectSlug": "app", "e
         ({"deletionPolicy": "Orphan"}, "spec.deletionPolicy"),
         ({"syncOptions": {"keySchema": "PREFIX_"}}, "keySchema must contain {{secretKey}}"),
         ({"syncOptions": {"keySchema": "A:{{secretKey}}"}}, "keySchema may only add"),
+        # Infisical refuses every key with a / in it: such a schema would skip every key.
+        ({"syncOptions": {"keySchema": "team/{{secretKey}}"}}, "keySchema may only add"),
+        ({"syncOptions": {"keySchema": "{{secretKey}}/x"}}, "keySchema may only add"),
+        ({"syncOptions": {"keySchema": "{{ secretKey }}"}}, "keySchema must contain {{secretKey}}"),
         (
             {
                 "source": {"kubernetes": {"secrets": [{"name": "a"}, {"name": "b"}]}},
@@ -309,6 +313,16 @@ def test_the_minimum_intervals_are_accepted(kube: Any, namespace: str) -> None:
         GROUP, VERSION, namespace, "infisicalconnections", body
     )
     assert (sync["spec"]["syncInterval"], conn["spec"]["validationInterval"]) == ("10s", "30s")
+
+
+@pytest.mark.parametrize(
+    "schema", ["{{secretKey}}", "TEAM_{{secretKey}}_V1", "{{environment}}-{{secretKey}}"]
+)
+def test_key_schemas_infisical_accepts_are_accepted(kube: Any, namespace: str, schema: str) -> None:
+    created = client.CustomObjectsApi(kube).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "secretsyncs", secretsync(syncOptions={"keySchema": schema})
+    )
+    assert created["spec"]["syncOptions"]["keySchema"] == schema
 
 
 def test_secretsync_defaults(kube: Any, namespace: str) -> None:

@@ -626,3 +626,28 @@ def test_uncertain_source_without_deletes_is_still_not_ready(
     assert condition(kube, namespace, SYNCS, "sync", "Ready") == ("False", "SourceUncertain")
     assert condition(kube, namespace, SYNCS, "sync", "SourceReady") == ("False", "SecretKeyMissing")
     assert "has no key MISSING" in status(kube, namespace, SYNCS, "sync")["lastSyncMessage"]
+
+
+def test_a_sync_that_skips_every_key_is_not_synced(env: tuple[Any, str, FakeInfisical]) -> None:
+    kube, namespace, fake = env
+    binary = base64.b64encode(b"\x89PNG\xff\xfe").decode()
+    client.CoreV1Api(kube).create_namespaced_secret(
+        namespace, {"metadata": {"name": "app"}, "data": {"LOGO": binary, "ICON": binary}}
+    )
+    create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec())
+    wait_for(lambda: sync_status(kube, namespace) == "Failed")
+    assert condition(kube, namespace, SYNCS, "sync", "Ready") == ("False", "AllKeysSkipped")
+    assert condition(kube, namespace, SYNCS, "sync", "Synced") == ("False", "AllKeysSkipped")
+    found = status(kube, namespace, SYNCS, "sync")
+    assert "every source key was skipped" in found["lastSyncMessage"]
+    assert "LOGO: Secret app: value is not UTF-8 text" in found["lastSyncMessage"]
+    assert found["skippedKeys"] == [
+        "ICON: Secret app: value is not UTF-8 text",
+        "LOGO: Secret app: value is not UTF-8 text",
+    ]
+    assert "AllKeysSkipped" in event_reasons(kube, namespace, "sync")
+    assert fake.count(r"/batch$") == 0
+    # One key that can be sent makes it a sync again.
+    put_secret(kube, namespace, "app", {"NAME": "n"})
+    wait_for(lambda: sync_status(kube, namespace) == "Succeeded", timeout=10)
+    assert condition(kube, namespace, SYNCS, "sync", "Ready") == ("True", "Synced")
