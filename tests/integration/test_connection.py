@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -96,10 +95,10 @@ def test_missing_secret_then_created(
     create_connection(kube, namespace, fake.url)
     wait_ready(kube, namespace, ("False", "SecretNotFound"))
     assert f"{namespace}/identity not found" in status(kube, namespace)["message"]
-    started = time.monotonic()
+    # The watch or the failure retry (5 s, 10 s) picks it up; the watch alone is shown by
+    # test_deleted_credentials_secret_is_noticed, where no retry is pending.
     credentials(kube, namespace)
     wait_ready(kube, namespace, ("True", "Validated"), timeout=10)
-    assert time.monotonic() - started < 10  # the Secret watch, not the 1m timer
 
 
 def test_missing_key(

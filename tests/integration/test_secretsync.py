@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -129,20 +128,16 @@ def test_source_edit_is_pushed_at_once_and_etag_saves_writes(
     put_secret(kube, namespace, "app", {"A": "1"})
     create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec())
     wait_for(lambda: remote(fake) == {"A": "1"})
-    started = time.monotonic()
     put_secret(kube, namespace, "app", {"A": "2", "B": "3"})
+    # Within 10 s with a 1h timer and no failure to retry: the Secret watch.
     wait_for(lambda: remote(fake) == {"A": "2", "B": "3"}, timeout=10)
-    assert time.monotonic() - started < 10  # the Secret watch, not the 1h timer
-    # Requests with nothing changed: after one full list following the writes, the conditional
-    # list is answered 304 and nothing is written.
-    lists = fake.count(r"/api/v4/secrets$")
-    request_sync(kube, namespace, "r1")
-    wait_for(lambda: fake.count(r"/api/v4/secrets$") > lists, timeout=10)
-    writes_before = fake.count(r"/api/v4/secrets/batch$")
-    request_sync(kube, namespace, "r2")
-    wait_for(lambda: fake.count(r"/api/v4/secrets$", status=304) >= 1, timeout=10)
-    time.sleep(0.5)
-    assert fake.count(r"/api/v4/secrets/batch$") == writes_before
+    # Nothing changed: after one full list following the writes (they moved the ETag), whole
+    # cycles send a conditional list answered 304 and write nothing.
+    next_cycle(kube, namespace)
+    writes, not_modified = fake.count(r"/batch$"), fake.count(r"/api/v4/secrets$", status=304)
+    next_cycle(kube, namespace)
+    assert fake.count(r"/api/v4/secrets$", status=304) > not_modified
+    assert fake.count(r"/batch$") == writes
 
 
 def request_sync(kube: Any, namespace: str, value: str, name: str = "sync") -> None:
@@ -303,16 +298,34 @@ def test_suspend(env: tuple[Any, str, FakeInfisical]) -> None:
     wait_for(lambda: remote(fake) == {"A": "1"}, timeout=10)
 
 
+def lists_of(fake: FakeInfisical, path: str = "/apps/payments") -> int:
+    return sum(
+        1
+        for record in fake.log
+        if record.path.endswith("/secrets") and record.query.get("secretPath") == path
+    )
+
+
 def test_auto_sync_disabled_waits_for_a_request(env: tuple[Any, str, FakeInfisical]) -> None:
     kube, namespace, fake = env
     put_secret(kube, namespace, "app", {"A": "1"})
     create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec(autoSyncEnabled=False))
+    # A witness reading the same Secret shows when the operator has acted on its change.
+    witness_destination = {**sync_spec()["destination"], "secretPath": "/witness"}
+    create(
+        kube, namespace, SYNCS, "SecretSync", "witness", sync_spec(destination=witness_destination)
+    )
     wait_for(lambda: remote(fake) == {"A": "1"})  # creation counts as a spec change
+    wait_for(lambda: remote(fake, "/witness") == {"A": "1"})
+    lists = lists_of(fake)
     put_secret(kube, namespace, "app", {"A": "2"})
-    time.sleep(2)
+    wait_for(lambda: remote(fake, "/witness") == {"A": "2"}, timeout=10)
+    next_cycle(kube, namespace, "witness")  # and a whole cycle more
+    assert lists_of(fake) == lists  # the Secret change did not even make it look
     assert remote(fake) == {"A": "1"}
     request_sync(kube, namespace, "t1")
     wait_for(lambda: remote(fake) == {"A": "2"}, timeout=10)
+    assert lists_of(fake) == lists + 1  # the requested cycle's, and no other
 
 
 def test_overwrite_destination_adopts_on_first_sync(env: tuple[Any, str, FakeInfisical]) -> None:
@@ -588,7 +601,10 @@ def test_new_destination_starts_afresh(env: tuple[Any, str, FakeInfisical]) -> N
     wait_for(lambda: condition(kube, namespace, SYNCS, "sync", "Ready") == ("False", "Suspended"))
     put_secret(kube, namespace, "app", {"A": "1"})
     patch(kube, namespace, SYNCS, "sync", {"spec": {"destination": {"secretPath": "/other"}}})
-    time.sleep(1)
+    generation = (get(kube, namespace, SYNCS, "sync") or {})["metadata"]["generation"]
+    # The spec change runs a (suspended) cycle; once its status is written, status.destination
+    # has still not moved: nothing was written to the new destination.
+    wait_for(lambda: status(kube, namespace, SYNCS, "sync").get("observedGeneration") == generation)
     assert status(kube, namespace, SYNCS, "sync")["destination"].endswith(":/apps/payments")
     patch(kube, namespace, SYNCS, "sync", {"spec": {"suspend": False}})
     wait_for(lambda: status(kube, namespace, SYNCS, "sync")["destination"].endswith(":/other"))
