@@ -23,7 +23,7 @@ from prometheus_client import start_http_server
 
 from infisical_sync.config import Settings
 from infisical_sync.connection import ConnectionReconciler
-from infisical_sync.durations import jittered, parse_duration, retry_delay
+from infisical_sync.durations import jittered, retry_delay, sync_interval, validation_interval
 from infisical_sync.infisical.client import ClientPool
 from infisical_sync.infisical.transport import TransportOptions
 from infisical_sync.kube import GROUP, VERSION, Kube, load_api_client
@@ -233,7 +233,7 @@ async def connection_daemon(
     force, failures = True, 0
     try:
         while True:
-            interval = parse_duration((body.get("spec") or {}).get("validationInterval"), 300.0)
+            interval = validation_interval(body.get("spec") or {})
             try:
                 outcome, notify = await reconciler.reconcile(
                     namespace, name, body, force_login=force
@@ -302,7 +302,7 @@ async def secretsync_daemon(
     key = ("SecretSync", namespace, name)
     slot = runtime.kicks.slot(key)
     status = body.get("status") or {}
-    interval = parse_duration((body.get("spec") or {}).get("syncInterval"), 300.0)
+    interval = sync_interval(body.get("spec") or {})
     if status.get("lastSyncedAt") and status.get("observedGeneration") == body.meta.get(
         "generation"
     ):
@@ -320,7 +320,7 @@ async def secretsync_daemon(
     try:
         while True:
             spec = body.get("spec") or {}
-            interval = parse_duration(spec.get("syncInterval"), 300.0)
+            interval = sync_interval(spec)
             auto = spec.get("autoSyncEnabled", True)
             if auto or reasons & MANUAL_REASONS:
                 async with runtime.lock(key):

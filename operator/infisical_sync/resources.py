@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from infisical_sync.durations import parse_duration
+from infisical_sync.durations import sync_interval, validation_interval
 
 
 class _Spec(BaseModel):
@@ -47,7 +47,7 @@ class ConnectionSpec(_Spec):
 
     @property
     def validation_seconds(self) -> float:
-        return parse_duration(self.validation_interval, 300.0)
+        return validation_interval({"validationInterval": self.validation_interval})
 
     def referenced_secrets(self) -> list[str]:
         names = [self.credentials.secret_ref.name]
@@ -152,7 +152,7 @@ class SecretSyncSpec(_Spec):
 
     @property
     def sync_seconds(self) -> float:
-        return parse_duration(self.sync_interval, 300.0)
+        return sync_interval({"syncInterval": self.sync_interval})
 
     def connection_names(self) -> set[str]:
         names = {self.destination.connection_ref.name}

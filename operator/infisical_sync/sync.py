@@ -595,6 +595,14 @@ class SyncEngine:
             message += "; duplicate keys: " + "; ".join(source.duplicates)
         if source.problems:
             message += "; source: " + "; ".join(source.problems)
+        skipped = {**source.skipped, **result.skipped}
+        # Keys there, none sendable (e.g. binary values): nothing synced, whatever the counts say.
+        all_skipped = bool(skipped) and result.synced_keys == 0 and not result.conflicts
+        if all_skipped:
+            why = "every source key was skipped: " + "; ".join(
+                f"{k}: {v}" for k, v in sorted(skipped.items())
+            )
+            message += "; " + why
         source_condition = (
             Condition("SourceReady", "True", "SourceRead", f"{len(source.values)} keys read")
             if source.certain
@@ -613,6 +621,9 @@ class SyncEngine:
         elif result.held_deletes:
             synced = Condition("Synced", "False", "DeletionHeld", result.hold_reason)
             ready = Condition("Ready", "False", "DeletionHeld", result.hold_reason)
+        elif all_skipped:
+            synced = Condition("Synced", "False", "AllKeysSkipped", why)
+            ready = Condition("Ready", "False", "AllKeysSkipped", why)
         elif result.conflicts:
             synced = Condition("Synced", "True", "SyncedWithConflicts", message)
             ready = Condition("Ready", "True", "SyncedWithConflicts", message)
@@ -652,9 +663,7 @@ class SyncEngine:
                 if result.held_deletes
                 else None
             ),
-            "skippedKeys": [
-                f"{k}: {v}" for k, v in sorted({**source.skipped, **result.skipped}.items())
-            ],
+            "skippedKeys": [f"{k}: {v}" for k, v in sorted(skipped.items())],
             "ownershipTracking": (
                 previous.get("ownershipTracking", "Metadata")
                 if result.metadata_tracking is None
@@ -666,7 +675,7 @@ class SyncEngine:
         if dry_run:
             status["syncStatus"] = previous.get("syncStatus") or "Pending"
             return status
-        failed = bool(result.held_deletes) or not source.certain
+        failed = bool(result.held_deletes) or not source.certain or all_skipped
         status.update(
             {
                 "syncStatus": "Failed" if failed else "Succeeded",

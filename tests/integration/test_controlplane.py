@@ -139,6 +139,14 @@ def test_schema_rejects_a_bad_placeholder(kube: Any, namespace: str, widget_crd:
             lambda body: body["spec"].update(instanceUrl="http://infisical.example.com"),
             "instanceUrl must use https:// unless allowInsecureHttp is true",
         ),
+        (
+            lambda body: body["spec"].update(validationInterval="0s"),
+            "validationInterval must be at least 30s",
+        ),
+        (
+            lambda body: body["spec"].update(validationInterval="29s"),
+            "validationInterval must be at least 30s",
+        ),
     ],
 )
 def test_schema_rejects_bad_objects(kube: Any, namespace: str, mutate: Any, expected: str) -> None:
@@ -246,9 +254,16 @@ INFISICAL_SOURCE = {"connectionRef": {"name": "cloud"}, "projectSlug": "app", "e
             "exactly one of projectId or projectSlug",
         ),
         ({"syncInterval": "5 minutes"}, "spec.syncInterval"),
+        ({"syncInterval": "0s"}, "syncInterval must be at least 10s"),
+        ({"syncInterval": "5s"}, "syncInterval must be at least 10s"),
+        ({"syncInterval": "9999ms"}, "syncInterval must be at least 10s"),
         ({"deletionPolicy": "Orphan"}, "spec.deletionPolicy"),
         ({"syncOptions": {"keySchema": "PREFIX_"}}, "keySchema must contain {{secretKey}}"),
         ({"syncOptions": {"keySchema": "A:{{secretKey}}"}}, "keySchema may only add"),
+        # Infisical refuses every key with a / in it: such a schema would skip every key.
+        ({"syncOptions": {"keySchema": "team/{{secretKey}}"}}, "keySchema may only add"),
+        ({"syncOptions": {"keySchema": "{{secretKey}}/x"}}, "keySchema may only add"),
+        ({"syncOptions": {"keySchema": "{{ secretKey }}"}}, "keySchema must contain {{secretKey}}"),
         (
             {
                 "source": {"kubernetes": {"secrets": [{"name": "a"}, {"name": "b"}]}},
@@ -285,6 +300,29 @@ def test_secretsync_rules_are_enforced_by_the_api_server(
         )
     assert caught.value.status == 422
     assert expected in json.loads(caught.value.body)["message"]
+
+
+def test_the_minimum_intervals_are_accepted(kube: Any, namespace: str) -> None:
+    api = client.CustomObjectsApi(kube)
+    sync = api.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "secretsyncs", secretsync(syncInterval="10s", suspend=True)
+    )
+    body = connection("conn")
+    body["spec"]["validationInterval"] = "30s"
+    conn = api.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "infisicalconnections", body
+    )
+    assert (sync["spec"]["syncInterval"], conn["spec"]["validationInterval"]) == ("10s", "30s")
+
+
+@pytest.mark.parametrize(
+    "schema", ["{{secretKey}}", "TEAM_{{secretKey}}_V1", "{{environment}}-{{secretKey}}"]
+)
+def test_key_schemas_infisical_accepts_are_accepted(kube: Any, namespace: str, schema: str) -> None:
+    created = client.CustomObjectsApi(kube).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "secretsyncs", secretsync(syncOptions={"keySchema": schema})
+    )
+    assert created["spec"]["syncOptions"]["keySchema"] == schema
 
 
 def test_secretsync_defaults(kube: Any, namespace: str) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import base64
-import time
+import datetime as dt
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +23,7 @@ from tests.kube_helpers import (
     status,
 )
 
+from infisical_sync.conditions import timestamp
 from infisical_sync.planner import OWNER_KEY
 from infisical_sync.testing.controlplane import ControlPlane, grant_secret_writes
 from infisical_sync.testing.fake_infisical import BackgroundFake, FakeInfisical, Fault, RateLimits
@@ -127,20 +129,16 @@ def test_source_edit_is_pushed_at_once_and_etag_saves_writes(
     put_secret(kube, namespace, "app", {"A": "1"})
     create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec())
     wait_for(lambda: remote(fake) == {"A": "1"})
-    started = time.monotonic()
     put_secret(kube, namespace, "app", {"A": "2", "B": "3"})
+    # Within 10 s with a 1h timer and no failure to retry: the Secret watch.
     wait_for(lambda: remote(fake) == {"A": "2", "B": "3"}, timeout=10)
-    assert time.monotonic() - started < 10  # the Secret watch, not the 1h timer
-    # Requests with nothing changed: after one full list following the writes, the conditional
-    # list is answered 304 and nothing is written.
-    lists = fake.count(r"/api/v4/secrets$")
-    request_sync(kube, namespace, "r1")
-    wait_for(lambda: fake.count(r"/api/v4/secrets$") > lists, timeout=10)
-    writes_before = fake.count(r"/api/v4/secrets/batch$")
-    request_sync(kube, namespace, "r2")
-    wait_for(lambda: fake.count(r"/api/v4/secrets$", status=304) >= 1, timeout=10)
-    time.sleep(0.5)
-    assert fake.count(r"/api/v4/secrets/batch$") == writes_before
+    # Nothing changed: after one full list following the writes (they moved the ETag), whole
+    # cycles send a conditional list answered 304 and write nothing.
+    next_cycle(kube, namespace)
+    writes, not_modified = fake.count(r"/batch$"), fake.count(r"/api/v4/secrets$", status=304)
+    next_cycle(kube, namespace)
+    assert fake.count(r"/api/v4/secrets$", status=304) > not_modified
+    assert fake.count(r"/batch$") == writes
 
 
 def request_sync(kube: Any, namespace: str, value: str, name: str = "sync") -> None:
@@ -148,13 +146,30 @@ def request_sync(kube: Any, namespace: str, value: str, name: str = "sync") -> N
     patch(kube, namespace, SYNCS, name, {"metadata": {"annotations": annotation}})
 
 
+def next_cycle(kube: Any, namespace: str, name: str = "sync") -> None:
+    """Return once a whole sync cycle that started after this call has ended.
+
+    The status is written at the end of a cycle with the second it started in
+    (lastSyncAttemptAt), so an attempt stamped after the call's second proves it. Syncs are
+    requested until one shows up: a cycle started in the call's own second would not."""
+    asked = timestamp(dt.datetime.now(dt.UTC))
+
+    def ended() -> bool:
+        if status(kube, namespace, SYNCS, name).get("lastSyncAttemptAt", "") > asked:
+            return True
+        request_sync(kube, namespace, uuid.uuid4().hex, name)
+        return False
+
+    wait_for(ended, timeout=15, interval=0.5, message=f"for a new sync cycle of {name}")
+
+
 def test_drift_is_corrected_by_the_timer(env: tuple[Any, str, FakeInfisical]) -> None:
     kube, namespace, fake = env
     put_secret(kube, namespace, "app", {"A": "1"})
-    create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec(syncInterval="2s"))
+    create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec(syncInterval="10s"))
     wait_for(lambda: remote(fake) == {"A": "1"})
     fake.state.put_secret(PROJECT, "prod", "/apps/payments", "A", "tampered")
-    wait_for(lambda: remote(fake) == {"A": "1"}, timeout=15)
+    wait_for(lambda: remote(fake) == {"A": "1"}, timeout=25)  # 10 s ±10 %, nothing else kicks
 
 
 def test_removed_key_is_deleted_or_kept(env: tuple[Any, str, FakeInfisical]) -> None:
@@ -248,12 +263,14 @@ def test_two_syncs_on_one_key_report_a_conflict_without_flapping(
     kube, namespace, fake = env
     put_secret(kube, namespace, "first", {"SHARED": "one"})
     put_secret(kube, namespace, "second", {"SHARED": "two", "OWN": "x"})
-    create(kube, namespace, SYNCS, "SecretSync", "one", sync_spec(["first"], syncInterval="1s"))
+    create(kube, namespace, SYNCS, "SecretSync", "one", sync_spec(["first"]))
     wait_for(lambda: remote(fake) == {"SHARED": "one"})
-    create(kube, namespace, SYNCS, "SecretSync", "two", sync_spec(["second"], syncInterval="1s"))
+    create(kube, namespace, SYNCS, "SecretSync", "two", sync_spec(["second"]))
     wait_for(lambda: status(kube, namespace, SYNCS, "two").get("conflicts") == ["SHARED"])
     version = fake.state.folder(PROJECT, "prod", "/apps/payments")["SHARED"].version  # type: ignore[index]
-    time.sleep(4)  # several timer cycles of both
+    for _ in range(2):  # further cycles of both, each run to its end
+        next_cycle(kube, namespace, "one")
+        next_cycle(kube, namespace, "two")
     assert remote(fake) == {"SHARED": "one", "OWN": "x"}
     assert fake.state.folder(PROJECT, "prod", "/apps/payments")["SHARED"].version == version  # type: ignore[index]
     assert condition(kube, namespace, SYNCS, "two", "Synced") == ("True", "SyncedWithConflicts")
@@ -285,16 +302,34 @@ def test_suspend(env: tuple[Any, str, FakeInfisical]) -> None:
     wait_for(lambda: remote(fake) == {"A": "1"}, timeout=10)
 
 
+def lists_of(fake: FakeInfisical, path: str = "/apps/payments") -> int:
+    return sum(
+        1
+        for record in fake.log
+        if record.path.endswith("/secrets") and record.query.get("secretPath") == path
+    )
+
+
 def test_auto_sync_disabled_waits_for_a_request(env: tuple[Any, str, FakeInfisical]) -> None:
     kube, namespace, fake = env
     put_secret(kube, namespace, "app", {"A": "1"})
     create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec(autoSyncEnabled=False))
+    # A witness reading the same Secret shows when the operator has acted on its change.
+    witness_destination = {**sync_spec()["destination"], "secretPath": "/witness"}
+    create(
+        kube, namespace, SYNCS, "SecretSync", "witness", sync_spec(destination=witness_destination)
+    )
     wait_for(lambda: remote(fake) == {"A": "1"})  # creation counts as a spec change
+    wait_for(lambda: remote(fake, "/witness") == {"A": "1"})
+    lists = lists_of(fake)
     put_secret(kube, namespace, "app", {"A": "2"})
-    time.sleep(2)
+    wait_for(lambda: remote(fake, "/witness") == {"A": "2"}, timeout=10)
+    next_cycle(kube, namespace, "witness")  # and a whole cycle more
+    assert lists_of(fake) == lists  # the Secret change did not even make it look
     assert remote(fake) == {"A": "1"}
     request_sync(kube, namespace, "t1")
     wait_for(lambda: remote(fake) == {"A": "2"}, timeout=10)
+    assert lists_of(fake) == lists + 1  # the requested cycle's, and no other
 
 
 def test_overwrite_destination_adopts_on_first_sync(env: tuple[Any, str, FakeInfisical]) -> None:
@@ -492,7 +527,7 @@ def test_infisical_to_infisical(
                 "credentials": {"secretRef": {"name": "cloud-identity"}},
             },
         )
-        spec = sync_spec(syncInterval="2s")
+        spec = sync_spec()
         spec["source"] = {
             "infisical": {
                 "connectionRef": {"name": "cloud"},
@@ -502,10 +537,14 @@ def test_infisical_to_infisical(
         }
         create(kube, namespace, SYNCS, "SecretSync", "sync", spec)
         wait_for(lambda: remote(fake) == {"FROM_CLOUD": CANARY_VALUE, "SECOND": "2"}, timeout=20)
+        # An Infisical source is not watched: the timer or a request reads it again.
         cloud.state.put_secret("p-cloud", "prod", "/", "SECOND", "changed")
+        request_sync(kube, namespace, "after-change")
         wait_for(lambda: remote(fake).get("SECOND") == "changed", timeout=15)
-        # Unchanged source between timer ticks: conditional lists answered 304.
-        wait_for(lambda: cloud.count(r"/api/v4/secrets$", status=304) >= 1, timeout=10)
+        # Unchanged source on the next cycle: its conditional list is answered 304.
+        not_modified = cloud.count(r"/api/v4/secrets$", status=304)
+        next_cycle(kube, namespace)
+        assert cloud.count(r"/api/v4/secrets$", status=304) > not_modified
         assert CANARY_VALUE not in repr(status(kube, namespace, SYNCS, "sync"))
 
 
@@ -596,7 +635,10 @@ def test_new_destination_starts_afresh(env: tuple[Any, str, FakeInfisical]) -> N
     wait_for(lambda: condition(kube, namespace, SYNCS, "sync", "Ready") == ("False", "Suspended"))
     put_secret(kube, namespace, "app", {"A": "1"})
     patch(kube, namespace, SYNCS, "sync", {"spec": {"destination": {"secretPath": "/other"}}})
-    time.sleep(1)
+    generation = (get(kube, namespace, SYNCS, "sync") or {})["metadata"]["generation"]
+    # The spec change runs a (suspended) cycle; once its status is written, status.destination
+    # has still not moved: nothing was written to the new destination.
+    wait_for(lambda: status(kube, namespace, SYNCS, "sync").get("observedGeneration") == generation)
     assert status(kube, namespace, SYNCS, "sync")["destination"].endswith(":/apps/payments")
     patch(kube, namespace, SYNCS, "sync", {"spec": {"suspend": False}})
     wait_for(lambda: status(kube, namespace, SYNCS, "sync")["destination"].endswith(":/other"))
@@ -634,3 +676,28 @@ def test_uncertain_source_without_deletes_is_still_not_ready(
     assert condition(kube, namespace, SYNCS, "sync", "Ready") == ("False", "SourceUncertain")
     assert condition(kube, namespace, SYNCS, "sync", "SourceReady") == ("False", "SecretKeyMissing")
     assert "has no key MISSING" in status(kube, namespace, SYNCS, "sync")["lastSyncMessage"]
+
+
+def test_a_sync_that_skips_every_key_is_not_synced(env: tuple[Any, str, FakeInfisical]) -> None:
+    kube, namespace, fake = env
+    binary = base64.b64encode(b"\x89PNG\xff\xfe").decode()
+    client.CoreV1Api(kube).create_namespaced_secret(
+        namespace, {"metadata": {"name": "app"}, "data": {"LOGO": binary, "ICON": binary}}
+    )
+    create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec())
+    wait_for(lambda: sync_status(kube, namespace) == "Failed")
+    assert condition(kube, namespace, SYNCS, "sync", "Ready") == ("False", "AllKeysSkipped")
+    assert condition(kube, namespace, SYNCS, "sync", "Synced") == ("False", "AllKeysSkipped")
+    found = status(kube, namespace, SYNCS, "sync")
+    assert "every source key was skipped" in found["lastSyncMessage"]
+    assert "LOGO: Secret app: value is not UTF-8 text" in found["lastSyncMessage"]
+    assert found["skippedKeys"] == [
+        "ICON: Secret app: value is not UTF-8 text",
+        "LOGO: Secret app: value is not UTF-8 text",
+    ]
+    assert "AllKeysSkipped" in event_reasons(kube, namespace, "sync")
+    assert fake.count(r"/batch$") == 0
+    # One key that can be sent makes it a sync again.
+    put_secret(kube, namespace, "app", {"NAME": "n"})
+    wait_for(lambda: sync_status(kube, namespace) == "Succeeded", timeout=10)
+    assert condition(kube, namespace, SYNCS, "sync", "Ready") == ("True", "Synced")

@@ -10,7 +10,13 @@ from pydantic import ValidationError
 
 from infisical_sync.conditions import Condition, condition_status, merge_conditions
 from infisical_sync.config import Settings
-from infisical_sync.durations import jittered, parse_duration, retry_delay
+from infisical_sync.durations import (
+    jittered,
+    parse_duration,
+    retry_delay,
+    sync_interval,
+    validation_interval,
+)
 from infisical_sync.resources import LabelSelector
 from infisical_sync.runtime import Kicks
 from infisical_sync.selectors import selector_matches
@@ -52,6 +58,25 @@ def test_settings_from_env_and_overrides() -> None:
 )
 def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text, 42) == seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "sync_seconds", "validation_seconds"),
+    [
+        (None, 300, 300),  # the CRD default
+        ("0s", 10, 30),  # stored before the CRD had minimums: clamped, never a hot loop
+        ("500ms", 10, 30),
+        ("10s", 10, 30),
+        ("30s", 30, 30),
+        ("1h", 3600, 3600),
+        ("5 minutes", 300, 300),
+    ],
+)
+def test_intervals_are_clamped_to_the_crd_minimums(
+    text: str | None, sync_seconds: float, validation_seconds: float
+) -> None:
+    assert sync_interval({"syncInterval": text}) == sync_seconds
+    assert validation_interval({"validationInterval": text}) == validation_seconds
 
 
 def test_jitter_stays_within_ten_percent() -> None:
