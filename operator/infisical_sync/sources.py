@@ -15,6 +15,7 @@ from infisical_sync.infisical.errors import InfisicalError
 from infisical_sync.infisical.models import RemoteSecret, SecretLocation
 from infisical_sync.kube import Kube, SecretData
 from infisical_sync.resources import InfisicalSource, KubernetesSource
+from infisical_sync.sync_status import SourceFacts
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,15 @@ class SourceResult:
         if not self.problems:
             self.problem_reason = reason
         self.problems.append(message)
+
+    def facts(self) -> SourceFacts:
+        return SourceFacts(
+            keys_read=len(self.values),
+            problems=tuple(self.problems),
+            problem_reason=self.problem_reason,
+            duplicates=tuple(self.duplicates),
+            skipped=dict(self.skipped),
+        )
 
     def __repr__(self) -> str:  # never the values
         return f"SourceResult(keys={sorted(self.values)}, problems={self.problems})"

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import SecretStr, ValidationError
 
 from infisical_sync import metrics
-from infisical_sync.conditions import Condition, merge_conditions, timestamp
+from infisical_sync.conditions import timestamp
 from infisical_sync.connection import ConnectionReconciler
 from infisical_sync.infisical.client import InfisicalSession
 from infisical_sync.infisical.errors import (
@@ -45,6 +45,13 @@ from infisical_sync.sources import (
     SourceResult,
     read_infisical,
     read_kubernetes,
+)
+from infisical_sync.sync_status import (
+    failed_status,
+    succeeded_status,
+    summary,
+    suspended_status,
+    transition_events,
 )
 
 log = logging.getLogger(__name__)
@@ -115,26 +122,6 @@ def _writes(values: Mapping[str, str], result: Plan) -> list[SecretWrite]:
         )
         for key, value in sorted(values.items())
     ]
-
-
-def summary(result: Plan, *, dry_run: bool = False) -> str:
-    verb = "would " if dry_run else ""
-    parts = [
-        f"{verb}create {len(result.create)}",
-        f"{verb}update {len(result.update)}",
-        f"{verb}delete {len(result.delete)}",
-        f"unchanged {len(result.unchanged)}",
-    ]
-    text = ", ".join(parts)
-    if result.adopt:
-        text += f"; adopted {', '.join(result.adopt)}"
-    if result.conflicts:
-        text += "; conflicts: " + "; ".join(
-            f"{k} ({v})" for k, v in sorted(result.conflicts.items())
-        )
-    if result.held_deletes:
-        text += f"; held deletes of {', '.join(result.held_deletes)}: {result.hold_reason}"
-    return text
 
 
 def location_label(connection: str, location: SecretLocation) -> str:
@@ -225,7 +212,7 @@ class SyncEngine:
             "destination": previous.get("destination") or wrote_here["destination"],
         }
         if spec.suspend:
-            return CycleResult(self._suspended(previous, generation, now, described), ok=True)
+            return CycleResult(suspended_status(previous, generation, now, described), ok=True)
         owner = Owner(namespace, name, str(meta.get("uid", "")), self.cluster_id)
         annotations = meta.get("annotations") or {}
         try:
@@ -235,13 +222,13 @@ class SyncEngine:
         except SyncFailed as failure:
             metrics.SYNCS.labels("failed").inc()
             result = self._failed(previous, generation, now, failure, described)
-            self._transition_events(body, previous, result.status)
+            self._post_transitions(body, previous, result.status)
             return result
         finally:
             metrics.SYNC_DURATION.observe(time.monotonic() - started)
         status.update(described if spec.dry_run else wrote_here)
         metrics.SYNCS.labels("dry_run" if spec.dry_run else "succeeded").inc()
-        self._transition_events(body, previous, status)
+        self._post_transitions(body, previous, status)
         return CycleResult(status, ok=True)
 
     async def _cycle(
@@ -301,7 +288,7 @@ class SyncEngine:
         result = plan(plan_input(destination))
         import_status: dict[str, Any] = {}
         if spec.dry_run:
-            return self._succeeded(previous, generation, now, result, source, dry_run=True)
+            return succeeded_status(previous, generation, now, result, source.facts(), dry_run=True)
         if on_writing is not None and (result.writes or result.import_to_source):
             await on_writing()
         if result.import_to_source:
@@ -332,7 +319,7 @@ class SyncEngine:
             log.info("%s/%s synced: %s", namespace, name, summary(result))
         if result.confirmed:
             await self._consume_confirmation(namespace, name)
-        status = self._succeeded(previous, generation, now, result, source, dry_run=False)
+        status = succeeded_status(previous, generation, now, result, source.facts(), dry_run=False)
         status.update(import_status)
         status["destinationLocation"] = {
             "connection": destination_ref,
@@ -580,114 +567,6 @@ class SyncEngine:
             retry_after=exc.retry_after if isinstance(exc, RateLimited) else None,
         )
 
-    def _succeeded(
-        self,
-        previous: Mapping[str, Any],
-        generation: int | None,
-        now: dt.datetime,
-        result: Plan,
-        source: SourceResult,
-        *,
-        dry_run: bool,
-    ) -> dict[str, Any]:
-        message = summary(result, dry_run=dry_run)
-        if source.duplicates:
-            message += "; duplicate keys: " + "; ".join(source.duplicates)
-        if source.problems:
-            message += "; source: " + "; ".join(source.problems)
-        skipped = {**source.skipped, **result.skipped}
-        # Keys there, none sendable (e.g. binary values): nothing synced, whatever the counts say.
-        all_skipped = bool(skipped) and result.synced_keys == 0 and not result.conflicts
-        if all_skipped:
-            why = "every source key was skipped: " + "; ".join(
-                f"{k}: {v}" for k, v in sorted(skipped.items())
-            )
-            message += "; " + why
-        source_condition = (
-            Condition("SourceReady", "True", "SourceRead", f"{len(source.values)} keys read")
-            if source.certain
-            else Condition(
-                "SourceReady", "False", source.problem_reason, "; ".join(source.problems)
-            )
-        )
-        if dry_run:
-            synced = Condition("Synced", "False", "DryRun", message)
-            ready = Condition("Ready", "True", "DryRun", "dry run: plan in status.plan")
-        elif not source.certain:
-            # Whatever could be read was pushed, but deletes wait for a source we can trust.
-            why = result.hold_reason or "source uncertain: " + "; ".join(source.problems)
-            synced = Condition("Synced", "False", "SourceUncertain", why)
-            ready = Condition("Ready", "False", "SourceUncertain", why)
-        elif result.held_deletes:
-            synced = Condition("Synced", "False", "DeletionHeld", result.hold_reason)
-            ready = Condition("Ready", "False", "DeletionHeld", result.hold_reason)
-        elif all_skipped:
-            synced = Condition("Synced", "False", "AllKeysSkipped", why)
-            ready = Condition("Ready", "False", "AllKeysSkipped", why)
-        elif result.conflicts:
-            synced = Condition("Synced", "True", "SyncedWithConflicts", message)
-            ready = Condition("Ready", "True", "SyncedWithConflicts", message)
-        else:
-            synced = Condition("Synced", "True", "Synced", message)
-            ready = Condition("Ready", "True", "Synced", message)
-        conditions = merge_conditions(
-            previous.get("conditions"),
-            [
-                ready,
-                source_condition,
-                Condition("DestinationReady", "True", "DestinationRead", "destination listed"),
-                synced,
-            ],
-            generation=generation,
-            now=now,
-        )
-        status: dict[str, Any] = {
-            "observedGeneration": generation,
-            "conditions": conditions,
-            "lastSyncAttemptAt": timestamp(now),
-            "lastSyncMessage": message[:1024],
-            "plan": {
-                "create": sorted(result.create),
-                "update": sorted(result.update),
-                "delete": sorted(result.delete),
-                "unchanged": len(result.unchanged),
-            },
-            "conflicts": sorted(result.conflicts),
-            # null clears what an earlier cycle held (status is merge-patched)
-            "heldDeletes": (
-                {
-                    "keys": sorted(result.held_deletes),
-                    "reason": result.hold_reason[:1024],
-                    **({"id": result.held_id} if result.held_id else {}),
-                }
-                if result.held_deletes
-                else None
-            ),
-            "skippedKeys": [f"{k}: {v}" for k, v in sorted(skipped.items())],
-            "ownershipTracking": (
-                previous.get("ownershipTracking", "Metadata")
-                if result.metadata_tracking is None
-                else "Metadata"
-                if result.metadata_tracking
-                else "Ledger"
-            ),
-        }
-        if dry_run:
-            status["syncStatus"] = previous.get("syncStatus") or "Pending"
-            return status
-        failed = bool(result.held_deletes) or not source.certain or all_skipped
-        status.update(
-            {
-                "syncStatus": "Failed" if failed else "Succeeded",
-                "syncedKeys": result.synced_keys,
-                "managedKeys": result.managed_after,
-            }
-        )
-        if not failed or not previous.get("lastSyncedAt"):
-            # Writes happened (or were not needed): the initial sync is over either way.
-            status["lastSyncedAt"] = timestamp(now)
-        return status
-
     def _failed(
         self,
         previous: Mapping[str, Any],
@@ -696,65 +575,21 @@ class SyncEngine:
         failure: SyncFailed,
         described: Mapping[str, str],
     ) -> CycleResult:
-        updates = [
-            Condition("Ready", "False", failure.reason, failure.message),
-            Condition("Synced", "False", failure.reason, failure.message),
-        ]
-        if failure.condition in ("SourceReady", "DestinationReady"):
-            updates.append(Condition(failure.condition, "False", failure.reason, failure.message))
-        status: dict[str, Any] = {
-            "syncStatus": "Failed",
-            "observedGeneration": generation,
-            "lastSyncAttemptAt": timestamp(now),
-            "lastSyncMessage": failure.message[:1024],
-            "conditions": merge_conditions(
-                previous.get("conditions"), updates, generation=generation, now=now
-            ),
-            **described,
-        }
+        status = failed_status(
+            previous,
+            generation,
+            now,
+            condition=failure.condition,
+            reason=failure.reason,
+            message=failure.message,
+            described=described,
+        )
         return CycleResult(
             status, ok=False, retryable=failure.retryable, retry_after=failure.retry_after
         )
 
-    def _suspended(
-        self,
-        previous: Mapping[str, Any],
-        generation: int | None,
-        now: dt.datetime,
-        described: Mapping[str, str],
-    ) -> dict[str, Any]:
-        message = "suspended: spec.suspend is true"
-        return {
-            "observedGeneration": generation,
-            "lastSyncMessage": message,
-            "conditions": merge_conditions(
-                previous.get("conditions"),
-                [
-                    Condition("Ready", "False", "Suspended", message),
-                    Condition("Synced", "False", "Suspended", message),
-                ],
-                generation=generation,
-                now=now,
-            ),
-            **described,
-        }
-
-    def _transition_events(
+    def _post_transitions(
         self, body: Mapping[str, Any], previous: Mapping[str, Any], status: Mapping[str, Any]
     ) -> None:
-        """Events on transitions only: into Succeeded or Failed, and on new conflicts."""
-        before, after = previous.get("syncStatus"), status.get("syncStatus")
-        if after != before:
-            if after == "Succeeded":
-                self.post_event(body, "Normal", "Synced", str(status.get("lastSyncMessage", "")))
-            elif after == "Failed":
-                reason = "SyncFailed"
-                for condition in status.get("conditions", []):
-                    if condition["type"] == "Synced":
-                        reason = condition["reason"]
-                self.post_event(body, "Warning", reason, str(status.get("lastSyncMessage", "")))
-        new_conflicts = set(status.get("conflicts") or []) - set(previous.get("conflicts") or [])
-        if new_conflicts:
-            self.post_event(
-                body, "Warning", "Conflict", f"keys left alone: {', '.join(sorted(new_conflicts))}"
-            )
+        for event in transition_events(previous, status):
+            self.post_event(body, event.type, event.reason, event.message)

@@ -15,6 +15,7 @@ PURE = [
     "selectors.py",
     "resources.py",
     "instance_urls.py",
+    "sync_status.py",
 ]
 IO_LIBRARIES = {
     "kopf",

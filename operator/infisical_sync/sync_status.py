@@ -1,0 +1,238 @@
+"""A SecretSync's status and Events from a cycle's outcome. Pure: no I/O.
+
+Status is the user's window: conditions with reasons, counts, key names; never values.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from infisical_sync.conditions import Condition, merge_conditions, timestamp
+from infisical_sync.planner import Plan
+
+SUSPENDED_MESSAGE = "suspended: spec.suspend is true"
+
+
+@dataclass(frozen=True)
+class SourceFacts:
+    """What the status says about a source read (never its values)."""
+
+    keys_read: int
+    problems: tuple[str, ...] = ()
+    problem_reason: str = ""
+    duplicates: tuple[str, ...] = ()
+    skipped: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def certain(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+def summary(result: Plan, *, dry_run: bool = False) -> str:
+    verb = "would " if dry_run else ""
+    parts = [
+        f"{verb}create {len(result.create)}",
+        f"{verb}update {len(result.update)}",
+        f"{verb}delete {len(result.delete)}",
+        f"unchanged {len(result.unchanged)}",
+    ]
+    text = ", ".join(parts)
+    if result.adopt:
+        text += f"; adopted {', '.join(result.adopt)}"
+    if result.conflicts:
+        text += "; conflicts: " + "; ".join(
+            f"{k} ({v})" for k, v in sorted(result.conflicts.items())
+        )
+    if result.held_deletes:
+        text += f"; held deletes of {', '.join(result.held_deletes)}: {result.hold_reason}"
+    return text
+
+
+def succeeded_status(
+    previous: Mapping[str, Any],
+    generation: int | None,
+    now: dt.datetime,
+    result: Plan,
+    source: SourceFacts,
+    *,
+    dry_run: bool,
+) -> dict[str, Any]:
+    """The status of a cycle that planned (and, unless a dry run, wrote)."""
+    message = summary(result, dry_run=dry_run)
+    if source.duplicates:
+        message += "; duplicate keys: " + "; ".join(source.duplicates)
+    if source.problems:
+        message += "; source: " + "; ".join(source.problems)
+    skipped = {**source.skipped, **result.skipped}
+    # Keys there, none sendable (e.g. binary values): nothing synced, whatever the counts say.
+    all_skipped = bool(skipped) and result.synced_keys == 0 and not result.conflicts
+    if all_skipped:
+        why = "every source key was skipped: " + "; ".join(
+            f"{k}: {v}" for k, v in sorted(skipped.items())
+        )
+        message += "; " + why
+    source_condition = (
+        Condition("SourceReady", "True", "SourceRead", f"{source.keys_read} keys read")
+        if source.certain
+        else Condition("SourceReady", "False", source.problem_reason, "; ".join(source.problems))
+    )
+    if dry_run:
+        synced = Condition("Synced", "False", "DryRun", message)
+        ready = Condition("Ready", "True", "DryRun", "dry run: plan in status.plan")
+    elif not source.certain:
+        # Whatever could be read was pushed, but deletes wait for a source we can trust.
+        why = result.hold_reason or "source uncertain: " + "; ".join(source.problems)
+        synced = Condition("Synced", "False", "SourceUncertain", why)
+        ready = Condition("Ready", "False", "SourceUncertain", why)
+    elif result.held_deletes:
+        synced = Condition("Synced", "False", "DeletionHeld", result.hold_reason)
+        ready = Condition("Ready", "False", "DeletionHeld", result.hold_reason)
+    elif all_skipped:
+        synced = Condition("Synced", "False", "AllKeysSkipped", why)
+        ready = Condition("Ready", "False", "AllKeysSkipped", why)
+    elif result.conflicts:
+        synced = Condition("Synced", "True", "SyncedWithConflicts", message)
+        ready = Condition("Ready", "True", "SyncedWithConflicts", message)
+    else:
+        synced = Condition("Synced", "True", "Synced", message)
+        ready = Condition("Ready", "True", "Synced", message)
+    conditions = merge_conditions(
+        previous.get("conditions"),
+        [
+            ready,
+            source_condition,
+            Condition("DestinationReady", "True", "DestinationRead", "destination listed"),
+            synced,
+        ],
+        generation=generation,
+        now=now,
+    )
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "conditions": conditions,
+        "lastSyncAttemptAt": timestamp(now),
+        "lastSyncMessage": message[:1024],
+        "plan": {
+            "create": sorted(result.create),
+            "update": sorted(result.update),
+            "delete": sorted(result.delete),
+            "unchanged": len(result.unchanged),
+        },
+        "conflicts": sorted(result.conflicts),
+        # null clears what an earlier cycle held (status is merge-patched)
+        "heldDeletes": (
+            {
+                "keys": sorted(result.held_deletes),
+                "reason": result.hold_reason[:1024],
+                **({"id": result.held_id} if result.held_id else {}),
+            }
+            if result.held_deletes
+            else None
+        ),
+        "skippedKeys": [f"{k}: {v}" for k, v in sorted(skipped.items())],
+        "ownershipTracking": (
+            previous.get("ownershipTracking", "Metadata")
+            if result.metadata_tracking is None
+            else "Metadata"
+            if result.metadata_tracking
+            else "Ledger"
+        ),
+    }
+    if dry_run:
+        status["syncStatus"] = previous.get("syncStatus") or "Pending"
+        return status
+    failed = bool(result.held_deletes) or not source.certain or all_skipped
+    status.update(
+        {
+            "syncStatus": "Failed" if failed else "Succeeded",
+            "syncedKeys": result.synced_keys,
+            "managedKeys": result.managed_after,
+        }
+    )
+    if not failed or not previous.get("lastSyncedAt"):
+        # Writes happened (or were not needed): the initial sync is over either way.
+        status["lastSyncedAt"] = timestamp(now)
+    return status
+
+
+def failed_status(
+    previous: Mapping[str, Any],
+    generation: int | None,
+    now: dt.datetime,
+    *,
+    condition: str,
+    reason: str,
+    message: str,
+    described: Mapping[str, str],
+) -> dict[str, Any]:
+    """A cycle that could not finish: `condition` (SourceReady, DestinationReady or Synced)
+    failed with `reason`."""
+    updates = [
+        Condition("Ready", "False", reason, message),
+        Condition("Synced", "False", reason, message),
+    ]
+    if condition in ("SourceReady", "DestinationReady"):
+        updates.append(Condition(condition, "False", reason, message))
+    return {
+        "syncStatus": "Failed",
+        "observedGeneration": generation,
+        "lastSyncAttemptAt": timestamp(now),
+        "lastSyncMessage": message[:1024],
+        "conditions": merge_conditions(
+            previous.get("conditions"), updates, generation=generation, now=now
+        ),
+        **described,
+    }
+
+
+def suspended_status(
+    previous: Mapping[str, Any],
+    generation: int | None,
+    now: dt.datetime,
+    described: Mapping[str, str],
+) -> dict[str, Any]:
+    return {
+        "observedGeneration": generation,
+        "lastSyncMessage": SUSPENDED_MESSAGE,
+        "conditions": merge_conditions(
+            previous.get("conditions"),
+            [
+                Condition("Ready", "False", "Suspended", SUSPENDED_MESSAGE),
+                Condition("Synced", "False", "Suspended", SUSPENDED_MESSAGE),
+            ],
+            generation=generation,
+            now=now,
+        ),
+        **described,
+    }
+
+
+def transition_events(previous: Mapping[str, Any], status: Mapping[str, Any]) -> list[Event]:
+    """Events on transitions only: into Succeeded or Failed, and on new conflicts."""
+    events: list[Event] = []
+    before, after = previous.get("syncStatus"), status.get("syncStatus")
+    message = str(status.get("lastSyncMessage", ""))
+    if after != before and after == "Succeeded":
+        events.append(Event("Normal", "Synced", message))
+    elif after != before and after == "Failed":
+        reason = "SyncFailed"
+        for condition in status.get("conditions", []):
+            if condition["type"] == "Synced":
+                reason = condition["reason"]
+        events.append(Event("Warning", reason, message))
+    new_conflicts = set(status.get("conflicts") or []) - set(previous.get("conflicts") or [])
+    if new_conflicts:
+        events.append(
+            Event("Warning", "Conflict", f"keys left alone: {', '.join(sorted(new_conflicts))}")
+        )
+    return events

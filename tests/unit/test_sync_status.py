@@ -1,0 +1,101 @@
+"""A SecretSync's status and Events from a cycle's outcome (pure)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from infisical_sync.planner import Plan
+from infisical_sync.sync_status import (
+    SourceFacts,
+    failed_status,
+    succeeded_status,
+    suspended_status,
+    transition_events,
+)
+
+NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
+READ = SourceFacts(keys_read=2)
+
+
+def conditions(status: dict[str, object]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}  # type: ignore[attr-defined, index]
+
+
+def test_a_clean_sync_is_ready_and_counts_keys() -> None:
+    result = Plan(create={"A": "1"}, unchanged=["B"], managed_after=["A", "B"])
+    status = succeeded_status({}, 3, NOW, result, READ, dry_run=False)
+    assert status["syncStatus"] == "Succeeded" and status["syncedKeys"] == 2
+    assert status["lastSyncedAt"] == "2026-11-28T12:00:00Z" and status["observedGeneration"] == 3
+    assert status["heldDeletes"] is None  # clears an earlier hold (merge patch)
+    assert conditions(status)["Ready"] == ("True", "Synced")
+    assert status["lastSyncMessage"].startswith("create 1, update 0, delete 0, unchanged 1")
+
+
+def test_held_deletes_are_shown_with_their_id() -> None:
+    result = Plan(held_deletes=["C", "D"], hold_reason="would delete 2 of 3", held_id="abc123")
+    status = succeeded_status({"lastSyncedAt": "x"}, 1, NOW, result, READ, dry_run=False)
+    assert status["heldDeletes"] == {
+        "keys": ["C", "D"],
+        "reason": "would delete 2 of 3",
+        "id": "abc123",
+    }
+    assert status["syncStatus"] == "Failed" and "lastSyncedAt" not in status
+    assert conditions(status)["Synced"] == ("False", "DeletionHeld")
+
+
+def test_a_cycle_that_skips_every_key_is_not_synced() -> None:
+    source = SourceFacts(keys_read=0, skipped={"BIN": "value is not UTF-8 text"})
+    status = succeeded_status({}, 1, NOW, Plan(), source, dry_run=False)
+    assert conditions(status)["Ready"] == ("False", "AllKeysSkipped")
+    assert "BIN: value is not UTF-8 text" in status["lastSyncMessage"]
+
+
+def test_an_uncertain_source_is_not_ready_but_the_first_sync_is_over() -> None:
+    source = SourceFacts(
+        keys_read=1, problems=("Secret ns/b not found",), problem_reason="SecretNotFound"
+    )
+    status = succeeded_status({}, 1, NOW, Plan(create={"A": "1"}), source, dry_run=False)
+    assert conditions(status)["SourceReady"] == ("False", "SecretNotFound")
+    assert conditions(status)["Synced"] == ("False", "SourceUncertain")
+    assert status["syncStatus"] == "Failed" and status["lastSyncedAt"]
+
+
+def test_dry_run_keeps_the_sync_status_and_writes_no_counts() -> None:
+    status = succeeded_status(
+        {"syncStatus": "Succeeded"}, 2, NOW, Plan(create={"A": "1"}), READ, dry_run=True
+    )
+    assert status["syncStatus"] == "Succeeded" and "managedKeys" not in status
+    assert status["plan"]["create"] == ["A"] and conditions(status)["Synced"] == ("False", "DryRun")
+    assert status["lastSyncMessage"].startswith("would create 1")
+
+
+def test_failed_and_suspended() -> None:
+    failed = failed_status(
+        {},
+        4,
+        NOW,
+        condition="DestinationReady",
+        reason="Unreachable",
+        message="down",
+        described={"destination": "d"},
+    )
+    assert conditions(failed)["DestinationReady"] == ("False", "Unreachable")
+    assert failed["destination"] == "d" and failed["syncStatus"] == "Failed"
+    suspended = suspended_status(failed, 5, NOW, {})
+    assert (
+        conditions(suspended)["Ready"] == ("False", "Suspended") and "syncStatus" not in suspended
+    )
+
+
+def test_events_only_on_transitions() -> None:
+    ok = succeeded_status({}, 1, NOW, Plan(create={"A": "1"}), READ, dry_run=False)
+    assert [e.reason for e in transition_events({}, ok)] == ["Synced"]
+    assert transition_events(ok, ok) == []  # still Succeeded: nothing to say
+    failed = failed_status(
+        ok, 1, NOW, condition="Synced", reason="ServerError", message="500", described={}
+    )
+    assert [(e.type, e.reason) for e in transition_events(ok, failed)] == [
+        ("Warning", "ServerError")
+    ]
+    conflicted = {**ok, "conflicts": ["X"]}
+    assert [e.message for e in transition_events(ok, conflicted)] == ["keys left alone: X"]
