@@ -130,19 +130,21 @@ def memory_limit_bytes(env: NodeEnv) -> int:
     raise AssertionError("no memory limit visible in the container's cgroup")
 
 
-def apply_samples(env: NodeEnv, namespace: str) -> None:
+def apply_samples(env: NodeEnv, namespace: str, **replace: str) -> None:
     for sample in sorted(SAMPLES.glob("0*.yaml")):
         text = sample.read_text().replace(SAMPLE_URL, env.fake_url)
+        for old, new in replace.items():
+            text = text.replace(old, new)
         env.k("apply", "-n", namespace, "-f", "-", stdin=text)
 
 
-def remote(env: NodeEnv) -> dict[str, str]:
+def remote(env: NodeEnv, path: str = DESTINATION[2]) -> dict[str, str]:
     # The fake runs on its own thread: a read may meet a write mid-way; read again then.
     for _ in range(5):
         with contextlib.suppress(RuntimeError):
-            return env.fake.state.get_secrets(*DESTINATION)
+            return env.fake.state.get_secrets(PROJECT_ID, "prod", path)
         time.sleep(0.05)
-    return env.fake.state.get_secrets(*DESTINATION)
+    return env.fake.state.get_secrets(PROJECT_ID, "prod", path)
 
 
 def sync_status(env: NodeEnv, namespace: str) -> dict[str, Any]:
@@ -292,8 +294,37 @@ def scenario_cluster_wide(env: NodeEnv) -> None:
     wait_synced(env, namespace, expected)
     assert_logs_clean(env)
 
+    namespace_deletion_removes_keys_first(env)
     remove_samples(env, namespace)
     uninstall_leaves_nothing(env, [namespace])
+
+
+def namespace_deletion_removes_keys_first(env: NodeEnv) -> None:
+    """`kubectl delete namespace` with a deletionPolicy Delete SecretSync in it: the namespace
+    controller deletes the connection and the SecretSync at once; the connection stays usable
+    until the SecretSync has removed its keys, and the namespace goes away."""
+    namespace, path = "teardown", "/apps/teardown"
+    env.k("create", "namespace", namespace)
+    apply_samples(
+        env,
+        namespace,
+        **{"/apps/payments": path, "deletionPolicy: Retain": "deletionPolicy: Delete"},
+    )
+    wait_for(lambda: remote(env, path) == SAMPLE_KEYS, 120, "the teardown namespace's sync")
+    env.k("delete", "namespace", namespace, "--wait=true", "--timeout=120s", check=False)
+    try:
+        wait_for(
+            lambda: not env.k("get", "namespace", namespace, "--ignore-not-found", "-o", "name"),
+            60,
+            "the namespace to go",
+        )
+    except AssertionError as exc:
+        left = env.k(
+            "get", "secretsync,infisicalconnection", "-n", namespace, "-o", "yaml", check=False
+        )
+        raise AssertionError(f"{exc}\n{left}\n{diagnosis(env, 'demo')}") from None
+    assert remote(env, path) == {}  # removed before the connection went
+    assert_logs_clean(env)
 
 
 def scenario_namespaced(env: NodeEnv) -> None:
@@ -301,8 +332,10 @@ def scenario_namespaced(env: NodeEnv) -> None:
     namespace = "team-a"
     env.k("create", "namespace", namespace)
     helm_install(env, "rbac.clusterWide=false", f"watchNamespaces={{{namespace}}}")
-    roles = env.k("get", "clusterrole,clusterrolebinding", "-o", "name")
-    assert RELEASE not in roles, roles
+    # Cluster-scoped: only the read of the kube-system namespace (the cluster's identity).
+    roles = env.k("get", "clusterrole,clusterrolebinding", "-o", "name").split()
+    ours = [role for role in roles if RELEASE in role]
+    assert ours and all(role.endswith("-cluster-identity") for role in ours), roles
     assert env.k("get", "role", "-n", namespace, "-o", "name").strip()
     assert pod_ready(env)
     apply_samples(env, namespace)
