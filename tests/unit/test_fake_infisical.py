@@ -579,6 +579,21 @@ async def test_request_log_and_counters(fake: FakeInfisical, http: httpx.AsyncCl
     assert fake.log[-1].query["secretPath"] == "/x"
 
 
+async def test_request_log_tells_what_arrived_inside_a_retry_after_window(
+    fake: FakeInfisical, http: httpx.AsyncClient
+) -> None:
+    headers = await token(http)
+    fake.inject(Fault("status", r"/api/v4/secrets$", status=429, retry_after=30, times=1))
+    assert (await http.get("/api/v4/secrets", params=LIST, headers=headers)).status_code == 429
+    limited = fake.log[-1]
+    assert limited.retry_after == 30 and limited.started_at <= limited.at
+    assert fake.sent_while_rate_limited() == []
+    await http.get("/api/v4/secrets", params=LIST, headers={**headers, "If-None-Match": '"x"'})
+    assert fake.sent_while_rate_limited() == [fake.log[-1]]
+    assert fake.log[-1].if_none_match == '"x"'
+    assert fake.sent_while_rate_limited(margin=60) == []  # margin: arrived right after the 429
+
+
 async def test_tls_with_generated_ca() -> None:
     async with FakeInfisical(tls=True) as server:
         assert server.url.startswith("https://")

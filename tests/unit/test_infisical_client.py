@@ -341,6 +341,27 @@ async def test_retry_after_gate_blocks_the_whole_instance(fake: FakeInfisical) -
         await pool.aclose()
 
 
+async def test_requests_queued_behind_the_concurrency_limit_respect_the_gate(
+    fake: FakeInfisical,
+) -> None:
+    options = TransportOptions(concurrency=2, max_attempts=3, backoff_base=0.01, max_gate_wait=5)
+    transport = InstanceTransport(fake.url, allow_http=True, options=options)
+    try:
+        session = InfisicalSession(transport, credentials())
+        await session.validate(force_login=True)
+        # Every list is slow, so most of the 20 callers queue behind the 2 slots; the first
+        # list is answered 429 while they wait.
+        fake.inject(Fault("latency", r"/api/v4/secrets$", delay=0.3))
+        fake.inject(Fault("status", r"/api/v4/secrets$", status=429, retry_after=2, times=1))
+        await asyncio.gather(*(session.list_secrets(LOCATION) for _ in range(20)))
+        assert fake.count(r"/api/v4/secrets$", status=429) == 1
+        assert fake.count(r"/api/v4/secrets$", status=200) == 20
+        # A request already on its way when the 429 was answered cannot be recalled: 0.25 s.
+        assert fake.sent_while_rate_limited(margin=0.25) == []
+    finally:
+        await transport.aclose()
+
+
 async def test_retry_after_from_message_when_header_missing(fake: FakeInfisical) -> None:
     import httpx
 

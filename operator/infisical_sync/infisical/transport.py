@@ -136,16 +136,16 @@ class InstanceTransport:
         ceiling = min(self.options.backoff_cap, self.options.backoff_base * (2**attempt))
         return random.uniform(0, ceiling)  # noqa: S311 - jitter, not cryptography
 
-    async def _wait_for_gate(self, endpoint: str) -> None:
-        remaining = self.blocked_for
-        if remaining <= 0:
-            return
-        if remaining > self.options.max_gate_wait:
-            raise RateLimited(
-                f"{self.instance} is rate limiting; no request to it for {remaining:.0f}s more",
-                retry_after=remaining,
-            )
-        await self._sleep(remaining)
+    async def _wait_for_gate(self) -> None:
+        """Called holding a concurrency slot, right before sending: a request that queued for
+        a slot while a 429 arrived must not go out before its Retry-After ends."""
+        while (remaining := self.blocked_for) > 0:
+            if remaining > self.options.max_gate_wait:
+                raise RateLimited(
+                    f"{self.instance} is rate limiting; no request to it for {remaining:.0f}s more",
+                    retry_after=remaining,
+                )
+            await self._sleep(remaining)  # another 429 meanwhile extends the gate: look again
 
     async def send(
         self,
@@ -162,10 +162,10 @@ class InstanceTransport:
         for attempt in range(self.options.max_attempts):
             if attempt:
                 await self._sleep(self.backoff(attempt - 1))
-            await self._wait_for_gate(endpoint)
-            started = self._clock()
             try:
                 async with self._semaphore:
+                    await self._wait_for_gate()
+                    started = self._clock()
                     self.in_flight += 1
                     self.max_in_flight = max(self.max_in_flight, self.in_flight)
                     try:

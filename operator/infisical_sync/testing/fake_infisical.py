@@ -108,7 +108,10 @@ class RequestRecord:
     bucket: str | None
     query: dict[str, str]
     authorized: bool
-    at: float
+    at: float  # when the answer was written
+    started_at: float = 0.0  # when the request arrived
+    retry_after: int | None = None  # the Retry-After of a 429
+    if_none_match: str | None = None
 
 
 @dataclass
@@ -229,6 +232,23 @@ class FakeInfisical:
             and (status is None or record.status == status)
         )
 
+    def sent_while_rate_limited(self, margin: float = 0.0) -> list[RequestRecord]:
+        """Requests that arrived while a 429's Retry-After was running.
+
+        `margin`: requests arriving within that many seconds after the 429 was answered are not
+        counted; they may have been sent before the client could read the 429.
+        """
+        windows = [
+            (record.at + margin, record.at + record.retry_after)
+            for record in self.log
+            if record.status == 429 and record.retry_after
+        ]
+        return [
+            record
+            for record in self.log
+            if any(start < record.started_at < end for start, end in windows)
+        ]
+
     def reset_log(self) -> None:
         self.log.clear()
         self.counters.clear()
@@ -239,6 +259,8 @@ class FakeInfisical:
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         bucket = _bucket(request)
         status = 500
+        started_at = self.state.clock.now()
+        retry_after: int | None = None
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -251,6 +273,8 @@ class FakeInfisical:
             return response
         except ApiError as exc:
             status = exc.status
+            if "retry-after" in exc.headers:
+                retry_after = int(exc.headers["retry-after"])
             return self._error_response(exc)
         except web.HTTPNotFound:
             status = 404
@@ -276,6 +300,9 @@ class FakeInfisical:
                     query=dict(request.query),
                     authorized="Authorization" in request.headers,
                     at=self.state.clock.now(),
+                    started_at=started_at,
+                    retry_after=retry_after,
+                    if_none_match=request.headers.get("If-None-Match"),
                 )
             )
             self.counters[(request.method, _route_name(request.path), status)] += 1
