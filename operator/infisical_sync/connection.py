@@ -28,6 +28,8 @@ EventPoster = Callable[[Any, str, str, str], None]
 
 # Failures that say nothing about the credentials themselves.
 _CREDENTIALS_UNKNOWN = {"Unreachable", "TLSError", "RateLimited", "ServerError", "InsecureHttp"}
+# Ready stays True when a Ready connection could not be re-validated because of a 429.
+VALIDATION_DEFERRED = "ValidationDeferred"
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,20 @@ class Outcome:
         if self.ready:
             return "True"
         return "Unknown" if self.reason in _CREDENTIALS_UNKNOWN else "False"
+
+
+def deferred_by_rate_limit(outcome: Outcome, token_expires_at: dt.datetime | None) -> Outcome:
+    """A 429 is no connection failure: a Ready connection stays Ready, and the SecretSyncs it
+    delays report RateLimited on themselves."""
+    return Outcome(
+        True,
+        VALIDATION_DEFERRED,
+        f"validation deferred by rate limiting ({outcome.message}); the last validation succeeded",
+        outcome.client_id,
+        outcome.instance_url,
+        token_expires_at=token_expires_at,
+        retry_after=outcome.retry_after,
+    )
 
 
 @dataclass(frozen=True)
@@ -82,10 +98,11 @@ def build_status(
         generation=generation,
         now=now,
     )
+    deferred = outcome.reason == VALIDATION_DEFERRED
     status: dict[str, Any] = {
         "conditions": conditions,
         "observedGeneration": generation,
-        "lastValidatedAt": timestamp(now),
+        "lastValidatedAt": previous.get("lastValidatedAt") if deferred else timestamp(now),
         "message": outcome.message,
         "instanceUrl": outcome.instance_url,
         "clientId": outcome.client_id,
@@ -208,6 +225,10 @@ class ConnectionReconciler:
             if known is not None
             else condition_status(previous.get("conditions"), "Ready") == "True"
         )
+        if was_ready and outcome.reason == RateLimited.reason:
+            session = self.pool.get(connection_key(namespace, name))
+            expires_at = session.token_expires_at if session is not None else None
+            outcome = deferred_by_rate_limit(outcome, expires_at)
         status = build_status(
             outcome,
             previous,

@@ -151,6 +151,26 @@ def test_rate_limited_then_recovers(
     assert ok.at - limited.at >= 7.5  # nothing sent to the instance before Retry-After ended
 
 
+def touch_credentials(kube: Any, namespace: str, label: str) -> None:
+    """Change the credentials Secret without changing its content: a Secret event, a kick."""
+    data = {"clientId": CLIENT_ID, "clientSecret": GOOD_SECRET}
+    put_secret(kube, namespace, "identity", data, labels={"touched": label})
+
+
+def test_rate_limit_at_revalidation_keeps_the_connection_ready(
+    operator: OperatorProcess, kube: Any, namespace: str, fake: FakeInfisical
+) -> None:
+    credentials(kube, namespace)
+    create_connection(kube, namespace, fake.url)
+    wait_ready(kube, namespace, ("True", "Validated"))
+    fake.inject(Fault("status", ".*", status=429, retry_after=30, times=1))
+    touch_credentials(kube, namespace, "1")  # re-validates now
+    wait_ready(kube, namespace, ("True", "ValidationDeferred"), timeout=10)
+    assert fake.count(status=429) == 1
+    assert "deferred by rate limiting" in status(kube, namespace)["message"]
+    assert kube_helpers.event_reasons(kube, namespace, "conn") == ["Ready"]  # no Warning
+
+
 def test_custom_ca(operator: OperatorProcess, kube: Any, namespace: str) -> None:
     with BackgroundFake(FakeInfisical(tls=True)) as fake:
         fake.state.add_identity(CLIENT_ID, GOOD_SECRET)
