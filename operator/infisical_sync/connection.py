@@ -27,7 +27,14 @@ PLURAL = "infisicalconnections"
 EventPoster = Callable[[Any, str, str, str], None]
 
 # Failures that say nothing about the credentials themselves.
-_CREDENTIALS_UNKNOWN = {"Unreachable", "TLSError", "RateLimited", "ServerError", "InsecureHttp"}
+_CREDENTIALS_UNKNOWN = {
+    "Unreachable",
+    "TLSError",
+    "RateLimited",
+    "ServerError",
+    "InsecureHttp",
+    "CredentialsLocked",  # a locked identity refuses even the right secret
+}
 # Ready stays True when a Ready connection could not be re-validated because of a 429.
 VALIDATION_DEFERRED = "ValidationDeferred"
 
@@ -143,8 +150,15 @@ class ConnectionReconciler:
             fields = ", ".join(".".join(str(p) for p in err["loc"]) for err in exc.errors())
             return Outcome(False, "InvalidSpec", f"spec is invalid at: {fields}")
 
-        def fail(reason: str, message: str, client_id: str | None = None) -> Outcome:
-            return Outcome(False, reason, message, client_id, spec.instance_url)
+        def fail(
+            reason: str,
+            message: str,
+            client_id: str | None = None,
+            retry_after: float | None = None,
+        ) -> Outcome:
+            return Outcome(
+                False, reason, message, client_id, spec.instance_url, retry_after=retry_after
+            )
 
         ref = spec.credentials.secret_ref
         secret = await self.kube.read_secret(namespace, ref.name)
@@ -188,17 +202,9 @@ class ConnectionReconciler:
                 allow_http=spec.allow_insecure_http,
             )
             info = await session.validate(force_login=force_login)
-        except RateLimited as exc:
-            return Outcome(
-                False,
-                exc.reason,
-                str(exc),
-                client_id,
-                spec.instance_url,
-                retry_after=exc.retry_after,
-            )
         except InfisicalError as exc:
-            return fail(exc.reason, str(exc), client_id)
+            # retry_after: a 429's Retry-After, or when a refused login is worth trying again.
+            return fail(exc.reason, str(exc), client_id, exc.retry_after)
         except ValueError as exc:  # e.g. a CA bundle that is not PEM
             return fail("TLSError", f"cannot use the CA bundle: {exc}", client_id)
         return Outcome(

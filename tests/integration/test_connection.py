@@ -151,10 +151,46 @@ def test_rate_limited_then_recovers(
     assert ok.at - limited.at >= 7.5  # nothing sent to the instance before Retry-After ended
 
 
-def touch_credentials(kube: Any, namespace: str, label: str) -> None:
+def touch_credentials(kube: Any, namespace: str, label: str, secret: str = GOOD_SECRET) -> None:
     """Change the credentials Secret without changing its content: a Secret event, a kick."""
-    data = {"clientId": CLIENT_ID, "clientSecret": GOOD_SECRET}
+    data = {"clientId": CLIENT_ID, "clientSecret": secret}
     put_secret(kube, namespace, "identity", data, labels={"touched": label})
+
+
+def revalidate_after_touch(kube: Any, namespace: str, label: str, secret: str) -> None:
+    """Touch the credentials Secret and wait until the validation it triggers wrote status."""
+    before = status(kube, namespace)["lastValidatedAt"]
+    # lastValidatedAt has a resolution of one second: let a second pass so a new one shows.
+    wait_for(lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) > before, timeout=3)
+    touch_credentials(kube, namespace, label, secret)
+    wait_for(lambda: status(kube, namespace)["lastValidatedAt"] != before, timeout=10)
+
+
+def test_bad_credentials_are_not_retried_into_a_lockout(
+    operator: OperatorProcess, kube: Any, namespace: str, fake: FakeInfisical
+) -> None:
+    credentials(kube, namespace, BAD_SECRET)
+    create_connection(kube, namespace, fake.url)
+    wait_ready(kube, namespace, ("False", "InvalidCredentials"))
+    for label in ("1", "2", "3"):  # Secret events that do not change the credentials
+        revalidate_after_touch(kube, namespace, label, BAD_SECRET)
+    assert fake.count(r"/universal-auth/login$") == 1
+    assert "until the credentials Secret" in status(kube, namespace)["message"]
+    assert fake.state.identities[CLIENT_ID].locked_until == 0
+    credentials(kube, namespace, GOOD_SECRET)  # the fix works at once: no lockout to wait out
+    wait_ready(kube, namespace, ("True", "Validated"), timeout=10)
+
+
+def test_a_locked_identity_is_reported_as_locked(
+    operator: OperatorProcess, kube: Any, namespace: str, fake: FakeInfisical
+) -> None:
+    fake.state.identities[CLIENT_ID].locked_until = fake.state.clock.now() + 300
+    credentials(kube, namespace)
+    create_connection(kube, namespace, fake.url)
+    wait_ready(kube, namespace, ("False", "CredentialsLocked"))
+    assert "temporarily locked" in status(kube, namespace)["message"]
+    revalidate_after_touch(kube, namespace, "1", GOOD_SECRET)
+    assert fake.count(r"/universal-auth/login$") == 1  # waited out, not retried
 
 
 def test_rate_limit_at_revalidation_keeps_the_connection_ready(

@@ -117,3 +117,34 @@ async def test_a_429_before_the_first_validation_is_not_ready_without_a_warning(
     assert outcome.retry_after is not None and outcome.retry_after > 25
     assert harness.condition("CredentialsValid")[:2] == ("Unknown", "RateLimited")
     assert harness.events == []
+
+
+# --- refused logins (issue 8, item 8) ------------------------------------------------------------
+
+LOGIN = r"/universal-auth/login$"
+
+
+async def test_a_refused_login_waits_for_new_credentials(harness: Harness) -> None:
+    harness.kube.put("identity", {"clientId": CLIENT_ID, "clientSecret": "wrong"})
+    first = await harness.reconcile(force_login=True)
+    assert first.reason == "InvalidCredentials"
+    for _ in range(3):  # failure back-off and Secret events that did not change the content
+        again = await harness.reconcile()
+        assert again.reason == "InvalidCredentials"
+        assert again.retry_after is not None and again.retry_after > 300  # the daemon waits
+    assert harness.condition("CredentialsValid")[:2] == ("False", "InvalidCredentials")
+    assert "until the credentials Secret" in harness.condition("Ready")[2]
+    assert harness.fake.count(LOGIN) == 1
+    harness.kube.put("identity", {"clientId": CLIENT_ID, "clientSecret": CLIENT_SECRET})
+    assert (await harness.reconcile()).ready
+
+
+async def test_a_locked_identity_has_its_own_reason(harness: Harness) -> None:
+    harness.fake.state.identities[CLIENT_ID].locked_until = harness.fake.state.clock.now() + 300
+    outcome = await harness.reconcile(force_login=True)
+    assert outcome.reason == "CredentialsLocked"
+    assert outcome.retry_after is not None and outcome.retry_after > 250
+    status, reason, message = harness.condition("Ready")
+    assert (status, reason) == ("False", "CredentialsLocked")
+    assert "temporarily locked" in message
+    assert harness.condition("CredentialsValid")[:2] == ("Unknown", "CredentialsLocked")

@@ -12,6 +12,7 @@ from pydantic import SecretStr
 from infisical_sync.infisical.client import ClientPool, Credentials, InfisicalSession
 from infisical_sync.infisical.errors import (
     Conflict,
+    CredentialsLocked,
     Forbidden,
     InsecureUrl,
     InvalidCredentials,
@@ -162,6 +163,63 @@ async def test_invalid_credentials_are_not_retried(
     assert "Invalid credentials" in str(caught.value)
     assert "(reqId req-" in str(caught.value)
     assert fake.count(LOGIN) == 1
+
+
+async def test_a_refused_login_is_not_repeated_until_the_credentials_change(
+    fake: FakeInfisical, transport: InstanceTransport, clock: FakeClock
+) -> None:
+    session = InfisicalSession(transport, credentials("wrong"), clock=clock)
+    with pytest.raises(InvalidCredentials):
+        await session.validate(force_login=True)
+    for _ in range(3):  # the daemon's failure back-off, Secret events without a new secret
+        with pytest.raises(InvalidCredentials) as again:
+            await session.validate(force_login=False)
+        assert "until the credentials Secret or the connection's spec changes" in str(again.value)
+        assert again.value.retry_after is not None and again.value.retry_after > 300
+    assert fake.count(LOGIN) == 1
+    assert fake.state.identities[CLIENT_ID].locked_until == 0  # Infisical's lockout not reached
+    session.replace_credentials(credentials())  # the user fixed the Secret
+    await session.validate(force_login=False)
+    assert fake.count(LOGIN, status=200) == 1
+
+
+async def test_a_refused_login_is_retried_after_a_long_backoff_or_a_spec_change(
+    fake: FakeInfisical, transport: InstanceTransport, clock: FakeClock
+) -> None:
+    session = InfisicalSession(transport, credentials("wrong"), clock=clock)
+    with pytest.raises(InvalidCredentials):
+        await session.validate(force_login=True)
+    clock.now += 599
+    with pytest.raises(InvalidCredentials):
+        await session.validate(force_login=False)
+    assert fake.count(LOGIN) == 1
+    clock.now += 1
+    with pytest.raises(InvalidCredentials):
+        await session.validate(force_login=False)
+    assert fake.count(LOGIN) == 2
+    with pytest.raises(InvalidCredentials):
+        await session.validate(force_login=True)  # the spec changed: one more try
+    assert fake.count(LOGIN) == 3
+
+
+async def test_a_locked_identity_is_reported_and_waited_out(
+    fake: FakeInfisical, transport: InstanceTransport, clock: FakeClock
+) -> None:
+    fake.state.identities[CLIENT_ID].locked_until = fake.state.clock.now() + 300
+    session = InfisicalSession(transport, credentials("wrong"), clock=clock)
+    with pytest.raises(CredentialsLocked) as caught:
+        await session.validate(force_login=True)
+    assert caught.value.reason == "CredentialsLocked"
+    assert "temporarily locked" in str(caught.value)
+    session.replace_credentials(credentials())  # fixed, but the lock holds whatever the secret
+    with pytest.raises(CredentialsLocked) as again:
+        await session.validate(force_login=True)
+    assert "next login attempt in 300s" in str(again.value)
+    assert fake.count(LOGIN) == 1
+    clock.now += 300
+    fake.state.clock.advance(300)
+    await session.validate(force_login=False)
+    assert fake.count(LOGIN, status=200) == 1
 
 
 async def test_validate_uses_renewal_when_a_token_is_cached(

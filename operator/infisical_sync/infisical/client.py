@@ -24,6 +24,7 @@ from pydantic import SecretStr, ValidationError
 from infisical_sync import metrics
 from infisical_sync.infisical.errors import (
     Conflict,
+    CredentialsLocked,
     Forbidden,
     InfisicalError,
     InvalidCredentials,
@@ -43,6 +44,12 @@ from infisical_sync.infisical.transport import InstanceTransport, TransportOptio
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 LOGIN_PATH = "/api/v1/auth/universal-auth/login"
+# After a login refused with 401, the same credentials are not tried again for this long (unless
+# the spec changes): Infisical locks an identity for 300 s after 3 failed logins within 30 s, so
+# retries on the usual failure back-off would lock it out and keep it locked after a fix.
+LOGIN_REFUSED_BACKOFF = 600.0
+# How long Infisical's default lockout lasts; a locked identity is not tried before it ends.
+LOCKOUT_WAIT = 300.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,36 @@ class _Token:
 
     def __repr__(self) -> str:
         return f"_Token(ttl={self.ttl}, max_ttl={self.max_ttl})"
+
+
+@dataclass(frozen=True)
+class _LoginRefusal:
+    """The last login refusal, so that it is not repeated against Infisical's lockout."""
+
+    error: InvalidCredentials
+    credentials_version: str
+    until: float  # monotonic
+    locked: bool
+
+    def applies(self, credentials: Credentials, now: float) -> bool:
+        if now >= self.until:
+            return False
+        # A lock holds whatever the secret; a plain refusal only for the same credentials.
+        return self.locked or credentials.version == self.credentials_version
+
+    def again(self, now: float) -> InvalidCredentials:
+        """The refusal, re-raised without asking Infisical."""
+        wait = self.until - now
+        if self.locked:
+            note = f"waiting out the lock: next login attempt in {wait:.0f}s"
+        else:
+            note = (
+                "not logging in again with these credentials until the credentials Secret or "
+                f"the connection's spec changes (or for {wait:.0f}s)"
+            )
+        error = type(self.error)(f"{self.error}; {note}", status=self.error.status)
+        error.retry_after = wait
+        return error
 
 
 @dataclass(frozen=True)
@@ -168,6 +205,7 @@ class InfisicalSession:
         self._token: _Token | None = None
         self._lock = asyncio.Lock()
         self._project_ids: dict[str, str] = {}
+        self._refusal: _LoginRefusal | None = None
         self.logins = 0
         self.renewals = 0
 
@@ -197,6 +235,8 @@ class InfisicalSession:
         async with self._lock:
             now = self._clock()
             token = self._token
+            if force_login and self._refusal is not None and not self._refusal.locked:
+                self._refusal = None  # the spec changed: worth one more try
             if force_login or token is None or not token.can_renew(now):
                 await self._login()
                 return TokenInfo(self.token_expires_at, logged_in=True)
@@ -226,19 +266,52 @@ class InfisicalSession:
             return self._token
 
     async def _login(self) -> None:
+        refusal = self._refusal
+        if refusal is not None and refusal.applies(self.credentials, self._clock()):
+            raise refusal.again(self._clock())
+        credentials = self.credentials
         body: dict[str, str] = {
-            "clientId": self.credentials.client_id,
-            "clientSecret": self.credentials.client_secret.get_secret_value(),
+            "clientId": credentials.client_id,
+            "clientSecret": credentials.client_secret.get_secret_value(),
         }
-        if self.credentials.organization_slug:
-            body["organizationSlug"] = self.credentials.organization_slug
+        if credentials.organization_slug:
+            body["organizationSlug"] = credentials.organization_slug
         response = await self.transport.send("POST", LOGIN_PATH, endpoint="auth.login", json=body)
-        raise_for_response(response, "Universal Auth login")
+        try:
+            raise_for_response(response, "Universal Auth login")
+        except InvalidCredentials as exc:
+            raise self._refused(exc, credentials) from None
+        self._refusal = None
         result = _parse(LoginResult, response.json(), "login")
         self._store(result, fresh=True)
         self.logins += 1
         metrics.TOKEN_EVENTS.labels(self.transport.instance, "login").inc()
         log.info("logged in to %s as %s", self.transport.instance, self.credentials.client_id)
+
+    def _refused(self, exc: InvalidCredentials, credentials: Credentials) -> InvalidCredentials:
+        """Remember a 401 at login; the returned error says when the next attempt comes."""
+        now = self._clock()
+        locked = "temporarily locked" in (exc.remote_message or "")
+        if locked:
+            exc = CredentialsLocked(
+                "Universal Auth login refused: the identity is temporarily locked after "
+                "repeated failed logins",
+                status=exc.status,
+                remote_message=exc.remote_message,
+                request_id=exc.request_id,
+                error=exc.error,
+            )
+        wait = LOCKOUT_WAIT if locked else LOGIN_REFUSED_BACKOFF
+        self._refusal = _LoginRefusal(exc, credentials.version, now + wait, locked)
+        log.warning(
+            "login to %s as %s refused (%s); next attempt in %.0fs%s",
+            self.transport.instance,
+            credentials.client_id,
+            exc.remote_message or exc.status,
+            wait,
+            "" if locked else ", or when the credentials or the spec change",
+        )
+        return self._refusal.again(now)
 
     async def _renew(self, token: _Token) -> None:
         response = await self.transport.send(
