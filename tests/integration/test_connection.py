@@ -270,16 +270,17 @@ def test_deleted_credentials_secret_is_noticed(
     wait_ready(kube, namespace, ("False", "SecretNotFound"), timeout=10)  # the watch, not the timer
 
 
-def test_timer_revalidates_with_renewals(
+def test_timer_revalidates_with_the_cached_token(
     operator: OperatorProcess, kube: Any, namespace: str, fake: FakeInfisical
 ) -> None:
-    identity = fake.state.identities[CLIENT_ID]
-    identity.access_token_ttl, identity.access_token_max_ttl = 3600, 86400  # renewable
+    # Infisical's default identity (TTL = max TTL): its token can never be renewed.
     credentials(kube, namespace)
     create_connection(kube, namespace, fake.url, validationInterval="1s")
     wait_ready(kube, namespace, ("True", "Validated"))
     first = status(kube, namespace)["lastValidatedAt"]
-    wait_for(lambda: fake.count(r"/auth/token/renew$", status=200) >= 2, timeout=10)
-    assert fake.count(r"/universal-auth/login$") == 1  # no client-secret use per check
+    wait_for(lambda: fake.count(r"^/api/v1/projects$", status=200) >= 2, timeout=10)
+    # No client-secret use and no new token per check.
+    assert fake.count(r"/universal-auth/login$") == 1
+    assert len(fake.state.tokens) == 1
     wait_for(lambda: status(kube, namespace)["lastValidatedAt"] != first, timeout=10)
     assert kube_helpers.event_reasons(kube, namespace, "conn") == ["Ready"]  # transitions only

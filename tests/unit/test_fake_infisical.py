@@ -553,6 +553,23 @@ async def test_faults(fake: FakeInfisical, http: httpx.AsyncClient) -> None:
     assert not fake.faults
 
 
+async def test_route_missing_error_name_and_redirect_faults(
+    fake: FakeInfisical, http: httpx.AsyncClient
+) -> None:
+    headers = await token(http)
+    fake.inject(Fault("missing", r"^/api/v1/projects$", times=1))
+    missing = await http.get("/api/v1/projects", headers=headers)
+    assert missing.status_code == 404
+    assert missing.json()["message"] == "Route GET:/api/v1/projects not found"
+    fake.inject(Fault("status", r"^/api/v1/projects$", status=403, error="Forbidden", times=1))
+    assert envelope(await http.get("/api/v1/projects", headers=headers))["error"] == "Forbidden"
+    fake.inject(Fault("status", r"^/api/v4/secrets$", status=301, times=1))
+    moved = await http.get("/api/v4/secrets", params=LIST, headers=headers)
+    assert moved.status_code == 301
+    assert moved.headers["location"].startswith("https://infisical.example.com/api/v4/secrets?")
+    assert fake.log[-1].status == 301
+
+
 async def test_a_counted_fault_fires_exactly_times_under_concurrent_requests(
     fake: FakeInfisical, http: httpx.AsyncClient
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator
 
 import pytest
@@ -222,15 +223,81 @@ async def test_a_locked_identity_is_reported_and_waited_out(
     assert fake.count(LOGIN, status=200) == 1
 
 
-async def test_validate_uses_renewal_when_a_token_is_cached(
-    fake: FakeInfisical, session: InfisicalSession
+PROBE = r"^/api/v1/projects$"
+REVOKE = r"/auth/token/revoke$"
+
+
+async def test_revalidation_reuses_a_valid_token_when_ttl_equals_max_ttl(
+    fake: FakeInfisical, session: InfisicalSession, clock: FakeClock
+) -> None:
+    # Infisical's default: TTL = max TTL = 30 days, so the token can never be renewed.
+    first = await session.validate(force_login=True)
+    for _ in range(3):  # validationInterval ticks
+        clock.now += 300
+        again = await session.validate(force_login=False)
+        assert not again.logged_in
+    assert first.logged_in
+    assert (fake.count(LOGIN), fake.count(RENEW), fake.count(PROBE, status=200)) == (1, 0, 3)
+    assert len(fake.state.tokens) == 1
+    assert all(record.authorized for record in fake.log if re.search(PROBE, record.path))
+
+
+async def test_validate_renews_only_when_renewal_is_due(
+    fake: FakeInfisical, session: InfisicalSession, clock: FakeClock
 ) -> None:
     fake.state.identities[CLIENT_ID].access_token_ttl = 3600
     fake.state.identities[CLIENT_ID].access_token_max_ttl = 86400
-    first = await session.validate(force_login=True)
-    second = await session.validate(force_login=False)
-    assert first.logged_in and not second.logged_in
-    assert (fake.count(LOGIN), fake.count(RENEW)) == (1, 1)
+    await session.validate(force_login=True)
+    assert not (await session.validate(force_login=False)).logged_in
+    assert (fake.count(RENEW), fake.count(PROBE)) == (0, 1)
+    clock.now += 2401  # past 2/3 of the TTL
+    assert not (await session.validate(force_login=False)).logged_in
+    assert (fake.count(LOGIN), fake.count(RENEW), fake.count(PROBE)) == (1, 1, 1)
+
+
+async def test_a_replaced_token_is_always_revoked(
+    fake: FakeInfisical, session: InfisicalSession, clock: FakeClock
+) -> None:
+    fake.state.identities[CLIENT_ID].access_token_ttl = 30
+    fake.state.identities[CLIENT_ID].access_token_max_ttl = 30
+    await session.validate(force_login=True)
+    await session.validate(force_login=True)  # the spec changed: a fresh login
+    clock.now += 21  # renewal due, but it would pass the max TTL: a login
+    await session.list_secrets(LOCATION)
+    assert (fake.count(LOGIN), fake.count(REVOKE, status=200)) == (3, 2)
+    live = [token for token in fake.state.tokens.values() if not token.revoked]
+    assert len(live) == 1
+
+
+async def test_a_refused_token_leads_to_a_login_without_revoking_it(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    await session.validate(force_login=True)
+    for token in fake.state.tokens.values():
+        token.revoked = True
+    assert (await session.validate(force_login=False)).logged_in
+    assert (fake.count(PROBE, status=401), fake.count(LOGIN), fake.count(REVOKE)) == (1, 2, 0)
+
+
+async def test_a_probe_refused_for_identities_still_proves_the_token(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    # Some servers serve the project list to users only: the token was checked before that.
+    await session.validate(force_login=True)
+    fake.inject(Fault("status", PROBE, status=403, error="Forbidden access to /api/v1/projects"))
+    assert not (await session.validate(force_login=False)).logged_in
+    assert fake.count(LOGIN) == 1
+
+
+async def test_without_the_probe_route_revalidation_logs_in_and_revokes(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    await session.validate(force_login=True)
+    fake.inject(Fault("missing", PROBE))
+    assert (await session.validate(force_login=False)).logged_in
+    assert (await session.validate(force_login=False)).logged_in
+    assert fake.count(PROBE) == 1  # learnt once
+    assert (fake.count(LOGIN), fake.count(REVOKE, status=200)) == (3, 2)
 
 
 async def test_rotation_drops_the_cached_token(fake: FakeInfisical) -> None:

@@ -2,7 +2,9 @@
 
 `InfisicalSession` holds one connection's Universal Auth token (cached, renewed at 2/3 of its
 TTL, re-acquired by login when renewal is refused or a call answers 401 / 403 TokenError, with
-one login shared by concurrent callers) and offers exactly the calls the operator needs.
+one login shared by concurrent callers; a token a login replaces is revoked) and offers exactly
+the calls the operator needs. A login refused with 401 is not repeated with the same
+credentials for a long while (Infisical locks identities after repeated failures).
 `ClientPool` owns every transport and session; it is opened at startup and closed at cleanup.
 """
 
@@ -44,6 +46,10 @@ from infisical_sync.infisical.transport import InstanceTransport, TransportOptio
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 LOGIN_PATH = "/api/v1/auth/universal-auth/login"
+# Re-validation with a cached token: the projects the identity is a member of. Open to any
+# identity (no permission beyond membership), read bucket, and authenticated before anything
+# else, so any answer but 401 / 403 TokenError proves the token.
+PROBE_PATH = "/api/v1/projects"
 # After a login refused with 401, the same credentials are not tried again for this long (unless
 # the spec changes): Infisical locks an identity for 300 s after 3 failed logins within 30 s, so
 # retries on the usual failure back-off would lock it out and keep it locked after a fix.
@@ -87,6 +93,11 @@ class _Token:
         if self.ttl <= 0 or now >= self.issued_at + self.ttl:
             return False
         return self.max_ttl <= 0 or now + self.ttl <= self.login_at + self.max_ttl
+
+    def expired(self, now: float) -> bool:
+        return (self.ttl > 0 and now >= self.issued_at + self.ttl) or (
+            self.max_ttl > 0 and now >= self.login_at + self.max_ttl
+        )
 
     def __repr__(self) -> str:
         return f"_Token(ttl={self.ttl}, max_ttl={self.max_ttl})"
@@ -206,6 +217,7 @@ class InfisicalSession:
         self._lock = asyncio.Lock()
         self._project_ids: dict[str, str] = {}
         self._refusal: _LoginRefusal | None = None
+        self._probe_supported = True
         self.logins = 0
         self.renewals = 0
 
@@ -226,26 +238,47 @@ class InfisicalSession:
         return old
 
     async def validate(self, *, force_login: bool) -> TokenInfo:
-        """Prove the credentials against the instance.
+        """Prove the credentials against the instance, logging in only when it must.
 
-        A fresh login when asked (spec or credentials changed) or when no token is cached;
-        otherwise a renewal of the cached token, which proves the identity still works without
-        spending one of the client secret's uses.
+        A fresh login when asked (the spec changed, or the first validation) or when no usable
+        token is cached. Otherwise the cached token is used: renewed when its renewal is due,
+        else shown to one cheap authenticated call. Neither spends a client-secret use nor
+        mints a token. A token that a login replaces is revoked.
         """
         async with self._lock:
-            now = self._clock()
-            token = self._token
             if force_login and self._refusal is not None and not self._refusal.locked:
                 self._refusal = None  # the spec changed: worth one more try
-            if force_login or token is None or not token.can_renew(now):
-                await self._login()
-                return TokenInfo(self.token_expires_at, logged_in=True)
-            try:
-                await self._renew(token)
-            except InvalidCredentials:
-                await self._login()
-                return TokenInfo(self.token_expires_at, logged_in=True)
-            return TokenInfo(self.token_expires_at, logged_in=False)
+            now = self._clock()
+            token = self._token
+            if not force_login and token is not None and not token.expired(now):
+                if token.renew_due(now):
+                    if token.can_renew(now):
+                        with contextlib.suppress(InvalidCredentials):
+                            await self._renew(token)
+                            return TokenInfo(self.token_expires_at, logged_in=False)
+                elif self._probe_supported and await self._token_accepted(token):
+                    return TokenInfo(self.token_expires_at, logged_in=False)
+            await self._login()
+            return TokenInfo(self.token_expires_at, logged_in=True)
+
+    async def _token_accepted(self, token: _Token) -> bool:
+        response = await self.transport.send(
+            "GET",
+            PROBE_PATH,
+            endpoint="projects.list",
+            params={"type": "secret-manager"},
+            headers={"Authorization": f"Bearer {token.value.get_secret_value()}"},
+        )
+        if _route_missing(response):
+            # A server without this route: re-validation logs in (and revokes the old token).
+            self._probe_supported = False
+            return False
+        if _token_rejected(response):
+            self._drop(token)  # refused: nothing left to revoke
+            return False
+        # Anything else was answered after the token was verified (a 403 here: a server that
+        # serves the list to users only). Errors of the instance itself were raised by send().
+        return True
 
     async def _access_token(self) -> _Token:
         token = self._token
@@ -283,7 +316,10 @@ class InfisicalSession:
             raise self._refused(exc, credentials) from None
         self._refusal = None
         result = _parse(LoginResult, response.json(), "login")
+        replaced = self._token
         self._store(result, fresh=True)
+        if replaced is not None and not replaced.expired(self._clock()):
+            await self.revoke(replaced)  # still valid: never leave it live
         self.logins += 1
         metrics.TOKEN_EVENTS.labels(self.transport.instance, "login").inc()
         log.info("logged in to %s as %s", self.transport.instance, self.credentials.client_id)

@@ -86,13 +86,15 @@ def _issue(path: list[str | int], message: str, code: str = "custom") -> dict[st
 class Fault:
     """An injected misbehaviour for requests whose method and path match."""
 
-    kind: str  # "latency" | "status" | "reset" | "hang"
+    kind: str  # "latency" | "status" | "reset" | "hang" | "missing" (Fastify's unknown route)
     path_pattern: str = ".*"  # regex searched in the request path
     method: str | None = None
     times: int | None = None  # None = until cleared
-    status: int = 503
+    status: int = 503  # a 3xx redirects to `location`
     delay: float = 0.0
     retry_after: int = 60  # for status 429
+    error: str = "InternalServerError"  # the envelope's `error` for other statuses
+    location: str | None = None  # for 3xx; default: the same path on another host
 
     def matches(self, request: web.Request) -> bool:
         if self.method and request.method != self.method.upper():
@@ -334,13 +336,23 @@ class FakeInfisical:
                     "RateLimitExceeded",
                     headers={"retry-after": str(fault.retry_after)},
                 )
+            elif fault.kind == "status" and 300 <= fault.status < 400:
+                location = fault.location or f"https://infisical.example.com{request.path_qs}"
+                return web.Response(status=fault.status, headers={"Location": location})
             elif fault.kind == "status":
-                messages = {502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
+                messages = {
+                    403: "You are not allowed to access this resource",
+                    502: "Bad Gateway",
+                    503: "Service Unavailable",
+                    504: "Gateway Timeout",
+                }
                 raise ApiError(
                     fault.status,
                     messages.get(fault.status, "Something went wrong"),
-                    "InternalServerError",
+                    fault.error,
                 )
+            elif fault.kind == "missing":
+                raise web.HTTPNotFound()
         return None
 
     def _check_rate_limit(self, request: web.Request, bucket: str | None) -> None:
