@@ -34,6 +34,7 @@ _CREDENTIALS_UNKNOWN = {
     "ServerError",
     "InsecureHttp",
     "CredentialsLocked",  # a locked identity refuses even the right secret
+    "Redirected",
 }
 # Ready stays True when a Ready connection could not be re-validated because of a 429.
 VALIDATION_DEFERRED = "ValidationDeferred"
@@ -205,8 +206,6 @@ class ConnectionReconciler:
         except InfisicalError as exc:
             # retry_after: a 429's Retry-After, or when a refused login is worth trying again.
             return fail(exc.reason, str(exc), client_id, exc.retry_after)
-        except ValueError as exc:  # e.g. a CA bundle that is not PEM
-            return fail("TLSError", f"cannot use the CA bundle: {exc}", client_id)
         return Outcome(
             True,
             "Validated",

@@ -227,6 +227,26 @@ def test_custom_ca(operator: OperatorProcess, kube: Any, namespace: str) -> None
         assert status(kube, namespace)["observedGeneration"] == 2
 
 
+def test_a_ca_that_is_not_pem_and_a_redirect_are_reported(
+    operator: OperatorProcess, kube: Any, namespace: str, fake: FakeInfisical
+) -> None:
+    credentials(kube, namespace)
+    put_secret(kube, namespace, "infisical-ca", {"ca.crt": "not a PEM bundle"})
+    create_connection(
+        kube,
+        namespace,
+        "https://infisical.example.com",
+        tls={"caSecretRef": {"name": "infisical-ca"}},
+    )
+    wait_ready(kube, namespace, ("False", "TLSError"))
+    assert "not usable PEM" in status(kube, namespace)["message"]
+    fake.inject(Fault("status", r"/login$", status=301, location="https://infisical.example.com/"))
+    moved = {"instanceUrl": fake.url, "allowInsecureHttp": True, "tls": None}
+    patch(kube, namespace, PLURAL, "conn", {"spec": moved})
+    wait_ready(kube, namespace, ("False", "Redirected"), timeout=10)
+    assert "redirects to https://infisical.example.com/" in status(kube, namespace)["message"]
+
+
 def test_secrets_never_leak(
     operator: OperatorProcess, kube: Any, namespace: str, fake: FakeInfisical
 ) -> None:

@@ -148,3 +148,29 @@ async def test_a_locked_identity_has_its_own_reason(harness: Harness) -> None:
     assert (status, reason) == ("False", "CredentialsLocked")
     assert "temporarily locked" in message
     assert harness.condition("CredentialsValid")[:2] == ("Unknown", "CredentialsLocked")
+
+
+# --- TLS and redirects (issue 8, item 10) --------------------------------------------------------
+
+
+async def test_a_ca_that_is_not_pem_is_reported_in_status(harness: Harness) -> None:
+    harness.kube.put("infisical-ca", {"ca.crt": "this is no certificate"})
+    harness.spec = {
+        **harness.spec,
+        "instanceUrl": "https://infisical.example.com",
+        "allowInsecureHttp": False,
+        "tls": {"caSecretRef": {"name": "infisical-ca"}},
+    }
+    outcome = await harness.reconcile(force_login=True)
+    assert outcome.reason == "TLSError"
+    status, reason, message = harness.condition("Ready")
+    assert (status, reason) == ("False", "TLSError")
+    assert "tls.caSecretRef" in message and "PEM" in message
+
+
+async def test_a_redirect_at_login_is_not_a_ca_problem(harness: Harness) -> None:
+    harness.fake.inject(Fault("status", "/login$", status=308))
+    outcome = await harness.reconcile(force_login=True)
+    assert outcome.reason == "Redirected"
+    assert "instanceUrl" in outcome.message and "CA" not in outcome.message
+    assert harness.condition("CredentialsValid")[:2] == ("Unknown", "Redirected")

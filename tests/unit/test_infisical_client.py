@@ -19,6 +19,7 @@ from infisical_sync.infisical.errors import (
     InvalidCredentials,
     NotFound,
     RateLimited,
+    Redirected,
     ServerError,
     TLSError,
     Unreachable,
@@ -534,6 +535,58 @@ async def test_tls_with_the_fake_ca() -> None:
         finally:
             await trusted.aclose()
             await untrusted.aclose()
+
+
+def test_a_ca_bundle_that_is_not_pem_is_a_tls_error() -> None:
+    for bundle in (
+        "not a certificate",
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----",
+    ):
+        with pytest.raises(TLSError) as caught:
+            InstanceTransport("https://infisical.example.com", ca_pem=bundle)
+        assert "tls.caSecretRef" in str(caught.value) and "PEM" in str(caught.value)
+        assert "AAAA" not in str(caught.value)
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+async def test_a_redirect_at_login_is_an_error_of_its_own(
+    fake: FakeInfisical, session: InfisicalSession, status: int
+) -> None:
+    fake.inject(Fault("status", LOGIN, status=status, location="https://new.example.com/x/login"))
+    with pytest.raises(Redirected) as caught:
+        await session.validate(force_login=True)
+    assert caught.value.reason == "Redirected" and caught.value.status == status
+    assert "https://new.example.com/x/login" in str(caught.value)
+    assert "instanceUrl" in str(caught.value)
+    assert fake.count(LOGIN) == 1  # neither followed nor retried
+
+
+async def test_a_redirect_of_a_list_or_a_batch_is_never_success(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    await session.validate(force_login=True)
+    fake.inject(Fault("status", r"^/api/v4/secrets$", status=302))
+    with pytest.raises(Redirected):
+        await session.list_secrets(LOCATION)
+    fake.inject(Fault("status", r"^/api/v4/secrets/batch$", status=307))
+    with pytest.raises(Redirected):
+        await session.batch_create(LOCATION, [SecretWrite(key="A", value=SecretStr("1"))])
+    with pytest.raises(Redirected):
+        await session.batch_delete(LOCATION, ["A"])
+    fake.inject(Fault("status", r"^/api/v2/folders$", status=308))
+    with pytest.raises(Redirected):
+        await session.ensure_folder(
+            SecretLocation(project_id="p-1", environment="prod", secret_path="/a")
+        )
+
+
+async def test_an_unconditional_304_is_not_success(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    await session.validate(force_login=True)
+    fake.inject(Fault("status", r"^/api/v4/secrets/batch$", status=304))
+    with pytest.raises(Redirected):
+        await session.batch_create(LOCATION, [SecretWrite(key="A", value=SecretStr("1"))])
 
 
 def test_http_refused_unless_allowed() -> None:

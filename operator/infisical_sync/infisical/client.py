@@ -31,6 +31,7 @@ from infisical_sync.infisical.errors import (
     InfisicalError,
     InvalidCredentials,
     NotFound,
+    Redirected,
     ServerError,
     ValidationFailed,
 )
@@ -41,7 +42,12 @@ from infisical_sync.infisical.models import (
     SecretLocation,
     SecretWrite,
 )
-from infisical_sync.infisical.transport import InstanceTransport, TransportOptions, remote_details
+from infisical_sync.infisical.transport import (
+    InstanceTransport,
+    TransportOptions,
+    redirect_message,
+    remote_details,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -162,8 +168,10 @@ def _route_missing(response: httpx.Response) -> bool:
 def raise_for_response(response: httpx.Response, what: str) -> None:
     """Map a non-2xx response to a typed error carrying Infisical's message and reqId."""
     status = response.status_code
-    if status < 400 or status == 304:
+    if status < 300:
         return
+    if status < 400:  # a redirect (the transport already refuses those) or a stray 304
+        raise Redirected(redirect_message(response, what), status=status)
     details = remote_details(response)
     message = f"{what} failed with {status}"
     error: type[InfisicalError]
@@ -184,7 +192,14 @@ def raise_for_response(response: httpx.Response, what: str) -> None:
     raise error(message, status=status, **details)
 
 
-def _parse(model: type[T], data: Any, what: str) -> T:
+def _parse(model: type[T], response: httpx.Response, what: str) -> T:
+    try:
+        data = response.json()
+    except ValueError:
+        raise ServerError(
+            f"unexpected response from {what}: {response.status_code} without a JSON body",
+            status=response.status_code,
+        ) from None
     try:
         return model.model_validate(data)  # type: ignore[attr-defined, no-any-return]
     except ValidationError as exc:
@@ -315,7 +330,7 @@ class InfisicalSession:
         except InvalidCredentials as exc:
             raise self._refused(exc, credentials) from None
         self._refusal = None
-        result = _parse(LoginResult, response.json(), "login")
+        result = _parse(LoginResult, response, "login")
         replaced = self._token
         self._store(result, fresh=True)
         if replaced is not None and not replaced.expired(self._clock()):
@@ -360,7 +375,7 @@ class InfisicalSession:
             self._token = None
             raise InvalidCredentials("token renewal refused", **remote_details(response))
         raise_for_response(response, "token renewal")
-        result = _parse(LoginResult, response.json(), "token renewal")
+        result = _parse(LoginResult, response, "token renewal")
         self._store(result, fresh=False)
         self.renewals += 1
         metrics.TOKEN_EVENTS.labels(self.transport.instance, "renewal").inc()
@@ -444,7 +459,7 @@ class InfisicalSession:
             "GET", f"/api/v1/projects/slug/{project_slug}", endpoint="projects.get_by_slug"
         )
         raise_for_response(response, f"project lookup of slug {project_slug!r}")
-        project = _parse(Project, response.json(), "project lookup")
+        project = _parse(Project, response, "project lookup")
         self._project_ids[project_slug] = project.id
         return project.id
 
@@ -517,7 +532,7 @@ class InfisicalSession:
         if response.status_code == 304:
             return SecretListing(etag=etag, not_modified=True)
         raise_for_response(response, what)
-        listing = _parse(SecretListing, response.json(), what)
+        listing = _parse(SecretListing, response, what)
         return listing.model_copy(update={"etag": etag})
 
     async def batch_create(self, location: SecretLocation, items: Sequence[SecretWrite]) -> None:

@@ -100,3 +100,9 @@ class InsecureUrl(InfisicalError):
     """An http:// instance URL without allowInsecureHttp."""
 
     reason = "InsecureHttp"
+
+
+class Redirected(InfisicalError):
+    """A 3xx: redirects are never followed (credentials must not go to another URL)."""
+
+    reason = "Redirected"

@@ -24,6 +24,7 @@ from infisical_sync.infisical.errors import (
     InfisicalError,
     InsecureUrl,
     RateLimited,
+    Redirected,
     ServerError,
     TLSError,
     Unreachable,
@@ -109,7 +110,15 @@ class InstanceTransport:
         if parts.scheme == "https":
             verify = ssl.create_default_context()
             if ca_pem:
-                verify.load_verify_locations(cadata=ca_pem)
+                try:
+                    verify.load_verify_locations(cadata=ca_pem)
+                except (ssl.SSLError, ValueError) as exc:
+                    # OpenSSL's reason only (e.g. "no start line"), never the bundle itself.
+                    reason = getattr(exc, "reason", None) or type(exc).__name__
+                    raise TLSError(
+                        f"the CA bundle in tls.caSecretRef is not usable PEM ({reason}); "
+                        "it must hold one or more -----BEGIN CERTIFICATE----- blocks"
+                    ) from None
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             verify=verify,
@@ -202,6 +211,10 @@ class InstanceTransport:
                 response.status_code,
                 (self._clock() - started) * 1000,
             )
+            if 300 <= response.status_code < 400 and response.status_code != 304:
+                raise Redirected(
+                    redirect_message(response, f"{method} {endpoint}"), status=response.status_code
+                )
             if response.status_code == 429:
                 seconds = retry_after_seconds(response)
                 self._blocked_until = max(self._blocked_until, self._clock() + seconds)
@@ -226,6 +239,20 @@ class InstanceTransport:
 
     def _count(self, endpoint: str, status: str) -> None:
         metrics.API_CALLS.labels(self.instance, endpoint, status).inc()
+
+
+def redirect_message(response: httpx.Response, what: str) -> str:
+    """Where a 3xx pointed, without its query string (redirects are never followed)."""
+    location = response.headers.get("location")
+    if location:
+        target = urlsplit(str(response.url.join(location)))
+        where = f"redirects to {target.scheme}://{target.netloc}{target.path}"
+    else:
+        where = "gave no Location"
+    return (
+        f"{what} answered {response.status_code}: {where}; redirects are not followed, "
+        "set instanceUrl to the final URL of the Infisical API"
+    )
 
 
 def _short(exc: BaseException) -> str:
