@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from pydantic import SecretStr
@@ -324,6 +324,100 @@ async def test_rotation_drops_the_cached_token(fake: FakeInfisical) -> None:
         await pool.aclose()
 
 
+async def until(predicate: Callable[[], bool], timeout: float = 5) -> None:
+    """Poll the event loop until predicate() holds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+NEW_CLIENT_ID = "77777777-7777-4777-8777-777777777777"
+
+
+async def test_rotation_during_a_login_never_keeps_a_token_for_the_old_credentials(
+    fake: FakeInfisical,
+) -> None:
+    fake.state.add_identity(NEW_CLIENT_ID, "new-secret", projects={"p-1": {}})
+    pool = ClientPool(FAST)
+    try:
+        session = pool.session(
+            "ns/conn", instance_url=fake.url, credentials=credentials(), allow_http=True
+        )
+        fake.inject(Fault("latency", LOGIN, delay=0.3, times=1))
+        validation = asyncio.create_task(session.validate(force_login=True))
+        await until(lambda: fake.in_flight == 1)  # the login for the old identity is on its way
+        rotated = Credentials(client_id=NEW_CLIENT_ID, client_secret=SecretStr("new-secret"))
+        assert (
+            pool.session("ns/conn", instance_url=fake.url, credentials=rotated, allow_http=True)
+            is session
+        )
+        await validation
+        assert session._token is not None
+        held = fake.state.tokens[session._token.value.get_secret_value()]
+        assert held.identity_id == NEW_CLIENT_ID
+        # The token issued for the old identity meanwhile is revoked, not left live.
+        old = [t for t in fake.state.tokens.values() if t.identity_id == CLIENT_ID]
+        assert len(old) == 1
+        await until(lambda: old[0].revoked)
+    finally:
+        await pool.aclose()
+
+
+async def test_clients_for_urls_no_session_uses_are_closed(fake: FakeInfisical) -> None:
+    async with FakeInfisical() as other:
+        other.state.add_identity(CLIENT_ID, CANARY_SECRET)
+        pool = ClientPool(FAST)
+        try:
+            first = pool.session(
+                "ns/a", instance_url=fake.url, credentials=credentials(), allow_http=True
+            )
+            shared = pool.session(
+                "ns/b", instance_url=fake.url, credentials=credentials(), allow_http=True
+            )
+            await first.validate(force_login=True)
+            old_transport = first.transport
+            moved = pool.session(
+                "ns/a", instance_url=other.url, credentials=credentials(), allow_http=True
+            )
+            assert moved.transport is not old_transport
+            await until(lambda: fake.count(REVOKE, status=200) == 1)  # over the old client
+            assert not old_transport.closed  # ns/b still uses it
+            await pool.drop("ns/b")
+            assert old_transport.closed and shared.transport is old_transport
+            with pytest.raises(Unreachable):  # a straggler holding the retired session
+                await shared.list_secrets(LOCATION)
+            await moved.validate(force_login=True)
+            await pool.drop("ns/a")
+            assert moved.transport.closed
+        finally:
+            await pool.aclose()
+
+
+async def test_the_project_slug_cache_is_dropped_when_the_project_is_gone(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    old_id = await session.project_id(project_id=None, project_slug="payments")
+    del fake.state.projects[old_id]  # deleted and created again under the same slug
+    fake.state.add_project("payments", project_id="p-2")
+    fake.state.grant(CLIENT_ID, "p-2")
+    with pytest.raises(Forbidden):
+        await session.list_secrets(SecretLocation(project_id=old_id, environment="prod"))
+    assert await session.project_id(project_id=None, project_slug="payments") == "p-2"
+
+
+async def test_the_project_slug_cache_expires(
+    fake: FakeInfisical, session: InfisicalSession, clock: FakeClock
+) -> None:
+    await session.project_id(project_id=None, project_slug="payments")
+    clock.now += 599
+    await session.project_id(project_id=None, project_slug="payments")
+    assert fake.count(r"/projects/slug/payments$") == 1
+    clock.now += 1
+    await session.project_id(project_id=None, project_slug="payments")
+    assert fake.count(r"/projects/slug/payments$") == 2
+
+
 # --- API --------------------------------------------------------------------------------------
 
 
@@ -585,8 +679,13 @@ async def test_an_unconditional_304_is_not_success(
 ) -> None:
     await session.validate(force_login=True)
     fake.inject(Fault("status", r"^/api/v4/secrets/batch$", status=304))
-    with pytest.raises(Redirected):
+    with pytest.raises(ServerError) as batch:
         await session.batch_create(LOCATION, [SecretWrite(key="A", value=SecretStr("1"))])
+    fake.inject(Fault("status", r"^/api/v4/secrets$", status=304))
+    with pytest.raises(ServerError) as listing:
+        await session.list_secrets(LOCATION)
+    for caught in (batch, listing):
+        assert "304 Not Modified to a request that was not conditional" in str(caught.value)
 
 
 def test_http_refused_unless_allowed() -> None:

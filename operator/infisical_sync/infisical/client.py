@@ -16,7 +16,7 @@ import datetime as dt
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -52,6 +52,9 @@ from infisical_sync.infisical.transport import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 LOGIN_PATH = "/api/v1/auth/universal-auth/login"
+# A project slug resolves to its id for this long (a project deleted and created again under
+# the same slug gets a new id); a 403 or 404 for the project drops the entry at once.
+PROJECT_ID_TTL = 600.0
 # Re-validation with a cached token: the projects the identity is a member of. Open to any
 # identity (no permission beyond membership), read bucket, and authenticated before anything
 # else, so any answer but 401 / 403 TokenError proves the token.
@@ -170,7 +173,12 @@ def raise_for_response(response: httpx.Response, what: str) -> None:
     status = response.status_code
     if status < 300:
         return
-    if status < 400:  # a redirect (the transport already refuses those) or a stray 304
+    if status == 304:  # success only as the answer to If-None-Match, handled by the caller
+        raise ServerError(
+            f"{what} answered 304 Not Modified to a request that was not conditional",
+            status=status,
+        )
+    if status < 400:  # the transport already refuses redirects
         raise Redirected(redirect_message(response, what), status=status)
     details = remote_details(response)
     message = f"{what} failed with {status}"
@@ -230,7 +238,7 @@ class InfisicalSession:
         self._clock = clock
         self._token: _Token | None = None
         self._lock = asyncio.Lock()
-        self._project_ids: dict[str, str] = {}
+        self._project_ids: dict[str, tuple[str, float]] = {}  # slug -> (id, resolved at)
         self._refusal: _LoginRefusal | None = None
         self._probe_supported = True
         self.logins = 0
@@ -314,30 +322,44 @@ class InfisicalSession:
             return self._token
 
     async def _login(self) -> None:
-        refusal = self._refusal
-        if refusal is not None and refusal.applies(self.credentials, self._clock()):
-            raise refusal.again(self._clock())
-        credentials = self.credentials
-        body: dict[str, str] = {
-            "clientId": credentials.client_id,
-            "clientSecret": credentials.client_secret.get_secret_value(),
-        }
-        if credentials.organization_slug:
-            body["organizationSlug"] = credentials.organization_slug
-        response = await self.transport.send("POST", LOGIN_PATH, endpoint="auth.login", json=body)
-        try:
-            raise_for_response(response, "Universal Auth login")
-        except InvalidCredentials as exc:
-            raise self._refused(exc, credentials) from None
-        self._refusal = None
-        result = _parse(LoginResult, response, "login")
-        replaced = self._token
-        self._store(result, fresh=True)
-        if replaced is not None and not replaced.expired(self._clock()):
-            await self.revoke(replaced)  # still valid: never leave it live
-        self.logins += 1
-        metrics.TOKEN_EVENTS.labels(self.transport.instance, "login").inc()
-        log.info("logged in to %s as %s", self.transport.instance, self.credentials.client_id)
+        while True:
+            credentials = self.credentials
+            refusal = self._refusal
+            if refusal is not None and refusal.applies(credentials, self._clock()):
+                raise refusal.again(self._clock())
+            body: dict[str, str] = {
+                "clientId": credentials.client_id,
+                "clientSecret": credentials.client_secret.get_secret_value(),
+            }
+            if credentials.organization_slug:
+                body["organizationSlug"] = credentials.organization_slug
+            response = await self.transport.send(
+                "POST", LOGIN_PATH, endpoint="auth.login", json=body
+            )
+            if self._rotated_since(credentials):
+                # The credentials were replaced while this login was on its way: whatever it
+                # got is for the old ones. Revoke a token it got, then log in with the new ones.
+                if response.status_code == 200:
+                    stale = _parse(LoginResult, response, "login")
+                    await self._revoke_value(stale.access_token)
+                continue
+            try:
+                raise_for_response(response, "Universal Auth login")
+            except InvalidCredentials as exc:
+                raise self._refused(exc, credentials) from None
+            self._refusal = None
+            result = _parse(LoginResult, response, "login")
+            replaced = self._token
+            self._store(result, fresh=True)
+            if replaced is not None and not replaced.expired(self._clock()):
+                await self.revoke(replaced)  # still valid: never leave it live
+            self.logins += 1
+            metrics.TOKEN_EVENTS.labels(self.transport.instance, "login").inc()
+            log.info("logged in to %s as %s", self.transport.instance, credentials.client_id)
+            return
+
+    def _rotated_since(self, credentials: Credentials) -> bool:
+        return self.credentials.version != credentials.version
 
     def _refused(self, exc: InvalidCredentials, credentials: Credentials) -> InvalidCredentials:
         """Remember a 401 at login; the returned error says when the next attempt comes."""
@@ -365,12 +387,16 @@ class InfisicalSession:
         return self._refusal.again(now)
 
     async def _renew(self, token: _Token) -> None:
+        credentials = self.credentials
         response = await self.transport.send(
             "POST",
             "/api/v1/auth/token/renew",
             endpoint="auth.renew",
             json={"accessToken": token.value.get_secret_value()},
         )
+        if self._rotated_since(credentials):
+            # That token was dropped (and is being revoked) by the rotation: never store it.
+            raise InvalidCredentials("the credentials were replaced during the token renewal")
         if _token_rejected(response):
             self._token = None
             raise InvalidCredentials("token renewal refused", **remote_details(response))
@@ -401,14 +427,17 @@ class InfisicalSession:
         token = token or self._token
         if token is None:
             return
+        await self._revoke_value(token.value)
+        self._drop(token)
+
+    async def _revoke_value(self, value: SecretStr) -> None:
         with contextlib.suppress(InfisicalError, httpx.HTTPError):
             await self.transport.send(
                 "POST",
                 "/api/v1/auth/token/revoke",
                 endpoint="auth.revoke",
-                json={"accessToken": token.value.get_secret_value()},
+                json={"accessToken": value.get_secret_value()},
             )
-        self._drop(token)
 
     async def call(
         self,
@@ -453,15 +482,25 @@ class InfisicalSession:
         if not project_slug:
             raise ValidationFailed("neither projectId nor projectSlug is set")
         cached = self._project_ids.get(project_slug)
-        if cached:
-            return cached
+        if cached is not None and self._clock() < cached[1] + PROJECT_ID_TTL:
+            return cached[0]
         response = await self.call(
             "GET", f"/api/v1/projects/slug/{project_slug}", endpoint="projects.get_by_slug"
         )
         raise_for_response(response, f"project lookup of slug {project_slug!r}")
         project = _parse(Project, response, "project lookup")
-        self._project_ids[project_slug] = project.id
+        self._project_ids[project_slug] = (project.id, self._clock())
         return project.id
+
+    def _check(self, response: httpx.Response, what: str, location: SecretLocation) -> None:
+        """raise_for_response, and forget a slug that resolved to a project now refused."""
+        try:
+            raise_for_response(response, what)
+        except (Forbidden, NotFound):
+            for slug, (project_id, _) in list(self._project_ids.items()):
+                if project_id == location.project_id:
+                    del self._project_ids[slug]
+            raise
 
     async def ensure_folder(self, location: SecretLocation) -> bool:
         """mkdir -p of the secret path. True when it was created; an existing leaf is success."""
@@ -483,7 +522,7 @@ class InfisicalSession:
             remote_details(response).get("remote_message", "")
         ):
             return False
-        raise_for_response(response, f"creating folder {location.secret_path}")
+        self._check(response, f"creating folder {location.secret_path}", location)
         return True
 
     # --- secrets -------------------------------------------------------------------------------
@@ -516,7 +555,7 @@ class InfisicalSession:
             )
             if not _route_missing(response):
                 self.transport.v4_supported = True
-                return self._listing(response, what)
+                return self._listing(response, what, location)
             self.transport.v4_supported = False
         response = await self.call(
             "GET",
@@ -525,13 +564,15 @@ class InfisicalSession:
             params={"workspaceId": location.project_id, **flags},
             headers=headers,
         )
-        return self._listing(response, what)
+        return self._listing(response, what, location)
 
-    def _listing(self, response: httpx.Response, what: str) -> SecretListing:
+    def _listing(
+        self, response: httpx.Response, what: str, location: SecretLocation
+    ) -> SecretListing:
         etag = response.headers.get("etag")
-        if response.status_code == 304:
+        if response.status_code == 304 and "If-None-Match" in response.request.headers:
             return SecretListing(etag=etag, not_modified=True)
-        raise_for_response(response, what)
+        self._check(response, what, location)
         listing = _parse(SecretListing, response, what)
         return listing.model_copy(update={"etag": etag})
 
@@ -588,7 +629,7 @@ class InfisicalSession:
                 json={"projectId": location.project_id, **body},
             )
             if not _route_missing(response):
-                raise_for_response(response, what)
+                self._check(response, what, location)
                 return
             self.transport.v4_supported = False
         response = await self.call(
@@ -597,7 +638,7 @@ class InfisicalSession:
             endpoint=f"secrets.batch_{action}_v3",
             json={"workspaceId": location.project_id, **body},
         )
-        raise_for_response(response, what)
+        self._check(response, what, location)
 
 
 def _flag(value: bool) -> str:
@@ -619,7 +660,7 @@ class ClientPool:
         self.chunk_size = chunk_size
         self._transports: dict[_InstanceKey, InstanceTransport] = {}
         self._sessions: dict[str, tuple[_InstanceKey, InfisicalSession]] = {}
-        self._pending_revocations: set[asyncio.Task[None]] = set()
+        self._pending: set[asyncio.Task[None]] = set()  # revocations, retirements
 
     def session(
         self,
@@ -647,34 +688,46 @@ class ClientPool:
             session = existing[1]
             old_token = session.replace_credentials(credentials)
             if old_token is not None:
-                self._revoke_later(session, old_token)
+                self._in_background(session.revoke(old_token))
             return session
-        if existing is not None and existing[1]._token is not None:
-            self._revoke_later(existing[1], existing[1]._token)
         session = InfisicalSession(transport, credentials, chunk_size=self.chunk_size)
         self._sessions[connection] = (key, session)
+        if existing is not None:  # another URL or CA: retire the old session and its client
+            self._in_background(self._retire(*existing))
         return session
 
     def get(self, connection: str) -> InfisicalSession | None:
         entry = self._sessions.get(connection)
         return entry[1] if entry else None
 
-    def _revoke_later(self, session: InfisicalSession, token: _Token) -> None:
-        task = asyncio.get_running_loop().create_task(session.revoke(token))
-        self._pending_revocations.add(task)
-        task.add_done_callback(self._pending_revocations.discard)
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _retire(self, key: _InstanceKey, session: InfisicalSession) -> None:
+        """Revoke a session's token over its own client, then close that client if unused."""
+        await session.revoke()
+        await self._close_if_unused(key)
+
+    async def _close_if_unused(self, key: _InstanceKey) -> None:
+        if any(used == key for used, _ in self._sessions.values()):
+            return
+        transport = self._transports.pop(key, None)
+        if transport is not None:
+            await transport.aclose()
 
     async def drop(self, connection: str) -> None:
         entry = self._sessions.pop(connection, None)
         if entry is not None:
-            await entry[1].revoke()
+            await self._retire(*entry)
 
     async def aclose(self) -> None:
         for _, session in list(self._sessions.values()):
             await session.revoke()
         self._sessions.clear()
-        if self._pending_revocations:
-            await asyncio.gather(*self._pending_revocations, return_exceptions=True)
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
         for transport in self._transports.values():
             await transport.aclose()
         self._transports.clear()

@@ -137,6 +137,10 @@ class InstanceTransport:
         await self._http.aclose()
 
     @property
+    def closed(self) -> bool:
+        return self._http.is_closed
+
+    @property
     def blocked_for(self) -> float:
         return max(0.0, self._blocked_until - self._clock())
 
@@ -174,6 +178,11 @@ class InstanceTransport:
             try:
                 async with self._semaphore:
                     await self._wait_for_gate()
+                    if self.closed:  # retired: the connection moved to another URL or CA
+                        raise Unreachable(
+                            f"the client for {self.instance} was closed: "
+                            "the connection's instanceUrl or CA changed"
+                        )
                     started = self._clock()
                     self.in_flight += 1
                     self.max_in_flight = max(self.max_in_flight, self.in_flight)
