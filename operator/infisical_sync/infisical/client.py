@@ -728,6 +728,6 @@ class ClientPool:
         self._sessions.clear()
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
-        for transport in self._transports.values():
+        transports, self._transports = list(self._transports.values()), {}
+        for transport in transports:
             await transport.aclose()
-        self._transports.clear()
