@@ -655,6 +655,17 @@ async def test_a_redirect_at_login_is_an_error_of_its_own(
     assert fake.count(LOGIN) == 1  # neither followed nor retried
 
 
+async def test_a_redirect_message_names_no_credentials_or_query(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    target = "https://user:canary-pass@new.example.com/api?token=canary-query"
+    fake.inject(Fault("status", LOGIN, status=302, location=target))
+    with pytest.raises(Redirected) as caught:
+        await session.validate(force_login=True)
+    assert "redirects to https://new.example.com/api;" in str(caught.value)
+    assert "canary" not in str(caught.value)
+
+
 async def test_a_redirect_of_a_list_or_a_batch_is_never_success(
     fake: FakeInfisical, session: InfisicalSession
 ) -> None:

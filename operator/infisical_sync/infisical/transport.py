@@ -255,7 +255,8 @@ def redirect_message(response: httpx.Response, what: str) -> str:
     location = response.headers.get("location")
     if location:
         target = urlsplit(str(response.url.join(location)))
-        where = f"redirects to {target.scheme}://{target.netloc}{target.path}"
+        host = target.netloc.rpartition("@")[2]  # never userinfo
+        where = f"redirects to {target.scheme}://{host}{target.path}"
     else:
         where = "gave no Location"
     return (
