@@ -35,7 +35,11 @@ _CREDENTIALS_UNKNOWN = {
     "ServerError",
     "InsecureHttp",
     "InstanceNotAllowed",
+    "CredentialsLocked",  # a locked identity refuses even the right secret
+    "Redirected",
 }
+# Ready stays True when a Ready connection could not be re-validated because of a 429.
+VALIDATION_DEFERRED = "ValidationDeferred"
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,20 @@ class Outcome:
         if self.ready:
             return "True"
         return "Unknown" if self.reason in _CREDENTIALS_UNKNOWN else "False"
+
+
+def deferred_by_rate_limit(outcome: Outcome, token_expires_at: dt.datetime | None) -> Outcome:
+    """A 429 is no connection failure: a Ready connection stays Ready, and the SecretSyncs it
+    delays report RateLimited on themselves."""
+    return Outcome(
+        True,
+        VALIDATION_DEFERRED,
+        f"validation deferred by rate limiting ({outcome.message}); the last validation succeeded",
+        outcome.client_id,
+        outcome.instance_url,
+        token_expires_at=token_expires_at,
+        retry_after=outcome.retry_after,
+    )
 
 
 @dataclass(frozen=True)
@@ -90,10 +108,11 @@ def build_status(
         generation=generation,
         now=now,
     )
+    deferred = outcome.reason == VALIDATION_DEFERRED
     status: dict[str, Any] = {
         "conditions": conditions,
         "observedGeneration": generation,
-        "lastValidatedAt": timestamp(now),
+        "lastValidatedAt": previous.get("lastValidatedAt") if deferred else timestamp(now),
         "message": outcome.message,
         "instanceUrl": outcome.instance_url,
         "clientId": outcome.client_id,
@@ -136,8 +155,15 @@ class ConnectionReconciler:
             fields = ", ".join(".".join(str(p) for p in err["loc"]) for err in exc.errors())
             return Outcome(False, "InvalidSpec", f"spec is invalid at: {fields}")
 
-        def fail(reason: str, message: str, client_id: str | None = None) -> Outcome:
-            return Outcome(False, reason, message, client_id, spec.instance_url)
+        def fail(
+            reason: str,
+            message: str,
+            client_id: str | None = None,
+            retry_after: float | None = None,
+        ) -> Outcome:
+            return Outcome(
+                False, reason, message, client_id, spec.instance_url, retry_after=retry_after
+            )
 
         # Before any Secret is read: credentials never go to an instance the operator refuses.
         if not self.allowed_instances.allows(spec.instance_url):
@@ -188,19 +214,9 @@ class ConnectionReconciler:
                 allow_http=spec.allow_insecure_http,
             )
             info = await session.validate(force_login=force_login)
-        except RateLimited as exc:
-            return Outcome(
-                False,
-                exc.reason,
-                str(exc),
-                client_id,
-                spec.instance_url,
-                retry_after=exc.retry_after,
-            )
         except InfisicalError as exc:
-            return fail(exc.reason, str(exc), client_id)
-        except ValueError as exc:  # e.g. a CA bundle that is not PEM
-            return fail("TLSError", f"cannot use the CA bundle: {exc}", client_id)
+            # retry_after: a 429's Retry-After, or when a refused login is worth trying again.
+            return fail(exc.reason, str(exc), client_id, exc.retry_after)
         return Outcome(
             True,
             "Validated",
@@ -225,6 +241,10 @@ class ConnectionReconciler:
             if known is not None
             else condition_status(previous.get("conditions"), "Ready") == "True"
         )
+        if was_ready and outcome.reason == RateLimited.reason:
+            session = self.pool.get(connection_key(namespace, name))
+            expires_at = session.token_expires_at if session is not None else None
+            outcome = deferred_by_rate_limit(outcome, expires_at)
         status = build_status(
             outcome,
             previous,

@@ -83,12 +83,15 @@ class SyncFailed(Exception):
 
 @dataclass
 class _Cache:
-    """Per SecretSync, in memory: the last listings and their ETags."""
+    """Per SecretSync, in memory: the last listings and their ETags, each with the location it
+    was read from. An ETag is only ever sent back to that same location."""
 
     destination_etag: str | None = None
     destination: dict[str, DestinationKey] = field(default_factory=dict)
+    destination_at: tuple[str, SecretLocation] | None = None  # (instance URL, location)
     source_etag: str | None = None
     source: dict[str, str] | None = None
+    source_at: tuple[str, str] | None = None  # (instance URL, the source spec)
 
 
 @dataclass(frozen=True)
@@ -364,15 +367,22 @@ class SyncEngine:
             return result
         assert spec.source.infisical is not None
         ref = spec.source.infisical.connection_ref.name
+        session = self.connections.session(namespace, ref)
+        at = (
+            session.transport.base_url if session else "",
+            spec.source.infisical.model_dump_json(),
+        )
+        same_place = cache.source_at == at
         result = await read_infisical(
-            self.connections.session(namespace, ref),
+            session,
             f"{namespace}/{ref}",
             spec.source.infisical,
-            etag=cache.source_etag,
-            cached=cache.source,
+            etag=cache.source_etag if same_place else None,
+            cached=cache.source if same_place else None,
         )
         if result.certain:
             cache.source_etag, cache.source = result.etag, dict(result.values)
+            cache.source_at = at
         return result
 
     async def _destination_location(
@@ -399,7 +409,8 @@ class SyncEngine:
         *,
         fresh: bool,
     ) -> dict[str, DestinationKey]:
-        etag = None if fresh else cache.destination_etag
+        at = (session.transport.base_url, location)
+        etag = None if fresh or cache.destination_at != at else cache.destination_etag
         try:
             listing = await session.list_secrets(location, etag=etag)
         except NotFound:
@@ -408,13 +419,13 @@ class SyncEngine:
                 await session.ensure_folder(location)
             except InfisicalError as exc:
                 raise self._remote_failure("DestinationReady", exc) from None
-            cache.destination_etag, cache.destination = None, {}
+            cache.destination_at, cache.destination_etag, cache.destination = at, None, {}
             return {}
         except InfisicalError as exc:
             raise self._remote_failure("DestinationReady", exc) from None
         if listing.not_modified:
             return dict(cache.destination)
-        cache.destination_etag = listing.etag
+        cache.destination_at, cache.destination_etag = at, listing.etag
         cache.destination = _destination_map(listing.secrets)
         return dict(cache.destination)
 

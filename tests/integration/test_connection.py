@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -154,6 +155,62 @@ def test_rate_limited_then_recovers(
     assert ok.at - limited.at >= 7.5  # nothing sent to the instance before Retry-After ended
 
 
+def touch_credentials(kube: Any, namespace: str, label: str, secret: str = GOOD_SECRET) -> None:
+    """Change the credentials Secret without changing its content: a Secret event, a kick."""
+    data = {"clientId": CLIENT_ID, "clientSecret": secret}
+    put_secret(kube, namespace, "identity", data, labels={"touched": label})
+
+
+def revalidate_after_touch(kube: Any, namespace: str, label: str, secret: str) -> None:
+    """Touch the credentials Secret and wait until the validation it triggers wrote status."""
+    before = status(kube, namespace)["lastValidatedAt"]
+    # lastValidatedAt has a resolution of one second: let a second pass so a new one shows.
+    wait_for(lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) > before, timeout=3)
+    touch_credentials(kube, namespace, label, secret)
+    wait_for(lambda: status(kube, namespace)["lastValidatedAt"] != before, timeout=10)
+
+
+def test_bad_credentials_are_not_retried_into_a_lockout(
+    operator: OperatorProcess, kube: Any, namespace: str, fake: FakeInfisical
+) -> None:
+    credentials(kube, namespace, BAD_SECRET)
+    create_connection(kube, namespace, fake.url)
+    wait_ready(kube, namespace, ("False", "InvalidCredentials"))
+    for label in ("1", "2", "3"):  # Secret events that do not change the credentials
+        revalidate_after_touch(kube, namespace, label, BAD_SECRET)
+    assert fake.count(r"/universal-auth/login$") == 1
+    assert "until the credentials Secret" in status(kube, namespace)["message"]
+    assert fake.state.identities[CLIENT_ID].locked_until == 0
+    credentials(kube, namespace, GOOD_SECRET)  # the fix works at once: no lockout to wait out
+    wait_ready(kube, namespace, ("True", "Validated"), timeout=10)
+
+
+def test_a_locked_identity_is_reported_as_locked(
+    operator: OperatorProcess, kube: Any, namespace: str, fake: FakeInfisical
+) -> None:
+    fake.state.identities[CLIENT_ID].locked_until = fake.state.clock.now() + 300
+    credentials(kube, namespace)
+    create_connection(kube, namespace, fake.url)
+    wait_ready(kube, namespace, ("False", "CredentialsLocked"))
+    assert "temporarily locked" in status(kube, namespace)["message"]
+    revalidate_after_touch(kube, namespace, "1", GOOD_SECRET)
+    assert fake.count(r"/universal-auth/login$") == 1  # waited out, not retried
+
+
+def test_rate_limit_at_revalidation_keeps_the_connection_ready(
+    operator: OperatorProcess, kube: Any, namespace: str, fake: FakeInfisical
+) -> None:
+    credentials(kube, namespace)
+    create_connection(kube, namespace, fake.url)
+    wait_ready(kube, namespace, ("True", "Validated"))
+    fake.inject(Fault("status", ".*", status=429, retry_after=30, times=1))
+    touch_credentials(kube, namespace, "1")  # re-validates now
+    wait_ready(kube, namespace, ("True", "ValidationDeferred"), timeout=10)
+    assert fake.count(status=429) == 1
+    assert "deferred by rate limiting" in status(kube, namespace)["message"]
+    assert kube_helpers.event_reasons(kube, namespace, "conn") == ["Ready"]  # no Warning
+
+
 def test_custom_ca(operator: OperatorProcess, kube: Any, namespace: str) -> None:
     with BackgroundFake(FakeInfisical(tls=True)) as fake:
         fake.state.add_identity(CLIENT_ID, GOOD_SECRET)
@@ -172,6 +229,26 @@ def test_custom_ca(operator: OperatorProcess, kube: Any, namespace: str) -> None
         )
         wait_ready(kube, namespace, ("True", "Validated"), timeout=15)
         assert status(kube, namespace)["observedGeneration"] == 2
+
+
+def test_a_ca_that_is_not_pem_and_a_redirect_are_reported(
+    operator: OperatorProcess, kube: Any, namespace: str, fake: FakeInfisical
+) -> None:
+    credentials(kube, namespace)
+    put_secret(kube, namespace, "infisical-ca", {"ca.crt": "not a PEM bundle"})
+    create_connection(
+        kube,
+        namespace,
+        "https://infisical.example.com",
+        tls={"caSecretRef": {"name": "infisical-ca"}},
+    )
+    wait_ready(kube, namespace, ("False", "TLSError"))
+    assert "not usable PEM" in status(kube, namespace)["message"]
+    fake.inject(Fault("status", r"/login$", status=301, location="https://infisical.example.com/"))
+    moved = {"instanceUrl": fake.url, "allowInsecureHttp": True, "tls": None}
+    patch(kube, namespace, PLURAL, "conn", {"spec": moved})
+    wait_ready(kube, namespace, ("False", "Redirected"), timeout=10)
+    assert "redirects to https://infisical.example.com/" in status(kube, namespace)["message"]
 
 
 def test_secrets_never_leak(
@@ -217,22 +294,23 @@ def test_deleted_credentials_secret_is_noticed(
     wait_ready(kube, namespace, ("False", "SecretNotFound"), timeout=10)  # the watch, not the timer
 
 
-def test_revalidation_renews_instead_of_logging_in(
+def test_revalidation_uses_the_cached_token(
     operator: OperatorProcess, kube: Any, namespace: str, fake: FakeInfisical
 ) -> None:
-    identity = fake.state.identities[CLIENT_ID]
-    identity.access_token_ttl, identity.access_token_max_ttl = 3600, 86400  # renewable
+    # Infisical's default identity (TTL = max TTL): its token can never be renewed.
     credentials(kube, namespace)
     create_connection(kube, namespace, fake.url)
     wait_ready(kube, namespace, ("True", "Validated"))
-    renewals = fake.count(r"/auth/token/renew$", status=200)
+    checks = fake.count(r"^/api/v1/projects$", status=200)
     for touch in (1, 2):
         # A credentials Secret edited without changing the credentials re-validates the way the
         # timer does (no forced login), without waiting out the 30 s minimum interval.
         credentials(kube, namespace, labels={"touched": str(touch)})
         wait_for(
-            lambda touch=touch: fake.count(r"/auth/token/renew$", status=200) >= renewals + touch,
+            lambda touch=touch: fake.count(r"^/api/v1/projects$", status=200) >= checks + touch,
             timeout=10,
         )
-    assert fake.count(r"/universal-auth/login$") == 1  # no client-secret use per check
+    # No client-secret use and no new token per check.
+    assert fake.count(r"/universal-auth/login$") == 1
+    assert len(fake.state.tokens) == 1
     assert kube_helpers.event_reasons(kube, namespace, "conn") == ["Ready"]  # transitions only

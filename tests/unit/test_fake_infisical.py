@@ -553,6 +553,23 @@ async def test_faults(fake: FakeInfisical, http: httpx.AsyncClient) -> None:
     assert not fake.faults
 
 
+async def test_route_missing_error_name_and_redirect_faults(
+    fake: FakeInfisical, http: httpx.AsyncClient
+) -> None:
+    headers = await token(http)
+    fake.inject(Fault("missing", r"^/api/v1/projects$", times=1))
+    missing = await http.get("/api/v1/projects", headers=headers)
+    assert missing.status_code == 404
+    assert missing.json()["message"] == "Route GET:/api/v1/projects not found"
+    fake.inject(Fault("status", r"^/api/v1/projects$", status=403, error="Forbidden", times=1))
+    assert envelope(await http.get("/api/v1/projects", headers=headers))["error"] == "Forbidden"
+    fake.inject(Fault("status", r"^/api/v4/secrets$", status=301, times=1))
+    moved = await http.get("/api/v4/secrets", params=LIST, headers=headers)
+    assert moved.status_code == 301
+    assert moved.headers["location"].startswith("https://infisical.example.com/api/v4/secrets?")
+    assert fake.log[-1].status == 301
+
+
 async def test_a_counted_fault_fires_exactly_times_under_concurrent_requests(
     fake: FakeInfisical, http: httpx.AsyncClient
 ) -> None:
@@ -577,6 +594,21 @@ async def test_request_log_and_counters(fake: FakeInfisical, http: httpx.AsyncCl
     assert fake.count(r"/api/v4/secrets$", status=404) == 1
     assert fake.counters[("POST", "/api/v1/auth/universal-auth/login", 200)] == 1
     assert fake.log[-1].query["secretPath"] == "/x"
+
+
+async def test_request_log_tells_what_arrived_inside_a_retry_after_window(
+    fake: FakeInfisical, http: httpx.AsyncClient
+) -> None:
+    headers = await token(http)
+    fake.inject(Fault("status", r"/api/v4/secrets$", status=429, retry_after=30, times=1))
+    assert (await http.get("/api/v4/secrets", params=LIST, headers=headers)).status_code == 429
+    limited = fake.log[-1]
+    assert limited.retry_after == 30 and limited.started_at <= limited.at
+    assert fake.sent_while_rate_limited() == []
+    await http.get("/api/v4/secrets", params=LIST, headers={**headers, "If-None-Match": '"x"'})
+    assert fake.sent_while_rate_limited() == [fake.log[-1]]
+    assert fake.log[-1].if_none_match == '"x"'
+    assert fake.sent_while_rate_limited(margin=60) == []  # margin: arrived right after the 429
 
 
 async def test_tls_with_generated_ca() -> None:

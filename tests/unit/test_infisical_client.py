@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from pydantic import SecretStr
@@ -12,11 +13,13 @@ from pydantic import SecretStr
 from infisical_sync.infisical.client import ClientPool, Credentials, InfisicalSession
 from infisical_sync.infisical.errors import (
     Conflict,
+    CredentialsLocked,
     Forbidden,
     InsecureUrl,
     InvalidCredentials,
     NotFound,
     RateLimited,
+    Redirected,
     ServerError,
     TLSError,
     Unreachable,
@@ -164,15 +167,138 @@ async def test_invalid_credentials_are_not_retried(
     assert fake.count(LOGIN) == 1
 
 
-async def test_validate_uses_renewal_when_a_token_is_cached(
-    fake: FakeInfisical, session: InfisicalSession
+async def test_a_refused_login_is_not_repeated_until_the_credentials_change(
+    fake: FakeInfisical, transport: InstanceTransport, clock: FakeClock
+) -> None:
+    session = InfisicalSession(transport, credentials("wrong"), clock=clock)
+    with pytest.raises(InvalidCredentials):
+        await session.validate(force_login=True)
+    for _ in range(3):  # the daemon's failure back-off, Secret events without a new secret
+        with pytest.raises(InvalidCredentials) as again:
+            await session.validate(force_login=False)
+        assert "until the credentials Secret or the connection's spec changes" in str(again.value)
+        assert again.value.retry_after is not None and again.value.retry_after > 300
+    assert fake.count(LOGIN) == 1
+    assert fake.state.identities[CLIENT_ID].locked_until == 0  # Infisical's lockout not reached
+    session.replace_credentials(credentials())  # the user fixed the Secret
+    await session.validate(force_login=False)
+    assert fake.count(LOGIN, status=200) == 1
+
+
+async def test_a_refused_login_is_retried_after_a_long_backoff_or_a_spec_change(
+    fake: FakeInfisical, transport: InstanceTransport, clock: FakeClock
+) -> None:
+    session = InfisicalSession(transport, credentials("wrong"), clock=clock)
+    with pytest.raises(InvalidCredentials):
+        await session.validate(force_login=True)
+    clock.now += 599
+    with pytest.raises(InvalidCredentials):
+        await session.validate(force_login=False)
+    assert fake.count(LOGIN) == 1
+    clock.now += 1
+    with pytest.raises(InvalidCredentials):
+        await session.validate(force_login=False)
+    assert fake.count(LOGIN) == 2
+    with pytest.raises(InvalidCredentials):
+        await session.validate(force_login=True)  # the spec changed: one more try
+    assert fake.count(LOGIN) == 3
+
+
+async def test_a_locked_identity_is_reported_and_waited_out(
+    fake: FakeInfisical, transport: InstanceTransport, clock: FakeClock
+) -> None:
+    fake.state.identities[CLIENT_ID].locked_until = fake.state.clock.now() + 300
+    session = InfisicalSession(transport, credentials("wrong"), clock=clock)
+    with pytest.raises(CredentialsLocked) as caught:
+        await session.validate(force_login=True)
+    assert caught.value.reason == "CredentialsLocked"
+    assert "temporarily locked" in str(caught.value)
+    session.replace_credentials(credentials())  # fixed, but the lock holds whatever the secret
+    with pytest.raises(CredentialsLocked) as again:
+        await session.validate(force_login=True)
+    assert "next login attempt in 300s" in str(again.value)
+    assert fake.count(LOGIN) == 1
+    clock.now += 300
+    fake.state.clock.advance(300)
+    await session.validate(force_login=False)
+    assert fake.count(LOGIN, status=200) == 1
+
+
+PROBE = r"^/api/v1/projects$"
+REVOKE = r"/auth/token/revoke$"
+
+
+async def test_revalidation_reuses_a_valid_token_when_ttl_equals_max_ttl(
+    fake: FakeInfisical, session: InfisicalSession, clock: FakeClock
+) -> None:
+    # Infisical's default: TTL = max TTL = 30 days, so the token can never be renewed.
+    first = await session.validate(force_login=True)
+    for _ in range(3):  # validationInterval ticks
+        clock.now += 300
+        again = await session.validate(force_login=False)
+        assert not again.logged_in
+    assert first.logged_in
+    assert (fake.count(LOGIN), fake.count(RENEW), fake.count(PROBE, status=200)) == (1, 0, 3)
+    assert len(fake.state.tokens) == 1
+    assert all(record.authorized for record in fake.log if re.search(PROBE, record.path))
+
+
+async def test_validate_renews_only_when_renewal_is_due(
+    fake: FakeInfisical, session: InfisicalSession, clock: FakeClock
 ) -> None:
     fake.state.identities[CLIENT_ID].access_token_ttl = 3600
     fake.state.identities[CLIENT_ID].access_token_max_ttl = 86400
-    first = await session.validate(force_login=True)
-    second = await session.validate(force_login=False)
-    assert first.logged_in and not second.logged_in
-    assert (fake.count(LOGIN), fake.count(RENEW)) == (1, 1)
+    await session.validate(force_login=True)
+    assert not (await session.validate(force_login=False)).logged_in
+    assert (fake.count(RENEW), fake.count(PROBE)) == (0, 1)
+    clock.now += 2401  # past 2/3 of the TTL
+    assert not (await session.validate(force_login=False)).logged_in
+    assert (fake.count(LOGIN), fake.count(RENEW), fake.count(PROBE)) == (1, 1, 1)
+
+
+async def test_a_replaced_token_is_always_revoked(
+    fake: FakeInfisical, session: InfisicalSession, clock: FakeClock
+) -> None:
+    fake.state.identities[CLIENT_ID].access_token_ttl = 30
+    fake.state.identities[CLIENT_ID].access_token_max_ttl = 30
+    await session.validate(force_login=True)
+    await session.validate(force_login=True)  # the spec changed: a fresh login
+    clock.now += 21  # renewal due, but it would pass the max TTL: a login
+    await session.list_secrets(LOCATION)
+    assert (fake.count(LOGIN), fake.count(REVOKE, status=200)) == (3, 2)
+    live = [token for token in fake.state.tokens.values() if not token.revoked]
+    assert len(live) == 1
+
+
+async def test_a_refused_token_leads_to_a_login_without_revoking_it(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    await session.validate(force_login=True)
+    for token in fake.state.tokens.values():
+        token.revoked = True
+    assert (await session.validate(force_login=False)).logged_in
+    assert (fake.count(PROBE, status=401), fake.count(LOGIN), fake.count(REVOKE)) == (1, 2, 0)
+
+
+async def test_a_probe_refused_for_identities_still_proves_the_token(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    # Some servers serve the project list to users only: the token was checked before that.
+    await session.validate(force_login=True)
+    fake.inject(Fault("status", PROBE, status=403, error="Forbidden access to /api/v1/projects"))
+    assert not (await session.validate(force_login=False)).logged_in
+    assert fake.count(LOGIN) == 1
+
+
+async def test_without_the_probe_route_revalidation_logs_in_and_revokes(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    await session.validate(force_login=True)
+    fake.inject(Fault("missing", PROBE))
+    assert (await session.validate(force_login=False)).logged_in
+    assert (await session.validate(force_login=False)).logged_in
+    assert fake.count(PROBE) == 1  # learnt once
+    assert (fake.count(LOGIN), fake.count(REVOKE, status=200)) == (3, 2)
 
 
 async def test_rotation_drops_the_cached_token(fake: FakeInfisical) -> None:
@@ -196,6 +322,100 @@ async def test_rotation_drops_the_cached_token(fake: FakeInfisical) -> None:
         assert fake.count(r"/auth/token/revoke$") == 1
     finally:
         await pool.aclose()
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 5) -> None:
+    """Poll the event loop until predicate() holds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+NEW_CLIENT_ID = "77777777-7777-4777-8777-777777777777"
+
+
+async def test_rotation_during_a_login_never_keeps_a_token_for_the_old_credentials(
+    fake: FakeInfisical,
+) -> None:
+    fake.state.add_identity(NEW_CLIENT_ID, "new-secret", projects={"p-1": {}})
+    pool = ClientPool(FAST)
+    try:
+        session = pool.session(
+            "ns/conn", instance_url=fake.url, credentials=credentials(), allow_http=True
+        )
+        fake.inject(Fault("latency", LOGIN, delay=0.3, times=1))
+        validation = asyncio.create_task(session.validate(force_login=True))
+        await until(lambda: fake.in_flight == 1)  # the login for the old identity is on its way
+        rotated = Credentials(client_id=NEW_CLIENT_ID, client_secret=SecretStr("new-secret"))
+        assert (
+            pool.session("ns/conn", instance_url=fake.url, credentials=rotated, allow_http=True)
+            is session
+        )
+        await validation
+        assert session._token is not None
+        held = fake.state.tokens[session._token.value.get_secret_value()]
+        assert held.identity_id == NEW_CLIENT_ID
+        # The token issued for the old identity meanwhile is revoked, not left live.
+        old = [t for t in fake.state.tokens.values() if t.identity_id == CLIENT_ID]
+        assert len(old) == 1
+        await until(lambda: old[0].revoked)
+    finally:
+        await pool.aclose()
+
+
+async def test_clients_for_urls_no_session_uses_are_closed(fake: FakeInfisical) -> None:
+    async with FakeInfisical() as other:
+        other.state.add_identity(CLIENT_ID, CANARY_SECRET)
+        pool = ClientPool(FAST)
+        try:
+            first = pool.session(
+                "ns/a", instance_url=fake.url, credentials=credentials(), allow_http=True
+            )
+            shared = pool.session(
+                "ns/b", instance_url=fake.url, credentials=credentials(), allow_http=True
+            )
+            await first.validate(force_login=True)
+            old_transport = first.transport
+            moved = pool.session(
+                "ns/a", instance_url=other.url, credentials=credentials(), allow_http=True
+            )
+            assert moved.transport is not old_transport
+            await until(lambda: fake.count(REVOKE, status=200) == 1)  # over the old client
+            assert not old_transport.closed  # ns/b still uses it
+            await pool.drop("ns/b")
+            assert old_transport.closed and shared.transport is old_transport
+            with pytest.raises(Unreachable):  # a straggler holding the retired session
+                await shared.list_secrets(LOCATION)
+            await moved.validate(force_login=True)
+            await pool.drop("ns/a")
+            assert moved.transport.closed
+        finally:
+            await pool.aclose()
+
+
+async def test_the_project_slug_cache_is_dropped_when_the_project_is_gone(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    old_id = await session.project_id(project_id=None, project_slug="payments")
+    del fake.state.projects[old_id]  # deleted and created again under the same slug
+    fake.state.add_project("payments", project_id="p-2")
+    fake.state.grant(CLIENT_ID, "p-2")
+    with pytest.raises(Forbidden):
+        await session.list_secrets(SecretLocation(project_id=old_id, environment="prod"))
+    assert await session.project_id(project_id=None, project_slug="payments") == "p-2"
+
+
+async def test_the_project_slug_cache_expires(
+    fake: FakeInfisical, session: InfisicalSession, clock: FakeClock
+) -> None:
+    await session.project_id(project_id=None, project_slug="payments")
+    clock.now += 599
+    await session.project_id(project_id=None, project_slug="payments")
+    assert fake.count(r"/projects/slug/payments$") == 1
+    clock.now += 1
+    await session.project_id(project_id=None, project_slug="payments")
+    assert fake.count(r"/projects/slug/payments$") == 2
 
 
 # --- API --------------------------------------------------------------------------------------
@@ -341,6 +561,27 @@ async def test_retry_after_gate_blocks_the_whole_instance(fake: FakeInfisical) -
         await pool.aclose()
 
 
+async def test_requests_queued_behind_the_concurrency_limit_respect_the_gate(
+    fake: FakeInfisical,
+) -> None:
+    options = TransportOptions(concurrency=2, max_attempts=3, backoff_base=0.01, max_gate_wait=5)
+    transport = InstanceTransport(fake.url, allow_http=True, options=options)
+    try:
+        session = InfisicalSession(transport, credentials())
+        await session.validate(force_login=True)
+        # Every list is slow, so most of the 20 callers queue behind the 2 slots; the first
+        # list is answered 429 while they wait.
+        fake.inject(Fault("latency", r"/api/v4/secrets$", delay=0.3))
+        fake.inject(Fault("status", r"/api/v4/secrets$", status=429, retry_after=2, times=1))
+        await asyncio.gather(*(session.list_secrets(LOCATION) for _ in range(20)))
+        assert fake.count(r"/api/v4/secrets$", status=429) == 1
+        assert fake.count(r"/api/v4/secrets$", status=200) == 20
+        # A request already on its way when the 429 was answered cannot be recalled: 0.25 s.
+        assert fake.sent_while_rate_limited(margin=0.25) == []
+    finally:
+        await transport.aclose()
+
+
 async def test_retry_after_from_message_when_header_missing(fake: FakeInfisical) -> None:
     import httpx
 
@@ -388,6 +629,74 @@ async def test_tls_with_the_fake_ca() -> None:
         finally:
             await trusted.aclose()
             await untrusted.aclose()
+
+
+def test_a_ca_bundle_that_is_not_pem_is_a_tls_error() -> None:
+    for bundle in (
+        "not a certificate",
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----",
+    ):
+        with pytest.raises(TLSError) as caught:
+            InstanceTransport("https://infisical.example.com", ca_pem=bundle)
+        assert "tls.caSecretRef" in str(caught.value) and "PEM" in str(caught.value)
+        assert "AAAA" not in str(caught.value)
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+async def test_a_redirect_at_login_is_an_error_of_its_own(
+    fake: FakeInfisical, session: InfisicalSession, status: int
+) -> None:
+    fake.inject(Fault("status", LOGIN, status=status, location="https://new.example.com/x/login"))
+    with pytest.raises(Redirected) as caught:
+        await session.validate(force_login=True)
+    assert caught.value.reason == "Redirected" and caught.value.status == status
+    assert "https://new.example.com/x/login" in str(caught.value)
+    assert "instanceUrl" in str(caught.value)
+    assert fake.count(LOGIN) == 1  # neither followed nor retried
+
+
+async def test_a_redirect_message_names_no_credentials_or_query(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    target = "https://user:canary-pass@new.example.com/api?token=canary-query"
+    fake.inject(Fault("status", LOGIN, status=302, location=target))
+    with pytest.raises(Redirected) as caught:
+        await session.validate(force_login=True)
+    assert "redirects to https://new.example.com/api;" in str(caught.value)
+    assert "canary" not in str(caught.value)
+
+
+async def test_a_redirect_of_a_list_or_a_batch_is_never_success(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    await session.validate(force_login=True)
+    fake.inject(Fault("status", r"^/api/v4/secrets$", status=302))
+    with pytest.raises(Redirected):
+        await session.list_secrets(LOCATION)
+    fake.inject(Fault("status", r"^/api/v4/secrets/batch$", status=307))
+    with pytest.raises(Redirected):
+        await session.batch_create(LOCATION, [SecretWrite(key="A", value=SecretStr("1"))])
+    with pytest.raises(Redirected):
+        await session.batch_delete(LOCATION, ["A"])
+    fake.inject(Fault("status", r"^/api/v2/folders$", status=308))
+    with pytest.raises(Redirected):
+        await session.ensure_folder(
+            SecretLocation(project_id="p-1", environment="prod", secret_path="/a")
+        )
+
+
+async def test_an_unconditional_304_is_not_success(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    await session.validate(force_login=True)
+    fake.inject(Fault("status", r"^/api/v4/secrets/batch$", status=304))
+    with pytest.raises(ServerError) as batch:
+        await session.batch_create(LOCATION, [SecretWrite(key="A", value=SecretStr("1"))])
+    fake.inject(Fault("status", r"^/api/v4/secrets$", status=304))
+    with pytest.raises(ServerError) as listing:
+        await session.list_secrets(LOCATION)
+    for caught in (batch, listing):
+        assert "304 Not Modified to a request that was not conditional" in str(caught.value)
 
 
 def test_http_refused_unless_allowed() -> None:

@@ -2,7 +2,9 @@
 
 `InfisicalSession` holds one connection's Universal Auth token (cached, renewed at 2/3 of its
 TTL, re-acquired by login when renewal is refused or a call answers 401 / 403 TokenError, with
-one login shared by concurrent callers) and offers exactly the calls the operator needs.
+one login shared by concurrent callers; a token a login replaces is revoked) and offers exactly
+the calls the operator needs. A login refused with 401 is not repeated with the same
+credentials for a long while (Infisical locks identities after repeated failures).
 `ClientPool` owns every transport and session; it is opened at startup and closed at cleanup.
 """
 
@@ -14,7 +16,7 @@ import datetime as dt
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -24,10 +26,12 @@ from pydantic import SecretStr, ValidationError
 from infisical_sync import metrics
 from infisical_sync.infisical.errors import (
     Conflict,
+    CredentialsLocked,
     Forbidden,
     InfisicalError,
     InvalidCredentials,
     NotFound,
+    Redirected,
     ServerError,
     ValidationFailed,
 )
@@ -38,11 +42,29 @@ from infisical_sync.infisical.models import (
     SecretLocation,
     SecretWrite,
 )
-from infisical_sync.infisical.transport import InstanceTransport, TransportOptions, remote_details
+from infisical_sync.infisical.transport import (
+    InstanceTransport,
+    TransportOptions,
+    redirect_message,
+    remote_details,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 LOGIN_PATH = "/api/v1/auth/universal-auth/login"
+# A project slug resolves to its id for this long (a project deleted and created again under
+# the same slug gets a new id); a 403 or 404 for the project drops the entry at once.
+PROJECT_ID_TTL = 600.0
+# Re-validation with a cached token: the projects the identity is a member of. Open to any
+# identity (no permission beyond membership), read bucket, and authenticated before anything
+# else, so any answer but 401 / 403 TokenError proves the token.
+PROBE_PATH = "/api/v1/projects"
+# After a login refused with 401, the same credentials are not tried again for this long (unless
+# the spec changes): Infisical locks an identity for 300 s after 3 failed logins within 30 s, so
+# retries on the usual failure back-off would lock it out and keep it locked after a fix.
+LOGIN_REFUSED_BACKOFF = 600.0
+# How long Infisical's default lockout lasts; a locked identity is not tried before it ends.
+LOCKOUT_WAIT = 300.0
 
 
 @dataclass(frozen=True)
@@ -81,8 +103,43 @@ class _Token:
             return False
         return self.max_ttl <= 0 or now + self.ttl <= self.login_at + self.max_ttl
 
+    def expired(self, now: float) -> bool:
+        return (self.ttl > 0 and now >= self.issued_at + self.ttl) or (
+            self.max_ttl > 0 and now >= self.login_at + self.max_ttl
+        )
+
     def __repr__(self) -> str:
         return f"_Token(ttl={self.ttl}, max_ttl={self.max_ttl})"
+
+
+@dataclass(frozen=True)
+class _LoginRefusal:
+    """The last login refusal, so that it is not repeated against Infisical's lockout."""
+
+    error: InvalidCredentials
+    credentials_version: str
+    until: float  # monotonic
+    locked: bool
+
+    def applies(self, credentials: Credentials, now: float) -> bool:
+        if now >= self.until:
+            return False
+        # A lock holds whatever the secret; a plain refusal only for the same credentials.
+        return self.locked or credentials.version == self.credentials_version
+
+    def again(self, now: float) -> InvalidCredentials:
+        """The refusal, re-raised without asking Infisical."""
+        wait = self.until - now
+        if self.locked:
+            note = f"waiting out the lock: next login attempt in {wait:.0f}s"
+        else:
+            note = (
+                "not logging in again with these credentials until the credentials Secret or "
+                f"the connection's spec changes (or for {wait:.0f}s)"
+            )
+        error = type(self.error)(f"{self.error}; {note}", status=self.error.status)
+        error.retry_after = wait
+        return error
 
 
 @dataclass(frozen=True)
@@ -114,8 +171,15 @@ def _route_missing(response: httpx.Response) -> bool:
 def raise_for_response(response: httpx.Response, what: str) -> None:
     """Map a non-2xx response to a typed error carrying Infisical's message and reqId."""
     status = response.status_code
-    if status < 400 or status == 304:
+    if status < 300:
         return
+    if status == 304:  # success only as the answer to If-None-Match, handled by the caller
+        raise ServerError(
+            f"{what} answered 304 Not Modified to a request that was not conditional",
+            status=status,
+        )
+    if status < 400:  # the transport already refuses redirects
+        raise Redirected(redirect_message(response, what), status=status)
     details = remote_details(response)
     message = f"{what} failed with {status}"
     error: type[InfisicalError]
@@ -136,7 +200,14 @@ def raise_for_response(response: httpx.Response, what: str) -> None:
     raise error(message, status=status, **details)
 
 
-def _parse(model: type[T], data: Any, what: str) -> T:
+def _parse(model: type[T], response: httpx.Response, what: str) -> T:
+    try:
+        data = response.json()
+    except ValueError:
+        raise ServerError(
+            f"unexpected response from {what}: {response.status_code} without a JSON body",
+            status=response.status_code,
+        ) from None
     try:
         return model.model_validate(data)  # type: ignore[attr-defined, no-any-return]
     except ValidationError as exc:
@@ -167,7 +238,9 @@ class InfisicalSession:
         self._clock = clock
         self._token: _Token | None = None
         self._lock = asyncio.Lock()
-        self._project_ids: dict[str, str] = {}
+        self._project_ids: dict[str, tuple[str, float]] = {}  # slug -> (id, resolved at)
+        self._refusal: _LoginRefusal | None = None
+        self._probe_supported = True
         self.logins = 0
         self.renewals = 0
 
@@ -188,24 +261,47 @@ class InfisicalSession:
         return old
 
     async def validate(self, *, force_login: bool) -> TokenInfo:
-        """Prove the credentials against the instance.
+        """Prove the credentials against the instance, logging in only when it must.
 
-        A fresh login when asked (spec or credentials changed) or when no token is cached;
-        otherwise a renewal of the cached token, which proves the identity still works without
-        spending one of the client secret's uses.
+        A fresh login when asked (the spec changed, or the first validation) or when no usable
+        token is cached. Otherwise the cached token is used: renewed when its renewal is due,
+        else shown to one cheap authenticated call. Neither spends a client-secret use nor
+        mints a token. A token that a login replaces is revoked.
         """
         async with self._lock:
+            if force_login and self._refusal is not None and not self._refusal.locked:
+                self._refusal = None  # the spec changed: worth one more try
             now = self._clock()
             token = self._token
-            if force_login or token is None or not token.can_renew(now):
-                await self._login()
-                return TokenInfo(self.token_expires_at, logged_in=True)
-            try:
-                await self._renew(token)
-            except InvalidCredentials:
-                await self._login()
-                return TokenInfo(self.token_expires_at, logged_in=True)
-            return TokenInfo(self.token_expires_at, logged_in=False)
+            if not force_login and token is not None and not token.expired(now):
+                if token.renew_due(now):
+                    if token.can_renew(now):
+                        with contextlib.suppress(InvalidCredentials):
+                            await self._renew(token)
+                            return TokenInfo(self.token_expires_at, logged_in=False)
+                elif self._probe_supported and await self._token_accepted(token):
+                    return TokenInfo(self.token_expires_at, logged_in=False)
+            await self._login()
+            return TokenInfo(self.token_expires_at, logged_in=True)
+
+    async def _token_accepted(self, token: _Token) -> bool:
+        response = await self.transport.send(
+            "GET",
+            PROBE_PATH,
+            endpoint="projects.list",
+            params={"type": "secret-manager"},
+            headers={"Authorization": f"Bearer {token.value.get_secret_value()}"},
+        )
+        if _route_missing(response):
+            # A server without this route: re-validation logs in (and revokes the old token).
+            self._probe_supported = False
+            return False
+        if _token_rejected(response):
+            self._drop(token)  # refused: nothing left to revoke
+            return False
+        # Anything else was answered after the token was verified (a 403 here: a server that
+        # serves the list to users only). Errors of the instance itself were raised by send().
+        return True
 
     async def _access_token(self) -> _Token:
         token = self._token
@@ -226,32 +322,86 @@ class InfisicalSession:
             return self._token
 
     async def _login(self) -> None:
-        body: dict[str, str] = {
-            "clientId": self.credentials.client_id,
-            "clientSecret": self.credentials.client_secret.get_secret_value(),
-        }
-        if self.credentials.organization_slug:
-            body["organizationSlug"] = self.credentials.organization_slug
-        response = await self.transport.send("POST", LOGIN_PATH, endpoint="auth.login", json=body)
-        raise_for_response(response, "Universal Auth login")
-        result = _parse(LoginResult, response.json(), "login")
-        self._store(result, fresh=True)
-        self.logins += 1
-        metrics.TOKEN_EVENTS.labels(self.transport.instance, "login").inc()
-        log.info("logged in to %s as %s", self.transport.instance, self.credentials.client_id)
+        while True:
+            credentials = self.credentials
+            refusal = self._refusal
+            if refusal is not None and refusal.applies(credentials, self._clock()):
+                raise refusal.again(self._clock())
+            body: dict[str, str] = {
+                "clientId": credentials.client_id,
+                "clientSecret": credentials.client_secret.get_secret_value(),
+            }
+            if credentials.organization_slug:
+                body["organizationSlug"] = credentials.organization_slug
+            response = await self.transport.send(
+                "POST", LOGIN_PATH, endpoint="auth.login", json=body
+            )
+            if self._rotated_since(credentials):
+                # The credentials were replaced while this login was on its way: whatever it
+                # got is for the old ones. Revoke a token it got, then log in with the new ones.
+                if response.status_code == 200:
+                    stale = _parse(LoginResult, response, "login")
+                    await self._revoke_value(stale.access_token)
+                continue
+            try:
+                raise_for_response(response, "Universal Auth login")
+            except InvalidCredentials as exc:
+                raise self._refused(exc, credentials) from None
+            self._refusal = None
+            result = _parse(LoginResult, response, "login")
+            replaced = self._token
+            self._store(result, fresh=True)
+            if replaced is not None and not replaced.expired(self._clock()):
+                await self.revoke(replaced)  # still valid: never leave it live
+            self.logins += 1
+            metrics.TOKEN_EVENTS.labels(self.transport.instance, "login").inc()
+            log.info("logged in to %s as %s", self.transport.instance, credentials.client_id)
+            return
+
+    def _rotated_since(self, credentials: Credentials) -> bool:
+        return self.credentials.version != credentials.version
+
+    def _refused(self, exc: InvalidCredentials, credentials: Credentials) -> InvalidCredentials:
+        """Remember a 401 at login; the returned error says when the next attempt comes."""
+        now = self._clock()
+        locked = "temporarily locked" in (exc.remote_message or "")
+        if locked:
+            exc = CredentialsLocked(
+                "Universal Auth login refused: the identity is temporarily locked after "
+                "repeated failed logins",
+                status=exc.status,
+                remote_message=exc.remote_message,
+                request_id=exc.request_id,
+                error=exc.error,
+            )
+        wait = LOCKOUT_WAIT if locked else LOGIN_REFUSED_BACKOFF
+        self._refusal = _LoginRefusal(exc, credentials.version, now + wait, locked)
+        log.warning(
+            "login to %s as %s refused (%s); next attempt in %.0fs%s",
+            self.transport.instance,
+            credentials.client_id,
+            exc.remote_message or exc.status,
+            wait,
+            "" if locked else ", or when the credentials or the spec change",
+        )
+        return self._refusal.again(now)
 
     async def _renew(self, token: _Token) -> None:
+        credentials = self.credentials
         response = await self.transport.send(
             "POST",
             "/api/v1/auth/token/renew",
             endpoint="auth.renew",
             json={"accessToken": token.value.get_secret_value()},
         )
+        if self._rotated_since(credentials):
+            # That token was dropped (and is being revoked) by the rotation: never store it.
+            raise InvalidCredentials("the credentials were replaced during the token renewal")
         if _token_rejected(response):
             self._token = None
             raise InvalidCredentials("token renewal refused", **remote_details(response))
         raise_for_response(response, "token renewal")
-        result = _parse(LoginResult, response.json(), "token renewal")
+        result = _parse(LoginResult, response, "token renewal")
         self._store(result, fresh=False)
         self.renewals += 1
         metrics.TOKEN_EVENTS.labels(self.transport.instance, "renewal").inc()
@@ -277,14 +427,17 @@ class InfisicalSession:
         token = token or self._token
         if token is None:
             return
+        await self._revoke_value(token.value)
+        self._drop(token)
+
+    async def _revoke_value(self, value: SecretStr) -> None:
         with contextlib.suppress(InfisicalError, httpx.HTTPError):
             await self.transport.send(
                 "POST",
                 "/api/v1/auth/token/revoke",
                 endpoint="auth.revoke",
-                json={"accessToken": token.value.get_secret_value()},
+                json={"accessToken": value.get_secret_value()},
             )
-        self._drop(token)
 
     async def call(
         self,
@@ -329,15 +482,25 @@ class InfisicalSession:
         if not project_slug:
             raise ValidationFailed("neither projectId nor projectSlug is set")
         cached = self._project_ids.get(project_slug)
-        if cached:
-            return cached
+        if cached is not None and self._clock() < cached[1] + PROJECT_ID_TTL:
+            return cached[0]
         response = await self.call(
             "GET", f"/api/v1/projects/slug/{project_slug}", endpoint="projects.get_by_slug"
         )
         raise_for_response(response, f"project lookup of slug {project_slug!r}")
-        project = _parse(Project, response.json(), "project lookup")
-        self._project_ids[project_slug] = project.id
+        project = _parse(Project, response, "project lookup")
+        self._project_ids[project_slug] = (project.id, self._clock())
         return project.id
+
+    def _check(self, response: httpx.Response, what: str, location: SecretLocation) -> None:
+        """raise_for_response, and forget a slug that resolved to a project now refused."""
+        try:
+            raise_for_response(response, what)
+        except (Forbidden, NotFound):
+            for slug, (project_id, _) in list(self._project_ids.items()):
+                if project_id == location.project_id:
+                    del self._project_ids[slug]
+            raise
 
     async def ensure_folder(self, location: SecretLocation) -> bool:
         """mkdir -p of the secret path. True when it was created; an existing leaf is success."""
@@ -359,7 +522,7 @@ class InfisicalSession:
             remote_details(response).get("remote_message", "")
         ):
             return False
-        raise_for_response(response, f"creating folder {location.secret_path}")
+        self._check(response, f"creating folder {location.secret_path}", location)
         return True
 
     # --- secrets -------------------------------------------------------------------------------
@@ -392,7 +555,7 @@ class InfisicalSession:
             )
             if not _route_missing(response):
                 self.transport.v4_supported = True
-                return self._listing(response, what)
+                return self._listing(response, what, location)
             self.transport.v4_supported = False
         response = await self.call(
             "GET",
@@ -401,14 +564,16 @@ class InfisicalSession:
             params={"workspaceId": location.project_id, **flags},
             headers=headers,
         )
-        return self._listing(response, what)
+        return self._listing(response, what, location)
 
-    def _listing(self, response: httpx.Response, what: str) -> SecretListing:
+    def _listing(
+        self, response: httpx.Response, what: str, location: SecretLocation
+    ) -> SecretListing:
         etag = response.headers.get("etag")
-        if response.status_code == 304:
+        if response.status_code == 304 and "If-None-Match" in response.request.headers:
             return SecretListing(etag=etag, not_modified=True)
-        raise_for_response(response, what)
-        listing = _parse(SecretListing, response.json(), what)
+        self._check(response, what, location)
+        listing = _parse(SecretListing, response, what)
         return listing.model_copy(update={"etag": etag})
 
     async def batch_create(self, location: SecretLocation, items: Sequence[SecretWrite]) -> None:
@@ -464,7 +629,7 @@ class InfisicalSession:
                 json={"projectId": location.project_id, **body},
             )
             if not _route_missing(response):
-                raise_for_response(response, what)
+                self._check(response, what, location)
                 return
             self.transport.v4_supported = False
         response = await self.call(
@@ -473,7 +638,7 @@ class InfisicalSession:
             endpoint=f"secrets.batch_{action}_v3",
             json={"workspaceId": location.project_id, **body},
         )
-        raise_for_response(response, what)
+        self._check(response, what, location)
 
 
 def _flag(value: bool) -> str:
@@ -495,7 +660,7 @@ class ClientPool:
         self.chunk_size = chunk_size
         self._transports: dict[_InstanceKey, InstanceTransport] = {}
         self._sessions: dict[str, tuple[_InstanceKey, InfisicalSession]] = {}
-        self._pending_revocations: set[asyncio.Task[None]] = set()
+        self._pending: set[asyncio.Task[None]] = set()  # revocations, retirements
 
     def session(
         self,
@@ -523,34 +688,46 @@ class ClientPool:
             session = existing[1]
             old_token = session.replace_credentials(credentials)
             if old_token is not None:
-                self._revoke_later(session, old_token)
+                self._in_background(session.revoke(old_token))
             return session
-        if existing is not None and existing[1]._token is not None:
-            self._revoke_later(existing[1], existing[1]._token)
         session = InfisicalSession(transport, credentials, chunk_size=self.chunk_size)
         self._sessions[connection] = (key, session)
+        if existing is not None:  # another URL or CA: retire the old session and its client
+            self._in_background(self._retire(*existing))
         return session
 
     def get(self, connection: str) -> InfisicalSession | None:
         entry = self._sessions.get(connection)
         return entry[1] if entry else None
 
-    def _revoke_later(self, session: InfisicalSession, token: _Token) -> None:
-        task = asyncio.get_running_loop().create_task(session.revoke(token))
-        self._pending_revocations.add(task)
-        task.add_done_callback(self._pending_revocations.discard)
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _retire(self, key: _InstanceKey, session: InfisicalSession) -> None:
+        """Revoke a session's token over its own client, then close that client if unused."""
+        await session.revoke()
+        await self._close_if_unused(key)
+
+    async def _close_if_unused(self, key: _InstanceKey) -> None:
+        if any(used == key for used, _ in self._sessions.values()):
+            return
+        transport = self._transports.pop(key, None)
+        if transport is not None:
+            await transport.aclose()
 
     async def drop(self, connection: str) -> None:
         entry = self._sessions.pop(connection, None)
         if entry is not None:
-            await entry[1].revoke()
+            await self._retire(*entry)
 
     async def aclose(self) -> None:
         for _, session in list(self._sessions.values()):
             await session.revoke()
         self._sessions.clear()
-        if self._pending_revocations:
-            await asyncio.gather(*self._pending_revocations, return_exceptions=True)
-        for transport in self._transports.values():
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+        transports, self._transports = list(self._transports.values()), {}
+        for transport in transports:
             await transport.aclose()
-        self._transports.clear()

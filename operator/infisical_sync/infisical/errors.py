@@ -12,6 +12,7 @@ class InfisicalError(Exception):
 
     reason = "ServerError"
     retryable = False
+    retry_after: float | None = None  # seconds before trying again is worth it, when known
 
     def __init__(
         self,
@@ -38,6 +39,12 @@ class InvalidCredentials(InfisicalError):
     """401 at login or after a fresh login: wrong/expired/revoked client secret, locked identity."""
 
     reason = "InvalidCredentials"
+
+
+class CredentialsLocked(InvalidCredentials):
+    """401 'temporarily locked': Infisical locks an identity after repeated failed logins."""
+
+    reason = "CredentialsLocked"
 
 
 class Forbidden(InfisicalError):
@@ -67,7 +74,7 @@ class RateLimited(InfisicalError):
     retryable = True
 
     def __init__(self, message: str, *, retry_after: float, **kwargs: object) -> None:
-        self.retry_after = retry_after
+        self.retry_after: float = retry_after
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
 
 
@@ -93,3 +100,9 @@ class InsecureUrl(InfisicalError):
     """An http:// instance URL without allowInsecureHttp."""
 
     reason = "InsecureHttp"
+
+
+class Redirected(InfisicalError):
+    """A 3xx: redirects are never followed (credentials must not go to another URL)."""
+
+    reason = "Redirected"

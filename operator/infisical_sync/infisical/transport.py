@@ -24,6 +24,7 @@ from infisical_sync.infisical.errors import (
     InfisicalError,
     InsecureUrl,
     RateLimited,
+    Redirected,
     ServerError,
     TLSError,
     Unreachable,
@@ -109,7 +110,15 @@ class InstanceTransport:
         if parts.scheme == "https":
             verify = ssl.create_default_context()
             if ca_pem:
-                verify.load_verify_locations(cadata=ca_pem)
+                try:
+                    verify.load_verify_locations(cadata=ca_pem)
+                except (ssl.SSLError, ValueError) as exc:
+                    # OpenSSL's reason only (e.g. "no start line"), never the bundle itself.
+                    reason = getattr(exc, "reason", None) or type(exc).__name__
+                    raise TLSError(
+                        f"the CA bundle in tls.caSecretRef is not usable PEM ({reason}); "
+                        "it must hold one or more -----BEGIN CERTIFICATE----- blocks"
+                    ) from None
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             verify=verify,
@@ -128,6 +137,10 @@ class InstanceTransport:
         await self._http.aclose()
 
     @property
+    def closed(self) -> bool:
+        return self._http.is_closed
+
+    @property
     def blocked_for(self) -> float:
         return max(0.0, self._blocked_until - self._clock())
 
@@ -136,16 +149,16 @@ class InstanceTransport:
         ceiling = min(self.options.backoff_cap, self.options.backoff_base * (2**attempt))
         return random.uniform(0, ceiling)  # noqa: S311 - jitter, not cryptography
 
-    async def _wait_for_gate(self, endpoint: str) -> None:
-        remaining = self.blocked_for
-        if remaining <= 0:
-            return
-        if remaining > self.options.max_gate_wait:
-            raise RateLimited(
-                f"{self.instance} is rate limiting; no request to it for {remaining:.0f}s more",
-                retry_after=remaining,
-            )
-        await self._sleep(remaining)
+    async def _wait_for_gate(self) -> None:
+        """Called holding a concurrency slot, right before sending: a request that queued for
+        a slot while a 429 arrived must not go out before its Retry-After ends."""
+        while (remaining := self.blocked_for) > 0:
+            if remaining > self.options.max_gate_wait:
+                raise RateLimited(
+                    f"{self.instance} is rate limiting; no request to it for {remaining:.0f}s more",
+                    retry_after=remaining,
+                )
+            await self._sleep(remaining)  # another 429 meanwhile extends the gate: look again
 
     async def send(
         self,
@@ -162,10 +175,15 @@ class InstanceTransport:
         for attempt in range(self.options.max_attempts):
             if attempt:
                 await self._sleep(self.backoff(attempt - 1))
-            await self._wait_for_gate(endpoint)
-            started = self._clock()
             try:
                 async with self._semaphore:
+                    await self._wait_for_gate()
+                    if self.closed:  # retired: the connection moved to another URL or CA
+                        raise Unreachable(
+                            f"the client for {self.instance} was closed: "
+                            "the connection's instanceUrl or CA changed"
+                        )
+                    started = self._clock()
                     self.in_flight += 1
                     self.max_in_flight = max(self.max_in_flight, self.in_flight)
                     try:
@@ -202,6 +220,10 @@ class InstanceTransport:
                 response.status_code,
                 (self._clock() - started) * 1000,
             )
+            if 300 <= response.status_code < 400 and response.status_code != 304:
+                raise Redirected(
+                    redirect_message(response, f"{method} {endpoint}"), status=response.status_code
+                )
             if response.status_code == 429:
                 seconds = retry_after_seconds(response)
                 self._blocked_until = max(self._blocked_until, self._clock() + seconds)
@@ -226,6 +248,21 @@ class InstanceTransport:
 
     def _count(self, endpoint: str, status: str) -> None:
         metrics.API_CALLS.labels(self.instance, endpoint, status).inc()
+
+
+def redirect_message(response: httpx.Response, what: str) -> str:
+    """Where a 3xx pointed, without its query string (redirects are never followed)."""
+    location = response.headers.get("location")
+    if location:
+        target = urlsplit(str(response.url.join(location)))
+        host = target.netloc.rpartition("@")[2]  # never userinfo
+        where = f"redirects to {target.scheme}://{host}{target.path}"
+    else:
+        where = "gave no Location"
+    return (
+        f"{what} answered {response.status_code}: {where}; redirects are not followed, "
+        "set instanceUrl to the final URL of the Infisical API"
+    )
 
 
 def _short(exc: BaseException) -> str:

@@ -86,13 +86,15 @@ def _issue(path: list[str | int], message: str, code: str = "custom") -> dict[st
 class Fault:
     """An injected misbehaviour for requests whose method and path match."""
 
-    kind: str  # "latency" | "status" | "reset" | "hang"
+    kind: str  # "latency" | "status" | "reset" | "hang" | "missing" (Fastify's unknown route)
     path_pattern: str = ".*"  # regex searched in the request path
     method: str | None = None
     times: int | None = None  # None = until cleared
-    status: int = 503
+    status: int = 503  # a 3xx redirects to `location`
     delay: float = 0.0
     retry_after: int = 60  # for status 429
+    error: str = "InternalServerError"  # the envelope's `error` for other statuses
+    location: str | None = None  # for 3xx; default: the same path on another host
 
     def matches(self, request: web.Request) -> bool:
         if self.method and request.method != self.method.upper():
@@ -108,7 +110,10 @@ class RequestRecord:
     bucket: str | None
     query: dict[str, str]
     authorized: bool
-    at: float
+    at: float  # when the answer was written
+    started_at: float = 0.0  # when the request arrived
+    retry_after: int | None = None  # the Retry-After of a 429
+    if_none_match: str | None = None
 
 
 @dataclass
@@ -229,6 +234,23 @@ class FakeInfisical:
             and (status is None or record.status == status)
         )
 
+    def sent_while_rate_limited(self, margin: float = 0.0) -> list[RequestRecord]:
+        """Requests that arrived while a 429's Retry-After was running.
+
+        `margin`: requests arriving within that many seconds after the 429 was answered are not
+        counted; they may have been sent before the client could read the 429.
+        """
+        windows = [
+            (record.at + margin, record.at + record.retry_after)
+            for record in self.log
+            if record.status == 429 and record.retry_after
+        ]
+        return [
+            record
+            for record in self.log
+            if any(start < record.started_at < end for start, end in windows)
+        ]
+
     def reset_log(self) -> None:
         self.log.clear()
         self.counters.clear()
@@ -239,6 +261,8 @@ class FakeInfisical:
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         bucket = _bucket(request)
         status = 500
+        started_at = self.state.clock.now()
+        retry_after: int | None = None
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -251,6 +275,8 @@ class FakeInfisical:
             return response
         except ApiError as exc:
             status = exc.status
+            if "retry-after" in exc.headers:
+                retry_after = int(exc.headers["retry-after"])
             return self._error_response(exc)
         except web.HTTPNotFound:
             status = 404
@@ -276,6 +302,9 @@ class FakeInfisical:
                     query=dict(request.query),
                     authorized="Authorization" in request.headers,
                     at=self.state.clock.now(),
+                    started_at=started_at,
+                    retry_after=retry_after,
+                    if_none_match=request.headers.get("If-None-Match"),
                 )
             )
             self.counters[(request.method, _route_name(request.path), status)] += 1
@@ -307,13 +336,23 @@ class FakeInfisical:
                     "RateLimitExceeded",
                     headers={"retry-after": str(fault.retry_after)},
                 )
+            elif fault.kind == "status" and 300 <= fault.status < 400:
+                location = fault.location or f"https://infisical.example.com{request.path_qs}"
+                return web.Response(status=fault.status, headers={"Location": location})
             elif fault.kind == "status":
-                messages = {502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
+                messages = {
+                    403: "You are not allowed to access this resource",
+                    502: "Bad Gateway",
+                    503: "Service Unavailable",
+                    504: "Gateway Timeout",
+                }
                 raise ApiError(
                     fault.status,
                     messages.get(fault.status, "Something went wrong"),
-                    "InternalServerError",
+                    fault.error,
                 )
+            elif fault.kind == "missing":
+                raise web.HTTPNotFound()
         return None
 
     def _check_rate_limit(self, request: web.Request, bucket: str | None) -> None:

@@ -1,0 +1,178 @@
+"""ConnectionReconciler against the fake server over real HTTP, with Kubernetes stubbed out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import pytest
+
+from infisical_sync.connection import ConnectionReconciler, Outcome
+from infisical_sync.infisical.client import ClientPool
+from infisical_sync.infisical.transport import TransportOptions
+from infisical_sync.instance_urls import AllowedInstances
+from infisical_sync.kube import Kube, SecretData
+from infisical_sync.testing.fake_infisical import FakeInfisical, Fault
+
+CLIENT_ID = "66666666-6666-4666-8666-666666666666"
+CLIENT_SECRET = "canary-connection-secret-0cc175b9"
+NAMESPACE, NAME = "ns", "conn"
+FAST = TransportOptions(max_attempts=2, backoff_base=0.01, backoff_cap=0.05, request_timeout=2)
+
+
+@dataclass
+class StubKube:
+    """The two calls ConnectionReconciler makes: read a Secret, patch our status."""
+
+    secrets: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    statuses: list[dict[str, Any]] = field(default_factory=list)
+
+    def put(self, name: str, data: dict[str, str]) -> None:
+        self.secrets[name] = {key: value.encode() for key, value in data.items()}
+
+    async def read_secret(self, namespace: str, name: str) -> SecretData | None:
+        data = self.secrets.get(name)
+        return None if data is None else SecretData(name, dict(data), "1", {})
+
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> bool:
+        self.statuses.append(status)
+        return True
+
+
+@dataclass
+class Harness:
+    fake: FakeInfisical
+    kube: StubKube
+    pool: ClientPool
+    reconciler: ConnectionReconciler
+    events: list[tuple[str, str]]
+    spec: dict[str, Any]
+
+    async def reconcile(self, *, force_login: bool = False) -> Outcome:
+        body = {
+            "metadata": {"namespace": NAMESPACE, "name": NAME, "generation": 1},
+            "spec": self.spec,
+            "status": self.kube.statuses[-1] if self.kube.statuses else {},
+        }
+        outcome, _ = await self.reconciler.reconcile(NAMESPACE, NAME, body, force_login=force_login)
+        return outcome
+
+    def condition(self, type_: str) -> tuple[str, str, str]:
+        found = {c["type"]: c for c in self.kube.statuses[-1]["conditions"]}[type_]
+        return found["status"], found["reason"], found["message"]
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    async with FakeInfisical() as fake:
+        fake.state.add_identity(CLIENT_ID, CLIENT_SECRET)
+        kube = StubKube()
+        kube.put("identity", {"clientId": CLIENT_ID, "clientSecret": CLIENT_SECRET})
+        pool = ClientPool(FAST)
+        events: list[tuple[str, str]] = []
+        reconciler = ConnectionReconciler(
+            cast(Kube, kube),
+            pool,
+            post_event=lambda _body, type_, reason, _message: events.append((type_, reason)),
+            allowed_instances=AllowedInstances.from_urls([]),
+        )
+        spec = {
+            "instanceUrl": fake.url,
+            "allowInsecureHttp": True,
+            "credentials": {"secretRef": {"name": "identity"}},
+        }
+        try:
+            yield Harness(fake, kube, pool, reconciler, events, spec)
+        finally:
+            await pool.aclose()
+
+
+# --- rate limiting (issue 8, item 7) -------------------------------------------------------------
+
+
+async def test_a_429_at_validation_keeps_a_ready_connection_ready(harness: Harness) -> None:
+    assert (await harness.reconcile(force_login=True)).ready
+    validated_at = harness.kube.statuses[-1]["lastValidatedAt"]
+    harness.fake.inject(Fault("status", ".*", status=429, retry_after=30, times=1))
+    outcome = await harness.reconcile()
+    assert harness.fake.count(status=429) == 1
+    assert outcome.ready and outcome.reason == "ValidationDeferred"
+    status, reason, message = harness.condition("Ready")
+    assert (status, reason) == ("True", "ValidationDeferred")
+    assert "rate limit" in message and "deferred" in message
+    assert harness.condition("CredentialsValid")[:2] == ("True", "ValidationDeferred")
+    assert harness.kube.statuses[-1]["lastValidatedAt"] == validated_at  # nothing was validated
+    assert harness.kube.statuses[-1]["tokenExpiresAt"]
+    assert harness.events == [("Normal", "Ready")]  # no Warning
+    assert harness.reconciler.session(NAMESPACE, NAME) is not None  # SecretSyncs go on
+
+
+async def test_a_429_before_the_first_validation_is_not_ready_without_a_warning(
+    harness: Harness,
+) -> None:
+    harness.fake.inject(Fault("status", ".*", status=429, retry_after=30, times=1))
+    outcome = await harness.reconcile(force_login=True)
+    assert not outcome.ready and outcome.reason == "RateLimited"
+    assert outcome.retry_after is not None and outcome.retry_after > 25
+    assert harness.condition("CredentialsValid")[:2] == ("Unknown", "RateLimited")
+    assert harness.events == []
+
+
+# --- refused logins (issue 8, item 8) ------------------------------------------------------------
+
+LOGIN = r"/universal-auth/login$"
+
+
+async def test_a_refused_login_waits_for_new_credentials(harness: Harness) -> None:
+    harness.kube.put("identity", {"clientId": CLIENT_ID, "clientSecret": "wrong"})
+    first = await harness.reconcile(force_login=True)
+    assert first.reason == "InvalidCredentials"
+    for _ in range(3):  # failure back-off and Secret events that did not change the content
+        again = await harness.reconcile()
+        assert again.reason == "InvalidCredentials"
+        assert again.retry_after is not None and again.retry_after > 300  # the daemon waits
+    assert harness.condition("CredentialsValid")[:2] == ("False", "InvalidCredentials")
+    assert "until the credentials Secret" in harness.condition("Ready")[2]
+    assert harness.fake.count(LOGIN) == 1
+    harness.kube.put("identity", {"clientId": CLIENT_ID, "clientSecret": CLIENT_SECRET})
+    assert (await harness.reconcile()).ready
+
+
+async def test_a_locked_identity_has_its_own_reason(harness: Harness) -> None:
+    harness.fake.state.identities[CLIENT_ID].locked_until = harness.fake.state.clock.now() + 300
+    outcome = await harness.reconcile(force_login=True)
+    assert outcome.reason == "CredentialsLocked"
+    assert outcome.retry_after is not None and outcome.retry_after > 250
+    status, reason, message = harness.condition("Ready")
+    assert (status, reason) == ("False", "CredentialsLocked")
+    assert "temporarily locked" in message
+    assert harness.condition("CredentialsValid")[:2] == ("Unknown", "CredentialsLocked")
+
+
+# --- TLS and redirects (issue 8, item 10) --------------------------------------------------------
+
+
+async def test_a_ca_that_is_not_pem_is_reported_in_status(harness: Harness) -> None:
+    harness.kube.put("infisical-ca", {"ca.crt": "this is no certificate"})
+    harness.spec = {
+        **harness.spec,
+        "instanceUrl": "https://infisical.example.com",
+        "allowInsecureHttp": False,
+        "tls": {"caSecretRef": {"name": "infisical-ca"}},
+    }
+    outcome = await harness.reconcile(force_login=True)
+    assert outcome.reason == "TLSError"
+    status, reason, message = harness.condition("Ready")
+    assert (status, reason) == ("False", "TLSError")
+    assert "tls.caSecretRef" in message and "PEM" in message
+
+
+async def test_a_redirect_at_login_is_not_a_ca_problem(harness: Harness) -> None:
+    harness.fake.inject(Fault("status", "/login$", status=308))
+    outcome = await harness.reconcile(force_login=True)
+    assert outcome.reason == "Redirected"
+    assert "instanceUrl" in outcome.message and "CA" not in outcome.message
+    assert harness.condition("CredentialsValid")[:2] == ("Unknown", "Redirected")
