@@ -1,13 +1,13 @@
 """Composition root: kopf settings and every kopf registration live here, and nothing else.
 
-Every handler that touches the in-memory runtime is `async`: kopf runs plain functions in a
+Every handler that touches the in-memory state is `async`: kopf runs plain functions in a
 thread pool, and asyncio objects (the kick events) must only be touched from the event loop.
 
 kopf types `namespace` as optional (cluster-scoped resources); ours are all namespaced, hence
 the `type: ignore[arg-type]` on the decorators.
 
-Handlers only translate kopf events into calls on the reconcilers (connection.py, sync
-engine) and kicks of per-object daemons; the logic and the I/O adapters live elsewhere.
+Handlers only translate kopf events into calls on the scheduler (scheduler.py), which owns the
+daemon loops and decides when the reconcilers (connection.py, sync.py) run.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import random
 from typing import Any
 
 import kopf
@@ -23,33 +22,23 @@ from prometheus_client import start_http_server
 
 from infisical_sync.config import Settings
 from infisical_sync.connection import ConnectionReconciler
-from infisical_sync.durations import jittered, parse_duration, retry_delay
 from infisical_sync.infisical.client import ClientPool
 from infisical_sync.infisical.transport import TransportOptions
 from infisical_sync.kube import GROUP, VERSION, Kube, load_api_client
-from infisical_sync.runtime import Kicks, Runtime
-from infisical_sync.selectors import selector_matches
-from infisical_sync.sync import (
-    ABANDON,
-    ALLOW_MASS_DELETE,
-    SYNC_REQUESTED_AT,
-    SyncEngine,
-    SyncFailed,
-)
+from infisical_sync.scheduler import RetryLater, Scheduler
+from infisical_sync.sync import SyncEngine
 
 PREFIX = "infisical-sync.dev"
 CONNECTIONS = "infisicalconnections"
 SYNCS = "secretsyncs"
 log = logging.getLogger("infisical_sync")
 registry = kopf.OperatorRegistry()
-_settings = Settings()  # replaced by run_operator before kopf starts
 
 
 class OperatorMemo(kopf.Memo):
-    runtime: Runtime
-    connections: ConnectionReconciler
-    engine: SyncEngine
-    kube: Kube
+    settings: Settings  # set by run_operator before kopf starts
+    pool: ClientPool
+    scheduler: Scheduler
 
 
 def _post_event(body: Any, type_: str, reason: str, message: str) -> None:
@@ -72,7 +61,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.posting.level = logging.INFO
     settings.scanning.disabled = True  # our resources are known: no CRD discovery RBAC needed
 
-    config = _settings
+    config: Settings = memo.settings
     if config.metrics_port:
         start_http_server(config.metrics_port)
     api_client = await asyncio.to_thread(load_api_client)
@@ -88,10 +77,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         ),
         chunk_size=config.batch_chunk_size,
     )
-    memo.runtime = Runtime(settings=config, pool=pool, kicks=Kicks())
-    memo.connections = ConnectionReconciler(kube, pool, post_event=_post_event)
-    memo.engine = SyncEngine(kube, memo.connections, post_event=_post_event)
-    memo.kube = kube
+    connections = ConnectionReconciler(kube, pool, post_event=_post_event)
+    engine = SyncEngine(kube, connections, post_event=_post_event)
+    memo.pool = pool
+    memo.scheduler = Scheduler(engine=engine, connections=connections, status=kube)
     log.info("infisical-sync operator started")
 
 
@@ -103,9 +92,9 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.cleanup(registry=registry)
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    runtime: Runtime | None = getattr(memo, "runtime", None)
-    if runtime is not None:
-        await runtime.pool.aclose()
+    pool: ClientPool | None = getattr(memo, "pool", None)
+    if pool is not None:
+        await pool.aclose()
 
 
 @kopf.on.probe(id="now", registry=registry)
@@ -174,20 +163,17 @@ async def secret_event(
     syncs_by_selector: kopf.Index[str, tuple[str, dict[str, Any]]],
     **_: Any,
 ) -> None:
-    """Index lookups only: a Secret event never scans all resources."""
     if not type or not namespace:  # the initial listing: daemons run on start anyway
         return
-    runtime: Runtime = memo.runtime
-    reason = f"secret {name} {type.lower()}"
-    for connection in connections_by_secret.get((namespace, name), []):
-        runtime.kicks.kick(("InfisicalConnection", namespace, connection), reason)
-    for sync in syncs_by_secret.get((namespace, name), []):
-        runtime.kicks.kick(("SecretSync", namespace, sync), reason)
-    for sync, selector in syncs_by_selector.get(namespace, []):
-        if selector_matches(selector, dict(labels)):
-            runtime.kicks.kick(("SecretSync", namespace, sync), reason)
-    for sync in memo.engine.readers_of(namespace, name):  # e.g. its label was just removed
-        runtime.kicks.kick(("SecretSync", namespace, sync), reason)
+    memo.scheduler.on_secret_event(
+        namespace,
+        name,
+        type,
+        labels,
+        connections=connections_by_secret.get((namespace, name), []),
+        syncs=syncs_by_secret.get((namespace, name), []),
+        selector_syncs=syncs_by_selector.get(namespace, []),
+    )
 
 
 # --- InfisicalConnection ------------------------------------------------------------------------
@@ -195,7 +181,7 @@ async def secret_event(
 
 @kopf.on.update(GROUP, VERSION, CONNECTIONS, field="spec", registry=registry)  # type: ignore[arg-type]
 async def connection_spec_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    memo.runtime.kicks.kick(("InfisicalConnection", namespace, name), "spec changed", force=True)
+    memo.scheduler.on_connection_spec_changed(namespace, name)
 
 
 @kopf.daemon(GROUP, VERSION, CONNECTIONS, cancellation_timeout=10, registry=registry)  # type: ignore[arg-type]
@@ -207,162 +193,42 @@ async def connection_daemon(
     syncs_by_connection: kopf.Index[tuple[str, str], str],
     **_: Any,
 ) -> None:
-    """Validates at start, on kicks (spec or Secret changes) and every validationInterval."""
-    runtime: Runtime = memo.runtime
-    reconciler: ConnectionReconciler = memo.connections
-    key = ("InfisicalConnection", namespace, name)
-    slot = runtime.kicks.slot(key)
-    force, failures = True, 0
-    try:
-        while True:
-            interval = parse_duration((body.get("spec") or {}).get("validationInterval"), 300.0)
-            try:
-                outcome, notify = await reconciler.reconcile(
-                    namespace, name, body, force_login=force
-                )
-            except Exception:
-                log.exception("validating connection %s/%s failed", namespace, name)
-                outcome, notify = None, False
-            if notify:
-                for sync in syncs_by_connection.get((namespace, name), []):
-                    runtime.kicks.kick(("SecretSync", namespace, sync), f"connection {name} ready")
-            if outcome is not None and outcome.ready:
-                failures, delay = 0, jittered(interval)
-            else:
-                failures += 1
-                retry_after = outcome.retry_after if outcome is not None else None
-                delay = jittered(retry_delay(interval, failures, retry_after))
-            force, _reasons = await slot.wait(delay)
-    finally:
-        runtime.kicks.discard(key)
-        if (body.get("metadata") or {}).get("deletionTimestamp"):
-            await reconciler.forget(namespace, name)
+    await memo.scheduler.run_connection(
+        namespace, name, body, dependents=lambda: syncs_by_connection.get((namespace, name), [])
+    )
 
 
 # --- SecretSync ---------------------------------------------------------------------------------
-
-# Kicks that only an auto-syncing SecretSync follows (autoSyncEnabled: false ignores them).
-MANUAL_REASONS = {"created", "spec changed", "sync requested"}
 
 
 @kopf.on.event(GROUP, VERSION, SYNCS, registry=registry)  # type: ignore[arg-type]
 async def secretsync_event(
     type: str, namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
-    """Spec changes and the sync-requested-at / allow-mass-delete annotations wake the daemon."""
-    runtime: Runtime = memo.runtime
-    key = ("SecretSync", namespace, name)
-    if type == "DELETED":
-        runtime.seen.pop(key, None)
-        return
-    annotations = body.get("metadata", {}).get("annotations") or {}
-    current = (
-        body.get("metadata", {}).get("generation"),
-        annotations.get(SYNC_REQUESTED_AT),
-        annotations.get(ALLOW_MASS_DELETE),
-    )
-    before = runtime.seen.get(key)
-    runtime.seen[key] = current
-    if before is None or before == current:
-        return  # first sight: the daemon's first run covers it
-    if before[0] != current[0]:
-        runtime.kicks.kick(key, "spec changed")
-    elif before[1] != current[1]:
-        runtime.kicks.kick(key, "sync requested")
-    else:
-        runtime.kicks.kick(key, "spec changed")  # allow-mass-delete changed: re-plan
+    memo.scheduler.on_secretsync_event(type, namespace, name, body)
 
 
 @kopf.daemon(GROUP, VERSION, SYNCS, cancellation_timeout=30, registry=registry)  # type: ignore[arg-type]
 async def secretsync_daemon(
     namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
-    """Runs every sync of one SecretSync: at start, on kicks, and every syncInterval."""
-    runtime: Runtime = memo.runtime
-    engine: SyncEngine = memo.engine
-    kube: Kube = memo.kube
-    key = ("SecretSync", namespace, name)
-    slot = runtime.kicks.slot(key)
-    status = body.get("status") or {}
-    interval = parse_duration((body.get("spec") or {}).get("syncInterval"), 300.0)
-    if status.get("lastSyncedAt") and status.get("observedGeneration") == body.meta.get(
-        "generation"
-    ):
-        # Already in sync before a restart: spread the first runs so they do not all fire at once.
-        await slot.wait(random.uniform(0, min(interval, 30.0)))  # noqa: S311 - jitter
-    reasons = {"created"}
-    failures = 0
-    # The status this daemon last wrote: the watched body can lag behind it, and a stale
-    # lastSyncedAt or managedKeys must never make a later cycle look like the initial one.
-    written: dict[str, Any] | None = None
-
-    async def mark_running() -> None:
-        await kube.patch_status(SYNCS, namespace, name, {"syncStatus": "Running"})
-
-    try:
-        while True:
-            spec = body.get("spec") or {}
-            interval = parse_duration(spec.get("syncInterval"), 300.0)
-            auto = spec.get("autoSyncEnabled", True)
-            if auto or reasons & MANUAL_REASONS:
-                async with runtime.lock(key):
-                    try:
-                        result = await engine.run(
-                            namespace, name, body, written, on_writing=mark_running
-                        )
-                        await kube.patch_status(SYNCS, namespace, name, result.status)
-                        written = {**(written or dict(body.get("status") or {})), **result.status}
-                    except Exception:
-                        log.exception("sync of %s/%s failed unexpectedly", namespace, name)
-                        result = None
-                if result is not None and (result.ok or not result.retryable):
-                    failures, delay = 0, interval
-                else:
-                    failures += 1
-                    retry_after = result.retry_after if result is not None else None
-                    delay = retry_delay(interval, failures, retry_after)
-            else:
-                delay = interval
-            _force, reasons = await slot.wait(jittered(delay))
-    finally:
-        runtime.kicks.discard(key)
+    await memo.scheduler.run_secretsync(namespace, name, body)
 
 
 @kopf.on.delete(GROUP, VERSION, SYNCS, registry=registry)  # type: ignore[arg-type]
 async def secretsync_deleted(
     namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
-    runtime: Runtime = memo.runtime
-    engine: SyncEngine = memo.engine
-    key = ("SecretSync", namespace, name)
-    annotations = body.get("metadata", {}).get("annotations") or {}
-    policy = (body.get("spec") or {}).get("deletionPolicy", "Retain")
-    if annotations.get(ABANDON) == "true" or policy != "Delete":
-        engine.forget(namespace, name)
-        runtime.locks.pop(key, None)
-        return
-    async with runtime.lock(key):
-        try:
-            removed = await engine.remove_owned(namespace, name, body)
-        except SyncFailed as failure:
-            message = (
-                f"deletionPolicy Delete: removing owned keys failed: {failure.message}; "
-                f'retrying. Annotate {ABANDON}: "true" to let go without removing them'
-            )
-            await memo.kube.patch_status(
-                SYNCS, namespace, name, {"syncStatus": "Failed", "lastSyncMessage": message[:1024]}
-            )
-            raise kopf.TemporaryError(message, delay=10) from None
-    log.info("%s/%s deleted: removed %d owned destination keys", namespace, name, removed)
-    runtime.locks.pop(key, None)
+    try:
+        await memo.scheduler.remove_secretsync(namespace, name, body)
+    except RetryLater as retry:
+        raise kopf.TemporaryError(retry.message, delay=retry.delay) from None
 
 
 # --- entry point --------------------------------------------------------------------------------
 
 
 def run_operator(settings: Settings) -> int:
-    global _settings
-    _settings = settings
     kopf.configure(
         debug=settings.log_level == "DEBUG",
         verbose=settings.log_level == "DEBUG",
@@ -380,7 +246,7 @@ def run_operator(settings: Settings) -> int:
             namespaces=settings.namespaces,
             standalone=not settings.peering,
             liveness_endpoint=liveness,
-            memo=OperatorMemo(),
+            memo=OperatorMemo(settings=settings),
         )
     )
     return 0

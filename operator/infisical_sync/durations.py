@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 
 _PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -19,10 +20,14 @@ def parse_duration(text: str | None, default: float) -> float:
     return sum(float(number) * _UNITS[unit] for number, unit in parts)
 
 
-def jittered(seconds: float, fraction: float = 0.1) -> float:
+def jittered(
+    seconds: float,
+    fraction: float = 0.1,
+    uniform: Callable[[float, float], float] = random.uniform,
+) -> float:
     """Spread timers by ±fraction so that a restart does not fire them all at once."""
     spread = seconds * fraction
-    return max(0.0, seconds + random.uniform(-spread, spread))  # noqa: S311 - not crypto
+    return max(0.0, seconds + uniform(-spread, spread))
 
 
 def retry_delay(interval: float, failures: int, retry_after: float | None = None) -> float:

@@ -1,0 +1,371 @@
+"""When each object is reconciled: the daemon loops of InfisicalConnections and SecretSyncs.
+
+A loop runs one cycle, then pauses until its interval passes (jittered, backed off after
+failures) or a kick arrives (a watched Secret changed, the spec changed, a sync was requested).
+app.py registers the kopf handlers that call in here; there is no kopf in this module, and time
+comes from an injectable `Clock`, so the policy is unit-tested without waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+from infisical_sync.connection import Outcome
+from infisical_sync.durations import jittered, parse_duration, retry_delay
+from infisical_sync.runtime import Key, Kicks, Slot
+from infisical_sync.selectors import selector_matches
+from infisical_sync.sync import (
+    ABANDON,
+    ALLOW_MASS_DELETE,
+    SYNC_REQUESTED_AT,
+    CycleResult,
+    SyncFailed,
+)
+
+log = logging.getLogger(__name__)
+SYNCS = "secretsyncs"
+DEFAULT_INTERVAL = 300.0
+# A restarted operator spreads the first runs of already-synced objects over this long at most.
+RESTART_SPREAD = 30.0
+# Kicks that a SecretSync with autoSyncEnabled: false still follows.
+MANUAL_REASONS = frozenset({"created", "spec changed", "sync requested"})
+REMOVAL_RETRY_DELAY = 10.0
+
+
+# --- what the loops depend on -------------------------------------------------------------------
+
+
+class Clock(Protocol):
+    """Time and its randomness as the loops see them."""
+
+    async def sleep(self, seconds: float) -> None: ...
+
+    def uniform(self, low: float, high: float) -> float: ...
+
+
+class SystemClock:
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    def uniform(self, low: float, high: float) -> float:
+        return random.uniform(low, high)  # noqa: S311 - jitter, not crypto
+
+
+class SyncCycles(Protocol):
+    """The SecretSync engine (sync.SyncEngine)."""
+
+    async def run(
+        self,
+        namespace: str,
+        name: str,
+        body: Mapping[str, Any],
+        previous_status: Mapping[str, Any] | None = None,
+        on_writing: Callable[[], Awaitable[None]] | None = None,
+    ) -> CycleResult: ...
+
+    async def remove_owned(self, namespace: str, name: str, body: Mapping[str, Any]) -> int: ...
+
+    def forget(self, namespace: str, name: str) -> None: ...
+
+    def readers_of(self, namespace: str, secret: str) -> set[str]: ...
+
+
+class Validations(Protocol):
+    """The InfisicalConnection reconciler (connection.ConnectionReconciler)."""
+
+    async def reconcile(
+        self, namespace: str, name: str, body: Mapping[str, Any], *, force_login: bool
+    ) -> tuple[Outcome, bool]: ...
+
+    async def forget(self, namespace: str, name: str) -> None: ...
+
+
+class StatusWriter(Protocol):
+    """Patches our own status subresource (kube.Kube)."""
+
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> bool: ...
+
+
+class RetryLater(Exception):
+    """A handler step that must be retried after `delay` seconds (kopf.TemporaryError)."""
+
+    def __init__(self, message: str, delay: float) -> None:
+        super().__init__(message)
+        self.message = message
+        self.delay = delay
+
+
+# --- pure decisions ---------------------------------------------------------------------------
+
+
+def sync_interval(spec: Mapping[str, Any]) -> float:
+    return parse_duration(spec.get("syncInterval"), DEFAULT_INTERVAL)
+
+
+def validation_interval(spec: Mapping[str, Any]) -> float:
+    return parse_duration(spec.get("validationInterval"), DEFAULT_INTERVAL)
+
+
+def next_delay(interval: float, failures: int, retry_after: float | None) -> float:
+    """The full interval after a success (failures == 0), else the back-off. Not jittered."""
+    return interval if failures == 0 else retry_delay(interval, failures, retry_after)
+
+
+def in_sync_before_start(body: Mapping[str, Any]) -> bool:
+    """Synced at the current generation: a restart need not sync it at once."""
+    status = body.get("status") or {}
+    generation = (body.get("metadata") or {}).get("generation")
+    return bool(status.get("lastSyncedAt")) and status.get("observedGeneration") == generation
+
+
+def follows(spec: Mapping[str, Any], reasons: Collection[str]) -> bool:
+    """Whether a SecretSync runs for these kicks: always when auto-syncing, else on request."""
+    return bool(spec.get("autoSyncEnabled", True)) or bool(set(reasons) & MANUAL_REASONS)
+
+
+class Observed(NamedTuple):
+    """What of a SecretSync's watch events decides whether its daemon is kicked."""
+
+    generation: object
+    sync_requested_at: str | None
+    allow_mass_delete: str | None
+
+
+def observe(body: Mapping[str, Any]) -> Observed:
+    meta = body.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    return Observed(
+        meta.get("generation"),
+        annotations.get(SYNC_REQUESTED_AT),
+        annotations.get(ALLOW_MASS_DELETE),
+    )
+
+
+def kick_reason(before: Observed | None, current: Observed) -> str | None:
+    """The kick a SecretSync's watch event calls for, if any. At first sight none: the daemon's
+    first run covers it."""
+    if before is None or before == current:
+        return None
+    if before.generation != current.generation:
+        return "spec changed"
+    if before.sync_requested_at != current.sync_requested_at:
+        return "sync requested"
+    return "spec changed"  # allow-mass-delete changed: re-plan
+
+
+def removes_owned_keys(body: Mapping[str, Any]) -> bool:
+    """deletionPolicy Delete removes the keys a deleted SecretSync owns, unless abandoned."""
+    annotations = (body.get("metadata") or {}).get("annotations") or {}
+    policy = (body.get("spec") or {}).get("deletionPolicy", "Retain")
+    return policy == "Delete" and annotations.get(ABANDON) != "true"
+
+
+# --- the scheduler ------------------------------------------------------------------------------
+
+
+@dataclass
+class _SyncState:
+    failures: int = 0
+    # The status this daemon last wrote: the watched body can lag behind it, and a stale
+    # lastSyncedAt or managedKeys must never make a later cycle look like the initial one.
+    written: dict[str, Any] | None = None
+
+
+@dataclass
+class Scheduler:
+    engine: SyncCycles
+    connections: Validations
+    status: StatusWriter
+    clock: Clock = field(default_factory=SystemClock)
+    kicks: Kicks = field(default_factory=Kicks)
+    # One lock per SecretSync: a sync and a removal never run at once.
+    locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
+    # What the SecretSync event handler last saw, to tell spec changes and requests apart.
+    seen: dict[Key, Observed] = field(default_factory=dict)
+
+    def lock(self, key: Key) -> asyncio.Lock:
+        return self.locks.setdefault(key, asyncio.Lock())
+
+    async def _pause(self, slot: Slot, delay: float) -> None:
+        """Until `delay` seconds pass or the slot is kicked."""
+        if slot.event.is_set():
+            return
+        waiters = [
+            asyncio.ensure_future(slot.event.wait()),
+            asyncio.ensure_future(self.clock.sleep(max(0.0, delay))),
+        ]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    def _jittered(self, seconds: float) -> float:
+        return jittered(seconds, uniform=self.clock.uniform)
+
+    # --- triggers ------------------------------------------------------------------------------
+
+    def on_secret_event(
+        self,
+        namespace: str,
+        name: str,
+        change: str,
+        labels: Mapping[str, str],
+        connections: Iterable[str],
+        syncs: Iterable[str],
+        selector_syncs: Iterable[tuple[str, Mapping[str, Any]]],
+    ) -> None:
+        """A Secret changed: kick the connections and SecretSyncs that read it. The candidates
+        come from kopf's indexes, so an event never scans all resources."""
+        reason = f"secret {name} {change.lower()}"
+        for connection in connections:
+            self.kicks.kick(("InfisicalConnection", namespace, connection), reason)
+        for sync in syncs:
+            self.kicks.kick(("SecretSync", namespace, sync), reason)
+        for sync, selector in selector_syncs:
+            if selector_matches(dict(selector), dict(labels)):
+                self.kicks.kick(("SecretSync", namespace, sync), reason)
+        for sync in self.engine.readers_of(namespace, name):  # e.g. its label was just removed
+            self.kicks.kick(("SecretSync", namespace, sync), reason)
+
+    def on_connection_spec_changed(self, namespace: str, name: str) -> None:
+        self.kicks.kick(("InfisicalConnection", namespace, name), "spec changed", force=True)
+
+    def on_secretsync_event(
+        self, change: str, namespace: str, name: str, body: Mapping[str, Any]
+    ) -> None:
+        """Spec changes and the sync-requested-at / allow-mass-delete annotations wake the
+        daemon."""
+        key = ("SecretSync", namespace, name)
+        if change == "DELETED":
+            self.seen.pop(key, None)
+            return
+        current = observe(body)
+        reason = kick_reason(self.seen.get(key), current)
+        self.seen[key] = current
+        if reason is not None:
+            self.kicks.kick(key, reason)
+
+    # --- InfisicalConnection ------------------------------------------------------------------
+
+    async def run_connection(
+        self,
+        namespace: str,
+        name: str,
+        body: Mapping[str, Any],
+        dependents: Callable[[], Iterable[str]],
+    ) -> None:
+        """Validates at start, on kicks (spec or Secret changes) and every validationInterval.
+        `dependents` names the SecretSyncs to kick when the connection becomes usable."""
+        key = ("InfisicalConnection", namespace, name)
+        slot = self.kicks.slot(key)
+        force, failures = True, 0
+        try:
+            while True:
+                interval = validation_interval(body.get("spec") or {})
+                outcome, notify = await self._validate(namespace, name, body, force)
+                if notify:
+                    for sync in dependents():
+                        self.kicks.kick(("SecretSync", namespace, sync), f"connection {name} ready")
+                failures = 0 if outcome is not None and outcome.ready else failures + 1
+                retry_after = outcome.retry_after if outcome is not None else None
+                await self._pause(slot, self._jittered(next_delay(interval, failures, retry_after)))
+                force, _reasons = slot.take()
+        finally:
+            self.kicks.discard(key)
+            if (body.get("metadata") or {}).get("deletionTimestamp"):
+                await self.connections.forget(namespace, name)
+
+    async def _validate(
+        self, namespace: str, name: str, body: Mapping[str, Any], force: bool
+    ) -> tuple[Outcome | None, bool]:
+        try:
+            return await self.connections.reconcile(namespace, name, body, force_login=force)
+        except Exception:
+            log.exception("validating connection %s/%s failed", namespace, name)
+            return None, False
+
+    # --- SecretSync ---------------------------------------------------------------------------
+
+    async def run_secretsync(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
+        """Runs every sync of one SecretSync: at start, on kicks, and every syncInterval."""
+        key = ("SecretSync", namespace, name)
+        slot = self.kicks.slot(key)
+        state = _SyncState()
+        try:
+            if in_sync_before_start(body):
+                # Already in sync before a restart: spread the first runs so they do not all
+                # fire at once.
+                spread = min(sync_interval(body.get("spec") or {}), RESTART_SPREAD)
+                await self._pause(slot, self.clock.uniform(0.0, spread))
+                slot.take()  # the first run covers whatever kicked meanwhile
+            reasons: set[str] = {"created"}
+            while True:
+                spec = body.get("spec") or {}
+                interval = sync_interval(spec)
+                delay = interval
+                if follows(spec, reasons):
+                    result = await self._sync(key, body, state)
+                    if result is not None and (result.ok or not result.retryable):
+                        state.failures = 0
+                    else:
+                        state.failures += 1
+                    retry_after = result.retry_after if result is not None else None
+                    delay = next_delay(interval, state.failures, retry_after)
+                await self._pause(slot, self._jittered(delay))
+                _force, reasons = slot.take()
+        finally:
+            self.kicks.discard(key)
+
+    async def _sync(
+        self, key: Key, body: Mapping[str, Any], state: _SyncState
+    ) -> CycleResult | None:
+        _kind, namespace, name = key
+
+        async def mark_running() -> None:
+            await self.status.patch_status(SYNCS, namespace, name, {"syncStatus": "Running"})
+
+        async with self.lock(key):
+            try:
+                result = await self.engine.run(
+                    namespace, name, body, state.written, on_writing=mark_running
+                )
+                await self.status.patch_status(SYNCS, namespace, name, result.status)
+            except Exception:
+                log.exception("sync of %s/%s failed unexpectedly", namespace, name)
+                return None
+        state.written = {**(state.written or dict(body.get("status") or {})), **result.status}
+        return result
+
+    async def remove_secretsync(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
+        """A SecretSync is being deleted: remove its keys under deletionPolicy Delete (raises
+        RetryLater while that fails), else just let go."""
+        key = ("SecretSync", namespace, name)
+        if not removes_owned_keys(body):
+            self.engine.forget(namespace, name)
+            self.locks.pop(key, None)
+            return
+        async with self.lock(key):
+            try:
+                removed = await self.engine.remove_owned(namespace, name, body)
+            except SyncFailed as failure:
+                message = (
+                    f"deletionPolicy Delete: removing owned keys failed: {failure.message}; "
+                    f'retrying. Annotate {ABANDON}: "true" to let go without removing them'
+                )
+                await self.status.patch_status(
+                    SYNCS,
+                    namespace,
+                    name,
+                    {"syncStatus": "Failed", "lastSyncMessage": message[:1024]},
+                )
+                raise RetryLater(message, REMOVAL_RETRY_DELAY) from None
+        log.info("%s/%s deleted: removed %d owned destination keys", namespace, name, removed)
+        self.locks.pop(key, None)
