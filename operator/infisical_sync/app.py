@@ -31,6 +31,7 @@ from infisical_sync.sync import SyncEngine
 PREFIX = "infisical-sync.dev"
 CONNECTIONS = "infisicalconnections"
 SYNCS = "secretsyncs"
+STOP_GRACE = 20.0  # seconds a stopping daemon may take to finish the cycle in flight
 log = logging.getLogger("infisical_sync")
 registry = kopf.OperatorRegistry()
 
@@ -60,6 +61,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.client_timeout = 310
     settings.posting.level = logging.INFO
     settings.scanning.disabled = True  # our resources are known: no CRD discovery RBAC needed
+    # Our daemons return as soon as they are told to stop; give them the time to get there
+    # (a revoke on a deleted connection) before kopf falls back to polling them every backoff.
+    settings.background.instant_exit_timeout = 1.0
 
     config: Settings = memo.settings
     if config.metrics_port:
@@ -184,17 +188,31 @@ async def connection_spec_changed(namespace: str, name: str, memo: kopf.Memo, **
     memo.scheduler.on_connection_spec_changed(namespace, name)
 
 
-@kopf.daemon(GROUP, VERSION, CONNECTIONS, cancellation_timeout=10, registry=registry)  # type: ignore[arg-type]
+# The daemons stop on `stopped`: kopf only cancels one (and says so in a WARNING) that is still
+# busy after cancellation_backoff, e.g. a cycle stuck behind a slow instance.
+@kopf.daemon(  # type: ignore[arg-type]
+    GROUP,
+    VERSION,
+    CONNECTIONS,
+    cancellation_backoff=STOP_GRACE,
+    cancellation_timeout=10,
+    registry=registry,
+)
 async def connection_daemon(
     namespace: str,
     name: str,
     body: kopf.Body,
     memo: kopf.Memo,
+    stopped: kopf.DaemonStopped,
     syncs_by_connection: kopf.Index[tuple[str, str], str],
     **_: Any,
 ) -> None:
     await memo.scheduler.run_connection(
-        namespace, name, body, dependents=lambda: syncs_by_connection.get((namespace, name), [])
+        namespace,
+        name,
+        body,
+        stopped,
+        dependents=lambda: syncs_by_connection.get((namespace, name), []),
     )
 
 
@@ -208,11 +226,23 @@ async def secretsync_event(
     memo.scheduler.on_secretsync_event(type, namespace, name, body)
 
 
-@kopf.daemon(GROUP, VERSION, SYNCS, cancellation_timeout=30, registry=registry)  # type: ignore[arg-type]
+@kopf.daemon(  # type: ignore[arg-type]
+    GROUP,
+    VERSION,
+    SYNCS,
+    cancellation_backoff=STOP_GRACE,
+    cancellation_timeout=10,
+    registry=registry,
+)
 async def secretsync_daemon(
-    namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
+    namespace: str,
+    name: str,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    stopped: kopf.DaemonStopped,
+    **_: Any,
 ) -> None:
-    await memo.scheduler.run_secretsync(namespace, name, body)
+    await memo.scheduler.run_secretsync(namespace, name, body, stopped)
 
 
 @kopf.on.delete(GROUP, VERSION, SYNCS, registry=registry)  # type: ignore[arg-type]

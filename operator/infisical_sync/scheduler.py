@@ -1,7 +1,9 @@
 """When each object is reconciled: the daemon loops of InfisicalConnections and SecretSyncs.
 
 A loop runs one cycle, then pauses until its interval passes (jittered, backed off after
-failures) or a kick arrives (a watched Secret changed, the spec changed, a sync was requested).
+failures), a kick arrives (a watched Secret changed, the spec changed, a sync was requested) or
+kopf asks it to stop (object deleted, operator exiting): then it returns at once, so kopf never
+has to cancel it. A cycle in flight is finished first.
 app.py registers the kopf handlers that call in here; there is no kopf in this module, and time
 comes from an injectable `Clock`, so the policy is unit-tested without waiting.
 """
@@ -54,6 +56,14 @@ class SystemClock:
 
     def uniform(self, low: float, high: float) -> float:
         return random.uniform(low, high)  # noqa: S311 - jitter, not crypto
+
+
+class StopSignal(Protocol):
+    """kopf's `stopped` flag of a daemon (an asyncio.Event in the tests)."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self) -> Awaitable[object]: ...
 
 
 class SyncCycles(Protocol):
@@ -193,12 +203,13 @@ class Scheduler:
     def lock(self, key: Key) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
 
-    async def _pause(self, slot: Slot, delay: float) -> None:
-        """Until `delay` seconds pass or the slot is kicked."""
-        if slot.event.is_set():
+    async def _pause(self, slot: Slot, delay: float, stopped: StopSignal) -> None:
+        """Until `delay` seconds pass, the slot is kicked or the daemon is told to stop."""
+        if slot.event.is_set() or stopped.is_set():
             return
         waiters = [
             asyncio.ensure_future(slot.event.wait()),
+            asyncio.ensure_future(stopped.wait()),
             asyncio.ensure_future(self.clock.sleep(max(0.0, delay))),
         ]
         try:
@@ -260,15 +271,17 @@ class Scheduler:
         namespace: str,
         name: str,
         body: Mapping[str, Any],
+        stopped: StopSignal,
         dependents: Callable[[], Iterable[str]],
     ) -> None:
-        """Validates at start, on kicks (spec or Secret changes) and every validationInterval.
-        `dependents` names the SecretSyncs to kick when the connection becomes usable."""
+        """Validates at start, on kicks (spec or Secret changes) and every validationInterval,
+        until stopped. `dependents` names the SecretSyncs to kick when the connection becomes
+        usable."""
         key = ("InfisicalConnection", namespace, name)
         slot = self.kicks.slot(key)
         force, failures = True, 0
         try:
-            while True:
+            while not stopped.is_set():
                 interval = validation_interval(body.get("spec") or {})
                 outcome, notify = await self._validate(namespace, name, body, force)
                 if notify:
@@ -276,7 +289,8 @@ class Scheduler:
                         self.kicks.kick(("SecretSync", namespace, sync), f"connection {name} ready")
                 failures = 0 if outcome is not None and outcome.ready else failures + 1
                 retry_after = outcome.retry_after if outcome is not None else None
-                await self._pause(slot, self._jittered(next_delay(interval, failures, retry_after)))
+                delay = self._jittered(next_delay(interval, failures, retry_after))
+                await self._pause(slot, delay, stopped)
                 force, _reasons = slot.take()
         finally:
             self.kicks.discard(key)
@@ -294,8 +308,11 @@ class Scheduler:
 
     # --- SecretSync ---------------------------------------------------------------------------
 
-    async def run_secretsync(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
-        """Runs every sync of one SecretSync: at start, on kicks, and every syncInterval."""
+    async def run_secretsync(
+        self, namespace: str, name: str, body: Mapping[str, Any], stopped: StopSignal
+    ) -> None:
+        """Runs every sync of one SecretSync: at start, on kicks, and every syncInterval, until
+        stopped."""
         key = ("SecretSync", namespace, name)
         slot = self.kicks.slot(key)
         state = _SyncState()
@@ -304,10 +321,10 @@ class Scheduler:
                 # Already in sync before a restart: spread the first runs so they do not all
                 # fire at once.
                 spread = min(sync_interval(body.get("spec") or {}), RESTART_SPREAD)
-                await self._pause(slot, self.clock.uniform(0.0, spread))
+                await self._pause(slot, self.clock.uniform(0.0, spread), stopped)
                 slot.take()  # the first run covers whatever kicked meanwhile
             reasons: set[str] = {"created"}
-            while True:
+            while not stopped.is_set():
                 spec = body.get("spec") or {}
                 interval = sync_interval(spec)
                 delay = interval
@@ -319,7 +336,7 @@ class Scheduler:
                         state.failures += 1
                     retry_after = result.retry_after if result is not None else None
                     delay = next_delay(interval, state.failures, retry_after)
-                await self._pause(slot, self._jittered(delay))
+                await self._pause(slot, self._jittered(delay), stopped)
                 _force, reasons = slot.take()
         finally:
             self.kicks.discard(key)

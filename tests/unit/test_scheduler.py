@@ -147,6 +147,7 @@ class Harness:
     connections: FakeConnections
     status: FakeStatus
     scheduler: Scheduler
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)  # kopf's `stopped`
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def start(self, loop: Awaitable[None]) -> asyncio.Task[None]:
@@ -180,7 +181,7 @@ def sync_body(**spec: Any) -> dict[str, Any]:
 
 async def test_failures_back_off_from_five_seconds_up_to_the_interval(harness: Harness) -> None:
     harness.engine.results = [failed(), failed(), failed(), failed(), failed()]
-    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body()))
+    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped))
     delays = []
     for count in range(1, 7):
         delays.append(await harness.sleeping(count))
@@ -191,7 +192,7 @@ async def test_failures_back_off_from_five_seconds_up_to_the_interval(harness: H
 
 async def test_retry_after_and_permanent_failures(harness: Harness) -> None:
     harness.engine.results = [failed(retry_after=45), failed(retryable=False)]
-    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body()))
+    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped))
     assert await harness.sleeping(1) == 45  # never before the instance's Retry-After
     harness.clock.advance(45)
     assert await harness.sleeping(2) == 60  # retrying cannot help: the next interval
@@ -199,14 +200,14 @@ async def test_retry_after_and_permanent_failures(harness: Harness) -> None:
 
 async def test_an_unexpected_error_is_retried_like_a_failure(harness: Harness) -> None:
     harness.engine.results = [RuntimeError("boom")]
-    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body()))
+    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped))
     assert await harness.sleeping(1) == 5
     assert harness.status.patches == []
 
 
 async def test_every_pause_is_jittered_by_ten_percent(harness: Harness) -> None:
     harness.clock.point = 0.0  # the low end of every draw
-    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body()))
+    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped))
     assert await harness.sleeping(1) == pytest.approx(54)
     assert harness.clock.draws == [(-6, 6)]
 
@@ -214,7 +215,7 @@ async def test_every_pause_is_jittered_by_ten_percent(harness: Harness) -> None:
 async def test_a_restart_spreads_the_first_run_of_synced_objects(harness: Harness) -> None:
     body = sync_body(syncInterval="1h")
     body["status"] = {"lastSyncedAt": "2026-01-01T00:00:00Z", "observedGeneration": 1}
-    harness.start(harness.scheduler.run_secretsync("ns", "sync", body))
+    harness.start(harness.scheduler.run_secretsync("ns", "sync", body, harness.stopped))
     assert await harness.sleeping(1) == 15  # uniform(0, 30): at most 30 s, whatever the interval
     assert harness.clock.draws == [(0.0, 30.0)] and harness.engine.runs == []
     harness.clock.advance(15)
@@ -224,13 +225,13 @@ async def test_a_restart_spreads_the_first_run_of_synced_objects(harness: Harnes
 async def test_an_unsynced_object_runs_at_once(harness: Harness) -> None:
     body = sync_body()
     body["status"] = {"lastSyncedAt": "2026-01-01T00:00:00Z", "observedGeneration": 0}
-    harness.start(harness.scheduler.run_secretsync("ns", "sync", body))
+    harness.start(harness.scheduler.run_secretsync("ns", "sync", body, harness.stopped))
     await harness.sleeping(1)
     assert len(harness.engine.runs) == 1
 
 
 async def test_a_kick_wakes_the_loop_before_its_interval(harness: Harness) -> None:
-    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body()))
+    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped))
     await harness.sleeping(1)
     harness.scheduler.kicks.kick(SYNC, "secret app modified")
     await harness.sleeping(2)
@@ -239,7 +240,7 @@ async def test_a_kick_wakes_the_loop_before_its_interval(harness: Harness) -> No
 
 async def test_the_status_last_written_is_passed_to_the_next_cycle(harness: Harness) -> None:
     harness.engine.results = [ok(managedKeys=["A"]), ok()]
-    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body()))
+    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped))
     harness.clock.advance(await harness.sleeping(1))
     await harness.sleeping(2)
     assert harness.engine.runs[0] is None
@@ -251,7 +252,11 @@ async def test_the_status_last_written_is_passed_to_the_next_cycle(harness: Harn
 
 
 async def test_manual_sync_runs_at_start_and_on_request_only(harness: Harness) -> None:
-    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body(autoSyncEnabled=False)))
+    harness.start(
+        harness.scheduler.run_secretsync(
+            "ns", "sync", sync_body(autoSyncEnabled=False), harness.stopped
+        )
+    )
     harness.clock.advance(await harness.sleeping(1))  # ran once: created
     harness.clock.advance(await harness.sleeping(2))  # the timer: no run
     harness.scheduler.kicks.kick(SYNC, "secret app modified")
@@ -263,7 +268,7 @@ async def test_manual_sync_runs_at_start_and_on_request_only(harness: Harness) -
 
 
 async def test_auto_sync_runs_on_the_timer_and_every_kick(harness: Harness) -> None:
-    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body()))
+    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped))
     harness.clock.advance(await harness.sleeping(1))
     await harness.sleeping(2)
     harness.scheduler.kicks.kick(SYNC, "secret app modified")
@@ -277,6 +282,64 @@ async def test_a_kick_before_the_daemon_starts_is_not_lost() -> None:
     kicks.kick(SYNC, "spec changed", force=True)
     assert kicks.slot(SYNC).take() == (True, {"secret app modified", "spec changed"})
     assert kicks.slot(SYNC).take() == (False, {"timer"})
+
+
+async def test_stopping_ends_a_pause_at_once(harness: Harness) -> None:
+    task = harness.start(
+        harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped)
+    )
+    await harness.sleeping(1)
+    harness.stopped.set()
+    await until(task.done)
+    assert task.result() is None and harness.clock.now == 0  # returned, not cancelled
+    assert len(harness.engine.runs) == 1 and SYNC not in harness.scheduler.kicks._slots
+
+
+async def test_stopping_during_the_restart_spread_runs_nothing(harness: Harness) -> None:
+    body = sync_body()
+    body["status"] = {"lastSyncedAt": "2026-01-01T00:00:00Z", "observedGeneration": 1}
+    task = harness.start(harness.scheduler.run_secretsync("ns", "sync", body, harness.stopped))
+    await harness.sleeping(1)
+    harness.stopped.set()
+    await until(task.done)
+    assert harness.engine.runs == []
+
+
+async def test_a_cycle_in_flight_finishes_before_the_loop_stops(harness: Harness) -> None:
+    release = asyncio.Event()
+    harness.engine.results = []
+    original = harness.engine.run
+
+    async def slow_run(*args: Any, **kwargs: Any) -> CycleResult:
+        await release.wait()
+        return await original(*args, **kwargs)
+
+    harness.engine.run = slow_run  # type: ignore[method-assign]
+    task = harness.start(
+        harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped)
+    )
+    await until(lambda: SYNC in harness.scheduler.locks and harness.scheduler.locks[SYNC].locked())
+    harness.stopped.set()
+    release.set()
+    await until(task.done)
+    assert len(harness.status.patches) == 1 and harness.clock.sleeps == []
+
+
+async def test_a_stopped_connection_loop_forgets_a_deleted_connection_only(
+    harness: Harness,
+) -> None:
+    for deleted, expected in ((False, []), (True, ["conn"])):
+        harness.stopped.clear()
+        body = connection_body()
+        task = harness.start(
+            harness.scheduler.run_connection("ns", "conn", body, harness.stopped, dependents=list)
+        )
+        await until(lambda: harness.clock._sleepers != [])
+        if deleted:
+            body["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+        harness.stopped.set()
+        await until(task.done)
+        assert harness.connections.forgotten == expected
 
 
 # --- watch events -----------------------------------------------------------------------------
@@ -347,7 +410,9 @@ def connection_body(**spec: Any) -> dict[str, Any]:
 
 async def test_connection_logs_in_at_start_and_on_forced_kicks_only(harness: Harness) -> None:
     harness.start(
-        harness.scheduler.run_connection("ns", "conn", connection_body(), dependents=list)
+        harness.scheduler.run_connection(
+            "ns", "conn", connection_body(), harness.stopped, dependents=list
+        )
     )
     harness.clock.advance(await harness.sleeping(1))
     assert await harness.sleeping(2) == 300
@@ -367,7 +432,7 @@ async def test_connection_failures_back_off_and_readiness_kicks_dependents(
     ]
     harness.start(
         harness.scheduler.run_connection(
-            "ns", "conn", connection_body(), dependents=lambda: ["a", "b"]
+            "ns", "conn", connection_body(), harness.stopped, dependents=lambda: ["a", "b"]
         )
     )
     assert await harness.sleeping(1) == 5

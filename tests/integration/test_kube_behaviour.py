@@ -1,0 +1,168 @@
+"""How the operator behaves towards Kubernetes: Events, stopping, timeouts, API server outages."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from tests.conftest import OperatorProcess, operator_process, wait_for
+from tests.kube_helpers import condition, create, delete, get, put_secret, status
+
+from infisical_sync.testing.controlplane import (
+    OPERATOR_USER,
+    ControlPlane,
+    api_client,
+    grant_operator_rbac,
+    install_crds,
+)
+from infisical_sync.testing.fake_infisical import BackgroundFake, FakeInfisical
+
+pytestmark = pytest.mark.controlplane
+CONNECTIONS, SYNCS = "infisicalconnections", "secretsyncs"
+CLIENT_ID = "55555555-5555-4555-8555-555555555555"
+CLIENT_SECRET = "canary-kube-client-secret-1f3870be"
+PROJECT = "p-kube"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeInfisical]:
+    with BackgroundFake() as server:
+        server.state.add_project("kube", project_id=PROJECT)
+        server.state.add_identity(CLIENT_ID, CLIENT_SECRET, projects={PROJECT: {}})
+        yield server
+
+
+def connection_spec(fake: FakeInfisical, **overrides: Any) -> dict[str, Any]:
+    return {
+        "instanceUrl": fake.url,
+        "allowInsecureHttp": True,
+        "credentials": {"secretRef": {"name": "identity"}},
+        "validationInterval": "1h",
+        **overrides,
+    }
+
+
+def sync_spec(**overrides: Any) -> dict[str, Any]:
+    return {
+        "source": {"kubernetes": {"secrets": [{"name": "app"}]}},
+        "destination": {
+            "connectionRef": {"name": "dest"},
+            "projectId": PROJECT,
+            "environment": "prod",
+            "secretPath": "/apps",
+        },
+        "syncInterval": "1h",
+        **overrides,
+    }
+
+
+def ready_connection_and_sync(
+    kube: Any, namespace: str, fake: FakeInfisical, connection: Any = None, **sync: Any
+) -> None:
+    put_secret(kube, namespace, "identity", {"clientId": CLIENT_ID, "clientSecret": CLIENT_SECRET})
+    put_secret(kube, namespace, "app", {"A": "1"})
+    spec = connection_spec(fake, **(connection or {}))
+    create(kube, namespace, CONNECTIONS, "InfisicalConnection", "dest", spec)
+    wait_for(
+        lambda: condition(kube, namespace, CONNECTIONS, "dest", "Ready") == ("True", "Validated")
+    )
+    create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec(**sync))
+    wait_for(lambda: status(kube, namespace, SYNCS, "sync").get("syncStatus") == "Succeeded")
+
+
+# --- the operator's log ---------------------------------------------------------------------------
+
+
+def records(process: OperatorProcess) -> list[dict[str, Any]]:
+    found = []
+    for line in process.log().splitlines():
+        if line.startswith("{"):
+            found.append(json.loads(line))
+    return found
+
+
+def about(process: OperatorProcess, namespace: str, name: str) -> list[dict[str, Any]]:
+    """kopf's lines on the object and the operator's own lines naming it."""
+
+    def matches(record: dict[str, Any]) -> bool:
+        ref = record.get("object") or {}
+        return (ref.get("namespace"), ref.get("name")) == (namespace, name) or (
+            f"{namespace}/{name}" in record["message"]
+        )
+
+    return [record for record in records(process) if matches(record)]
+
+
+STOPPING_BY_FORCE = ("is cancelled", "Will escalate", "exit by force", "did not exit in time")
+
+
+def stopped_by_force(process: OperatorProcess, namespace: str, name: str) -> list[str]:
+    return [
+        r["message"]
+        for r in about(process, namespace, name)
+        if any(text in r["message"] for text in STOPPING_BY_FORCE)
+    ]
+
+
+# --- 14: daemons stop when asked ------------------------------------------------------------------
+
+
+def test_deleted_objects_stop_their_daemons_without_cancellation(
+    operator: OperatorProcess, kube: Any, namespace: str, fake: FakeInfisical
+) -> None:
+    ready_connection_and_sync(kube, namespace, fake)
+    delete(kube, namespace, SYNCS, "sync")
+    wait_for(lambda: get(kube, namespace, SYNCS, "sync") is None)
+    delete(kube, namespace, CONNECTIONS, "dest")
+    wait_for(lambda: get(kube, namespace, CONNECTIONS, "dest") is None)
+    for name in ("sync", "dest"):
+        messages = [r["message"] for r in about(operator, namespace, name)]
+        assert any("has exited on request" in m for m in messages), messages
+        assert stopped_by_force(operator, namespace, name) == []
+        # Gone at once: kopf did not have to wait for the daemon and come back later.
+        assert not [m for m in messages if "signalled to exit gracefully" in m]
+
+
+# --- an operator of its own, on a control plane of its own ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def plane(control_plane: ControlPlane) -> Iterator[ControlPlane]:
+    """Operators started here must not share objects with the session's operator."""
+    with ControlPlane() as own:
+        install_crds(own.kubeconfig)
+        grant_operator_rbac(own.kubeconfig)
+        yield own
+
+
+@pytest.fixture
+def plane_kube(plane: ControlPlane) -> Any:
+    return api_client(plane.kubeconfig)
+
+
+@pytest.fixture
+def plane_namespace(plane_kube: Any) -> str:
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    client.CoreV1Api(plane_kube).create_namespace({"metadata": {"name": name}})
+    return name
+
+
+def test_operator_shutdown_stops_daemons_without_cancellation(
+    plane: ControlPlane, plane_kube: Any, plane_namespace: str, fake: FakeInfisical, tmp_path: Path
+) -> None:
+    kube, namespace = plane_kube, plane_namespace
+    kubeconfig = plane.kubeconfig_for_user(OPERATOR_USER)
+    with operator_process(kubeconfig, tmp_path / "operator.log") as process:
+        ready_connection_and_sync(kube, namespace, fake)
+        process.logged.process.terminate()
+        process.logged.process.wait(timeout=30)
+        assert "Activity 'cleanup' succeeded" in process.log()
+        for name in ("sync", "dest"):
+            messages = [r["message"] for r in about(process, namespace, name)]
+            assert any("has exited gracefully" in m for m in messages), messages
+            assert stopped_by_force(process, namespace, name) == []
