@@ -24,7 +24,7 @@ from infisical_sync.config import Settings
 from infisical_sync.connection import ConnectionReconciler
 from infisical_sync.infisical.client import ClientPool
 from infisical_sync.infisical.transport import TransportOptions
-from infisical_sync.kube import GROUP, VERSION, Kube, load_api_client
+from infisical_sync.kube import GROUP, VERSION, Kube, KubeTimeouts, load_api_client
 from infisical_sync.scheduler import RetryLater, Scheduler
 from infisical_sync.sync import SyncEngine
 
@@ -69,7 +69,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     if config.metrics_port:
         start_http_server(config.metrics_port)
     api_client = await asyncio.to_thread(load_api_client)
-    kube = Kube(api_client)
+    kube = Kube(api_client, KubeTimeouts(config.kube_connect_timeout, config.kube_request_timeout))
     pool = ClientPool(
         TransportOptions(
             concurrency=config.concurrency_per_connection,

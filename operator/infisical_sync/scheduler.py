@@ -19,6 +19,7 @@ from typing import Any, NamedTuple, Protocol
 
 from infisical_sync.connection import Outcome
 from infisical_sync.durations import jittered, parse_duration, retry_delay
+from infisical_sync.kube import KubeUnavailable
 from infisical_sync.runtime import Key, Kicks, Slot
 from infisical_sync.selectors import selector_matches
 from infisical_sync.sync import (
@@ -302,6 +303,9 @@ class Scheduler:
     ) -> tuple[Outcome | None, bool]:
         try:
             return await self.connections.reconcile(namespace, name, body, force_login=force)
+        except KubeUnavailable as exc:
+            log.warning("InfisicalConnection %s/%s: %s; retrying", namespace, name, exc)
+            return None, False
         except Exception:
             log.exception("validating connection %s/%s failed", namespace, name)
             return None, False
@@ -355,6 +359,9 @@ class Scheduler:
                     namespace, name, body, state.written, on_writing=mark_running
                 )
                 await self.status.patch_status(SYNCS, namespace, name, result.status)
+            except KubeUnavailable as exc:
+                log.warning("SecretSync %s/%s: %s; retrying", namespace, name, exc)
+                return None
             except Exception:
                 log.exception("sync of %s/%s failed unexpectedly", namespace, name)
                 return None

@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 from tests.conftest import OperatorProcess, operator_process, wait_for
 from tests.kube_helpers import condition, create, delete, get, put_secret, status
+from tests.tcp_proxy import TcpProxy
 
 from infisical_sync.testing.controlplane import (
     OPERATOR_USER,
@@ -152,6 +154,32 @@ def plane_namespace(plane_kube: Any) -> str:
     return name
 
 
+@pytest.fixture
+def proxy(plane: ControlPlane) -> Iterator[TcpProxy]:
+    proxy = TcpProxy(plane.port).start()
+    yield proxy
+    proxy.stop()
+
+
+KUBE_TIMEOUTS = {
+    "INFISICAL_SYNC_KUBE_REQUEST_TIMEOUT": "3",
+    "INFISICAL_SYNC_KUBE_CONNECT_TIMEOUT": "2",
+}
+
+
+@pytest.fixture
+def proxied_operator(
+    plane: ControlPlane, proxy: TcpProxy, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    """The operator reaching the API server only through `proxy`."""
+    config = yaml.safe_load(plane.kubeconfig_for_user(OPERATOR_USER).read_text())
+    config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{proxy.port}"
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(config))
+    with operator_process(kubeconfig, tmp_path / "operator.log", KUBE_TIMEOUTS) as process:
+        yield process
+
+
 def test_operator_shutdown_stops_daemons_without_cancellation(
     plane: ControlPlane, plane_kube: Any, plane_namespace: str, fake: FakeInfisical, tmp_path: Path
 ) -> None:
@@ -166,3 +194,32 @@ def test_operator_shutdown_stops_daemons_without_cancellation(
             messages = [r["message"] for r in about(process, namespace, name)]
             assert any("has exited gracefully" in m for m in messages), messages
             assert stopped_by_force(process, namespace, name) == []
+
+
+# --- 12: a hung API server call times out ---------------------------------------------------------
+
+
+def test_a_hung_api_call_times_out_and_the_next_cycle_works(
+    proxied_operator: OperatorProcess,
+    proxy: TcpProxy,
+    plane_kube: Any,
+    plane_namespace: str,
+    fake: FakeInfisical,
+) -> None:
+    kube, namespace = plane_kube, plane_namespace
+    ready_connection_and_sync(kube, namespace, fake, syncInterval="10s")
+    proxy.hold()
+    # The next timer cycle's first call is sent and never answered.
+    wait_for(lambda: proxy.held_chunks > 0, timeout=30, message="a request hangs")
+    before = status(kube, namespace, SYNCS, "sync")["lastSyncAttemptAt"]
+    proxy.forward()  # new connections work again; the hung one stays hung
+    wait_for(
+        lambda: status(kube, namespace, SYNCS, "sync").get("lastSyncAttemptAt") != before,
+        timeout=60,
+        message="a later cycle completes",
+    )
+    assert status(kube, namespace, SYNCS, "sync")["syncStatus"] == "Succeeded"
+    warnings = [
+        r["message"] for r in about(proxied_operator, namespace, "sync") if r["severity"] == "warn"
+    ]
+    assert any("did not answer within 3 s" in warning for warning in warnings), warnings
