@@ -28,9 +28,12 @@ class _Pipe:
         for sock in (self.client, self.upstream):
             if sock is None:
                 continue
-            if reset:  # RST instead of FIN, as a crashed server would look
-                with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):
+                if reset:  # RST instead of FIN, as a crashed server would look
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                # Wakes the pump blocked in recv(): close() alone would not, and the
+                # connection would stay open for as long as that recv() holds the socket.
+                sock.shutdown(socket.SHUT_RD)
             with contextlib.suppress(OSError):
                 sock.close()
 

@@ -266,8 +266,11 @@ def run_operator(settings: Settings) -> int:
         log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.PLAIN,
     )
     # Third-party HTTP loggers would print URLs at INFO and more at DEBUG: keep them quiet.
-    for noisy in ("httpx", "httpcore", "kubernetes", "urllib3"):
+    for noisy in ("httpx", "httpcore", "kubernetes"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # urllib3 (the Kubernetes client's) WARNs on every retried connection: during an API server
+    # outage that is three lines a call; the scheduler reports outages once per object.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
     liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
     asyncio.run(
         kopf.operator(

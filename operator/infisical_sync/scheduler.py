@@ -6,6 +6,10 @@ kopf asks it to stop (object deleted, operator exiting): then it returns at once
 has to cancel it. A cycle in flight is finished first.
 app.py registers the kopf handlers that call in here; there is no kopf in this module, and time
 comes from an injectable `Clock`, so the policy is unit-tested without waiting.
+
+An API server outage fails every cycle of every object until it ends: each object logs one
+WARNING when its first cycle fails, DEBUG lines while it lasts and one INFO when a cycle gets
+through again (`Outages`), never a traceback.
 """
 
 from __future__ import annotations
@@ -178,6 +182,51 @@ def removes_owned_keys(body: Mapping[str, Any]) -> bool:
     return policy == "Delete" and annotations.get(ABANDON) != "true"
 
 
+class Outages:
+    """Which objects' cycles currently fail because the Kubernetes API server is unavailable,
+    and how many times in a row: one WARNING per object per outage, then quiet."""
+
+    def __init__(self) -> None:
+        self._failures: dict[Key, int] = {}
+
+    def failed(self, key: Key, problem: KubeUnavailable) -> None:
+        kind, namespace, name = key
+        failures = self._failures.get(key, 0) + 1
+        self._failures[key] = failures
+        if failures == 1:
+            log.warning(
+                "%s %s/%s: cycle failed: %s; retrying quietly until it answers",
+                kind,
+                namespace,
+                name,
+                problem,
+            )
+        else:
+            log.debug(
+                "%s %s/%s: still unavailable after %d attempts: %s",
+                kind,
+                namespace,
+                name,
+                failures,
+                problem,
+            )
+
+    def succeeded(self, key: Key) -> None:
+        failures = self._failures.pop(key, 0)
+        if failures:
+            kind, namespace, name = key
+            log.info(
+                "%s %s/%s: the Kubernetes API server is reachable again (%d failed attempts)",
+                kind,
+                namespace,
+                name,
+                failures,
+            )
+
+    def forget(self, key: Key) -> None:
+        self._failures.pop(key, None)
+
+
 # --- the scheduler ------------------------------------------------------------------------------
 
 
@@ -200,6 +249,7 @@ class Scheduler:
     locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     # What the SecretSync event handler last saw, to tell spec changes and requests apart.
     seen: dict[Key, Observed] = field(default_factory=dict)
+    outages: Outages = field(default_factory=Outages)
 
     def lock(self, key: Key) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -284,7 +334,7 @@ class Scheduler:
         try:
             while not stopped.is_set():
                 interval = validation_interval(body.get("spec") or {})
-                outcome, notify = await self._validate(namespace, name, body, force)
+                outcome, notify = await self._validate(key, body, force)
                 if notify:
                     for sync in dependents():
                         self.kicks.kick(("SecretSync", namespace, sync), f"connection {name} ready")
@@ -295,20 +345,24 @@ class Scheduler:
                 force, _reasons = slot.take()
         finally:
             self.kicks.discard(key)
+            self.outages.forget(key)
             if (body.get("metadata") or {}).get("deletionTimestamp"):
                 await self.connections.forget(namespace, name)
 
     async def _validate(
-        self, namespace: str, name: str, body: Mapping[str, Any], force: bool
+        self, key: Key, body: Mapping[str, Any], force: bool
     ) -> tuple[Outcome | None, bool]:
+        _kind, namespace, name = key
         try:
-            return await self.connections.reconcile(namespace, name, body, force_login=force)
-        except KubeUnavailable as exc:
-            log.warning("InfisicalConnection %s/%s: %s; retrying", namespace, name, exc)
+            validated = await self.connections.reconcile(namespace, name, body, force_login=force)
+        except KubeUnavailable as problem:
+            self.outages.failed(key, problem)
             return None, False
         except Exception:
             log.exception("validating connection %s/%s failed", namespace, name)
             return None, False
+        self.outages.succeeded(key)
+        return validated
 
     # --- SecretSync ---------------------------------------------------------------------------
 
@@ -344,6 +398,7 @@ class Scheduler:
                 _force, reasons = slot.take()
         finally:
             self.kicks.discard(key)
+            self.outages.forget(key)
 
     async def _sync(
         self, key: Key, body: Mapping[str, Any], state: _SyncState
@@ -359,12 +414,13 @@ class Scheduler:
                     namespace, name, body, state.written, on_writing=mark_running
                 )
                 await self.status.patch_status(SYNCS, namespace, name, result.status)
-            except KubeUnavailable as exc:
-                log.warning("SecretSync %s/%s: %s; retrying", namespace, name, exc)
+            except KubeUnavailable as problem:
+                self.outages.failed(key, problem)
                 return None
             except Exception:
                 log.exception("sync of %s/%s failed unexpectedly", namespace, name)
                 return None
+        self.outages.succeeded(key)
         state.written = {**(state.written or dict(body.get("status") or {})), **result.status}
         return result
 
@@ -384,12 +440,15 @@ class Scheduler:
                     f"deletionPolicy Delete: removing owned keys failed: {failure.message}; "
                     f'retrying. Annotate {ABANDON}: "true" to let go without removing them'
                 )
-                await self.status.patch_status(
-                    SYNCS,
-                    namespace,
-                    name,
-                    {"syncStatus": "Failed", "lastSyncMessage": message[:1024]},
-                )
+                try:
+                    await self.status.patch_status(
+                        SYNCS,
+                        namespace,
+                        name,
+                        {"syncStatus": "Failed", "lastSyncMessage": message[:1024]},
+                    )
+                except KubeUnavailable as problem:
+                    message += f" (not in status: {problem})"
                 raise RetryLater(message, REMOVAL_RETRY_DELAY) from None
         log.info("%s/%s deleted: removed %d owned destination keys", namespace, name, removed)
         self.locks.pop(key, None)

@@ -12,7 +12,17 @@ import pytest
 import yaml
 from kubernetes import client
 from tests.conftest import OperatorProcess, operator_process, wait_for
-from tests.kube_helpers import condition, create, delete, get, put_secret, status
+from tests.kube_helpers import (
+    GROUP,
+    VERSION,
+    condition,
+    create,
+    delete,
+    get,
+    patch,
+    put_secret,
+    status,
+)
 from tests.tcp_proxy import TcpProxy
 
 from infisical_sync.testing.controlplane import (
@@ -148,10 +158,23 @@ def plane_kube(plane: ControlPlane) -> Any:
 
 
 @pytest.fixture
-def plane_namespace(plane_kube: Any) -> str:
+def plane_namespace(plane_kube: Any) -> Iterator[str]:
+    """A namespace whose objects are gone afterwards: the next test's operator must not find
+    them (their fake Infisical is gone)."""
     name = f"t-{uuid.uuid4().hex[:10]}"
     client.CoreV1Api(plane_kube).create_namespace({"metadata": {"name": name}})
-    return name
+    yield name
+    custom = client.CustomObjectsApi(plane_kube)
+
+    def left(plural: str) -> list[str]:
+        found = custom.list_namespaced_custom_object(GROUP, VERSION, name, plural)["items"]
+        return [item["metadata"]["name"] for item in found]
+
+    for plural in (SYNCS, CONNECTIONS):
+        for item in left(plural):
+            delete(plane_kube, name, plural, item)
+            patch(plane_kube, name, plural, item, {"metadata": {"finalizers": None}})
+    wait_for(lambda: not left(SYNCS) and not left(CONNECTIONS))
 
 
 @pytest.fixture
@@ -223,3 +246,59 @@ def test_a_hung_api_call_times_out_and_the_next_cycle_works(
         r["message"] for r in about(proxied_operator, namespace, "sync") if r["severity"] == "warn"
     ]
     assert any("did not answer within 3 s" in warning for warning in warnings), warnings
+
+
+# --- 13: an API server outage -------------------------------------------------------------------
+
+
+def failed_attempts(process: OperatorProcess, namespace: str, name: str) -> int:
+    """The operator's own lines about a failed cycle of this object (whatever their level)."""
+    return sum(
+        1
+        for r in about(process, namespace, name)
+        if "object" not in r and ("unavailable" in r["message"] or "failed" in r["message"])
+    )
+
+
+def test_an_api_server_outage_logs_one_warning_per_object_and_the_recovery(
+    proxied_operator: OperatorProcess,
+    proxy: TcpProxy,
+    plane_kube: Any,
+    plane_namespace: str,
+    fake: FakeInfisical,
+) -> None:
+    kube, namespace = plane_kube, plane_namespace
+    ready_connection_and_sync(
+        kube, namespace, fake, connection={"validationInterval": "30s"}, syncInterval="10s"
+    )
+    proxy.refuse()
+    wait_for(
+        lambda: min(failed_attempts(proxied_operator, namespace, n) for n in ("sync", "dest")) >= 2,
+        timeout=90,
+        message="two failed cycles of each object during the outage",
+    )
+    validated = status(kube, namespace, CONNECTIONS, "dest")["lastValidatedAt"]
+    attempted = status(kube, namespace, SYNCS, "sync")["lastSyncAttemptAt"]
+    proxy.forward()
+    wait_for(
+        lambda: (
+            status(kube, namespace, CONNECTIONS, "dest").get("lastValidatedAt") != validated
+            and status(kube, namespace, SYNCS, "sync").get("lastSyncAttemptAt") != attempted
+        ),
+        timeout=60,
+        message="both recover",
+    )
+    for name in ("sync", "dest"):
+        ours = [r for r in about(proxied_operator, namespace, name) if "object" not in r]
+        levels = [r["severity"] for r in ours if r["severity"] != "debug"]
+        assert [level for level in levels if level != "info"] == ["warn"], ours
+        assert any("reachable again" in r["message"] for r in ours if r["severity"] == "info")
+    # Nothing else complains: no tracebacks, no third-party retry notes. kopf's own watch
+    # requests log their failed attempts ("Request attempt #2/9 failed; will retry: GET ...").
+    assert [r["message"] for r in records(proxied_operator) if "exc_info" in r] == []
+    loud = [
+        r["message"]
+        for r in records(proxied_operator)
+        if r["severity"] not in ("debug", "info") and not r["message"].startswith("Request attempt")
+    ]
+    assert len(loud) == 2, loud

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from infisical_sync.connection import Outcome
+from infisical_sync.kube import KubeUnavailable
 from infisical_sync.runtime import Kicks
 from infisical_sync.scheduler import (
     Observed,
@@ -49,6 +51,11 @@ class FakeClock:
     def uniform(self, low: float, high: float) -> float:
         self.draws.append((low, high))
         return low + (high - low) * self.point
+
+    @property
+    def pending(self) -> int:
+        """Sleeps still waiting for the clock."""
+        return sum(1 for _, wake in self._sleepers if not wake.done())
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
@@ -113,7 +120,7 @@ class FakeEngine:
 
 @dataclass
 class FakeConnections:
-    outcomes: list[Outcome] = field(default_factory=list)
+    outcomes: list[Outcome | Exception] = field(default_factory=list)
     logins: list[bool] = field(default_factory=list)
     notify: bool = False
     forgotten: list[str] = field(default_factory=list)
@@ -123,6 +130,8 @@ class FakeConnections:
     ) -> tuple[Outcome, bool]:
         self.logins.append(force_login)
         outcome = self.outcomes.pop(0) if self.outcomes else Outcome(True, "Validated", "ok")
+        if isinstance(outcome, Exception):
+            raise outcome
         return outcome, self.notify
 
     async def forget(self, namespace: str, name: str) -> None:
@@ -334,7 +343,7 @@ async def test_a_stopped_connection_loop_forgets_a_deleted_connection_only(
         task = harness.start(
             harness.scheduler.run_connection("ns", "conn", body, harness.stopped, dependents=list)
         )
-        await until(lambda: harness.clock._sleepers != [])
+        await until(lambda: harness.clock.pending == 1)
         if deleted:
             body["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
         harness.stopped.set()
@@ -445,6 +454,75 @@ async def test_connection_failures_back_off_and_readiness_kicks_dependents(
         assert harness.scheduler.kicks.slot(("SecretSync", "ns", sync)).take() == (
             False,
             {"connection conn ready"},
+        )
+
+
+# --- API server outages ----------------------------------------------------------------------
+
+
+def outage_lines(caplog: pytest.LogCaptureFixture, name: str) -> list[tuple[int, str]]:
+    return [
+        (record.levelno, record.getMessage())
+        for record in caplog.records
+        if f"ns/{name}" in record.getMessage()
+    ]
+
+
+async def test_an_outage_is_one_warning_per_object_then_quiet_then_one_info(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="infisical_sync")
+    down = KubeUnavailable("the Kubernetes API server refused the connection (reading Secret)")
+    harness.engine.results = [down, down, down]
+    harness.connections.outcomes = [down, down]
+    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped))
+    harness.start(
+        harness.scheduler.run_connection(
+            "ns", "conn", connection_body(), harness.stopped, dependents=list
+        )
+    )
+    for _ in range(3):  # both loops back off (5, 10, 20 s) and retry
+        await until(lambda: harness.clock.pending == 2)
+        harness.clock.advance(20)
+    await until(lambda: len(harness.engine.runs) == 4 and len(harness.connections.logins) == 3)
+    for name, failures in (("sync", 3), ("conn", 2)):
+        levels = [level for level, _ in outage_lines(caplog, name)]
+        assert levels == [logging.WARNING] + [logging.DEBUG] * (failures - 1) + [logging.INFO]
+    assert outage_lines(caplog, "sync")[0][1] == (
+        "SecretSync ns/sync: cycle failed: the Kubernetes API server refused the connection"
+        " (reading Secret); retrying quietly until it answers"
+    )
+    assert "reachable again (3 failed attempts)" in outage_lines(caplog, "sync")[-1][1]
+    assert not [record for record in caplog.records if record.exc_info]
+    assert harness.clock.sleeps[:2] == [5, 5]  # backed off like any failure
+
+
+async def test_a_second_outage_warns_again(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="infisical_sync")
+    down = KubeUnavailable("the Kubernetes API server dropped the connection (x)")
+    harness.engine.results = [down, ok(), down]
+    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped))
+    for count in (1, 2, 3):
+        harness.clock.advance(await harness.sleeping(count))
+    await harness.sleeping(4)
+    levels = [level for level, _ in outage_lines(caplog, "sync")]
+    assert levels == [logging.WARNING, logging.INFO, logging.WARNING, logging.INFO]
+
+
+async def test_a_removal_reports_its_failure_even_when_status_cannot_be_written(
+    harness: Harness,
+) -> None:
+    harness.engine.removal_error = SyncFailed("Synced", "ServerError", "500 from the instance")
+
+    async def unavailable(*_: Any) -> bool:
+        raise KubeUnavailable("the Kubernetes API server did not answer within 30 s (x)")
+
+    harness.status.patch_status = unavailable  # type: ignore[method-assign]
+    with pytest.raises(RetryLater, match=r"500 from the instance.*not in status"):
+        await harness.scheduler.remove_secretsync(
+            "ns", "sync", {"spec": {"deletionPolicy": "Delete"}}
         )
 
 
