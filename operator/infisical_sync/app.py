@@ -59,6 +59,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     )
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 310
+    # Events on transitions only (SPEC §4): our own kopf.event() calls are posted (posting
+    # stays enabled, which they need), kopf's log lines ("Handler … succeeded") are not. That is
+    # kopf's default since 1.44; pinned here because it is the contract.
+    settings.posting.loggers = False
     settings.posting.level = logging.INFO
     settings.scanning.disabled = True  # our resources are known: no CRD discovery RBAC needed
     # Our daemons return as soon as they are told to stop; give them the time to get there

@@ -87,6 +87,39 @@ def ready_connection_and_sync(
     wait_for(lambda: status(kube, namespace, SYNCS, "sync").get("syncStatus") == "Succeeded")
 
 
+def events_of(kube: Any, namespace: str, name: str) -> list[tuple[str, str]]:
+    items = client.CoreV1Api(kube).list_namespaced_event(namespace).items
+    return [(e.reason, e.message) for e in items if e.involved_object.name == name]
+
+
+def handled(process: OperatorProcess, namespace: str, name: str, handler: str) -> bool:
+    line = f"Handler '{handler}' succeeded."
+    return any(r["message"] == line for r in about(process, namespace, name))
+
+
+def test_only_the_operators_own_transition_events_are_posted(
+    operator: OperatorProcess, kube: Any, namespace: str, fake: FakeInfisical
+) -> None:
+    ready_connection_and_sync(kube, namespace, fake, deletionPolicy="Delete")
+    # An update and a deletion run kopf handlers (connection_spec_changed, secretsync_deleted).
+    patch(kube, namespace, CONNECTIONS, "dest", {"spec": {"validationInterval": "2h"}})
+    wait_for(
+        lambda: handled(operator, namespace, "dest", "connection_spec_changed/spec"),
+        message="the update handler ran",
+    )
+    delete(kube, namespace, SYNCS, "sync")
+    wait_for(lambda: get(kube, namespace, SYNCS, "sync") is None)
+    assert handled(operator, namespace, "sync", "secretsync_deleted")
+    # Our own events are posted asynchronously: a later one proves the earlier ones are in.
+    put_secret(kube, namespace, "identity", {"clientId": CLIENT_ID, "clientSecret": "wrong"})
+    wait_for(lambda: any(r == "InvalidCredentials" for r, _ in events_of(kube, namespace, "dest")))
+    connection_events = events_of(kube, namespace, "dest")
+    sync_events = events_of(kube, namespace, "sync")
+    assert sorted(reason for reason, _ in connection_events) == ["InvalidCredentials", "Ready"]
+    assert [reason for reason, _ in sync_events] == ["Synced"]
+    assert not [m for _, m in connection_events + sync_events if "Handler" in m]
+
+
 # --- the operator's log ---------------------------------------------------------------------------
 
 
