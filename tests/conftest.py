@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -87,20 +89,20 @@ class OperatorProcess:
         return self.logged.log()
 
 
-@pytest.fixture(scope="session")
-def operator(
-    control_plane: ControlPlane, kube: Any, tmp_path_factory: pytest.TempPathFactory
+@contextlib.contextmanager
+def operator_process(
+    kubeconfig: Path, log_path: Path, env: dict[str, str] | None = None
 ) -> Iterator[OperatorProcess]:
-    """`infisical-sync run -A` at DEBUG with JSON logs, metrics and health endpoints,
-    authenticated as a user holding only the chart's RBAC rules."""
-    grant_operator_rbac(control_plane.kubeconfig)
-    env = {
+    """`infisical-sync run -A` at DEBUG with JSON logs, metrics and health endpoints, as the
+    user of `kubeconfig`; `env` adds or overrides INFISICAL_SYNC_* settings."""
+    environ = {
         **os.environ,
-        "KUBECONFIG": str(control_plane.kubeconfig_for_user(OPERATOR_USER)),
+        "KUBECONFIG": str(kubeconfig),
         "INFISICAL_SYNC_MAX_ATTEMPTS": "3",
         "INFISICAL_SYNC_BACKOFF_BASE": "0.2",
         "INFISICAL_SYNC_REQUEST_TIMEOUT": "5",
         "INFISICAL_SYNC_CONNECT_TIMEOUT": "2",
+        **(env or {}),
     }
     metrics_port, health_port = free_port(), free_port()
     argv = [
@@ -118,10 +120,22 @@ def operator(
         "--health-port",
         str(health_port),
     ]
-    log_path = tmp_path_factory.mktemp("operator") / "operator.log"
-    with logged_process(argv, log_path, env) as handle:
+    with logged_process(argv, log_path, environ) as handle:
         handle.wait_for_line("infisical-sync operator started")
         yield OperatorProcess(handle, metrics_port, health_port)
+
+
+@pytest.fixture(scope="session")
+def operator(
+    control_plane: ControlPlane, kube: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """The operator for the whole session, authenticated as a user holding only the chart's
+    RBAC rules."""
+    grant_operator_rbac(control_plane.kubeconfig)
+    log_path = tmp_path_factory.mktemp("operator") / "operator.log"
+    kubeconfig = control_plane.kubeconfig_for_user(OPERATOR_USER)
+    with operator_process(kubeconfig, log_path) as process:
+        yield process
 
 
 def wait_for(predicate: Any, timeout: float = 20, interval: float = 0.2, message: str = "") -> Any:

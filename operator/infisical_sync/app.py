@@ -1,13 +1,13 @@
 """Composition root: kopf settings and every kopf registration live here, and nothing else.
 
-Every handler that touches the in-memory runtime is `async`: kopf runs plain functions in a
+Every handler that touches the in-memory state is `async`: kopf runs plain functions in a
 thread pool, and asyncio objects (the kick events) must only be touched from the event loop.
 
 kopf types `namespace` as optional (cluster-scoped resources); ours are all namespaced, hence
 the `type: ignore[arg-type]` on the decorators.
 
-Handlers only translate kopf events into calls on the reconcilers (connection.py, sync
-engine) and kicks of per-object daemons; the logic and the I/O adapters live elsewhere.
+Handlers only translate kopf events into calls on the scheduler (scheduler.py), which owns the
+daemon loops and decides when the reconcilers (connection.py, sync.py) run.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import random
 from typing import Any
 
 import kopf
@@ -23,33 +22,24 @@ from prometheus_client import start_http_server
 
 from infisical_sync.config import Settings
 from infisical_sync.connection import ConnectionReconciler
-from infisical_sync.durations import jittered, retry_delay, sync_interval, validation_interval
 from infisical_sync.infisical.client import ClientPool
 from infisical_sync.infisical.transport import TransportOptions
-from infisical_sync.kube import GROUP, VERSION, Kube, load_api_client
-from infisical_sync.planner import ALLOW_MASS_DELETE
-from infisical_sync.runtime import Kicks, Runtime
-from infisical_sync.selectors import selector_matches
-from infisical_sync.sync import (
-    ABANDON,
-    SYNC_REQUESTED_AT,
-    SyncEngine,
-    SyncFailed,
-)
+from infisical_sync.kube import GROUP, VERSION, Kube, KubeTimeouts, load_api_client
+from infisical_sync.scheduler import RetryLater, Scheduler
+from infisical_sync.sync import SyncEngine
 
 PREFIX = "infisical-sync.dev"
 CONNECTIONS = "infisicalconnections"
 SYNCS = "secretsyncs"
+STOP_GRACE = 20.0  # seconds a stopping daemon may take to finish the cycle in flight
 log = logging.getLogger("infisical_sync")
 registry = kopf.OperatorRegistry()
-_settings = Settings()  # replaced by run_operator before kopf starts
 
 
 class OperatorMemo(kopf.Memo):
-    runtime: Runtime
-    connections: ConnectionReconciler
-    engine: SyncEngine
-    kube: Kube
+    settings: Settings  # set by run_operator before kopf starts
+    pool: ClientPool
+    scheduler: Scheduler
 
 
 def _post_event(body: Any, type_: str, reason: str, message: str) -> None:
@@ -69,14 +59,21 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     )
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 310
+    # Events on transitions only (SPEC §4): our own kopf.event() calls are posted (posting
+    # stays enabled, which they need), kopf's log lines ("Handler … succeeded") are not. That is
+    # kopf's default since 1.44; pinned here because it is the contract.
+    settings.posting.loggers = False
     settings.posting.level = logging.INFO
     settings.scanning.disabled = True  # our resources are known: no CRD discovery RBAC needed
+    # Our daemons return as soon as they are told to stop; give them the time to get there
+    # (a revoke on a deleted connection) before kopf falls back to polling them every backoff.
+    settings.background.instant_exit_timeout = 1.0
 
-    config = _settings
+    config: Settings = memo.settings
     if config.metrics_port:
         start_http_server(config.metrics_port)
     api_client = await asyncio.to_thread(load_api_client)
-    kube = Kube(api_client)
+    kube = Kube(api_client, KubeTimeouts(config.kube_connect_timeout, config.kube_request_timeout))
     pool = ClientPool(
         TransportOptions(
             concurrency=config.concurrency_per_connection,
@@ -88,14 +85,14 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         ),
         chunk_size=config.batch_chunk_size,
     )
-    memo.runtime = Runtime(settings=config, pool=pool, kicks=Kicks())
-    memo.connections = ConnectionReconciler(
+    connections = ConnectionReconciler(
         kube, pool, post_event=_post_event, allowed_instances=config.allowed_instances
     )
-    memo.engine = SyncEngine(
-        kube, memo.connections, post_event=_post_event, cluster_id=await _cluster_id(config, kube)
+    engine = SyncEngine(
+        kube, connections, post_event=_post_event, cluster_id=await _cluster_id(config, kube)
     )
-    memo.kube = kube
+    memo.pool = pool
+    memo.scheduler = Scheduler(engine=engine, connections=connections, status=kube)
     log.info("infisical-sync operator started")
 
 
@@ -121,9 +118,9 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.cleanup(registry=registry)
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    runtime: Runtime | None = getattr(memo, "runtime", None)
-    if runtime is not None:
-        await runtime.pool.aclose()
+    pool: ClientPool | None = getattr(memo, "pool", None)
+    if pool is not None:
+        await pool.aclose()
 
 
 @kopf.on.probe(id="now", registry=registry)
@@ -192,20 +189,17 @@ async def secret_event(
     syncs_by_selector: kopf.Index[str, tuple[str, dict[str, Any]]],
     **_: Any,
 ) -> None:
-    """Index lookups only: a Secret event never scans all resources."""
     if not type or not namespace:  # the initial listing: daemons run on start anyway
         return
-    runtime: Runtime = memo.runtime
-    reason = f"secret {name} {type.lower()}"
-    for connection in connections_by_secret.get((namespace, name), []):
-        runtime.kicks.kick(("InfisicalConnection", namespace, connection), reason)
-    for sync in syncs_by_secret.get((namespace, name), []):
-        runtime.kicks.kick(("SecretSync", namespace, sync), reason)
-    for sync, selector in syncs_by_selector.get(namespace, []):
-        if selector_matches(selector, dict(labels)):
-            runtime.kicks.kick(("SecretSync", namespace, sync), reason)
-    for sync in memo.engine.readers_of(namespace, name):  # e.g. its label was just removed
-        runtime.kicks.kick(("SecretSync", namespace, sync), reason)
+    memo.scheduler.on_secret_event(
+        namespace,
+        name,
+        type,
+        labels,
+        connections=connections_by_secret.get((namespace, name), []),
+        syncs=syncs_by_secret.get((namespace, name), []),
+        selector_syncs=syncs_by_selector.get(namespace, []),
+    )
 
 
 # --- InfisicalConnection ------------------------------------------------------------------------
@@ -213,181 +207,97 @@ async def secret_event(
 
 @kopf.on.update(GROUP, VERSION, CONNECTIONS, field="spec", registry=registry)  # type: ignore[arg-type]
 async def connection_spec_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    memo.runtime.kicks.kick(("InfisicalConnection", namespace, name), "spec changed", force=True)
+    memo.scheduler.on_connection_spec_changed(namespace, name)
 
 
-@kopf.daemon(GROUP, VERSION, CONNECTIONS, cancellation_timeout=10, registry=registry)  # type: ignore[arg-type]
+# The daemons stop on `stopped`: kopf only cancels one (and says so in a WARNING) that is still
+# busy after cancellation_backoff, e.g. a cycle stuck behind a slow instance.
+@kopf.daemon(  # type: ignore[arg-type]
+    GROUP,
+    VERSION,
+    CONNECTIONS,
+    cancellation_backoff=STOP_GRACE,
+    cancellation_timeout=10,
+    registry=registry,
+)
 async def connection_daemon(
     namespace: str,
     name: str,
     body: kopf.Body,
     memo: kopf.Memo,
+    stopped: kopf.DaemonStopped,
     syncs_by_connection: kopf.Index[tuple[str, str], str],
     **_: Any,
 ) -> None:
-    """Validates at start, on kicks (spec or Secret changes) and every validationInterval."""
-    runtime: Runtime = memo.runtime
-    reconciler: ConnectionReconciler = memo.connections
-    key = ("InfisicalConnection", namespace, name)
-    slot = runtime.kicks.slot(key)
-    force, failures = True, 0
+    await memo.scheduler.run_connection(
+        namespace,
+        name,
+        body,
+        stopped,
+        dependents=lambda: syncs_by_connection.get((namespace, name), []),
+    )
+
+
+@kopf.on.delete(GROUP, VERSION, CONNECTIONS, registry=registry)  # type: ignore[arg-type]
+async def connection_deleted(
+    namespace: str,
+    name: str,
+    memo: kopf.Memo,
+    syncs_by_connection: kopf.Index[tuple[str, str], str],
+    **_: Any,
+) -> None:
+    """Kept while SecretSyncs use it: deleting a namespace deletes both at once, and theirs
+    must finish removing or releasing keys through it first."""
+    users = list(syncs_by_connection.get((namespace, name), []))
     try:
-        while True:
-            interval = validation_interval(body.get("spec") or {})
-            try:
-                outcome, notify = await reconciler.reconcile(
-                    namespace, name, body, force_login=force
-                )
-            except Exception:
-                log.exception("validating connection %s/%s failed", namespace, name)
-                outcome, notify = None, False
-            if notify:
-                for sync in syncs_by_connection.get((namespace, name), []):
-                    runtime.kicks.kick(("SecretSync", namespace, sync), f"connection {name} ready")
-            if outcome is not None and outcome.ready:
-                failures, delay = 0, jittered(interval)
-            else:
-                failures += 1
-                retry_after = outcome.retry_after if outcome is not None else None
-                delay = jittered(retry_delay(interval, failures, retry_after))
-            force, _reasons = await slot.wait(delay)
-    finally:
-        runtime.kicks.discard(key)
-        if (body.get("metadata") or {}).get("deletionTimestamp"):
-            await reconciler.forget(namespace, name)
+        await memo.scheduler.remove_connection(namespace, name, users)
+    except RetryLater as retry:
+        raise kopf.TemporaryError(retry.message, delay=retry.delay) from None
 
 
 # --- SecretSync ---------------------------------------------------------------------------------
-
-# Kicks that only an auto-syncing SecretSync follows (autoSyncEnabled: false ignores them).
-MANUAL_REASONS = {"created", "spec changed", "sync requested"}
 
 
 @kopf.on.event(GROUP, VERSION, SYNCS, registry=registry)  # type: ignore[arg-type]
 async def secretsync_event(
     type: str, namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
-    """Spec changes and the sync-requested-at / allow-mass-delete annotations wake the daemon."""
-    runtime: Runtime = memo.runtime
-    key = ("SecretSync", namespace, name)
-    if type == "DELETED":
-        runtime.seen.pop(key, None)
-        return
-    annotations = body.get("metadata", {}).get("annotations") or {}
-    current = (
-        body.get("metadata", {}).get("generation"),
-        annotations.get(SYNC_REQUESTED_AT),
-        annotations.get(ALLOW_MASS_DELETE),
-    )
-    before = runtime.seen.get(key)
-    runtime.seen[key] = current
-    if before is None or before == current:
-        return  # first sight: the daemon's first run covers it
-    if before[0] != current[0]:
-        runtime.kicks.kick(key, "spec changed")
-    elif before[1] != current[1]:
-        runtime.kicks.kick(key, "sync requested")
-    else:
-        runtime.kicks.kick(key, "spec changed")  # allow-mass-delete changed: re-plan
+    memo.scheduler.on_secretsync_event(type, namespace, name, body)
 
 
-@kopf.daemon(GROUP, VERSION, SYNCS, cancellation_timeout=30, registry=registry)  # type: ignore[arg-type]
+@kopf.daemon(  # type: ignore[arg-type]
+    GROUP,
+    VERSION,
+    SYNCS,
+    cancellation_backoff=STOP_GRACE,
+    cancellation_timeout=10,
+    registry=registry,
+)
 async def secretsync_daemon(
-    namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
+    namespace: str,
+    name: str,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    stopped: kopf.DaemonStopped,
+    **_: Any,
 ) -> None:
-    """Runs every sync of one SecretSync: at start, on kicks, and every syncInterval."""
-    runtime: Runtime = memo.runtime
-    engine: SyncEngine = memo.engine
-    kube: Kube = memo.kube
-    key = ("SecretSync", namespace, name)
-    slot = runtime.kicks.slot(key)
-    status = body.get("status") or {}
-    interval = sync_interval(body.get("spec") or {})
-    if status.get("lastSyncedAt") and status.get("observedGeneration") == body.meta.get(
-        "generation"
-    ):
-        # Already in sync before a restart: spread the first runs so they do not all fire at once.
-        await slot.wait(random.uniform(0, min(interval, 30.0)))  # noqa: S311 - jitter
-    reasons = {"created"}
-    failures = 0
-    # The status this daemon last wrote: the watched body can lag behind it, and a stale
-    # lastSyncedAt or managedKeys must never make a later cycle look like the initial one.
-    written: dict[str, Any] | None = None
-
-    async def mark_running() -> None:
-        await kube.patch_status(SYNCS, namespace, name, {"syncStatus": "Running"})
-
-    try:
-        while True:
-            spec = body.get("spec") or {}
-            interval = sync_interval(spec)
-            auto = spec.get("autoSyncEnabled", True)
-            if auto or reasons & MANUAL_REASONS:
-                async with runtime.lock(key):
-                    try:
-                        result = await engine.run(
-                            namespace, name, body, written, on_writing=mark_running
-                        )
-                        await kube.patch_status(SYNCS, namespace, name, result.status)
-                        written = {**(written or dict(body.get("status") or {})), **result.status}
-                    except Exception:
-                        log.exception("sync of %s/%s failed unexpectedly", namespace, name)
-                        result = None
-                if result is not None and (result.ok or not result.retryable):
-                    failures, delay = 0, interval
-                else:
-                    failures += 1
-                    retry_after = result.retry_after if result is not None else None
-                    delay = retry_delay(interval, failures, retry_after)
-            else:
-                delay = interval
-            _force, reasons = await slot.wait(jittered(delay))
-    finally:
-        runtime.kicks.discard(key)
+    await memo.scheduler.run_secretsync(namespace, name, body, stopped)
 
 
 @kopf.on.delete(GROUP, VERSION, SYNCS, registry=registry)  # type: ignore[arg-type]
 async def secretsync_deleted(
     namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
-    """Delete removes the owned keys; Retain keeps them and releases their ownership."""
-    runtime: Runtime = memo.runtime
-    engine: SyncEngine = memo.engine
-    key = ("SecretSync", namespace, name)
-    annotations = body.get("metadata", {}).get("annotations") or {}
-    policy = (body.get("spec") or {}).get("deletionPolicy", "Retain")
-    if annotations.get(ABANDON) == "true":
-        engine.forget(namespace, name)
-        runtime.locks.pop(key, None)
-        return
-    async with runtime.lock(key):
-        try:
-            if policy == "Delete":
-                done = await engine.remove_owned(namespace, name, body)
-                what = "removed %d owned destination keys"
-            else:
-                done = await engine.release_owned(namespace, name, body)
-                what = "released ownership of %d destination keys (kept)"
-        except SyncFailed as failure:
-            action = "removing" if policy == "Delete" else "releasing ownership of"
-            message = (
-                f"deletionPolicy {policy}: {action} owned keys failed: {failure.message}; "
-                f'retrying. Annotate {ABANDON}: "true" to let go without it'
-            )
-            await memo.kube.patch_status(
-                SYNCS, namespace, name, {"syncStatus": "Failed", "lastSyncMessage": message[:1024]}
-            )
-            raise kopf.TemporaryError(message, delay=10) from None
-    log.info("%s/%s deleted: " + what, namespace, name, done)
-    runtime.locks.pop(key, None)
+    try:
+        await memo.scheduler.remove_secretsync(namespace, name, body)
+    except RetryLater as retry:
+        raise kopf.TemporaryError(retry.message, delay=retry.delay) from None
 
 
 # --- entry point --------------------------------------------------------------------------------
 
 
 def run_operator(settings: Settings) -> int:
-    global _settings
-    _settings = settings
     kopf.configure(
         debug=settings.log_level == "DEBUG",
         verbose=settings.log_level == "DEBUG",
@@ -395,8 +305,11 @@ def run_operator(settings: Settings) -> int:
         log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.PLAIN,
     )
     # Third-party HTTP loggers would print URLs at INFO and more at DEBUG: keep them quiet.
-    for noisy in ("httpx", "httpcore", "kubernetes", "urllib3"):
+    for noisy in ("httpx", "httpcore", "kubernetes"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # urllib3 (the Kubernetes client's) WARNs on every retried connection: during an API server
+    # outage that is three lines a call; the scheduler reports outages once per object.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
     liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
     asyncio.run(
         kopf.operator(
@@ -405,7 +318,7 @@ def run_operator(settings: Settings) -> int:
             namespaces=settings.namespaces,
             standalone=not settings.peering,
             liveness_endpoint=liveness,
-            memo=OperatorMemo(),
+            memo=OperatorMemo(settings=settings),
         )
     )
     return 0

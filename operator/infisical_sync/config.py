@@ -26,6 +26,10 @@ class Settings(BaseModel):
     backoff_base: float = Field(default=0.5, gt=0, description="seconds, doubled per retry")
     backoff_cap: float = Field(default=30.0, gt=0)
     batch_chunk_size: int = Field(default=100, ge=1, le=1000)
+    kube_request_timeout: float = Field(
+        default=30.0, gt=0, description="seconds a Kubernetes API call may wait for its answer"
+    )
+    kube_connect_timeout: float = Field(default=10.0, gt=0)
     peering: bool = Field(default=False, description="use kopf peering (several replicas)")
     cluster_id: str = Field(
         default="",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 _PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
@@ -37,10 +37,14 @@ def validation_interval(spec: Mapping[str, Any]) -> float:
     return max(MIN_VALIDATION_INTERVAL, seconds)
 
 
-def jittered(seconds: float, fraction: float = 0.1) -> float:
+def jittered(
+    seconds: float,
+    fraction: float = 0.1,
+    uniform: Callable[[float, float], float] = random.uniform,
+) -> float:
     """Spread timers by ±fraction so that a restart does not fire them all at once."""
     spread = seconds * fraction
-    return max(0.0, seconds + random.uniform(-spread, spread))  # noqa: S311 - not crypto
+    return max(0.0, seconds + uniform(-spread, spread))
 
 
 def retry_delay(interval: float, failures: int, retry_after: float | None = None) -> float:

@@ -1,7 +1,12 @@
 """Kubernetes reads and writes the operator makes itself (not kopf's own watch traffic).
 
 The official client is synchronous: every call runs in a worker thread (asyncio.to_thread) so
-the operator's event loop never blocks.
+the operator's event loop never blocks. Every call has a connect and a read timeout, and one
+that got no answer in time is not sent again (urllib3 would resend idempotent ones): a hung API
+server fails the call within its timeouts, the caller's lock is released, and the next cycle
+tries again. Failures that say "the API server is not there right now" (no connection, no
+answer, 5xx, 429) are raised as KubeUnavailable; real answers (404, 403, 409, ...) stay
+ApiException.
 """
 
 from __future__ import annotations
@@ -9,14 +14,47 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 GROUP = "infisical-sync.dev"
 VERSION = "v1alpha1"
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class KubeTimeouts:
+    connect: float = 10.0
+    read: float = 30.0
+
+
+class KubeUnavailable(Exception):
+    """The API server could not be reached, did not answer in time, or answered 5xx/429."""
+
+
+def _unavailable(what: str, exc: Exception, timeouts: KubeTimeouts) -> KubeUnavailable:
+    """A short message; never the exception text, which can carry URLs and bodies."""
+    cause: object = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
+    if isinstance(exc, ApiException):
+        problem = f"answered {exc.status} {exc.reason or ''}".rstrip()
+    elif isinstance(cause, urllib3.exceptions.ReadTimeoutError):
+        problem = f"did not answer within {timeouts.read:g} s"
+    elif isinstance(cause, urllib3.exceptions.NewConnectionError):
+        problem = "refused the connection (or cannot be resolved)"
+    elif isinstance(cause, urllib3.exceptions.ConnectTimeoutError):
+        problem = f"did not accept a connection within {timeouts.connect:g} s"
+    elif isinstance(cause, urllib3.exceptions.ProtocolError):
+        problem = "dropped the connection"
+    elif isinstance(cause, urllib3.exceptions.SSLError):
+        problem = "failed the TLS handshake"
+    else:
+        problem = f"failed ({type(cause).__name__})"
+    return KubeUnavailable(f"the Kubernetes API server {problem} ({what})")
 
 
 class WriteForbidden(Exception):
@@ -39,7 +77,10 @@ def load_api_client() -> client.ApiClient:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
-    return client.ApiClient()
+    configuration = client.Configuration.get_default_copy()
+    # Connecting is retried; a request that got no answer in time is not sent again.
+    configuration.retries = urllib3.Retry(total=2, connect=2, read=0, redirect=0, status=0)
+    return client.ApiClient(configuration)
 
 
 def _decode(raw: dict[str, str] | None) -> dict[str, bytes]:
@@ -57,33 +98,50 @@ def _secret_data(body: dict[str, Any]) -> SecretData:
 
 
 class Kube:
-    def __init__(self, api_client: client.ApiClient) -> None:
+    def __init__(self, api_client: client.ApiClient, timeouts: KubeTimeouts | None = None) -> None:
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
+        self.timeouts = timeouts or KubeTimeouts()
+        self._timeout = (self.timeouts.connect, self.timeouts.read)  # per call: _request_timeout
+
+    async def _call(self, what: str, call: Callable[[], _T]) -> _T:
+        try:
+            return await asyncio.to_thread(call)
+        except ApiException as exc:
+            if exc.status is not None and (exc.status >= 500 or exc.status == 429):
+                raise _unavailable(what, exc, self.timeouts) from None
+            raise
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise _unavailable(what, exc, self.timeouts) from None
 
     async def read_secret(self, namespace: str, name: str) -> SecretData | None:
         """The Secret's decoded data, or None when it does not exist."""
 
         def read() -> SecretData | None:
             try:
-                secret = self.core.read_namespaced_secret(name, namespace, _preload_content=False)
+                secret = self.core.read_namespaced_secret(
+                    name, namespace, _preload_content=False, _request_timeout=self._timeout
+                )
             except ApiException as exc:
                 if exc.status == 404:
                     return None
                 raise
             return _secret_data(json.loads(cast(Any, secret).data))
 
-        return await asyncio.to_thread(read)
+        return await self._call(f"reading Secret {namespace}/{name}", read)
 
     async def list_secrets(self, namespace: str, label_selector: str) -> list[SecretData]:
         def read() -> list[SecretData]:
             response = self.core.list_namespaced_secret(
-                namespace, label_selector=label_selector, _preload_content=False
+                namespace,
+                label_selector=label_selector,
+                _preload_content=False,
+                _request_timeout=self._timeout,
             )
             body: dict[str, Any] = json.loads(cast(Any, response).data)
             return [_secret_data(item) for item in body.get("items", [])]
 
-        return await asyncio.to_thread(read)
+        return await self._call(f"listing Secrets in {namespace}", read)
 
     async def write_secret_keys(
         self, namespace: str, name: str, values: dict[str, str], resource_version: str
@@ -98,7 +156,9 @@ class Kube:
 
         def write() -> None:
             try:
-                self.core.patch_namespaced_secret(name, namespace, patch)
+                self.core.patch_namespaced_secret(
+                    name, namespace, patch, _request_timeout=self._timeout
+                )
             except ApiException as exc:
                 if exc.status == 403:
                     raise WriteForbidden(
@@ -106,27 +166,28 @@ class Kube:
                     ) from None
                 raise
 
-        await asyncio.to_thread(write)
+        await self._call(f"writing Secret {namespace}/{name}", write)
 
     async def namespace_uid(self, name: str) -> str:
-        namespace = await asyncio.to_thread(self.core.read_namespace, name)
-        uid = namespace.metadata.uid if namespace.metadata else None
-        if not uid:
-            raise ValueError(f"namespace {name} has no UID")
-        return str(uid)
+        def read() -> str:
+            namespace = self.core.read_namespace(name, _request_timeout=self._timeout)
+            uid = namespace.metadata.uid if namespace.metadata else None
+            if not uid:
+                raise ValueError(f"namespace {name} has no UID")
+            return str(uid)
+
+        return await self._call(f"reading namespace {name}", read)
 
     async def remove_annotation(self, plural: str, namespace: str, name: str, key: str) -> None:
         """Drop one annotation of our own resource (a merge patch with null)."""
         patch = {"metadata": {"annotations": {key: None}}}
-        await asyncio.to_thread(
-            self.custom.patch_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            namespace,
-            plural,
-            name,
-            patch,
-        )
+
+        def remove() -> None:
+            self.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name, patch, _request_timeout=self._timeout
+            )
+
+        await self._call(f"removing annotation {key} of {plural} {namespace}/{name}", remove)
 
     async def patch_status(
         self, plural: str, namespace: str, name: str, status: dict[str, Any]
@@ -136,7 +197,13 @@ class Kube:
         def patch() -> bool:
             try:
                 self.custom.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, namespace, plural, name, {"status": status}
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    plural,
+                    name,
+                    {"status": status},
+                    _request_timeout=self._timeout,
                 )
             except ApiException as exc:
                 if exc.status == 404:
@@ -144,4 +211,4 @@ class Kube:
                 raise
             return True
 
-        return await asyncio.to_thread(patch)
+        return await self._call(f"patching the status of {plural} {namespace}/{name}", patch)

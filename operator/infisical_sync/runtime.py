@@ -1,13 +1,9 @@
-"""What the operator keeps in memory between handler calls (kopf's memo holds one Runtime)."""
+"""Kicks: how triggers (watch events, spec changes, requests) wake an object's daemon loop."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, field
-
-from infisical_sync.config import Settings
-from infisical_sync.infisical.client import ClientPool
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
 
@@ -25,10 +21,8 @@ class Slot:
         self.reasons.add(reason)
         self.event.set()
 
-    async def wait(self, delay: float) -> tuple[bool, set[str]]:
-        """Wait for a kick or `delay` seconds; returns (force, reasons) and resets them."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.event.wait(), timeout=max(0.0, delay))
+    def take(self) -> tuple[bool, set[str]]:
+        """(force, reasons) of the kicks since the last take, and reset; no kick is "timer"."""
         force, reasons = self.force, self.reasons or {"timer"}
         self.event.clear()
         self.force, self.reasons = False, set()
@@ -49,17 +43,3 @@ class Kicks:
 
     def discard(self, key: Key) -> None:
         self._slots.pop(key, None)
-
-
-@dataclass
-class Runtime:
-    settings: Settings
-    pool: ClientPool
-    kicks: Kicks = field(default_factory=Kicks)
-    # One lock per SecretSync: a sync and a removal never run at once.
-    locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
-    # What the SecretSync event handler last saw, to tell spec changes and requests apart.
-    seen: dict[Key, tuple[object, ...]] = field(default_factory=dict)
-
-    def lock(self, key: Key) -> asyncio.Lock:
-        return self.locks.setdefault(key, asyncio.Lock())

@@ -1,8 +1,7 @@
-"""Settings, durations, selectors, conditions, the kick slots."""
+"""Settings, durations, selectors, conditions."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 
 import pytest
@@ -18,7 +17,6 @@ from infisical_sync.durations import (
     validation_interval,
 )
 from infisical_sync.resources import LabelSelector
-from infisical_sync.runtime import Kicks
 from infisical_sync.selectors import selector_matches
 
 
@@ -122,16 +120,6 @@ def test_conditions_keep_transition_time_until_status_changes() -> None:
     assert (
         condition_status(flipped, "Ready") == "False" and condition_status(flipped, "Other") is None
     )
-
-
-async def test_a_kick_before_the_daemon_waits_is_not_lost() -> None:
-    kicks = Kicks()
-    kicks.kick(("SecretSync", "ns", "a"), "secret app modified")
-    kicks.kick(("SecretSync", "ns", "a"), "spec changed", force=True)
-    force, reasons = await asyncio.wait_for(kicks.slot(("SecretSync", "ns", "a")).wait(60), 1)
-    assert force and reasons == {"secret app modified", "spec changed"}
-    force, reasons = await kicks.slot(("SecretSync", "ns", "a")).wait(0.01)
-    assert (force, reasons) == (False, {"timer"})
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,479 @@
+"""When each object is reconciled: the daemon loops of InfisicalConnections and SecretSyncs.
+
+A loop runs one cycle, then pauses until its interval passes (jittered, backed off after
+failures), a kick arrives (a watched Secret changed, the spec changed, a sync was requested) or
+kopf asks it to stop (object deleted, operator exiting): then it returns at once, so kopf never
+has to cancel it. A cycle in flight is finished first.
+app.py registers the kopf handlers that call in here; there is no kopf in this module, and time
+comes from an injectable `Clock`, so the policy is unit-tested without waiting.
+
+An API server outage fails every cycle of every object until it ends: each object logs one
+WARNING when its first cycle fails, DEBUG lines while it lasts and one INFO when a cycle gets
+through again (`Outages`), never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple, Protocol
+
+from infisical_sync.connection import Outcome
+from infisical_sync.durations import jittered, retry_delay, sync_interval, validation_interval
+from infisical_sync.kube import KubeUnavailable
+from infisical_sync.planner import ALLOW_MASS_DELETE
+from infisical_sync.runtime import Key, Kicks, Slot
+from infisical_sync.selectors import selector_matches
+from infisical_sync.sync import (
+    ABANDON,
+    SYNC_REQUESTED_AT,
+    CycleResult,
+    SyncFailed,
+)
+
+log = logging.getLogger(__name__)
+SYNCS = "secretsyncs"
+CONNECTIONS = "infisicalconnections"
+# A restarted operator spreads the first runs of already-synced objects over this long at most.
+RESTART_SPREAD = 30.0
+# Kicks that a SecretSync with autoSyncEnabled: false still follows.
+MANUAL_REASONS = frozenset({"created", "spec changed", "sync requested"})
+REMOVAL_RETRY_DELAY = 10.0
+IN_USE_RETRY_DELAY = 5.0
+DeletionAction = Literal["remove", "release", "let go"]
+
+
+# --- what the loops depend on -------------------------------------------------------------------
+
+
+class Clock(Protocol):
+    """Time and its randomness as the loops see them."""
+
+    async def sleep(self, seconds: float) -> None: ...
+
+    def uniform(self, low: float, high: float) -> float: ...
+
+
+class SystemClock:
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    def uniform(self, low: float, high: float) -> float:
+        return random.uniform(low, high)  # noqa: S311 - jitter, not crypto
+
+
+class StopSignal(Protocol):
+    """kopf's `stopped` flag of a daemon (an asyncio.Event in the tests)."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self) -> Awaitable[object]: ...
+
+
+class SyncCycles(Protocol):
+    """The SecretSync engine (sync.SyncEngine)."""
+
+    async def run(
+        self,
+        namespace: str,
+        name: str,
+        body: Mapping[str, Any],
+        previous_status: Mapping[str, Any] | None = None,
+        on_writing: Callable[[], Awaitable[None]] | None = None,
+    ) -> CycleResult: ...
+
+    async def remove_owned(self, namespace: str, name: str, body: Mapping[str, Any]) -> int: ...
+
+    async def release_owned(self, namespace: str, name: str, body: Mapping[str, Any]) -> int: ...
+
+    def forget(self, namespace: str, name: str) -> None: ...
+
+    def readers_of(self, namespace: str, secret: str) -> set[str]: ...
+
+
+class Validations(Protocol):
+    """The InfisicalConnection reconciler (connection.ConnectionReconciler)."""
+
+    async def reconcile(
+        self, namespace: str, name: str, body: Mapping[str, Any], *, force_login: bool
+    ) -> tuple[Outcome, bool]: ...
+
+    async def forget(self, namespace: str, name: str) -> None: ...
+
+
+class StatusWriter(Protocol):
+    """Patches our own status subresource (kube.Kube)."""
+
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> bool: ...
+
+
+class RetryLater(Exception):
+    """A handler step that must be retried after `delay` seconds (kopf.TemporaryError)."""
+
+    def __init__(self, message: str, delay: float) -> None:
+        super().__init__(message)
+        self.message = message
+        self.delay = delay
+
+
+# --- pure decisions ---------------------------------------------------------------------------
+
+
+def next_delay(interval: float, failures: int, retry_after: float | None) -> float:
+    """The full interval after a success (failures == 0), else the back-off. Not jittered."""
+    return interval if failures == 0 else retry_delay(interval, failures, retry_after)
+
+
+def in_sync_before_start(body: Mapping[str, Any]) -> bool:
+    """Synced at the current generation: a restart need not sync it at once."""
+    status = body.get("status") or {}
+    generation = (body.get("metadata") or {}).get("generation")
+    return bool(status.get("lastSyncedAt")) and status.get("observedGeneration") == generation
+
+
+def follows(spec: Mapping[str, Any], reasons: Collection[str]) -> bool:
+    """Whether a SecretSync runs for these kicks: always when auto-syncing, else on request."""
+    return bool(spec.get("autoSyncEnabled", True)) or bool(set(reasons) & MANUAL_REASONS)
+
+
+class Observed(NamedTuple):
+    """What of a SecretSync's watch events decides whether its daemon is kicked."""
+
+    generation: object
+    sync_requested_at: str | None
+    allow_mass_delete: str | None
+
+
+def observe(body: Mapping[str, Any]) -> Observed:
+    meta = body.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    return Observed(
+        meta.get("generation"),
+        annotations.get(SYNC_REQUESTED_AT),
+        annotations.get(ALLOW_MASS_DELETE),
+    )
+
+
+def kick_reason(before: Observed | None, current: Observed) -> str | None:
+    """The kick a SecretSync's watch event calls for, if any. At first sight none: the daemon's
+    first run covers it."""
+    if before is None or before == current:
+        return None
+    if before.generation != current.generation:
+        return "spec changed"
+    if before.sync_requested_at != current.sync_requested_at:
+        return "sync requested"
+    return "spec changed"  # allow-mass-delete changed: re-plan
+
+
+def deletion_action(body: Mapping[str, Any]) -> DeletionAction:
+    """What a deleted SecretSync does with the keys it owns: deletionPolicy Delete removes them,
+    Retain keeps them and releases their ownership; the abandon annotation skips either."""
+    annotations = (body.get("metadata") or {}).get("annotations") or {}
+    if annotations.get(ABANDON) == "true":
+        return "let go"
+    policy = (body.get("spec") or {}).get("deletionPolicy", "Retain")
+    return "remove" if policy == "Delete" else "release"
+
+
+def in_use_message(users: Collection[str]) -> str:
+    return (
+        f"deletion waits: SecretSyncs {', '.join(sorted(users))} use this connection and "
+        "need it to remove or release their keys first"
+    )
+
+
+class Outages:
+    """Which objects' cycles currently fail because the Kubernetes API server is unavailable,
+    and how many times in a row: one WARNING per object per outage, then quiet."""
+
+    def __init__(self) -> None:
+        self._failures: dict[Key, int] = {}
+
+    def failed(self, key: Key, problem: KubeUnavailable) -> None:
+        kind, namespace, name = key
+        failures = self._failures.get(key, 0) + 1
+        self._failures[key] = failures
+        if failures == 1:
+            log.warning(
+                "%s %s/%s: cycle failed: %s; retrying quietly until it answers",
+                kind,
+                namespace,
+                name,
+                problem,
+            )
+        else:
+            log.debug(
+                "%s %s/%s: still unavailable after %d attempts: %s",
+                kind,
+                namespace,
+                name,
+                failures,
+                problem,
+            )
+
+    def succeeded(self, key: Key) -> None:
+        failures = self._failures.pop(key, 0)
+        if failures:
+            kind, namespace, name = key
+            log.info(
+                "%s %s/%s: the Kubernetes API server is reachable again (%d failed attempts)",
+                kind,
+                namespace,
+                name,
+                failures,
+            )
+
+    def forget(self, key: Key) -> None:
+        self._failures.pop(key, None)
+
+
+# --- the scheduler ------------------------------------------------------------------------------
+
+
+@dataclass
+class _SyncState:
+    failures: int = 0
+    # The status this daemon last wrote: the watched body can lag behind it, and a stale
+    # lastSyncedAt or managedKeys must never make a later cycle look like the initial one.
+    written: dict[str, Any] | None = None
+
+
+@dataclass
+class Scheduler:
+    engine: SyncCycles
+    connections: Validations
+    status: StatusWriter
+    clock: Clock = field(default_factory=SystemClock)
+    kicks: Kicks = field(default_factory=Kicks)
+    # One lock per SecretSync: a sync and a removal never run at once.
+    locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
+    # What the SecretSync event handler last saw, to tell spec changes and requests apart.
+    seen: dict[Key, Observed] = field(default_factory=dict)
+    outages: Outages = field(default_factory=Outages)
+
+    def lock(self, key: Key) -> asyncio.Lock:
+        return self.locks.setdefault(key, asyncio.Lock())
+
+    async def _pause(self, slot: Slot, delay: float, stopped: StopSignal) -> None:
+        """Until `delay` seconds pass, the slot is kicked or the daemon is told to stop."""
+        if slot.event.is_set() or stopped.is_set():
+            return
+        waiters = [
+            asyncio.ensure_future(slot.event.wait()),
+            asyncio.ensure_future(stopped.wait()),
+            asyncio.ensure_future(self.clock.sleep(max(0.0, delay))),
+        ]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    def _jittered(self, seconds: float) -> float:
+        return jittered(seconds, uniform=self.clock.uniform)
+
+    # --- triggers ------------------------------------------------------------------------------
+
+    def on_secret_event(
+        self,
+        namespace: str,
+        name: str,
+        change: str,
+        labels: Mapping[str, str],
+        connections: Iterable[str],
+        syncs: Iterable[str],
+        selector_syncs: Iterable[tuple[str, Mapping[str, Any]]],
+    ) -> None:
+        """A Secret changed: kick the connections and SecretSyncs that read it. The candidates
+        come from kopf's indexes, so an event never scans all resources."""
+        reason = f"secret {name} {change.lower()}"
+        for connection in connections:
+            self.kicks.kick(("InfisicalConnection", namespace, connection), reason)
+        for sync in syncs:
+            self.kicks.kick(("SecretSync", namespace, sync), reason)
+        for sync, selector in selector_syncs:
+            if selector_matches(dict(selector), dict(labels)):
+                self.kicks.kick(("SecretSync", namespace, sync), reason)
+        for sync in self.engine.readers_of(namespace, name):  # e.g. its label was just removed
+            self.kicks.kick(("SecretSync", namespace, sync), reason)
+
+    def on_connection_spec_changed(self, namespace: str, name: str) -> None:
+        self.kicks.kick(("InfisicalConnection", namespace, name), "spec changed", force=True)
+
+    def on_secretsync_event(
+        self, change: str, namespace: str, name: str, body: Mapping[str, Any]
+    ) -> None:
+        """Spec changes and the sync-requested-at / allow-mass-delete annotations wake the
+        daemon."""
+        key = ("SecretSync", namespace, name)
+        if change == "DELETED":
+            self.seen.pop(key, None)
+            return
+        current = observe(body)
+        reason = kick_reason(self.seen.get(key), current)
+        self.seen[key] = current
+        if reason is not None:
+            self.kicks.kick(key, reason)
+
+    # --- InfisicalConnection ------------------------------------------------------------------
+
+    async def run_connection(
+        self,
+        namespace: str,
+        name: str,
+        body: Mapping[str, Any],
+        stopped: StopSignal,
+        dependents: Callable[[], Iterable[str]],
+    ) -> None:
+        """Validates at start, on kicks (spec or Secret changes) and every validationInterval,
+        until stopped. `dependents` names the SecretSyncs to kick when the connection becomes
+        usable."""
+        key = ("InfisicalConnection", namespace, name)
+        slot = self.kicks.slot(key)
+        force, failures = True, 0
+        try:
+            while not stopped.is_set():
+                interval = validation_interval(body.get("spec") or {})
+                outcome, notify = await self._validate(key, body, force)
+                if notify:
+                    for sync in dependents():
+                        self.kicks.kick(("SecretSync", namespace, sync), f"connection {name} ready")
+                failures = 0 if outcome is not None and outcome.ready else failures + 1
+                retry_after = outcome.retry_after if outcome is not None else None
+                delay = self._jittered(next_delay(interval, failures, retry_after))
+                await self._pause(slot, delay, stopped)
+                force, _reasons = slot.take()
+        finally:
+            # On deletion the session stays until remove_connection: SecretSyncs being deleted
+            # with it (a namespace deletion) still need it.
+            self.kicks.discard(key)
+            self.outages.forget(key)
+
+    async def remove_connection(self, namespace: str, name: str, users: Collection[str]) -> None:
+        """An InfisicalConnection is being deleted: kept (RetryLater) while SecretSyncs use it,
+        then its session goes (the token is revoked)."""
+        if users:
+            message = in_use_message(users)
+            try:
+                await self.status.patch_status(CONNECTIONS, namespace, name, {"message": message})
+            except KubeUnavailable as problem:
+                message += f" (not in status: {problem})"
+            raise RetryLater(message, IN_USE_RETRY_DELAY)
+        await self.connections.forget(namespace, name)
+
+    async def _validate(
+        self, key: Key, body: Mapping[str, Any], force: bool
+    ) -> tuple[Outcome | None, bool]:
+        _kind, namespace, name = key
+        try:
+            validated = await self.connections.reconcile(namespace, name, body, force_login=force)
+        except KubeUnavailable as problem:
+            self.outages.failed(key, problem)
+            return None, False
+        except Exception:
+            log.exception("validating connection %s/%s failed", namespace, name)
+            return None, False
+        self.outages.succeeded(key)
+        return validated
+
+    # --- SecretSync ---------------------------------------------------------------------------
+
+    async def run_secretsync(
+        self, namespace: str, name: str, body: Mapping[str, Any], stopped: StopSignal
+    ) -> None:
+        """Runs every sync of one SecretSync: at start, on kicks, and every syncInterval, until
+        stopped."""
+        key = ("SecretSync", namespace, name)
+        slot = self.kicks.slot(key)
+        state = _SyncState()
+        try:
+            if in_sync_before_start(body):
+                # Already in sync before a restart: spread the first runs so they do not all
+                # fire at once.
+                spread = min(sync_interval(body.get("spec") or {}), RESTART_SPREAD)
+                await self._pause(slot, self.clock.uniform(0.0, spread), stopped)
+                slot.take()  # the first run covers whatever kicked meanwhile
+            reasons: set[str] = {"created"}
+            while not stopped.is_set():
+                spec = body.get("spec") or {}
+                interval = sync_interval(spec)
+                delay = interval
+                if follows(spec, reasons):
+                    result = await self._sync(key, body, state)
+                    if result is not None and (result.ok or not result.retryable):
+                        state.failures = 0
+                    else:
+                        state.failures += 1
+                    retry_after = result.retry_after if result is not None else None
+                    delay = next_delay(interval, state.failures, retry_after)
+                await self._pause(slot, self._jittered(delay), stopped)
+                _force, reasons = slot.take()
+        finally:
+            self.kicks.discard(key)
+            self.outages.forget(key)
+
+    async def _sync(
+        self, key: Key, body: Mapping[str, Any], state: _SyncState
+    ) -> CycleResult | None:
+        _kind, namespace, name = key
+
+        async def mark_running() -> None:
+            await self.status.patch_status(SYNCS, namespace, name, {"syncStatus": "Running"})
+
+        async with self.lock(key):
+            try:
+                result = await self.engine.run(
+                    namespace, name, body, state.written, on_writing=mark_running
+                )
+                await self.status.patch_status(SYNCS, namespace, name, result.status)
+            except KubeUnavailable as problem:
+                self.outages.failed(key, problem)
+                return None
+            except Exception:
+                log.exception("sync of %s/%s failed unexpectedly", namespace, name)
+                return None
+        self.outages.succeeded(key)
+        state.written = {**(state.written or dict(body.get("status") or {})), **result.status}
+        return result
+
+    async def remove_secretsync(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
+        """A SecretSync is being deleted: remove (Delete) or release (Retain) its keys, raising
+        RetryLater while that fails; or just let go (abandoned)."""
+        key = ("SecretSync", namespace, name)
+        action = deletion_action(body)
+        if action == "let go":
+            self.engine.forget(namespace, name)
+            self.locks.pop(key, None)
+            return
+        policy = "Delete" if action == "remove" else "Retain"
+        async with self.lock(key):
+            try:
+                if action == "remove":
+                    done = await self.engine.remove_owned(namespace, name, body)
+                else:
+                    done = await self.engine.release_owned(namespace, name, body)
+            except SyncFailed as failure:
+                verb = "removing" if action == "remove" else "releasing ownership of"
+                message = (
+                    f"deletionPolicy {policy}: {verb} owned keys failed: {failure.message}; "
+                    f'retrying. Annotate {ABANDON}: "true" to let go without it'
+                )
+                try:
+                    await self.status.patch_status(
+                        SYNCS,
+                        namespace,
+                        name,
+                        {"syncStatus": "Failed", "lastSyncMessage": message[:1024]},
+                    )
+                except KubeUnavailable as problem:
+                    message += f" (not in status: {problem})"
+                raise RetryLater(message, REMOVAL_RETRY_DELAY) from None
+        outcome = "removed" if action == "remove" else "released ownership of (kept)"
+        log.info("%s/%s deleted: %s %d owned destination keys", namespace, name, outcome, done)
+        self.locks.pop(key, None)

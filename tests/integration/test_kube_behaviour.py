@@ -1,0 +1,337 @@
+"""How the operator behaves towards Kubernetes: Events, stopping, timeouts, API server outages."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from tests.conftest import OperatorProcess, operator_process, wait_for
+from tests.kube_helpers import (
+    GROUP,
+    VERSION,
+    condition,
+    create,
+    delete,
+    get,
+    patch,
+    put_secret,
+    status,
+)
+from tests.tcp_proxy import TcpProxy
+
+from infisical_sync.testing.controlplane import (
+    OPERATOR_USER,
+    ControlPlane,
+    api_client,
+    grant_operator_rbac,
+    install_crds,
+)
+from infisical_sync.testing.fake_infisical import BackgroundFake, FakeInfisical
+
+pytestmark = pytest.mark.controlplane
+CONNECTIONS, SYNCS = "infisicalconnections", "secretsyncs"
+CLIENT_ID = "55555555-5555-4555-8555-555555555555"
+CLIENT_SECRET = "canary-kube-client-secret-1f3870be"
+PROJECT = "p-kube"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeInfisical]:
+    with BackgroundFake() as server:
+        server.state.add_project("kube", project_id=PROJECT)
+        server.state.add_identity(CLIENT_ID, CLIENT_SECRET, projects={PROJECT: {}})
+        yield server
+
+
+def connection_spec(fake: FakeInfisical, **overrides: Any) -> dict[str, Any]:
+    return {
+        "instanceUrl": fake.url,
+        "allowInsecureHttp": True,
+        "credentials": {"secretRef": {"name": "identity"}},
+        "validationInterval": "1h",
+        **overrides,
+    }
+
+
+def sync_spec(**overrides: Any) -> dict[str, Any]:
+    return {
+        "source": {"kubernetes": {"secrets": [{"name": "app"}]}},
+        "destination": {
+            "connectionRef": {"name": "dest"},
+            "projectId": PROJECT,
+            "environment": "prod",
+            "secretPath": "/apps",
+        },
+        "syncInterval": "1h",
+        **overrides,
+    }
+
+
+def ready_connection_and_sync(
+    kube: Any, namespace: str, fake: FakeInfisical, connection: Any = None, **sync: Any
+) -> None:
+    put_secret(kube, namespace, "identity", {"clientId": CLIENT_ID, "clientSecret": CLIENT_SECRET})
+    put_secret(kube, namespace, "app", {"A": "1"})
+    spec = connection_spec(fake, **(connection or {}))
+    create(kube, namespace, CONNECTIONS, "InfisicalConnection", "dest", spec)
+    wait_for(
+        lambda: condition(kube, namespace, CONNECTIONS, "dest", "Ready") == ("True", "Validated")
+    )
+    create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec(**sync))
+    wait_for(lambda: status(kube, namespace, SYNCS, "sync").get("syncStatus") == "Succeeded")
+
+
+def events_of(kube: Any, namespace: str, name: str) -> list[tuple[str, str]]:
+    items = client.CoreV1Api(kube).list_namespaced_event(namespace).items
+    return [(e.reason, e.message) for e in items if e.involved_object.name == name]
+
+
+def handled(process: OperatorProcess, namespace: str, name: str, handler: str) -> bool:
+    line = f"Handler '{handler}' succeeded."
+    return any(r["message"] == line for r in about(process, namespace, name))
+
+
+def test_only_the_operators_own_transition_events_are_posted(
+    operator: OperatorProcess, kube: Any, namespace: str, fake: FakeInfisical
+) -> None:
+    ready_connection_and_sync(kube, namespace, fake, deletionPolicy="Delete")
+    # An update and a deletion run kopf handlers (connection_spec_changed, secretsync_deleted).
+    patch(kube, namespace, CONNECTIONS, "dest", {"spec": {"validationInterval": "2h"}})
+    wait_for(
+        lambda: handled(operator, namespace, "dest", "connection_spec_changed/spec"),
+        message="the update handler ran",
+    )
+    delete(kube, namespace, SYNCS, "sync")
+    wait_for(lambda: get(kube, namespace, SYNCS, "sync") is None)
+    assert handled(operator, namespace, "sync", "secretsync_deleted")
+    # Our own events are posted asynchronously: a later one proves the earlier ones are in.
+    put_secret(kube, namespace, "identity", {"clientId": CLIENT_ID, "clientSecret": "wrong"})
+    wait_for(lambda: any(r == "InvalidCredentials" for r, _ in events_of(kube, namespace, "dest")))
+    connection_events = events_of(kube, namespace, "dest")
+    sync_events = events_of(kube, namespace, "sync")
+    assert sorted(reason for reason, _ in connection_events) == ["InvalidCredentials", "Ready"]
+    assert [reason for reason, _ in sync_events] == ["Synced"]
+    assert not [m for _, m in connection_events + sync_events if "Handler" in m]
+
+
+# --- the operator's log ---------------------------------------------------------------------------
+
+
+def records(process: OperatorProcess) -> list[dict[str, Any]]:
+    found = []
+    for line in process.log().splitlines():
+        if line.startswith("{"):
+            found.append(json.loads(line))
+    return found
+
+
+def about(process: OperatorProcess, namespace: str, name: str) -> list[dict[str, Any]]:
+    """kopf's lines on the object and the operator's own lines naming it."""
+
+    def matches(record: dict[str, Any]) -> bool:
+        ref = record.get("object") or {}
+        return (ref.get("namespace"), ref.get("name")) == (namespace, name) or (
+            f"{namespace}/{name}" in record["message"]
+        )
+
+    return [record for record in records(process) if matches(record)]
+
+
+STOPPING_BY_FORCE = ("is cancelled", "Will escalate", "exit by force", "did not exit in time")
+
+
+def stopped_by_force(process: OperatorProcess, namespace: str, name: str) -> list[str]:
+    return [
+        r["message"]
+        for r in about(process, namespace, name)
+        if any(text in r["message"] for text in STOPPING_BY_FORCE)
+    ]
+
+
+# --- 14: daemons stop when asked ------------------------------------------------------------------
+
+
+def test_deleted_objects_stop_their_daemons_without_cancellation(
+    operator: OperatorProcess, kube: Any, namespace: str, fake: FakeInfisical
+) -> None:
+    ready_connection_and_sync(kube, namespace, fake)
+    delete(kube, namespace, SYNCS, "sync")
+    wait_for(lambda: get(kube, namespace, SYNCS, "sync") is None)
+    delete(kube, namespace, CONNECTIONS, "dest")
+    wait_for(lambda: get(kube, namespace, CONNECTIONS, "dest") is None)
+    for name in ("sync", "dest"):
+        messages = [r["message"] for r in about(operator, namespace, name)]
+        assert any("has exited on request" in m for m in messages), messages
+        assert stopped_by_force(operator, namespace, name) == []
+        # Gone at once: kopf did not have to wait for the daemon and come back later.
+        assert not [m for m in messages if "signalled to exit gracefully" in m]
+
+
+# --- an operator of its own, on a control plane of its own ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def plane(control_plane: ControlPlane) -> Iterator[ControlPlane]:
+    """Operators started here must not share objects with the session's operator."""
+    with ControlPlane() as own:
+        install_crds(own.kubeconfig)
+        grant_operator_rbac(own.kubeconfig)
+        yield own
+
+
+@pytest.fixture
+def plane_kube(plane: ControlPlane) -> Any:
+    return api_client(plane.kubeconfig)
+
+
+@pytest.fixture
+def plane_namespace(plane_kube: Any) -> Iterator[str]:
+    """A namespace whose objects are gone afterwards: the next test's operator must not find
+    them (their fake Infisical is gone)."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    client.CoreV1Api(plane_kube).create_namespace({"metadata": {"name": name}})
+    yield name
+    custom = client.CustomObjectsApi(plane_kube)
+
+    def left(plural: str) -> list[str]:
+        found = custom.list_namespaced_custom_object(GROUP, VERSION, name, plural)["items"]
+        return [item["metadata"]["name"] for item in found]
+
+    for plural in (SYNCS, CONNECTIONS):
+        for item in left(plural):
+            delete(plane_kube, name, plural, item)
+            patch(plane_kube, name, plural, item, {"metadata": {"finalizers": None}})
+    wait_for(lambda: not left(SYNCS) and not left(CONNECTIONS))
+
+
+@pytest.fixture
+def proxy(plane: ControlPlane) -> Iterator[TcpProxy]:
+    proxy = TcpProxy(plane.port).start()
+    yield proxy
+    proxy.stop()
+
+
+KUBE_TIMEOUTS = {
+    "INFISICAL_SYNC_KUBE_REQUEST_TIMEOUT": "3",
+    "INFISICAL_SYNC_KUBE_CONNECT_TIMEOUT": "2",
+}
+
+
+@pytest.fixture
+def proxied_operator(
+    plane: ControlPlane, proxy: TcpProxy, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    """The operator reaching the API server only through `proxy`."""
+    config = yaml.safe_load(plane.kubeconfig_for_user(OPERATOR_USER).read_text())
+    config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{proxy.port}"
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(config))
+    with operator_process(kubeconfig, tmp_path / "operator.log", KUBE_TIMEOUTS) as process:
+        yield process
+
+
+def test_operator_shutdown_stops_daemons_without_cancellation(
+    plane: ControlPlane, plane_kube: Any, plane_namespace: str, fake: FakeInfisical, tmp_path: Path
+) -> None:
+    kube, namespace = plane_kube, plane_namespace
+    kubeconfig = plane.kubeconfig_for_user(OPERATOR_USER)
+    with operator_process(kubeconfig, tmp_path / "operator.log") as process:
+        ready_connection_and_sync(kube, namespace, fake)
+        process.logged.process.terminate()
+        process.logged.process.wait(timeout=30)
+        assert "Activity 'cleanup' succeeded" in process.log()
+        for name in ("sync", "dest"):
+            messages = [r["message"] for r in about(process, namespace, name)]
+            assert any("has exited gracefully" in m for m in messages), messages
+            assert stopped_by_force(process, namespace, name) == []
+
+
+# --- 12: a hung API server call times out ---------------------------------------------------------
+
+
+def test_a_hung_api_call_times_out_and_the_next_cycle_works(
+    proxied_operator: OperatorProcess,
+    proxy: TcpProxy,
+    plane_kube: Any,
+    plane_namespace: str,
+    fake: FakeInfisical,
+) -> None:
+    kube, namespace = plane_kube, plane_namespace
+    ready_connection_and_sync(kube, namespace, fake, syncInterval="10s")
+    proxy.hold()
+    # The next timer cycle's first call is sent and never answered.
+    wait_for(lambda: proxy.held_chunks > 0, timeout=30, message="a request hangs")
+    before = status(kube, namespace, SYNCS, "sync")["lastSyncAttemptAt"]
+    proxy.forward()  # new connections work again; the hung one stays hung
+    wait_for(
+        lambda: status(kube, namespace, SYNCS, "sync").get("lastSyncAttemptAt") != before,
+        timeout=60,
+        message="a later cycle completes",
+    )
+    assert status(kube, namespace, SYNCS, "sync")["syncStatus"] == "Succeeded"
+    warnings = [
+        r["message"] for r in about(proxied_operator, namespace, "sync") if r["severity"] == "warn"
+    ]
+    assert any("did not answer within 3 s" in warning for warning in warnings), warnings
+
+
+# --- 13: an API server outage -------------------------------------------------------------------
+
+
+def failed_attempts(process: OperatorProcess, namespace: str, name: str) -> int:
+    """The operator's own lines about a failed cycle of this object (whatever their level)."""
+    return sum(
+        1
+        for r in about(process, namespace, name)
+        if "object" not in r and ("unavailable" in r["message"] or "failed" in r["message"])
+    )
+
+
+def test_an_api_server_outage_logs_one_warning_per_object_and_the_recovery(
+    proxied_operator: OperatorProcess,
+    proxy: TcpProxy,
+    plane_kube: Any,
+    plane_namespace: str,
+    fake: FakeInfisical,
+) -> None:
+    kube, namespace = plane_kube, plane_namespace
+    ready_connection_and_sync(
+        kube, namespace, fake, connection={"validationInterval": "30s"}, syncInterval="10s"
+    )
+    proxy.refuse()
+    wait_for(
+        lambda: min(failed_attempts(proxied_operator, namespace, n) for n in ("sync", "dest")) >= 2,
+        timeout=90,
+        message="two failed cycles of each object during the outage",
+    )
+    validated = status(kube, namespace, CONNECTIONS, "dest")["lastValidatedAt"]
+    attempted = status(kube, namespace, SYNCS, "sync")["lastSyncAttemptAt"]
+    proxy.forward()
+    wait_for(
+        lambda: (
+            status(kube, namespace, CONNECTIONS, "dest").get("lastValidatedAt") != validated
+            and status(kube, namespace, SYNCS, "sync").get("lastSyncAttemptAt") != attempted
+        ),
+        timeout=60,
+        message="both recover",
+    )
+    for name in ("sync", "dest"):
+        ours = [r for r in about(proxied_operator, namespace, name) if "object" not in r]
+        levels = [r["severity"] for r in ours if r["severity"] != "debug"]
+        assert [level for level in levels if level != "info"] == ["warn"], ours
+        assert any("reachable again" in r["message"] for r in ours if r["severity"] == "info")
+    # Nothing else complains: no tracebacks, no third-party retry notes. kopf's own watch
+    # requests log their failed attempts ("Request attempt #2/9 failed; will retry: GET ...").
+    assert [r["message"] for r in records(proxied_operator) if "exc_info" in r] == []
+    loud = [
+        r["message"]
+        for r in records(proxied_operator)
+        if r["severity"] not in ("debug", "info") and not r["message"].startswith("Request attempt")
+    ]
+    assert len(loud) == 2, loud

@@ -1,0 +1,94 @@
+"""The Kubernetes adapter against local listeners: timeouts, and which failures mean
+"unavailable"."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from infisical_sync.kube import Kube, KubeTimeouts, KubeUnavailable
+
+TIMEOUTS = KubeTimeouts(connect=0.5, read=0.5)
+
+
+def kube_at(port: int) -> Kube:
+    configuration = client.Configuration()
+    configuration.host = f"http://127.0.0.1:{port}"
+    configuration.retries = 0
+    return Kube(client.ApiClient(configuration), TIMEOUTS)
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """Accepts connections and reads requests, never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    yield listener.getsockname()[1]
+    listener.close()
+
+
+@contextlib.contextmanager
+def answering(status: int) -> Iterator[int]:
+    """Answers every request with `status`."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"kind": "Status", "message": "canary-body-text"}')
+
+        do_PATCH = do_GET
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+async def test_a_call_that_gets_no_answer_fails_within_its_timeout(silent_port: int) -> None:
+    kube = kube_at(silent_port)
+    with pytest.raises(KubeUnavailable) as raised:
+        await kube.read_secret("ns", "app")
+    assert str(raised.value) == (
+        "the Kubernetes API server did not answer within 0.5 s (reading Secret ns/app)"
+    )
+    with pytest.raises(KubeUnavailable, match=r"did not answer within 0\.5 s"):
+        await kube.patch_status("secretsyncs", "ns", "sync", {"syncStatus": "Running"})
+
+
+async def test_a_refused_connection_is_unavailable() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(KubeUnavailable, match="refused the connection"):
+        await kube_at(port).list_secrets("ns", "a=b")
+
+
+@pytest.mark.parametrize("status", [500, 503, 429])
+async def test_server_errors_are_unavailable_without_the_body(status: int) -> None:
+    with answering(status) as port:
+        with pytest.raises(KubeUnavailable, match=f"answered {status}") as raised:
+            await kube_at(port).read_secret("ns", "app")
+        assert "canary" not in str(raised.value)
+
+
+async def test_real_answers_stay_answers() -> None:
+    with answering(404) as port:
+        assert await kube_at(port).read_secret("ns", "gone") is None
+        assert await kube_at(port).patch_status("secretsyncs", "ns", "gone", {}) is False
+    with answering(403) as port:
+        with pytest.raises(ApiException) as raised:
+            await kube_at(port).read_secret("ns", "app")
+        assert raised.value.status == 403 and not isinstance(raised.value, KubeUnavailable)

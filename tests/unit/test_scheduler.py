@@ -1,0 +1,590 @@
+"""The daemon loops on a fake clock: back-off, jitter, manual vs auto sync, kicks, deletion."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from infisical_sync.connection import Outcome
+from infisical_sync.kube import KubeUnavailable
+from infisical_sync.runtime import Kicks
+from infisical_sync.scheduler import (
+    Observed,
+    RetryLater,
+    Scheduler,
+    deletion_action,
+    kick_reason,
+    observe,
+)
+from infisical_sync.sync import CycleResult, SyncFailed
+
+SYNC = ("SecretSync", "ns", "sync")
+CONNECTION = ("InfisicalConnection", "ns", "conn")
+
+
+class FakeClock:
+    """Sleeps end only when the test advances time; `uniform` picks a fixed point of its range
+    (0.5: the middle, i.e. no jitter)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+        self.draws: list[tuple[float, float]] = []
+        self.point = 0.5
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        wake = asyncio.get_running_loop().create_future()
+        entry = (self.now + seconds, wake)
+        self._sleepers.append(entry)
+        try:
+            await wake
+        finally:
+            self._sleepers.remove(entry)
+
+    def uniform(self, low: float, high: float) -> float:
+        self.draws.append((low, high))
+        return low + (high - low) * self.point
+
+    @property
+    def pending(self) -> int:
+        """Sleeps still waiting for the clock."""
+        return sum(1 for _, wake in self._sleepers if not wake.done())
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        for deadline, wake in self._sleepers:
+            if deadline <= self.now and not wake.done():
+                wake.set_result(None)
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    """Let the loops run until `predicate` holds (they only ever wait on the fake clock)."""
+    for _ in range(1000):
+        if predicate():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the loop never got there")
+
+
+def ok(**status: Any) -> CycleResult:
+    return CycleResult({"syncStatus": "Succeeded", **status}, ok=True)
+
+
+def failed(retry_after: float | None = None, *, retryable: bool = True) -> CycleResult:
+    return CycleResult(
+        {"syncStatus": "Failed"}, ok=False, retryable=retryable, retry_after=retry_after
+    )
+
+
+@dataclass
+class FakeEngine:
+    results: list[CycleResult | Exception] = field(default_factory=list)
+    runs: list[Mapping[str, Any] | None] = field(default_factory=list)
+    removals: list[str] = field(default_factory=list)
+    releases: list[str] = field(default_factory=list)
+    forgotten: list[str] = field(default_factory=list)
+    removal_error: SyncFailed | None = None
+
+    async def run(
+        self,
+        namespace: str,
+        name: str,
+        body: Mapping[str, Any],
+        previous_status: Mapping[str, Any] | None = None,
+        on_writing: Callable[[], Awaitable[None]] | None = None,
+    ) -> CycleResult:
+        self.runs.append(previous_status)
+        result = self.results.pop(0) if self.results else ok()
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def remove_owned(self, namespace: str, name: str, body: Mapping[str, Any]) -> int:
+        if self.removal_error is not None:
+            raise self.removal_error
+        self.removals.append(name)
+        return 1
+
+    async def release_owned(self, namespace: str, name: str, body: Mapping[str, Any]) -> int:
+        if self.removal_error is not None:
+            raise self.removal_error
+        self.releases.append(name)
+        return 1
+
+    def forget(self, namespace: str, name: str) -> None:
+        self.forgotten.append(name)
+
+    def readers_of(self, namespace: str, secret: str) -> set[str]:
+        return {"reader"} if secret == "read-before" else set()
+
+
+@dataclass
+class FakeConnections:
+    outcomes: list[Outcome | Exception] = field(default_factory=list)
+    logins: list[bool] = field(default_factory=list)
+    notify: bool = False
+    forgotten: list[str] = field(default_factory=list)
+
+    async def reconcile(
+        self, namespace: str, name: str, body: Mapping[str, Any], *, force_login: bool
+    ) -> tuple[Outcome, bool]:
+        self.logins.append(force_login)
+        outcome = self.outcomes.pop(0) if self.outcomes else Outcome(True, "Validated", "ok")
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome, self.notify
+
+    async def forget(self, namespace: str, name: str) -> None:
+        self.forgotten.append(name)
+
+
+@dataclass
+class FakeStatus:
+    patches: list[dict[str, Any]] = field(default_factory=list)
+
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> bool:
+        self.patches.append(status)
+        return True
+
+
+@dataclass
+class Harness:
+    clock: FakeClock
+    engine: FakeEngine
+    connections: FakeConnections
+    status: FakeStatus
+    scheduler: Scheduler
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)  # kopf's `stopped`
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def start(self, loop: Awaitable[None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(loop)
+        self.tasks.append(task)
+        return task
+
+    async def sleeping(self, count: int) -> float:
+        """Until the loops have begun `count` pauses in all; the duration of the last one."""
+        await until(lambda: len(self.clock.sleeps) >= count)
+        return self.clock.sleeps[count - 1]
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    clock, engine, connections, status = FakeClock(), FakeEngine(), FakeConnections(), FakeStatus()
+    scheduler = Scheduler(engine=engine, connections=connections, status=status, clock=clock)
+    harness = Harness(clock, engine, connections, status, scheduler)
+    yield harness
+    for task in harness.tasks:
+        task.cancel()
+    await asyncio.gather(*harness.tasks, return_exceptions=True)
+
+
+def sync_body(**spec: Any) -> dict[str, Any]:
+    return {"metadata": {"generation": 1}, "spec": {"syncInterval": "60s", **spec}, "status": {}}
+
+
+# --- SecretSync -----------------------------------------------------------------------------
+
+
+async def test_failures_back_off_from_five_seconds_up_to_the_interval(harness: Harness) -> None:
+    harness.engine.results = [failed(), failed(), failed(), failed(), failed()]
+    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped))
+    delays = []
+    for count in range(1, 7):
+        delays.append(await harness.sleeping(count))
+        harness.clock.advance(delays[-1])
+    assert delays == [5, 10, 20, 40, 60, 60]  # the sixth follows a success
+    assert len(harness.engine.runs) == 6
+
+
+async def test_retry_after_and_permanent_failures(harness: Harness) -> None:
+    harness.engine.results = [failed(retry_after=45), failed(retryable=False)]
+    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped))
+    assert await harness.sleeping(1) == 45  # never before the instance's Retry-After
+    harness.clock.advance(45)
+    assert await harness.sleeping(2) == 60  # retrying cannot help: the next interval
+
+
+async def test_an_unexpected_error_is_retried_like_a_failure(harness: Harness) -> None:
+    harness.engine.results = [RuntimeError("boom")]
+    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped))
+    assert await harness.sleeping(1) == 5
+    assert harness.status.patches == []
+
+
+async def test_every_pause_is_jittered_by_ten_percent(harness: Harness) -> None:
+    harness.clock.point = 0.0  # the low end of every draw
+    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped))
+    assert await harness.sleeping(1) == pytest.approx(54)
+    assert harness.clock.draws == [(-6, 6)]
+
+
+async def test_a_restart_spreads_the_first_run_of_synced_objects(harness: Harness) -> None:
+    body = sync_body(syncInterval="1h")
+    body["status"] = {"lastSyncedAt": "2026-01-01T00:00:00Z", "observedGeneration": 1}
+    harness.start(harness.scheduler.run_secretsync("ns", "sync", body, harness.stopped))
+    assert await harness.sleeping(1) == 15  # uniform(0, 30): at most 30 s, whatever the interval
+    assert harness.clock.draws == [(0.0, 30.0)] and harness.engine.runs == []
+    harness.clock.advance(15)
+    await until(lambda: len(harness.engine.runs) == 1)
+
+
+async def test_an_unsynced_object_runs_at_once(harness: Harness) -> None:
+    body = sync_body()
+    body["status"] = {"lastSyncedAt": "2026-01-01T00:00:00Z", "observedGeneration": 0}
+    harness.start(harness.scheduler.run_secretsync("ns", "sync", body, harness.stopped))
+    await harness.sleeping(1)
+    assert len(harness.engine.runs) == 1
+
+
+async def test_a_kick_wakes_the_loop_before_its_interval(harness: Harness) -> None:
+    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped))
+    await harness.sleeping(1)
+    harness.scheduler.kicks.kick(SYNC, "secret app modified")
+    await harness.sleeping(2)
+    assert len(harness.engine.runs) == 2 and harness.clock.now == 0
+
+
+async def test_the_status_last_written_is_passed_to_the_next_cycle(harness: Harness) -> None:
+    harness.engine.results = [ok(managedKeys=["A"]), ok()]
+    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped))
+    harness.clock.advance(await harness.sleeping(1))
+    await harness.sleeping(2)
+    assert harness.engine.runs[0] is None
+    assert harness.engine.runs[1] == {"syncStatus": "Succeeded", "managedKeys": ["A"]}
+    assert harness.status.patches == [
+        {"syncStatus": "Succeeded", "managedKeys": ["A"]},
+        {"syncStatus": "Succeeded"},
+    ]
+
+
+async def test_manual_sync_runs_at_start_and_on_request_only(harness: Harness) -> None:
+    harness.start(
+        harness.scheduler.run_secretsync(
+            "ns", "sync", sync_body(autoSyncEnabled=False), harness.stopped
+        )
+    )
+    harness.clock.advance(await harness.sleeping(1))  # ran once: created
+    harness.clock.advance(await harness.sleeping(2))  # the timer: no run
+    harness.scheduler.kicks.kick(SYNC, "secret app modified")
+    await harness.sleeping(3)  # a Secret change: no run
+    assert len(harness.engine.runs) == 1
+    harness.scheduler.kicks.kick(SYNC, "sync requested")
+    await harness.sleeping(4)
+    assert len(harness.engine.runs) == 2
+
+
+async def test_auto_sync_runs_on_the_timer_and_every_kick(harness: Harness) -> None:
+    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped))
+    harness.clock.advance(await harness.sleeping(1))
+    await harness.sleeping(2)
+    harness.scheduler.kicks.kick(SYNC, "secret app modified")
+    await harness.sleeping(3)
+    assert len(harness.engine.runs) == 3
+
+
+async def test_a_kick_before_the_daemon_starts_is_not_lost() -> None:
+    kicks = Kicks()
+    kicks.kick(SYNC, "secret app modified")
+    kicks.kick(SYNC, "spec changed", force=True)
+    assert kicks.slot(SYNC).take() == (True, {"secret app modified", "spec changed"})
+    assert kicks.slot(SYNC).take() == (False, {"timer"})
+
+
+async def test_stopping_ends_a_pause_at_once(harness: Harness) -> None:
+    task = harness.start(
+        harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped)
+    )
+    await harness.sleeping(1)
+    harness.stopped.set()
+    await until(task.done)
+    assert task.result() is None and harness.clock.now == 0  # returned, not cancelled
+    assert len(harness.engine.runs) == 1 and SYNC not in harness.scheduler.kicks._slots
+
+
+async def test_stopping_during_the_restart_spread_runs_nothing(harness: Harness) -> None:
+    body = sync_body()
+    body["status"] = {"lastSyncedAt": "2026-01-01T00:00:00Z", "observedGeneration": 1}
+    task = harness.start(harness.scheduler.run_secretsync("ns", "sync", body, harness.stopped))
+    await harness.sleeping(1)
+    harness.stopped.set()
+    await until(task.done)
+    assert harness.engine.runs == []
+
+
+async def test_a_cycle_in_flight_finishes_before_the_loop_stops(harness: Harness) -> None:
+    release = asyncio.Event()
+    harness.engine.results = []
+    original = harness.engine.run
+
+    async def slow_run(*args: Any, **kwargs: Any) -> CycleResult:
+        await release.wait()
+        return await original(*args, **kwargs)
+
+    harness.engine.run = slow_run  # type: ignore[method-assign]
+    task = harness.start(
+        harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped)
+    )
+    await until(lambda: SYNC in harness.scheduler.locks and harness.scheduler.locks[SYNC].locked())
+    harness.stopped.set()
+    release.set()
+    await until(task.done)
+    assert len(harness.status.patches) == 1 and harness.clock.sleeps == []
+
+
+# --- watch events -----------------------------------------------------------------------------
+
+
+def annotated(generation: int, requested: str | None = None, allow: str | None = None) -> Any:
+    annotations = {}
+    if requested:
+        annotations["infisical-sync.dev/sync-requested-at"] = requested
+    if allow:
+        annotations["infisical-sync.dev/allow-mass-delete"] = allow
+    return {"metadata": {"generation": generation, "annotations": annotations}}
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "reason"),
+    [
+        (None, annotated(1), None),  # first sight: the daemon's first run covers it
+        (annotated(1), annotated(1), None),  # a status patch
+        (annotated(1), annotated(2), "spec changed"),
+        (annotated(1, "a"), annotated(1, "b"), "sync requested"),
+        (annotated(1, "a"), annotated(2, "b"), "spec changed"),
+        (annotated(1), annotated(1, allow="true"), "spec changed"),  # re-plan
+    ],
+)
+def test_kick_reason(before: Any, after: Any, reason: str | None) -> None:
+    seen: Observed | None = None if before is None else observe(before)
+    assert kick_reason(seen, observe(after)) == reason
+
+
+async def test_secretsync_events_kick_on_changes_only(harness: Harness) -> None:
+    scheduler = harness.scheduler
+    scheduler.on_secretsync_event("ADDED", "ns", "sync", annotated(1))
+    assert not scheduler.kicks.slot(SYNC).event.is_set()
+    scheduler.on_secretsync_event("MODIFIED", "ns", "sync", annotated(1, "now"))
+    assert scheduler.kicks.slot(SYNC).take() == (False, {"sync requested"})
+    scheduler.on_secretsync_event("DELETED", "ns", "sync", annotated(1, "now"))
+    scheduler.on_secretsync_event("ADDED", "ns", "sync", annotated(5))  # recreated: first sight
+    assert not scheduler.kicks.slot(SYNC).event.is_set()
+
+
+async def test_secret_events_kick_their_readers(harness: Harness) -> None:
+    scheduler = harness.scheduler
+    scheduler.on_secret_event(
+        "ns",
+        "read-before",
+        "MODIFIED",
+        {"team": "a"},
+        connections=["conn"],
+        syncs=["named"],
+        selector_syncs=[
+            ("matching", {"matchLabels": {"team": "a"}}),
+            ("other", {"matchLabels": {"team": "b"}}),
+        ],
+    )
+    candidates = ("named", "matching", "other", "reader")
+    woken = {n for n in candidates if scheduler.kicks.slot(("SecretSync", "ns", n)).event.is_set()}
+    assert woken == {"named", "matching", "reader"}
+    assert scheduler.kicks.slot(CONNECTION).take() == (False, {"secret read-before modified"})
+
+
+# --- InfisicalConnection ----------------------------------------------------------------------
+
+
+def connection_body(**spec: Any) -> dict[str, Any]:
+    return {"metadata": {"generation": 1}, "spec": {"validationInterval": "5m", **spec}}
+
+
+async def test_connection_logs_in_at_start_and_on_forced_kicks_only(harness: Harness) -> None:
+    harness.start(
+        harness.scheduler.run_connection(
+            "ns", "conn", connection_body(), harness.stopped, dependents=list
+        )
+    )
+    harness.clock.advance(await harness.sleeping(1))
+    assert await harness.sleeping(2) == 300
+    harness.scheduler.kicks.kick(CONNECTION, "secret identity modified")
+    await harness.sleeping(3)
+    harness.scheduler.on_connection_spec_changed("ns", "conn")
+    await harness.sleeping(4)
+    assert harness.connections.logins == [True, False, False, True]
+
+
+async def test_connection_failures_back_off_and_readiness_kicks_dependents(
+    harness: Harness,
+) -> None:
+    harness.connections.outcomes = [
+        Outcome(False, "Unreachable", "down"),
+        Outcome(False, "RateLimited", "slow down", retry_after=120),
+    ]
+    harness.start(
+        harness.scheduler.run_connection(
+            "ns", "conn", connection_body(), harness.stopped, dependents=lambda: ["a", "b"]
+        )
+    )
+    assert await harness.sleeping(1) == 5
+    harness.clock.advance(5)
+    assert await harness.sleeping(2) == 120
+    harness.connections.notify = True
+    harness.clock.advance(120)
+    assert await harness.sleeping(3) == 300
+    for sync in ("a", "b"):
+        assert harness.scheduler.kicks.slot(("SecretSync", "ns", sync)).take() == (
+            False,
+            {"connection conn ready"},
+        )
+
+
+# --- API server outages ----------------------------------------------------------------------
+
+
+def outage_lines(caplog: pytest.LogCaptureFixture, name: str) -> list[tuple[int, str]]:
+    return [
+        (record.levelno, record.getMessage())
+        for record in caplog.records
+        if f"ns/{name}" in record.getMessage()
+    ]
+
+
+async def test_an_outage_is_one_warning_per_object_then_quiet_then_one_info(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="infisical_sync")
+    down = KubeUnavailable("the Kubernetes API server refused the connection (reading Secret)")
+    harness.engine.results = [down, down, down]
+    harness.connections.outcomes = [down, down]
+    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped))
+    harness.start(
+        harness.scheduler.run_connection(
+            "ns", "conn", connection_body(), harness.stopped, dependents=list
+        )
+    )
+    for _ in range(3):  # both loops back off (5, 10, 20 s) and retry
+        await until(lambda: harness.clock.pending == 2)
+        harness.clock.advance(20)
+    await until(lambda: len(harness.engine.runs) == 4 and len(harness.connections.logins) == 3)
+    for name, failures in (("sync", 3), ("conn", 2)):
+        levels = [level for level, _ in outage_lines(caplog, name)]
+        assert levels == [logging.WARNING] + [logging.DEBUG] * (failures - 1) + [logging.INFO]
+    assert outage_lines(caplog, "sync")[0][1] == (
+        "SecretSync ns/sync: cycle failed: the Kubernetes API server refused the connection"
+        " (reading Secret); retrying quietly until it answers"
+    )
+    assert "reachable again (3 failed attempts)" in outage_lines(caplog, "sync")[-1][1]
+    assert not [record for record in caplog.records if record.exc_info]
+    assert harness.clock.sleeps[:2] == [5, 5]  # backed off like any failure
+
+
+async def test_a_second_outage_warns_again(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="infisical_sync")
+    down = KubeUnavailable("the Kubernetes API server dropped the connection (x)")
+    harness.engine.results = [down, ok(), down]
+    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped))
+    for count in (1, 2, 3):
+        harness.clock.advance(await harness.sleeping(count))
+    await harness.sleeping(4)
+    levels = [level for level, _ in outage_lines(caplog, "sync")]
+    assert levels == [logging.WARNING, logging.INFO, logging.WARNING, logging.INFO]
+
+
+async def test_a_removal_reports_its_failure_even_when_status_cannot_be_written(
+    harness: Harness,
+) -> None:
+    harness.engine.removal_error = SyncFailed("Synced", "ServerError", "500 from the instance")
+
+    async def unavailable(*_: Any) -> bool:
+        raise KubeUnavailable("the Kubernetes API server did not answer within 30 s (x)")
+
+    harness.status.patch_status = unavailable  # type: ignore[method-assign]
+    with pytest.raises(RetryLater, match=r"500 from the instance.*not in status"):
+        await harness.scheduler.remove_secretsync(
+            "ns", "sync", {"spec": {"deletionPolicy": "Delete"}}
+        )
+
+
+# --- deletion ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("policy", "abandon", "action"),
+    [
+        ("Delete", None, "remove"),
+        ("Delete", "true", "let go"),
+        ("Retain", None, "release"),
+        ("Retain", "true", "let go"),
+        (None, None, "release"),
+    ],
+)
+def test_deletion_action(policy: str | None, abandon: str | None, action: str) -> None:
+    body: dict[str, Any] = {"metadata": {"annotations": {}}, "spec": {}}
+    if policy:
+        body["spec"]["deletionPolicy"] = policy
+    if abandon:
+        body["metadata"]["annotations"]["infisical-sync.dev/abandon"] = abandon
+    assert deletion_action(body) == action
+
+
+async def test_removal_failure_is_reported_and_retried(harness: Harness) -> None:
+    harness.engine.removal_error = SyncFailed("Synced", "ServerError", "500 from the instance")
+    body = {"metadata": {}, "spec": {"deletionPolicy": "Delete"}}
+    with pytest.raises(RetryLater) as raised:
+        await harness.scheduler.remove_secretsync("ns", "sync", body)
+    assert raised.value.delay == 10
+    assert harness.status.patches[0]["syncStatus"] == "Failed"
+    assert "500 from the instance" in harness.status.patches[0]["lastSyncMessage"]
+    harness.engine.removal_error = None
+    await harness.scheduler.remove_secretsync("ns", "sync", body)
+    assert harness.engine.removals == ["sync"] and SYNC not in harness.scheduler.locks
+
+
+async def test_retained_keys_are_released_not_removed(harness: Harness) -> None:
+    await harness.scheduler.remove_secretsync("ns", "sync", {"spec": {}})
+    assert harness.engine.removals == [] and harness.engine.releases == ["sync"]
+
+
+async def test_a_failing_release_is_retried_and_abandon_lets_go(harness: Harness) -> None:
+    harness.engine.removal_error = SyncFailed("Synced", "ConnectionNotReady", "not Ready")
+    body: dict[str, Any] = {"metadata": {"annotations": {}}, "spec": {"deletionPolicy": "Retain"}}
+    with pytest.raises(RetryLater, match="releasing ownership of owned keys failed: not Ready"):
+        await harness.scheduler.remove_secretsync("ns", "sync", body)
+    body["metadata"]["annotations"]["infisical-sync.dev/abandon"] = "true"
+    await harness.scheduler.remove_secretsync("ns", "sync", body)
+    assert harness.engine.releases == [] and harness.engine.forgotten == ["sync"]
+
+
+async def test_a_connection_in_use_is_kept_until_its_secretsyncs_are_gone(
+    harness: Harness,
+) -> None:
+    with pytest.raises(RetryLater, match="SecretSyncs a, b use this connection"):
+        await harness.scheduler.remove_connection("ns", "conn", ["b", "a"])
+    assert harness.connections.forgotten == []  # its session stays usable meanwhile
+    assert "SecretSyncs a, b" in harness.status.patches[-1]["message"]
+    await harness.scheduler.remove_connection("ns", "conn", [])
+    assert harness.connections.forgotten == ["conn"]
+
+
+async def test_a_deleted_connection_keeps_its_session_when_its_daemon_stops(
+    harness: Harness,
+) -> None:
+    body = {"metadata": {"deletionTimestamp": "2026-11-28T12:00:00Z"}, "spec": {}}
+    task = harness.start(
+        harness.scheduler.run_connection("ns", "conn", body, harness.stopped, dependents=list)
+    )
+    await harness.sleeping(1)
+    harness.stopped.set()
+    await task
+    assert harness.connections.forgotten == []
