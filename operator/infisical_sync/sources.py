@@ -116,8 +116,12 @@ def merge_kubernetes(reads: list[SecretRead]) -> SourceResult:
             try:
                 value = raw.decode("utf-8")
             except UnicodeDecodeError:
+                # This Secret wins the key but cannot send it: an earlier value is not pushed.
                 result.skipped[key] = f"Secret {secret.name}: value is not UTF-8 text"
                 result.keep.add(key)
+                result.values.pop(key, None)
+                winner.pop(key, None)
+                origins.pop(key, None)
                 continue
             _merge(result, origins, f"secret/{secret.name}", key, value)
             winner[key] = index
@@ -219,7 +223,10 @@ def _add_remote(
         result.problem(
             "Forbidden", "the source identity cannot read secret values (secretValueHidden)"
         )
+        # It would override what an import or another path gave: that value is not pushed.
         result.keep.add(secret.key)
+        result.values.pop(secret.key, None)
+        origins.pop(secret.key, None)
         return
     if secret.type != "shared":
         return

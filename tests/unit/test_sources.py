@@ -9,12 +9,15 @@ import pytest
 from pydantic import SecretStr
 
 from infisical_sync.infisical.client import Credentials, InfisicalSession
+from infisical_sync.infisical.models import RemoteSecret
 from infisical_sync.infisical.transport import InstanceTransport
 from infisical_sync.kube import SecretData
 from infisical_sync.resources import InfisicalSource
 from infisical_sync.sources import (
     InfisicalImportTarget,
     SecretRead,
+    SourceResult,
+    _add_remote,
     merge_kubernetes,
     read_infisical,
 )
@@ -150,3 +153,25 @@ def test_an_unreadable_earlier_secret_does_not_hold_later_winners() -> None:
         [SecretRead("Secret ns/a", None), SecretRead("Secret ns/b", secret("b", K="b"))]
     )
     assert result.values == {"K": "b"} and not result.certain and not result.keep
+
+
+def test_a_later_unsendable_value_does_not_let_an_earlier_one_through() -> None:
+    result = merge_kubernetes(
+        [
+            SecretRead("Secret ns/a", secret("a", K="old")),
+            SecretRead("Secret ns/b", SecretData("b", {"K": b"\xff\xfe"}, "1", {})),
+        ]
+    )
+    assert result.values == {} and result.keep == {"K"}
+    assert "not UTF-8" in result.skipped["K"]
+
+
+def test_a_hidden_value_does_not_let_an_imported_one_through() -> None:
+    result, origins = SourceResult(), {}  # type: ignore[var-annotated]
+    imported = RemoteSecret.model_validate({"secretKey": "K", "secretValue": "imported"})
+    own = RemoteSecret.model_validate(
+        {"secretKey": "K", "secretValue": "<hidden>", "secretValueHidden": True}
+    )
+    _add_remote(result, origins, "import dev:/shared", imported)
+    _add_remote(result, origins, "path /", own)
+    assert "K" not in result.values and "K" in result.keep and not result.certain
