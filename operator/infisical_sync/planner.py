@@ -23,7 +23,7 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 OWNER_KEY = "infisical-sync.dev/owner"
 OWNER_UID_KEY = "infisical-sync.dev/owner-uid"
@@ -133,6 +133,13 @@ class DestinationKey:
         return self.meta(OWNER_KEY)
 
 
+class ShownHold(NamedTuple):
+    """A held set of deletes as the status showed it: only that id can confirm it."""
+
+    id: str
+    since: str
+
+
 @dataclass(frozen=True)
 class PlanInput:
     source: Mapping[str, str]
@@ -143,9 +150,11 @@ class PlanInput:
     initial: bool = False
     initial_behavior: InitialBehavior = "overwrite-destination"
     disable_deletion: bool = False
-    # The allow-mass-delete annotation's value: lets through the held plan with this id only.
+    # The allow-mass-delete annotation's value: lets through the held plan shown with this id.
     mass_delete_confirmation: str | None = None
     location: str = ""  # where the destination is: part of a held plan's id
+    shown_hold: ShownHold | None = None  # status.heldDeletes of the last cycle
+    now: str = ""  # when this plan is made: a new hold's `since`, which makes its id unique
     source_certain: bool = True
     uncertain_reason: str = ""
     ledger: frozenset[str] = frozenset()  # status.managedKeys from the last sync
@@ -167,12 +176,16 @@ class Plan:
     held_deletes: list[str] = field(default_factory=list)
     hold_reason: str = ""
     held_id: str = ""  # what the allow-mass-delete annotation must say to let these deletes go
+    held_since: str = ""  # when this set of deletes was first held
     confirmed: bool = False  # the deletes go because the annotation confirmed this plan
     owned_before: list[str] = field(default_factory=list)
     managed_after: list[str] = field(default_factory=list)
     # None: the destination was empty, so whether the server keeps metadata is not known yet.
     metadata_tracking: bool | None = True
     metadata: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    # Updates whose value is already right: only the metadata is written (no value sent, so the
+    # key's version and what watches it do not change).
+    metadata_only: set[str] = field(default_factory=set)
 
     @property
     def writes(self) -> int:
@@ -183,27 +196,46 @@ class Plan:
         return len(self.create) + len(self.update) + len(self.unchanged)
 
 
-def foreign_owner(entry: DestinationKey, owner: Owner) -> str | None:
-    """Why a key carrying owner metadata is not ours (None: it is ours, or nobody's)."""
+Ownership = Literal["ours", "nobody", "earlier", "foreign"]
+NOT_MANAGED = "exists in the destination and is not managed by this SecretSync"
+
+
+def ownership(entry: DestinationKey, owner: Owner) -> tuple[Ownership, str]:
+    """Whose a key carrying metadata is, and why when it is not ours.
+
+    "earlier": written by a SecretSync of this namespace/name on this cluster with another UID,
+    i.e. deleted without releasing its keys (abandoned) and created again. Like an unowned key,
+    it is adopted on the initial sync only, never deleted before that.
+    """
     ref = entry.owner_ref
     if ref is None:
-        return None
+        return "nobody", NOT_MANAGED
     if ref != owner.ref:
-        return f"owned by SecretSync {ref}"
+        return "foreign", f"owned by SecretSync {ref}"
     cluster, uid = entry.meta(OWNER_CLUSTER_KEY), entry.meta(OWNER_UID_KEY)
     if cluster is not None and cluster != owner.cluster:
-        return f"owned by SecretSync {ref} of another cluster ({cluster})"
-    if uid is not None and uid != owner.uid and cluster is None:
-        # Written before cluster identities by an object of this name with another UID:
-        # it may be another cluster's, so it is not taken over.
-        return f"owned by another SecretSync named {ref} (UID {uid}, cluster unknown)"
-    return None  # ours; another UID on our cluster means deleted with Retain, then recreated
+        return "foreign", f"owned by SecretSync {ref} of another cluster ({cluster})"
+    if uid is not None and uid != owner.uid:
+        if cluster is None:
+            # Written before cluster identities: it may be another cluster's, never taken over.
+            return (
+                "foreign",
+                f"owned by another SecretSync named {ref} (UID {uid}, cluster unknown)",
+            )
+        return "earlier", f"written by an earlier SecretSync {ref} of this cluster (UID {uid})"
+    return "ours", ""
+
+
+def foreign_owner(entry: DestinationKey, owner: Owner) -> str | None:
+    """Why a key may never be written by this SecretSync (None: ours, or adoptable)."""
+    kind, reason = ownership(entry, owner)
+    return reason if kind == "foreign" else None
 
 
 def owned_by(key: str, entry: DestinationKey, owner: Owner, ledger: frozenset[str]) -> bool:
     if entry.metadata is None:
         return key in ledger
-    return entry.owner_ref is not None and foreign_owner(entry, owner) is None
+    return ownership(entry, owner)[0] == "ours"
 
 
 def ownership_metadata(
@@ -225,9 +257,10 @@ def without_ownership(
     return tuple((k, v) for k, v in (existing or ()) if k not in OWNERSHIP_KEYS)
 
 
-def held_plan_id(location: str, keys: list[str]) -> str:
-    """Names one held set of deletes at one destination (no values: keys are not secret)."""
-    digest = hashlib.sha256("\0".join([location, *sorted(keys)]).encode())
+def held_plan_id(location: str, keys: list[str], since: str) -> str:
+    """Names one hold: these deletes at this destination, held first at `since`. A later hold
+    of the same keys has another id, so an old confirmation never lets it through."""
+    digest = hashlib.sha256("\0".join([location, since, *sorted(keys)]).encode())
     return digest.hexdigest()[:12]
 
 
@@ -239,7 +272,7 @@ def plan_imports(data: PlanInput) -> dict[str, str]:
     imports: dict[str, str] = {}
     for dest_key in sorted(data.destination):
         entry = data.destination[dest_key]
-        if foreign_owner(entry, data.owner) is not None:
+        if entry.metadata is not None and foreign_owner(entry, data.owner) is not None:
             continue  # another SecretSync's key: reported as a conflict by plan()
         source_key = schema.source_key(dest_key)
         if source_key is None:
@@ -289,22 +322,23 @@ def plan(data: PlanInput) -> Plan:
         if entry is None:
             result.create[dest_key] = value
             result.metadata[dest_key] = ownership_metadata(data.owner)
-        elif dest_key in owned:
-            if entry.value != value or _stale_metadata(entry, data.owner):
-                result.update[dest_key] = value
-                result.metadata[dest_key] = ownership_metadata(data.owner, entry.metadata)
-            else:
+            continue
+        if dest_key in owned:
+            if entry.value == value and not _stale_metadata(entry, data.owner):
                 result.unchanged.append(dest_key)
-        elif entry.owner_ref is not None:
-            result.conflicts[dest_key] = foreign_owner(entry, data.owner) or "owned elsewhere"
-        elif data.initial:
-            result.adopt.append(dest_key)
-            result.update[dest_key] = value
-            result.metadata[dest_key] = ownership_metadata(data.owner, entry.metadata)
+                continue
         else:
-            result.conflicts[dest_key] = (
-                "exists in the destination and is not managed by this SecretSync"
+            kind, why = (
+                ("nobody", NOT_MANAGED) if entry.metadata is None else ownership(entry, data.owner)
             )
+            if kind == "foreign" or not data.initial:
+                result.conflicts[dest_key] = why
+                continue
+            result.adopt.append(dest_key)
+        result.update[dest_key] = value
+        result.metadata[dest_key] = ownership_metadata(data.owner, entry.metadata)
+        if entry.value == value and entry.metadata is not None:
+            result.metadata_only.add(dest_key)
 
     # The guard counts the keys owned once this cycle's creates and adoptions are done, so that
     # a held delete stays held (and an allowed one stays allowed) when planned again.
@@ -316,13 +350,19 @@ def plan(data: PlanInput) -> Plan:
         if key not in desired and key not in kept_targets and schema.matches(key)
     )
     if removable and not data.disable_deletion:
-        held_id = held_plan_id(data.location, removable)
+        hold = data.shown_hold
+        same_hold = hold is not None and hold.id == held_plan_id(
+            data.location, removable, hold.since
+        )
+        since = hold.since if hold is not None and same_hold else data.now
+        held_id = held_plan_id(data.location, removable, since)
         confirm = (
             f'set the annotation {ALLOW_MASS_DELETE}: "{held_id}" to allow exactly these deletes'
         )
         if data.mass_delete_confirmation not in (None, held_id):
             confirm += f" (the annotation says {data.mass_delete_confirmation[:40]!r})"
-        confirmed = data.mass_delete_confirmation == held_id
+        # Only an id the status showed for exactly this hold confirms it.
+        confirmed = same_hold and data.mass_delete_confirmation == held_id
         if not source and owned:
             guard = f"source is empty while {len(owned)} keys are owned: no deletes"
         elif len(removable) * 2 > len(owned_now):
@@ -333,7 +373,7 @@ def plan(data: PlanInput) -> Plan:
             result.held_deletes = removable
             result.hold_reason = f"source uncertain ({data.uncertain_reason}): no deletes"
         elif guard and not confirmed:
-            result.held_deletes, result.held_id = removable, held_id
+            result.held_deletes, result.held_id, result.held_since = removable, held_id, since
             result.hold_reason = f"{guard}; {confirm}"
         else:
             result.delete = removable

@@ -34,6 +34,7 @@ from infisical_sync.planner import (
     Owner,
     Plan,
     PlanInput,
+    ShownHold,
     owned_by,
     plan,
     without_ownership,
@@ -120,11 +121,18 @@ def _writes(values: Mapping[str, str], result: Plan) -> list[SecretWrite]:
     return [
         SecretWrite(
             key=key,
-            value=SecretStr(value),
+            value=None if key in result.metadata_only else SecretStr(value),
             metadata=[MetadataEntry(key=k, value=v) for k, v in result.metadata[key]],
         )
         for key, value in sorted(values.items())
     ]
+
+
+def shown_hold(status: Mapping[str, Any]) -> ShownHold | None:
+    held = status.get("heldDeletes") or {}
+    if not held.get("id") or not held.get("since"):
+        return None
+    return ShownHold(str(held["id"]), str(held["since"]))
 
 
 def location_label(connection: str, location: SecretLocation) -> str:
@@ -281,6 +289,8 @@ class SyncEngine:
                 disable_deletion=spec.sync_options.disable_secret_deletion,
                 mass_delete_confirmation=annotations.get(ALLOW_MASS_DELETE),
                 location=location_label(destination_ref, location),
+                shown_hold=shown_hold(previous),
+                now=timestamp(now),
                 source_certain=source.certain,
                 uncertain_reason="; ".join(source.problems),
                 ledger=ledger,
@@ -320,7 +330,9 @@ class SyncEngine:
                 metrics.KEYS_CHANGED.labels(action).inc(count)
         if result.writes:
             log.info("%s/%s synced: %s", namespace, name, summary(result))
-        if result.confirmed:
+        confirmation = annotations.get(ALLOW_MASS_DELETE)
+        if confirmation is not None and confirmation != result.held_id:
+            # Used, or it names no hold shown now: one-shot, it goes.
             await self._consume_confirmation(namespace, name)
         status = succeeded_status(previous, generation, now, result, source.facts(), dry_run=False)
         status.update(import_status)

@@ -134,7 +134,7 @@ def succeeded_status(
             {
                 "keys": sorted(result.held_deletes),
                 "reason": result.hold_reason[:1024],
-                **({"id": result.held_id} if result.held_id else {}),
+                **({"id": result.held_id, "since": result.held_since} if result.held_id else {}),
             }
             if result.held_deletes
             else None

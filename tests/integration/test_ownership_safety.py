@@ -13,6 +13,7 @@ from tests.integration import test_secretsync as base
 from tests.integration.test_secretsync import (
     PROJECT,
     SYNCS,
+    next_cycle,
     remote,
     request_sync,
     sync_spec,
@@ -27,6 +28,10 @@ pytestmark = pytest.mark.controlplane
 Env = tuple[Any, str, FakeInfisical]
 ALLOW = "infisical-sync.dev/allow-mass-delete"
 fake, env = base.fake, base.env  # the SecretSync suite's fixtures: a fake, a Ready connection
+
+
+def annotations(kube: Any, namespace: str, name: str = "sync") -> dict[str, str]:
+    return dict(((get(kube, namespace, SYNCS, name) or {})["metadata"].get("annotations")) or {})
 
 
 def metadata_keys(fake: FakeInfisical, key: str, path: str = "/apps/payments") -> dict[str, str]:
@@ -134,26 +139,16 @@ def test_allow_mass_delete_lets_one_held_plan_through_once(env: Env) -> None:
     held = status(kube, namespace, SYNCS, "sync")["heldDeletes"]
     assert held["keys"] == ["C", "D", "E", "F"]
     assert condition(kube, namespace, SYNCS, "sync", "Synced") == ("False", "DeletionHeld")
-    # "true" is not a standing permission any more: the next cycle still holds the deletes.
+    # "true" is not a standing permission any more: the operator drops it, nothing is deleted.
     patch(kube, namespace, SYNCS, "sync", {"metadata": {"annotations": {ALLOW: "true"}}})
-    wait_for(
-        lambda: (
-            "the annotation says 'true'"
-            in status(kube, namespace, SYNCS, "sync")["lastSyncMessage"]
-        )
-    )
+    wait_for(lambda: ALLOW not in annotations(kube, namespace))
+    next_cycle(kube, namespace)
+    assert status(kube, namespace, SYNCS, "sync")["heldDeletes"]["id"] == held["id"]
     assert len(remote(fake)) == 6
     patch(kube, namespace, SYNCS, "sync", {"metadata": {"annotations": {ALLOW: held["id"]}}})
     wait_for(lambda: remote(fake) == {"A": "A", "B": "B"}, timeout=15)
     # Used once: the operator removes the annotation and the next mass delete is held again.
-    wait_for(
-        lambda: (
-            ALLOW
-            not in (
-                (get(kube, namespace, SYNCS, "sync") or {})["metadata"].get("annotations") or {}
-            )
-        )
-    )
+    wait_for(lambda: ALLOW not in annotations(kube, namespace))
     wait_for(lambda: status(kube, namespace, SYNCS, "sync").get("heldDeletes") is None)
     put_secret(kube, namespace, "app", {k: k for k in "ABCDEF"})
     wait_for(lambda: len(remote(fake)) == 6)

@@ -15,7 +15,9 @@ from infisical_sync.planner import (
     DestinationKey,
     KeySchema,
     Owner,
+    Plan,
     PlanInput,
+    ShownHold,
     apply_plan,
     held_plan_id,
     key_problem,
@@ -28,6 +30,8 @@ US = Owner("team-a", "app", "uid-1", "cluster-1")
 OTHER = Owner("team-a", "other", "uid-2", "cluster-1")
 # The same namespace/name on another cluster writing the same Infisical path.
 TWIN = Owner("team-a", "app", "uid-9", "cluster-2")
+# The same namespace/name on this cluster, deleted (keys abandoned) and created again.
+EARLIER = Owner("team-a", "app", "uid-0", "cluster-1")
 
 
 def ours(value: str, owner: Owner = US) -> DestinationKey:
@@ -179,34 +183,38 @@ def test_suddenly_empty_source_deletes_nothing() -> None:
     assert result.delete == [] and "empty" in result.hold_reason
 
 
-def test_empty_source_is_confirmed_by_the_held_plan_id() -> None:
-    held = plan(inputs(source={}, destination={"A": ours("1")}, location="c/p/prod:/"))
-    assert held.held_id and held.held_id in held.hold_reason
-    confirmed = plan(
-        inputs(
-            source={},
-            destination={"A": ours("1")},
-            location="c/p/prod:/",
-            mass_delete_confirmation=held.held_id,
+def confirmed_by(held: Plan, data: PlanInput, annotation: str | None = None) -> Plan:
+    """The next cycle, after the status showed `held` and the annotation was set."""
+    shown = ShownHold(held.held_id, held.held_since)
+    return plan(
+        dataclasses.replace(
+            data,
+            shown_hold=shown,
+            now="later",
+            mass_delete_confirmation=held.held_id if annotation is None else annotation,
         )
     )
+
+
+def test_empty_source_is_confirmed_by_the_held_plan_id() -> None:
+    data = inputs(source={}, destination={"A": ours("1")}, location="c/p/prod:/", now="t1")
+    held = plan(data)
+    assert held.held_id and held.held_id in held.hold_reason and held.held_since == "t1"
+    confirmed = confirmed_by(held, data)
     assert confirmed.delete == ["A"] and confirmed.confirmed
 
 
 def test_mass_delete_guard_and_annotation() -> None:
     destination = {k: ours(k) for k in "ABCDE"}
-    held = plan(inputs(source={"A": "A", "B": "B"}, destination=destination, location="here"))
+    data = inputs(source={"A": "A", "B": "B"}, destination=destination, location="here", now="t1")
+    held = plan(data)
     assert held.delete == [] and held.held_deletes == ["C", "D", "E"]
     assert f'allow-mass-delete: "{held.held_id}"' in held.hold_reason
-    assert held.held_id == held_plan_id("here", ["C", "D", "E"])
-    allowed = plan(
-        inputs(
-            source={"A": "A", "B": "B"},
-            destination=destination,
-            location="here",
-            mass_delete_confirmation=held.held_id,
-        )
-    )
+    assert held.held_id == held_plan_id("here", ["C", "D", "E"], "t1")
+    # Planned again while shown: the same hold keeps its id (and its since).
+    again = plan(dataclasses.replace(data, shown_hold=ShownHold(held.held_id, "t1"), now="t2"))
+    assert (again.held_id, again.held_since) == (held.held_id, "t1")
+    allowed = confirmed_by(held, data)
     assert allowed.delete == ["C", "D", "E"] and allowed.confirmed
     half = plan(
         inputs(source={"A": "A", "B": "B", "C": "C"}, destination={k: ours(k) for k in "ABCD"})
@@ -214,51 +222,41 @@ def test_mass_delete_guard_and_annotation() -> None:
     assert half.delete == ["D"] and not half.confirmed
 
 
+def test_an_id_never_shown_confirms_nothing() -> None:
+    destination = {k: ours(k) for k in "ABCDE"}
+    data = inputs(source={"A": "A"}, destination=destination, location="here", now="t1")
+    precomputed = held_plan_id("here", ["B", "C", "D", "E"], "t1")
+    result = plan(dataclasses.replace(data, mass_delete_confirmation=precomputed))
+    assert result.delete == [] and not result.confirmed
+
+
 @pytest.mark.parametrize("annotation", ["true", "yes", ""])
 def test_mass_delete_annotation_is_not_a_standing_permission(annotation: str) -> None:
     destination = {k: ours(k) for k in "ABCDE"}
-    result = plan(
-        inputs(source={"A": "A"}, destination=destination, mass_delete_confirmation=annotation)
-    )
+    data = inputs(source={"A": "A"}, destination=destination)
+    result = confirmed_by(plan(data), data, annotation)
     assert result.delete == [] and result.held_deletes == ["B", "C", "D", "E"]
 
 
-def test_a_confirmation_allows_only_the_plan_it_was_given_for() -> None:
+def test_a_confirmation_allows_only_the_hold_it_was_given_for() -> None:
     destination = {k: ours(k) for k in "ABCDE"}
-    first = plan(inputs(source={"A": "A", "B": "B"}, destination=destination, location="here"))
+    data = inputs(source={"A": "A", "B": "B"}, destination=destination, location="here", now="t1")
+    first = plan(data)
     # Later the source shrinks further: the old confirmation does not cover the new plan.
-    later = plan(
-        inputs(
-            source={"A": "A"},
-            destination=destination,
-            location="here",
-            mass_delete_confirmation=first.held_id,
-        )
-    )
+    later = confirmed_by(first, dataclasses.replace(data, source={"A": "A"}))
     assert later.delete == [] and later.held_id != first.held_id
     # The same keys at another destination are another plan.
-    elsewhere = plan(
-        inputs(
-            source={"A": "A", "B": "B"},
-            destination=destination,
-            location="there",
-            mass_delete_confirmation=first.held_id,
-        )
-    )
+    elsewhere = confirmed_by(first, dataclasses.replace(data, location="there"))
     assert elsewhere.delete == []
+    # The same keys held again later (a new hold, not the one shown): a new id.
+    anew = plan(dataclasses.replace(data, now="t9"))
+    assert anew.held_id != first.held_id
 
 
 def test_a_confirmation_never_deletes_on_an_uncertain_source() -> None:
     destination = {k: ours(k) for k in "ABCDE"}
-    held = plan(inputs(source={"A": "A"}, destination=destination))
-    result = plan(
-        inputs(
-            source={"A": "A"},
-            destination=destination,
-            source_certain=False,
-            mass_delete_confirmation=held.held_id,
-        )
-    )
+    data = inputs(source={"A": "A"}, destination=destination)
+    result = confirmed_by(plan(data), dataclasses.replace(data, source_certain=False))
     assert result.delete == []
 
 
@@ -288,11 +286,16 @@ def test_ledger_fallback_without_metadata() -> None:
     assert "Z" not in result.managed_after
 
 
-def test_recreated_sync_on_this_cluster_refreshes_uid() -> None:
-    stale = ours("1", Owner("team-a", "app", "old-uid", "cluster-1"))
-    result = plan(inputs(source={"A": "1"}, destination={"A": stale}))
-    assert result.update == {"A": "1"}
-    assert (OWNER_UID_KEY, "uid-1") in result.metadata["A"]
+def test_an_earlier_incarnation_on_this_cluster_is_adopted_on_the_initial_sync_only() -> None:
+    earlier = ours("1", EARLIER)
+    destination = {"A": earlier, "GONE": ours("g", EARLIER)}
+    first = plan(inputs(source={"A": "1"}, destination=destination, initial=True))
+    assert first.adopt == ["A"] and first.update == {"A": "1"}
+    assert first.metadata_only == {"A"}  # the value is right: only the owner is rewritten
+    assert (OWNER_UID_KEY, "uid-1") in first.metadata["A"]
+    assert first.delete == [] and "GONE" not in first.managed_after  # never deleted unadopted
+    later = plan(inputs(source={"A": "1"}, destination=destination))
+    assert later.update == {} and "earlier SecretSync" in later.conflicts["A"]
 
 
 @pytest.mark.parametrize("initial", [True, False])
@@ -313,7 +316,7 @@ def test_other_uid_without_a_cluster_is_a_conflict() -> None:
 def test_keys_written_before_cluster_identities_get_it() -> None:
     legacy = DestinationKey("1", ((OWNER_KEY, "team-a/app"), (OWNER_UID_KEY, "uid-1")))
     result = plan(inputs(source={"A": "1"}, destination={"A": legacy}))
-    assert result.update == {"A": "1"}
+    assert result.update == {"A": "1"} and result.metadata_only == {"A"}
     assert (OWNER_CLUSTER_KEY, "cluster-1") in result.metadata["A"]
     settled = plan(inputs(source={"A": "1"}, destination=apply_plan({"A": legacy}, result)))
     assert settled.update == {} and settled.unchanged == ["A"]
@@ -365,7 +368,7 @@ def test_imports_only_on_the_initial_sync() -> None:
 
 KEYS = st.sampled_from(["A", "B", "C", "D", "E", "F", "a:b", " G", "APP_A", "APP_B"])
 VALUES = st.sampled_from(["1", "2", " 1 ", "1\n", "", "x y", "\u00a0z"])
-OWNERS = st.sampled_from(["us", "other", "twin", "none", "no-metadata"])
+OWNERS = st.sampled_from(["us", "other", "twin", "earlier", "none", "no-metadata"])
 STORED_KEYS = KEYS.filter(lambda key: key_problem(key) is None)  # the server refuses the rest
 
 
@@ -383,6 +386,8 @@ def plan_inputs(draw: st.DrawFn) -> PlanInput:
             destination[key] = ours(stored, OTHER)
         elif who == "twin":
             destination[key] = ours(stored, TWIN)
+        elif who == "earlier":
+            destination[key] = ours(stored, EARLIER)
         elif who == "none":
             destination[key] = unowned(stored)
         else:
@@ -419,7 +424,8 @@ def test_never_touches_foreign_or_unowned_keys_except_initial_adoption(data: Pla
         entry = data.destination[key]
         if owned_by(key, entry, US, data.ledger):
             continue
-        assert data.initial and key in result.adopt and entry.owner_ref is None
+        assert data.initial and key in result.adopt
+        assert entry.owner_ref is None or entry.meta(OWNER_UID_KEY) == EARLIER.uid
         assert key not in result.delete
     for key in result.create:
         assert key not in data.destination
@@ -462,7 +468,8 @@ def test_mass_delete_guard_holds(data: PlanInput) -> None:
         assert len(result.delete) * 2 <= len(owned_now)
         assert data.source or not result.delete
     else:
-        assert data.mass_delete_confirmation == held_plan_id(data.location, result.delete)
+        assert data.shown_hold is not None
+        assert data.mass_delete_confirmation == data.shown_hold.id
     assert set(result.delete) <= set(result.owned_before)
 
 

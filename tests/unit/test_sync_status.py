@@ -32,12 +32,15 @@ def test_a_clean_sync_is_ready_and_counts_keys() -> None:
 
 
 def test_held_deletes_are_shown_with_their_id() -> None:
-    result = Plan(held_deletes=["C", "D"], hold_reason="would delete 2 of 3", held_id="abc123")
+    result = Plan(
+        held_deletes=["C", "D"], hold_reason="would delete 2 of 3", held_id="abc123", held_since="t"
+    )
     status = succeeded_status({"lastSyncedAt": "x"}, 1, NOW, result, READ, dry_run=False)
     assert status["heldDeletes"] == {
         "keys": ["C", "D"],
         "reason": "would delete 2 of 3",
         "id": "abc123",
+        "since": "t",
     }
     assert status["syncStatus"] == "Failed" and "lastSyncedAt" not in status
     assert conditions(status)["Synced"] == ("False", "DeletionHeld")
