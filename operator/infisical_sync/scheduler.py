@@ -459,6 +459,20 @@ class Scheduler:
                 else:
                     done = await self.engine.release_owned(namespace, name, body)
             except SyncFailed as failure:
+                if action == "release" and not failure.retryable:
+                    # Retain keeps the keys either way; a connection that cannot be used (or a
+                    # refusal) must not hold the object forever. Its metadata stays: a
+                    # SecretSync of this name on this cluster adopts them on its first sync.
+                    log.warning(
+                        "%s/%s deleted: its keys are kept but still carry its ownership "
+                        "metadata (%s)",
+                        namespace,
+                        name,
+                        failure.message,
+                    )
+                    self.engine.forget(namespace, name)
+                    self.locks.pop(key, None)
+                    return
                 verb = "removing" if action == "remove" else "releasing ownership of"
                 message = (
                     f"deletionPolicy {policy}: {verb} owned keys failed: {failure.message}; "

@@ -368,6 +368,7 @@ class SyncEngine:
             "DestinationReady",
             "ConnectionNotReady",
             f"InfisicalConnection {namespace}/{connection} is not Ready: {detail}",
+            retryable=state is None,  # not validated yet (e.g. just started): soon, likely
         )
 
     async def _read_source(

@@ -556,8 +556,14 @@ async def test_retained_keys_are_released_not_removed(harness: Harness) -> None:
     assert harness.engine.removals == [] and harness.engine.releases == ["sync"]
 
 
+async def test_a_release_that_cannot_be_made_lets_go_and_keeps_the_keys(harness: Harness) -> None:
+    harness.engine.removal_error = SyncFailed("DestinationReady", "ConnectionNotReady", "gone")
+    await harness.scheduler.remove_secretsync("ns", "sync", {"spec": {}})
+    assert harness.engine.releases == [] and harness.engine.forgotten == ["sync"]
+
+
 async def test_a_failing_release_is_retried_and_abandon_lets_go(harness: Harness) -> None:
-    harness.engine.removal_error = SyncFailed("Synced", "ConnectionNotReady", "not Ready")
+    harness.engine.removal_error = SyncFailed("Synced", "ServerError", "not Ready", retryable=True)
     body: dict[str, Any] = {"metadata": {"annotations": {}}, "spec": {"deletionPolicy": "Retain"}}
     with pytest.raises(RetryLater, match="releasing ownership of owned keys failed: not Ready"):
         await harness.scheduler.remove_secretsync("ns", "sync", body)
