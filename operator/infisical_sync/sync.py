@@ -128,6 +128,12 @@ def _writes(values: Mapping[str, str], result: Plan) -> list[SecretWrite]:
     ]
 
 
+def _other_instance(status: Mapping[str, Any], session: InfisicalSession) -> bool:
+    """The last sync wrote to another instance than the connection's current one."""
+    recorded = (status.get("destinationLocation") or {}).get("instanceUrl")
+    return bool(recorded) and recorded != session.transport.base_url
+
+
 def shown_hold(status: Mapping[str, Any]) -> ShownHold | None:
     held = status.get("heldDeletes") or {}
     if not held.get("id") or not held.get("since"):
@@ -273,7 +279,9 @@ class SyncEngine:
         destination = await self._read_destination(session, location, cache, fresh=False)
         # A new destination starts afresh: its first sync is an initial one, and the ledger of
         # the old destination says nothing about keys there.
-        moved = previous.get("destination") not in (None, spec.destination.describe())
+        moved = previous.get("destination") not in (None, spec.destination.describe()) or (
+            _other_instance(previous, session)
+        )
         initial = moved or not previous.get("lastSyncedAt")
         ledger = frozenset() if moved else frozenset(previous.get("managedKeys") or [])
 
@@ -341,6 +349,7 @@ class SyncEngine:
             "projectId": location.project_id,
             "environment": location.environment,
             "secretPath": location.secret_path,
+            "instanceUrl": session.transport.base_url,
         }
         return status
 
@@ -538,7 +547,10 @@ class SyncEngine:
         except InfisicalError as exc:
             raise self._remote_failure("Synced", exc) from None
         destination = _destination_map(listing.secrets)
-        ledger = frozenset(status.get("managedKeys") or [])
+        # The ledger names keys on the instance it was written on: on another (the connection's
+        # URL changed since) a key of the same name is not ours.
+        other = _other_instance(status, session)
+        ledger = frozenset() if other else frozenset(status.get("managedKeys") or [])
         owned = {
             key: entry for key, entry in destination.items() if owned_by(key, entry, owner, ledger)
         }

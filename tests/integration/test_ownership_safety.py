@@ -11,6 +11,7 @@ from kubernetes import client
 from tests.conftest import wait_for
 from tests.integration import test_secretsync as base
 from tests.integration.test_secretsync import (
+    CONNECTIONS,
     PROJECT,
     SYNCS,
     next_cycle,
@@ -22,7 +23,7 @@ from tests.integration.test_secretsync import (
 from tests.kube_helpers import condition, create, delete, get, patch, put_secret, status
 
 from infisical_sync.planner import OWNER_CLUSTER_KEY, OWNER_KEY, OWNER_UID_KEY
-from infisical_sync.testing.fake_infisical import FakeInfisical
+from infisical_sync.testing.fake_infisical import BackgroundFake, FakeInfisical
 
 pytestmark = pytest.mark.controlplane
 Env = tuple[Any, str, FakeInfisical]
@@ -170,3 +171,35 @@ def test_an_emptied_source_is_confirmed_the_same_way(env: Env) -> None:
     wait_for(lambda: remote(fake) == {}, timeout=15)
     request_sync(kube, namespace, "after")
     wait_for(lambda: sync_status(kube, namespace) == "Succeeded")
+
+
+def test_a_ledger_says_nothing_about_another_instance(env: Env) -> None:
+    kube, namespace, fake = env
+    fake.metadata_supported = False  # ledger mode: status.managedKeys is all that says "ours"
+    put_secret(kube, namespace, "app", {"A": "1", "B": "2"})
+    create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec(deletionPolicy="Delete"))
+    wait_for(lambda: status(kube, namespace, SYNCS, "sync").get("managedKeys") == ["A", "B"])
+    patch(kube, namespace, SYNCS, "sync", {"spec": {"suspend": True}})
+    wait_for(lambda: condition(kube, namespace, SYNCS, "sync", "Ready") == ("False", "Suspended"))
+    # The connection now points at another instance (say, staging restored from a prod dump:
+    # same project IDs) whose keys of the same names are someone else's.
+    with BackgroundFake() as other:
+        other.metadata_supported = False
+        other.state.add_project("payments", project_id=PROJECT)
+        other.state.add_identity(base.CLIENT_ID, base.CLIENT_SECRET, projects={PROJECT: {}})
+        other.state.put_secret(PROJECT, "prod", "/apps/payments", "A", "theirs")
+        other.state.put_secret(PROJECT, "prod", "/apps/payments", "B", "theirs too")
+        patch(kube, namespace, CONNECTIONS, "dest", {"spec": {"instanceUrl": other.url}})
+        wait_for(
+            lambda: (
+                status(kube, namespace, CONNECTIONS, "dest").get("instanceUrl") == other.url
+                and condition(kube, namespace, CONNECTIONS, "dest", "Ready")
+                == ("True", "Validated")
+            )
+        )
+        delete(kube, namespace, SYNCS, "sync")
+        wait_for(lambda: get(kube, namespace, SYNCS, "sync") is None, timeout=30)
+        assert other.state.get_secrets(PROJECT, "prod", "/apps/payments") == {
+            "A": "theirs",
+            "B": "theirs too",
+        }
