@@ -121,6 +121,8 @@ class DestinationKey:
     value: str
     # None: the server returned no secretMetadata for this key (ownership falls back to the ledger)
     metadata: tuple[tuple[str, str], ...] | None = ()
+    # Metadata entries stored encrypted: written back, they must stay encrypted.
+    encrypted: frozenset[str] = frozenset()
 
     def meta(self, name: str) -> str | None:
         for key, value in self.metadata or ():
@@ -186,6 +188,7 @@ class Plan:
     # Updates whose value is already right: only the metadata is written (no value sent, so the
     # key's version and what watches it do not change).
     metadata_only: set[str] = field(default_factory=set)
+    encrypted: dict[str, frozenset[str]] = field(default_factory=dict)  # kept encrypted entries
 
     @property
     def writes(self) -> int:
@@ -337,6 +340,7 @@ def plan(data: PlanInput) -> Plan:
             result.adopt.append(dest_key)
         result.update[dest_key] = value
         result.metadata[dest_key] = ownership_metadata(data.owner, entry.metadata)
+        result.encrypted[dest_key] = entry.encrypted
         if entry.value == value and entry.metadata is not None:
             result.metadata_only.add(dest_key)
 

@@ -113,7 +113,8 @@ def _destination_map(listing_secrets: Any) -> dict[str, DestinationKey]:
             if secret.metadata is None
             else tuple((entry.key, entry.value) for entry in secret.metadata)
         )
-        found[secret.key] = DestinationKey(secret.value.get_secret_value(), metadata)
+        encrypted = frozenset(e.key for e in secret.metadata or () if e.is_encrypted)
+        found[secret.key] = DestinationKey(secret.value.get_secret_value(), metadata, encrypted)
     return found
 
 
@@ -122,7 +123,7 @@ def _writes(values: Mapping[str, str], result: Plan) -> list[SecretWrite]:
         SecretWrite(
             key=key,
             value=None if key in result.metadata_only else SecretStr(value),
-            metadata=[MetadataEntry(key=k, value=v) for k, v in result.metadata[key]],
+            metadata=_metadata(result.metadata[key], result.encrypted.get(key, frozenset())),
         )
         for key, value in sorted(values.items())
     ]
@@ -139,6 +140,13 @@ def shown_hold(status: Mapping[str, Any]) -> ShownHold | None:
     if not held.get("id") or not held.get("since"):
         return None
     return ShownHold(str(held["id"]), str(held["since"]))
+
+
+def _metadata(
+    entries: tuple[tuple[str, str], ...], encrypted: frozenset[str]
+) -> list[MetadataEntry]:
+    """Entries as written back: those stored encrypted stay encrypted."""
+    return [MetadataEntry(key=k, value=v, isEncrypted=k in encrypted) for k, v in entries]
 
 
 def location_label(connection: str, location: SecretLocation) -> str:
@@ -576,9 +584,7 @@ class SyncEngine:
         items = [
             SecretWrite(
                 key=key,
-                metadata=[
-                    MetadataEntry(key=k, value=v) for k, v in without_ownership(entry.metadata)
-                ],
+                metadata=_metadata(without_ownership(entry.metadata), entry.encrypted),
             )
             for key, entry in sorted((found[2] if found else {}).items())
             if entry.metadata is not None  # ledger mode: the ledger goes with the object

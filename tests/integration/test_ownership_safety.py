@@ -35,6 +35,11 @@ def annotations(kube: Any, namespace: str, name: str = "sync") -> dict[str, str]
     return dict(((get(kube, namespace, SYNCS, name) or {})["metadata"].get("annotations")) or {})
 
 
+def encrypted_keys(fake: FakeInfisical, key: str, path: str = "/apps/payments") -> set[str]:
+    secret = fake.state.folder(PROJECT, "prod", path)[key]  # type: ignore[index]
+    return {item["key"] for item in secret.metadata or [] if item.get("isEncrypted")}
+
+
 def metadata_keys(fake: FakeInfisical, key: str, path: str = "/apps/payments") -> dict[str, str]:
     secret = fake.state.folder(PROJECT, "prod", path)[key]  # type: ignore[index]
     return {item["key"]: item["value"] for item in secret.metadata or []}
@@ -113,7 +118,12 @@ def test_a_same_named_sync_of_another_cluster_is_a_conflict(env: Env) -> None:
 def test_retain_releases_ownership_so_another_sync_can_adopt(env: Env) -> None:
     kube, namespace, fake = env
     fake.state.put_secret(
-        PROJECT, "prod", "/apps/payments", "A", "a", [{"key": "team", "value": "payments"}]
+        PROJECT,
+        "prod",
+        "/apps/payments",
+        "A",
+        "a",
+        [{"key": "team", "value": "payments", "isEncrypted": True}],
     )
     put_secret(kube, namespace, "app", {"A": "1", "B": "2"})
     create(kube, namespace, SYNCS, "SecretSync", "first", sync_spec())  # Retain by default
@@ -122,6 +132,7 @@ def test_retain_releases_ownership_so_another_sync_can_adopt(env: Env) -> None:
     wait_for(lambda: get(kube, namespace, SYNCS, "first") is None, timeout=30)
     assert remote(fake) == {"A": "1", "B": "2"}  # kept, values and all
     assert metadata_keys(fake, "A") == {"team": "payments"}  # only our entries went
+    assert encrypted_keys(fake, "A") == {"team"}  # written back twice, still encrypted
     assert metadata_keys(fake, "B") == {}
     create(kube, namespace, SYNCS, "SecretSync", "second", sync_spec())
     wait_for(lambda: sync_status(kube, namespace, "second") == "Succeeded")

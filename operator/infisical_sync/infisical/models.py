@@ -77,7 +77,9 @@ class SecretWrite(_Wire):
             item["secretValue"] = self.value.get_secret_value()
         if self.metadata is not None:
             item["secretMetadata"] = [
-                {"key": entry.key, "value": entry.value} for entry in self.metadata
+                {"key": entry.key, "value": entry.value}
+                | ({"isEncrypted": True} if entry.is_encrypted else {})
+                for entry in self.metadata
             ]
         return item
 
