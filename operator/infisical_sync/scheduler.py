@@ -256,6 +256,10 @@ class Scheduler:
     # What the SecretSync event handler last saw, to tell spec changes and requests apart.
     seen: dict[Key, Observed] = field(default_factory=dict)
     outages: Outages = field(default_factory=Outages)
+    # The status each SecretSync's daemon last wrote: a removal that waited for a sync in
+    # flight acts on what that sync recorded (where it wrote, what it owns), not on the older
+    # body kopf handed to the deletion handler.
+    written: dict[Key, dict[str, Any]] = field(default_factory=dict)
 
     def lock(self, key: Key) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -440,6 +444,7 @@ class Scheduler:
                 return None
         self.outages.succeeded(key)
         state.written = {**(state.written or dict(body.get("status") or {})), **result.status}
+        self.written[key] = state.written
         return result
 
     async def remove_secretsync(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
@@ -450,9 +455,13 @@ class Scheduler:
         if action == "let go":
             self.engine.forget(namespace, name)
             self.locks.pop(key, None)
+            self.written.pop(key, None)
             return
         policy = "Delete" if action == "remove" else "Retain"
         async with self.lock(key):
+            latest = self.written.pop(key, None)
+            if latest is not None:
+                body = {**body, "status": {**(body.get("status") or {}), **latest}}
             try:
                 if action == "remove":
                     done = await self.engine.remove_owned(namespace, name, body)

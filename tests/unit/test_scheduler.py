@@ -89,6 +89,7 @@ class FakeEngine:
     runs: list[Mapping[str, Any] | None] = field(default_factory=list)
     removals: list[str] = field(default_factory=list)
     releases: list[str] = field(default_factory=list)
+    removal_bodies: list[Mapping[str, Any]] = field(default_factory=list)
     forgotten: list[str] = field(default_factory=list)
     removal_error: SyncFailed | None = None
 
@@ -110,6 +111,7 @@ class FakeEngine:
         if self.removal_error is not None:
             raise self.removal_error
         self.removals.append(name)
+        self.removal_bodies.append(body)
         return 1
 
     async def release_owned(self, namespace: str, name: str, body: Mapping[str, Any]) -> int:
@@ -594,3 +596,23 @@ async def test_a_deleted_connection_keeps_its_session_when_its_daemon_stops(
     harness.stopped.set()
     await task
     assert harness.connections.forgotten == []
+
+
+async def test_a_removal_after_a_sync_acts_on_what_that_sync_wrote(harness: Harness) -> None:
+    """kopf's body for the deletion can predate a sync that finished while it waited."""
+    moved = {"destinationLocation": {"connection": "c", "secretPath": "/new"}}
+    harness.engine.results = [ok(**moved)]
+    task = harness.start(
+        harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped)
+    )
+    await harness.sleeping(1)
+    stale = {
+        "metadata": {},
+        "spec": {"deletionPolicy": "Delete"},
+        "status": {"destinationLocation": {"connection": "c", "secretPath": "/old"}},
+    }
+    await harness.scheduler.remove_secretsync("ns", "sync", stale)
+    harness.stopped.set()
+    await task
+    removed = harness.engine.removal_bodies[0]["status"]
+    assert removed["destinationLocation"]["secretPath"] == "/new"
