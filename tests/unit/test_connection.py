@@ -176,3 +176,15 @@ async def test_a_redirect_at_login_is_not_a_ca_problem(harness: Harness) -> None
     assert outcome.reason == "Redirected"
     assert "instanceUrl" in outcome.message and "CA" not in outcome.message
     assert harness.condition("CredentialsValid")[:2] == ("Unknown", "Redirected")
+
+
+async def test_a_redirect_to_a_malformed_location_ends_a_ready_connection(
+    harness: Harness,
+) -> None:
+    assert (await harness.reconcile(force_login=True)).ready
+    harness.fake.inject(Fault("status", "/login$", status=302, location="h:secretport"))
+    outcome = await harness.reconcile(force_login=True)
+    status, reason, message = harness.condition("Ready")
+    assert (status, reason) == ("False", "Redirected") and not outcome.ready
+    assert "gave an invalid Location" in message and "secretport" not in message
+    assert harness.events == [("Normal", "Ready"), ("Warning", "Redirected")]

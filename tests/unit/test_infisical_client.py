@@ -7,6 +7,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Callable
 
+import httpx
 import pytest
 from pydantic import SecretStr
 
@@ -26,7 +27,11 @@ from infisical_sync.infisical.errors import (
     ValidationFailed,
 )
 from infisical_sync.infisical.models import SecretLocation, SecretWrite
-from infisical_sync.infisical.transport import InstanceTransport, TransportOptions
+from infisical_sync.infisical.transport import (
+    InstanceTransport,
+    TransportOptions,
+    redirect_message,
+)
 from infisical_sync.testing.fake_infisical import FakeInfisical, Fault
 
 CLIENT_ID = "22222222-2222-4222-8222-222222222222"
@@ -748,3 +753,32 @@ async def test_no_secret_in_logs_reprs_or_errors(
         record.levelno == logging.DEBUG and record.name.startswith("infisical_sync")
         for record in caplog.records
     )
+
+
+@pytest.mark.parametrize(
+    "location", ["https://[canary", "canary:secretport", "https://new.example.com:secretport/"]
+)
+async def test_a_redirect_to_an_invalid_location_is_reported_without_quoting_it(
+    fake: FakeInfisical, session: InfisicalSession, location: str
+) -> None:
+    fake.inject(Fault("status", LOGIN, status=302, location=location))
+    with pytest.raises(Redirected) as caught:
+        await session.validate(force_login=True)
+    assert "gave an invalid Location" in str(caught.value)
+    assert "canary" not in str(caught.value) and "secretport" not in str(caught.value)
+    assert caught.value.status == 302
+
+
+@pytest.mark.parametrize(
+    ("location", "where"),
+    [
+        ("https://new.example.com/\x01canary", "gave an invalid Location"),  # aiohttp won't send it
+        ("https://[::1]:8443/api", "redirects to https://[::1]:8443/api;"),
+        ("/elsewhere?canary", "redirects to http://127.0.0.1:8080/elsewhere;"),
+    ],
+)
+def test_redirect_messages(location: str, where: str) -> None:
+    request = httpx.Request("POST", "http://127.0.0.1:8080/api/v1/auth/universal-auth/login")
+    response = httpx.Response(302, headers={"location": location}, request=request)
+    message = redirect_message(response, "login")
+    assert where in message and "canary" not in message

@@ -33,6 +33,8 @@ from infisical_sync.infisical.errors import (
 log = logging.getLogger(__name__)
 _RETRY_IN = re.compile(r"try again in (\d+) second", re.IGNORECASE)
 DEFAULT_RATE_LIMIT_WAIT = 60.0
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_HOST_PORT = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*\.?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{{1,5}})?")
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,9 @@ class InstanceTransport:
             ),
             headers={"User-Agent": "infisical-sync-operator"},
             follow_redirects=False,
+            # httpx parses a 3xx's Location even when it does not follow it, and a malformed one
+            # raises out of request() with the response lost: take every 3xx before that.
+            event_hooks={"response": [_refuse_redirects]},
         )
 
     async def aclose(self) -> None:
@@ -195,6 +200,12 @@ class InstanceTransport:
                         )
                     finally:
                         self.in_flight -= 1
+            except _RedirectAnswer as answer:
+                self._count(endpoint, str(answer.response.status_code))
+                raise Redirected(
+                    redirect_message(answer.response, f"{method} {endpoint}"),
+                    status=answer.response.status_code,
+                ) from None
             except (httpx.TimeoutException, TimeoutError):
                 self._count(endpoint, "timeout")
                 last_error = Unreachable(
@@ -220,10 +231,6 @@ class InstanceTransport:
                 response.status_code,
                 (self._clock() - started) * 1000,
             )
-            if 300 <= response.status_code < 400 and response.status_code != 304:
-                raise Redirected(
-                    redirect_message(response, f"{method} {endpoint}"), status=response.status_code
-                )
             if response.status_code == 429:
                 seconds = retry_after_seconds(response)
                 self._blocked_until = max(self._blocked_until, self._clock() + seconds)
@@ -250,19 +257,44 @@ class InstanceTransport:
         metrics.API_CALLS.labels(self.instance, endpoint, status).inc()
 
 
+class _RedirectAnswer(Exception):
+    """Raised by the response hook for a 3xx; send() turns it into Redirected."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
+async def _refuse_redirects(response: httpx.Response) -> None:
+    if 300 <= response.status_code < 400 and response.status_code != 304:  # 304: If-None-Match
+        raise _RedirectAnswer(response)
+
+
 def redirect_message(response: httpx.Response, what: str) -> str:
     """Where a 3xx pointed, without its query string (redirects are never followed)."""
     location = response.headers.get("location")
     if location:
-        target = urlsplit(str(response.url.join(location)))
-        host = target.netloc.rpartition("@")[2]  # never userinfo
-        where = f"redirects to {target.scheme}://{host}{target.path}"
+        target = _redirect_target(response, location)
+        where = "gave an invalid Location" if target is None else f"redirects to {target}"
     else:
         where = "gave no Location"
     return (
         f"{what} answered {response.status_code}: {where}; redirects are not followed, "
         "set instanceUrl to the final URL of the Infisical API"
     )
+
+
+def _redirect_target(response: httpx.Response, location: str) -> str | None:
+    """scheme://host[:port]/path of a Location, or None when it is no usable http(s) URL (then
+    nothing of it is quoted: a malformed header may hold anything)."""
+    try:
+        target = urlsplit(str(response.url.join(location)))
+        host = target.netloc.rpartition("@")[2]  # never userinfo
+        if target.scheme not in ("http", "https") or not _HOST_PORT.fullmatch(host):
+            return None
+        return f"{target.scheme}://{host}{target.path}"
+    except (httpx.InvalidURL, ValueError):
+        return None
 
 
 def _short(exc: BaseException) -> str:
