@@ -188,3 +188,15 @@ async def test_a_redirect_to_a_malformed_location_ends_a_ready_connection(
     assert (status, reason) == ("False", "Redirected") and not outcome.ready
     assert "gave an invalid Location" in message and "secretport" not in message
     assert harness.events == [("Normal", "Ready"), ("Warning", "Redirected")]
+
+
+# --- re-validation with the cached token (issue 8, item 9) ---------------------------------------
+
+
+async def test_a_cached_token_refused_by_trusted_ips_ends_ready(harness: Harness) -> None:
+    assert (await harness.reconcile(force_login=True)).ready
+    harness.fake.inject(Fault("status", r"^/api/v1/projects$", status=403, error="ForbiddenError"))
+    outcome = await harness.reconcile()
+    assert not outcome.ready
+    assert harness.condition("Ready")[:2] == ("False", "Forbidden")
+    assert harness.events == [("Normal", "Ready"), ("Warning", "Forbidden")]

@@ -295,6 +295,29 @@ async def test_a_probe_refused_for_identities_still_proves_the_token(
     assert fake.count(LOGIN) == 1
 
 
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [
+        # The token's trusted IPs changed: the token is refused for every call.
+        (Fault("status", PROBE, status=403, error="ForbiddenError"), Forbidden),
+        (Fault("status", PROBE, status=403, error="PermissionDenied"), Forbidden),
+        (Fault("status", PROBE, status=304), ServerError),
+        (Fault("status", PROBE, status=200, body="<html>proxy login</html>"), ServerError),
+        (Fault("status", PROBE, status=200, error="NoProjectsHere"), ServerError),  # no list
+        (Fault("status", PROBE, status=404, error="NotFound"), NotFound),
+    ],
+)
+async def test_a_probe_answer_that_proves_nothing_fails_validation(
+    fake: FakeInfisical, session: InfisicalSession, fault: Fault, error: type[Exception]
+) -> None:
+    await session.validate(force_login=True)
+    fake.inject(fault)
+    with pytest.raises(error) as caught:
+        await session.validate(force_login=False)
+    assert type(caught.value) is error
+    assert fake.count(LOGIN) == 1
+
+
 async def test_without_the_probe_route_revalidation_logs_in_and_revokes(
     fake: FakeInfisical, session: InfisicalSession
 ) -> None:

@@ -38,6 +38,7 @@ from infisical_sync.infisical.errors import (
 from infisical_sync.infisical.models import (
     LoginResult,
     Project,
+    ProjectList,
     SecretListing,
     SecretLocation,
     SecretWrite,
@@ -56,8 +57,8 @@ LOGIN_PATH = "/api/v1/auth/universal-auth/login"
 # the same slug gets a new id); a 403 or 404 for the project drops the entry at once.
 PROJECT_ID_TTL = 600.0
 # Re-validation with a cached token: the projects the identity is a member of. Open to any
-# identity (no permission beyond membership), read bucket, and authenticated before anything
-# else, so any answer but 401 / 403 TokenError proves the token.
+# identity (no permission beyond membership), read bucket. Only its list, or the 403 of a server
+# that serves it to users only, proves the token.
 PROBE_PATH = "/api/v1/projects"
 # After a login refused with 401, the same credentials are not tried again for this long (unless
 # the spec changes): Infisical locks an identity for 300 s after 3 failed logins within 30 s, so
@@ -156,6 +157,14 @@ def _token_rejected(response: httpx.Response) -> bool:
     if response.status_code == 403:
         return remote_details(response).get("error") == "TokenError"
     return False
+
+
+def _users_only(response: httpx.Response) -> bool:
+    """The 403 of a route that serves user sessions only (older servers' project list): Infisical
+    answers `error: "Forbidden access to <url>"` after it verified the token."""
+    return response.status_code == 403 and str(remote_details(response).get("error")).startswith(
+        "Forbidden access to "
+    )
 
 
 def _route_missing(response: httpx.Response) -> bool:
@@ -299,8 +308,12 @@ class InfisicalSession:
         if _token_rejected(response):
             self._drop(token)  # refused: nothing left to revoke
             return False
-        # Anything else was answered after the token was verified (a 403 here: a server that
-        # serves the list to users only). Errors of the instance itself were raised by send().
+        if _users_only(response):
+            return True  # the token was verified before the route refused the auth mode
+        # Only the list itself proves the token; any other answer fails validation with its
+        # own reason (a 403 Forbidden, e.g. trusted IPs that changed; a proxy's page; a 304).
+        raise_for_response(response, "token check (project list)")
+        _parse(ProjectList, response, "token check (project list)")
         return True
 
     async def _access_token(self) -> _Token:
