@@ -261,6 +261,10 @@ class InfisicalSession:
             return None
         return dt.datetime.fromtimestamp(self._token.expires_at_wall, dt.UTC)
 
+    def holds_token_for(self, credentials: Credentials) -> bool:
+        """A token obtained with exactly these credentials is cached (rotation drops it)."""
+        return self._token is not None and self.credentials.version == credentials.version
+
     def replace_credentials(self, credentials: Credentials) -> _Token | None:
         """Rotation: a new client ID or secret drops the cached token (returned for revocation)."""
         if credentials.version == self.credentials.version:
