@@ -422,6 +422,53 @@ async def test_clients_for_urls_no_session_uses_are_closed(fake: FakeInfisical) 
             await pool.aclose()
 
 
+async def test_a_retired_session_never_logs_in_again(fake: FakeInfisical) -> None:
+    async with FakeInfisical() as other:
+        other.state.add_identity(CLIENT_ID, CANARY_SECRET)
+        pool = ClientPool(FAST)
+        try:
+            old = pool.session(
+                "ns/a", instance_url=fake.url, credentials=credentials(), allow_http=True
+            )
+            pool.session("ns/b", instance_url=fake.url, credentials=credentials(), allow_http=True)
+            await old.validate(force_login=True)
+            pool.session("ns/a", instance_url=other.url, credentials=credentials(), allow_http=True)
+            await until(lambda: fake.count(REVOKE, status=200) == 1)
+            # A SecretSync cycle still holding the old session: its client is open (ns/b).
+            with pytest.raises(Unreachable) as caught:
+                await old.list_secrets(LOCATION)
+            assert "connection settings changed" in str(caught.value)
+            assert fake.count(LOGIN) == 1
+            assert not [t for t in fake.state.tokens.values() if not t.revoked]
+        finally:
+            await pool.aclose()
+
+
+async def test_a_login_in_flight_when_its_session_retires_leaves_no_live_token(
+    fake: FakeInfisical,
+) -> None:
+    async with FakeInfisical() as other:
+        other.state.add_identity(CLIENT_ID, CANARY_SECRET)
+        pool = ClientPool(FAST)
+        try:
+            old = pool.session(
+                "ns/a", instance_url=fake.url, credentials=credentials(), allow_http=True
+            )
+            fake.inject(Fault("latency", LOGIN, delay=0.3, times=1))
+            validation = asyncio.create_task(old.validate(force_login=True))
+            await until(lambda: fake.in_flight == 1)
+            pool.session("ns/a", instance_url=other.url, credentials=credentials(), allow_http=True)
+            with pytest.raises(Unreachable) as caught:
+                await validation
+            assert "connection settings changed" in str(caught.value)
+            # The token it got is revoked over the old client, closed only after that.
+            await until(lambda: old.transport.closed)
+            assert len(fake.state.tokens) == 1
+            assert all(token.revoked for token in fake.state.tokens.values())
+        finally:
+            await pool.aclose()
+
+
 async def test_the_project_slug_cache_is_dropped_when_the_project_is_gone(
     fake: FakeInfisical, session: InfisicalSession
 ) -> None:

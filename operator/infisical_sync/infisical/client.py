@@ -33,6 +33,7 @@ from infisical_sync.infisical.errors import (
     NotFound,
     Redirected,
     ServerError,
+    Unreachable,
     ValidationFailed,
 )
 from infisical_sync.infisical.models import (
@@ -250,6 +251,7 @@ class InfisicalSession:
         self._project_ids: dict[str, tuple[str, float]] = {}  # slug -> (id, resolved at)
         self._refusal: _LoginRefusal | None = None
         self._probe_supported = True
+        self.retired = False  # the connection moved to another URL or CA: no more tokens here
         self.logins = 0
         self.renewals = 0
 
@@ -260,6 +262,13 @@ class InfisicalSession:
         if self._token is None or self._token.expires_at_wall is None:
             return None
         return dt.datetime.fromtimestamp(self._token.expires_at_wall, dt.UTC)
+
+    def retire(self) -> _Token | None:
+        """No token is obtained from now on; the cached one is returned for revocation. A login
+        or renewal already under way revokes what it gets."""
+        self.retired = True
+        token, self._token = self._token, None
+        return token
 
     def holds_token_for(self, credentials: Credentials) -> bool:
         """A token obtained with exactly these credentials is cached (rotation drops it)."""
@@ -340,6 +349,8 @@ class InfisicalSession:
 
     async def _login(self) -> None:
         while True:
+            if self.retired:
+                raise _settings_changed()
             credentials = self.credentials
             refusal = self._refusal
             if refusal is not None and refusal.applies(credentials, self._clock()):
@@ -350,16 +361,19 @@ class InfisicalSession:
             }
             if credentials.organization_slug:
                 body["organizationSlug"] = credentials.organization_slug
-            response = await self.transport.send(
-                "POST", LOGIN_PATH, endpoint="auth.login", json=body
-            )
-            if self._rotated_since(credentials):
-                # The credentials were replaced while this login was on its way: whatever it
-                # got is for the old ones. Revoke a token it got, then log in with the new ones.
-                if response.status_code == 200:
-                    stale = _parse(LoginResult, response, "login")
-                    await self._revoke_value(stale.access_token)
-                continue
+            with self.transport.in_use():  # a retirement closes the client only after the revoke
+                response = await self.transport.send(
+                    "POST", LOGIN_PATH, endpoint="auth.login", json=body
+                )
+                if self.retired or self._rotated_since(credentials):
+                    # Retired, or the credentials were replaced while this login was on its
+                    # way: whatever it got must not stay live. Revoke a token it got.
+                    if response.status_code == 200:
+                        stale = _parse(LoginResult, response, "login")
+                        await self._revoke_value(stale.access_token)
+                    if self.retired:
+                        raise _settings_changed()
+                    continue  # log in with the new credentials
             try:
                 raise_for_response(response, "Universal Auth login")
             except InvalidCredentials as exc:
@@ -404,6 +418,8 @@ class InfisicalSession:
         return self._refusal.again(now)
 
     async def _renew(self, token: _Token) -> None:
+        if self.retired:
+            raise _settings_changed()
         credentials = self.credentials
         response = await self.transport.send(
             "POST",
@@ -411,6 +427,8 @@ class InfisicalSession:
             endpoint="auth.renew",
             json={"accessToken": token.value.get_secret_value()},
         )
+        if self.retired:  # retirement revoked that token (or is revoking it): never store it
+            raise _settings_changed()
         if self._rotated_since(credentials):
             # That token was dropped (and is being revoked) by the rotation: never store it.
             raise InvalidCredentials("the credentials were replaced during the token renewal")
@@ -658,6 +676,11 @@ class InfisicalSession:
         self._check(response, what, location)
 
 
+def _settings_changed() -> Unreachable:
+    """For callers still holding a retired session: worth retrying, with the new session."""
+    return Unreachable("connection settings changed; retrying with the new ones")
+
+
 def _flag(value: bool) -> str:
     return "true" if value else "false"
 
@@ -722,9 +745,17 @@ class ClientPool:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _retire(self, key: _InstanceKey, session: InfisicalSession) -> None:
-        """Revoke a session's token over its own client, then close that client if unused."""
-        await session.revoke()
+    def _retire(self, key: _InstanceKey, session: InfisicalSession) -> Coroutine[Any, Any, None]:
+        """Stop a session obtaining tokens at once. The returned work revokes its token over its
+        own client, then closes that client once no session uses it and nothing is in flight."""
+        token = session.retire()
+        return self._revoke_and_close(key, session, token)
+
+    async def _revoke_and_close(
+        self, key: _InstanceKey, session: InfisicalSession, token: _Token | None
+    ) -> None:
+        if token is not None:
+            await session.revoke(token)
         await self._close_if_unused(key)
 
     async def _close_if_unused(self, key: _InstanceKey) -> None:
@@ -732,7 +763,7 @@ class ClientPool:
             return
         transport = self._transports.pop(key, None)
         if transport is not None:
-            await transport.aclose()
+            await transport.aclose_when_idle()
 
     async def drop(self, connection: str) -> None:
         entry = self._sessions.pop(connection, None)
@@ -741,7 +772,7 @@ class ClientPool:
 
     async def aclose(self) -> None:
         for _, session in list(self._sessions.values()):
-            await session.revoke()
+            await session.revoke(session.retire())
         self._sessions.clear()
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)

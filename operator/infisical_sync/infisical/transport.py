@@ -7,12 +7,13 @@ Every resource that talks to the same instance shares one `InstanceTransport`, s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import re
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypedDict
 from urllib.parse import urlsplit
@@ -107,6 +108,9 @@ class InstanceTransport:
         self._semaphore = asyncio.Semaphore(self.options.concurrency)
         self.in_flight = 0
         self.max_in_flight = 0
+        self._users = 0  # sends under way, and logins until they have revoked what they got
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.v4_supported: bool | None = None  # learnt on first use
         verify: ssl.SSLContext | bool = True
         if parts.scheme == "https":
@@ -139,6 +143,24 @@ class InstanceTransport:
         )
 
     async def aclose(self) -> None:
+        await self._http.aclose()
+
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[None]:
+        """Keeps the client open while held: a retirement's close waits for it."""
+        self._users += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._users -= 1
+            if not self._users:
+                self._idle.set()
+
+    async def aclose_when_idle(self) -> None:
+        """Close once nothing uses the client (the connection moved to another URL or CA)."""
+        while self._users:
+            await self._idle.wait()
         await self._http.aclose()
 
     @property
@@ -176,6 +198,21 @@ class InstanceTransport:
         headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         """Send with retries. Returns any non-retryable response (callers map 4xx to errors)."""
+        with self.in_use():
+            return await self._send(
+                method, path, endpoint=endpoint, json=json, params=params, headers=headers
+            )
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        endpoint: str,
+        json: Any,
+        params: dict[str, str] | None,
+        headers: dict[str, str] | None,
+    ) -> httpx.Response:
         last_error: InfisicalError | None = None
         for attempt in range(self.options.max_attempts):
             if attempt:
