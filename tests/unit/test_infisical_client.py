@@ -270,9 +270,25 @@ async def test_a_replaced_token_is_always_revoked(
     await session.validate(force_login=True)  # the spec changed: a fresh login
     clock.now += 21  # renewal due, but it would pass the max TTL: a login
     await session.list_secrets(LOCATION)
+    await session.settle()  # replaced tokens are revoked in the background
     assert (fake.count(LOGIN), fake.count(REVOKE, status=200)) == (3, 2)
     live = [token for token in fake.state.tokens.values() if not token.revoked]
     assert len(live) == 1
+
+
+async def test_a_replaced_token_is_revoked_off_the_login_path(fake: FakeInfisical) -> None:
+    pool = ClientPool(FAST)
+    session = pool.session(
+        "ns/conn", instance_url=fake.url, credentials=credentials(), allow_http=True
+    )
+    await session.validate(force_login=True)
+    first = next(iter(fake.state.tokens.values()))
+    fake.inject(Fault("latency", REVOKE, delay=1.0))  # a slow revocation (or one in back-off)
+    await session.validate(force_login=True)
+    # The login did not wait for it, so callers waiting for the session lock do not either.
+    assert not first.revoked
+    await pool.aclose()  # waits for revocations under way
+    assert first.revoked and fake.count(REVOKE, status=200) == 2
 
 
 async def test_a_refused_token_leads_to_a_login_without_revoking_it(
@@ -326,6 +342,7 @@ async def test_without_the_probe_route_revalidation_logs_in_and_revokes(
     assert (await session.validate(force_login=False)).logged_in
     assert (await session.validate(force_login=False)).logged_in
     assert fake.count(PROBE) == 1  # learnt once
+    await session.settle()
     assert (fake.count(LOGIN), fake.count(REVOKE, status=200)) == (3, 2)
 
 
@@ -346,7 +363,7 @@ async def test_rotation_drops_the_cached_token(fake: FakeInfisical) -> None:
         assert same is session
         await session.list_secrets(LOCATION)
         assert fake.count(LOGIN) == 2
-        await asyncio.sleep(0.05)  # the old token is revoked in the background
+        await session.settle()  # the old token is revoked in the background
         assert fake.count(r"/auth/token/revoke$") == 1
     finally:
         await pool.aclose()

@@ -252,6 +252,7 @@ class InfisicalSession:
         self._refusal: _LoginRefusal | None = None
         self._probe_supported = True
         self.retired = False  # the connection moved to another URL or CA: no more tokens here
+        self._revocations: set[asyncio.Task[None]] = set()
         self.logins = 0
         self.renewals = 0
 
@@ -370,7 +371,7 @@ class InfisicalSession:
                     # way: whatever it got must not stay live. Revoke a token it got.
                     if response.status_code == 200:
                         stale = _parse(LoginResult, response, "login")
-                        await self._revoke_value(stale.access_token)
+                        self._revoke_later(stale.access_token)
                     if self.retired:
                         raise _settings_changed()
                     continue  # log in with the new credentials
@@ -383,7 +384,9 @@ class InfisicalSession:
             replaced = self._token
             self._store(result, fresh=True)
             if replaced is not None and not replaced.expired(self._clock()):
-                await self.revoke(replaced)  # still valid: never leave it live
+                # Still valid: never leave it live. Not awaited here: this runs under the lock
+                # and a revocation may wait out retries or a 429 gate.
+                self._revoke_later(replaced.value)
             self.logins += 1
             metrics.TOKEN_EVENTS.labels(self.transport.instance, "login").inc()
             log.info("logged in to %s as %s", self.transport.instance, credentials.client_id)
@@ -464,6 +467,26 @@ class InfisicalSession:
             return
         await self._revoke_value(token.value)
         self._drop(token)
+
+    def revoke_later(self, token: _Token) -> None:
+        """revoke() off the caller's path; the client stays open until it is done."""
+        self._drop(token)
+        self._revoke_later(token.value)
+
+    def _revoke_later(self, value: SecretStr) -> None:
+        self.transport.hold()  # taken now: a close must not slip in before the task runs
+        task = asyncio.get_running_loop().create_task(self._revoke_value(value))
+        self._revocations.add(task)
+        task.add_done_callback(self._revocation_done)
+
+    def _revocation_done(self, task: asyncio.Task[None]) -> None:
+        self._revocations.discard(task)
+        self.transport.release()
+
+    async def settle(self) -> None:
+        """Wait for the revocations under way."""
+        while self._revocations:
+            await asyncio.gather(*self._revocations, return_exceptions=True)
 
     async def _revoke_value(self, value: SecretStr) -> None:
         with contextlib.suppress(InfisicalError, httpx.HTTPError):
@@ -700,7 +723,7 @@ class ClientPool:
         self.chunk_size = chunk_size
         self._transports: dict[_InstanceKey, InstanceTransport] = {}
         self._sessions: dict[str, tuple[_InstanceKey, InfisicalSession]] = {}
-        self._pending: set[asyncio.Task[None]] = set()  # revocations, retirements
+        self._pending: set[asyncio.Task[None]] = set()  # retirements
 
     def session(
         self,
@@ -728,7 +751,7 @@ class ClientPool:
             session = existing[1]
             old_token = session.replace_credentials(credentials)
             if old_token is not None:
-                self._in_background(session.revoke(old_token))
+                session.revoke_later(old_token)
             return session
         session = InfisicalSession(transport, credentials, chunk_size=self.chunk_size)
         self._sessions[connection] = (key, session)
@@ -756,6 +779,7 @@ class ClientPool:
     ) -> None:
         if token is not None:
             await session.revoke(token)
+        await session.settle()  # so that aclose(), awaiting this, awaits its revocations too
         await self._close_if_unused(key)
 
     async def _close_if_unused(self, key: _InstanceKey) -> None:
@@ -771,11 +795,14 @@ class ClientPool:
             await self._retire(*entry)
 
     async def aclose(self) -> None:
-        for _, session in list(self._sessions.values()):
-            await session.revoke(session.retire())
+        sessions = [session for _, session in self._sessions.values()]
         self._sessions.clear()
+        for session in sessions:
+            await session.revoke(session.retire())
+        for session in sessions:
+            await session.settle()
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
         transports, self._transports = list(self._transports.values()), {}
         for transport in transports:
-            await transport.aclose()
+            await transport.aclose()  # shutting down: requests still under way are cut

@@ -108,7 +108,7 @@ class InstanceTransport:
         self._semaphore = asyncio.Semaphore(self.options.concurrency)
         self.in_flight = 0
         self.max_in_flight = 0
-        self._users = 0  # sends under way, and logins until they have revoked what they got
+        self._users = 0  # sends, revocations and logins under way (see hold())
         self._idle = asyncio.Event()
         self._idle.set()
         self.v4_supported: bool | None = None  # learnt on first use
@@ -145,17 +145,23 @@ class InstanceTransport:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    @contextlib.contextmanager
-    def in_use(self) -> Iterator[None]:
-        """Keeps the client open while held: a retirement's close waits for it."""
+    def hold(self) -> None:
+        """Keep the client open until release(): a retirement's close waits for it."""
         self._users += 1
         self._idle.clear()
+
+    def release(self) -> None:
+        self._users -= 1
+        if not self._users:
+            self._idle.set()
+
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[None]:
+        self.hold()
         try:
             yield
         finally:
-            self._users -= 1
-            if not self._users:
-                self._idle.set()
+            self.release()
 
     async def aclose_when_idle(self) -> None:
         """Close once nothing uses the client (the connection moved to another URL or CA)."""
