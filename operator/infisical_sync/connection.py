@@ -7,6 +7,7 @@ connection's daemon and passes in how to post Events.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
@@ -51,6 +52,9 @@ class Outcome:
     instance_url: str | None = None
     token_expires_at: dt.datetime | None = None
     retry_after: float | None = None
+    # An unforced validation whose session still caches a token obtained with exactly these
+    # credentials, URL and CA: they were validated before, so a 429 may defer this one.
+    validated_before: bool = False
 
     @property
     def credentials_status(self) -> str:
@@ -205,6 +209,7 @@ class ConnectionReconciler:
                 )
             ca_pem = ca_secret.data[ca_ref.key].decode(errors="replace")
         credentials = Credentials(client_id, client_secret, spec.organization_slug or None)
+        session: InfisicalSession | None = None
         try:
             session = self.pool.session(
                 connection_key(namespace, name),
@@ -216,7 +221,11 @@ class ConnectionReconciler:
             info = await session.validate(force_login=force_login)
         except InfisicalError as exc:
             # retry_after: a 429's Retry-After, or when a refused login is worth trying again.
-            return fail(exc.reason, str(exc), client_id, exc.retry_after)
+            failed = fail(exc.reason, str(exc), client_id, exc.retry_after)
+            validated_before = (
+                not force_login and session is not None and session.holds_token_for(credentials)
+            )
+            return dataclasses.replace(failed, validated_before=validated_before)
         return Outcome(
             True,
             "Validated",
@@ -241,7 +250,9 @@ class ConnectionReconciler:
             if known is not None
             else condition_status(previous.get("conditions"), "Ready") == "True"
         )
-        if was_ready and outcome.reason == RateLimited.reason:
+        # Deferred only for what was validated before: a 429 at the login for new credentials,
+        # a new URL or CA, or a changed spec leaves them unvalidated, so not Ready.
+        if was_ready and outcome.reason == RateLimited.reason and outcome.validated_before:
             session = self.pool.get(connection_key(namespace, name))
             expires_at = session.token_expires_at if session is not None else None
             outcome = deferred_by_rate_limit(outcome, expires_at)

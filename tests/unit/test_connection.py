@@ -18,6 +18,7 @@ from infisical_sync.testing.fake_infisical import FakeInfisical, Fault
 CLIENT_ID = "66666666-6666-4666-8666-666666666666"
 CLIENT_SECRET = "canary-connection-secret-0cc175b9"
 NAMESPACE, NAME = "ns", "conn"
+LOGIN = r"/universal-auth/login$"
 FAST = TransportOptions(max_attempts=2, backoff_base=0.01, backoff_cap=0.05, request_timeout=2)
 
 
@@ -51,13 +52,17 @@ class Harness:
     events: list[tuple[str, str]]
     spec: dict[str, Any]
 
-    async def reconcile(self, *, force_login: bool = False) -> Outcome:
-        body = {
+    def body(self) -> dict[str, Any]:
+        return {
             "metadata": {"namespace": NAMESPACE, "name": NAME, "generation": 1},
             "spec": self.spec,
             "status": self.kube.statuses[-1] if self.kube.statuses else {},
         }
-        outcome, _ = await self.reconciler.reconcile(NAMESPACE, NAME, body, force_login=force_login)
+
+    async def reconcile(self, *, force_login: bool = False) -> Outcome:
+        outcome, _ = await self.reconciler.reconcile(
+            NAMESPACE, NAME, self.body(), force_login=force_login
+        )
         return outcome
 
     def condition(self, type_: str) -> tuple[str, str, str]:
@@ -121,9 +126,45 @@ async def test_a_429_before_the_first_validation_is_not_ready_without_a_warning(
     assert harness.events == []
 
 
-# --- refused logins (issue 8, item 8) ------------------------------------------------------------
+async def test_a_429_at_a_forced_login_is_not_deferred(harness: Harness) -> None:
+    # The spec changed: what it says now was never validated.
+    assert (await harness.reconcile(force_login=True)).ready
+    harness.fake.inject(Fault("status", ".*", status=429, retry_after=30, times=1))
+    outcome, kick = await harness.reconciler.reconcile(
+        NAMESPACE, NAME, harness.body(), force_login=True
+    )
+    assert (outcome.ready, outcome.reason, kick) == (False, "RateLimited", False)
+    assert harness.condition("Ready")[:2] == ("False", "RateLimited")
+    assert harness.reconciler.session(NAMESPACE, NAME) is None
+    assert harness.events == [("Normal", "Ready"), ("Warning", "RateLimited")]
 
-LOGIN = r"/universal-auth/login$"
+
+async def test_a_429_at_the_login_for_rotated_credentials_is_not_deferred(
+    harness: Harness,
+) -> None:
+    assert (await harness.reconcile(force_login=True)).ready
+    harness.fake.state.identities[CLIENT_ID].client_secret = "rotated-secret"
+    harness.kube.put("identity", {"clientId": CLIENT_ID, "clientSecret": "rotated-secret"})
+    harness.fake.inject(Fault("status", LOGIN, status=429, retry_after=30, times=1))
+    outcome = await harness.reconcile()
+    assert harness.fake.count(LOGIN, status=429) == 1
+    assert (outcome.ready, outcome.reason) == (False, "RateLimited")
+    assert harness.reconciler.session(NAMESPACE, NAME) is None
+
+
+async def test_a_429_at_the_first_login_to_a_new_url_is_not_deferred(harness: Harness) -> None:
+    assert (await harness.reconcile(force_login=True)).ready
+    async with FakeInfisical() as moved:
+        moved.state.add_identity(CLIENT_ID, CLIENT_SECRET)
+        moved.inject(Fault("status", ".*", status=429, retry_after=30, times=1))
+        harness.spec = {**harness.spec, "instanceUrl": moved.url}
+        outcome = await harness.reconcile()  # e.g. a resync that found the new URL
+        assert moved.count(LOGIN, status=429) == 1
+    assert (outcome.ready, outcome.reason) == (False, "RateLimited")
+    assert harness.reconciler.session(NAMESPACE, NAME) is None
+
+
+# --- refused logins (issue 8, item 8) ------------------------------------------------------------
 
 
 async def test_a_refused_login_waits_for_new_credentials(harness: Harness) -> None:
@@ -176,3 +217,27 @@ async def test_a_redirect_at_login_is_not_a_ca_problem(harness: Harness) -> None
     assert outcome.reason == "Redirected"
     assert "instanceUrl" in outcome.message and "CA" not in outcome.message
     assert harness.condition("CredentialsValid")[:2] == ("Unknown", "Redirected")
+
+
+async def test_a_redirect_to_a_malformed_location_ends_a_ready_connection(
+    harness: Harness,
+) -> None:
+    assert (await harness.reconcile(force_login=True)).ready
+    harness.fake.inject(Fault("status", "/login$", status=302, location="h:secretport"))
+    outcome = await harness.reconcile(force_login=True)
+    status, reason, message = harness.condition("Ready")
+    assert (status, reason) == ("False", "Redirected") and not outcome.ready
+    assert "gave an invalid Location" in message and "secretport" not in message
+    assert harness.events == [("Normal", "Ready"), ("Warning", "Redirected")]
+
+
+# --- re-validation with the cached token (issue 8, item 9) ---------------------------------------
+
+
+async def test_a_cached_token_refused_by_trusted_ips_ends_ready(harness: Harness) -> None:
+    assert (await harness.reconcile(force_login=True)).ready
+    harness.fake.inject(Fault("status", r"^/api/v1/projects$", status=403, error="ForbiddenError"))
+    outcome = await harness.reconcile()
+    assert not outcome.ready
+    assert harness.condition("Ready")[:2] == ("False", "Forbidden")
+    assert harness.events == [("Normal", "Ready"), ("Warning", "Forbidden")]

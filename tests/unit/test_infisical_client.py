@@ -7,6 +7,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Callable
 
+import httpx
 import pytest
 from pydantic import SecretStr
 
@@ -26,7 +27,11 @@ from infisical_sync.infisical.errors import (
     ValidationFailed,
 )
 from infisical_sync.infisical.models import SecretLocation, SecretWrite
-from infisical_sync.infisical.transport import InstanceTransport, TransportOptions
+from infisical_sync.infisical.transport import (
+    InstanceTransport,
+    TransportOptions,
+    redirect_message,
+)
 from infisical_sync.testing.fake_infisical import FakeInfisical, Fault
 
 CLIENT_ID = "22222222-2222-4222-8222-222222222222"
@@ -265,9 +270,25 @@ async def test_a_replaced_token_is_always_revoked(
     await session.validate(force_login=True)  # the spec changed: a fresh login
     clock.now += 21  # renewal due, but it would pass the max TTL: a login
     await session.list_secrets(LOCATION)
+    await session.settle()  # replaced tokens are revoked in the background
     assert (fake.count(LOGIN), fake.count(REVOKE, status=200)) == (3, 2)
     live = [token for token in fake.state.tokens.values() if not token.revoked]
     assert len(live) == 1
+
+
+async def test_a_replaced_token_is_revoked_off_the_login_path(fake: FakeInfisical) -> None:
+    pool = ClientPool(FAST)
+    session = pool.session(
+        "ns/conn", instance_url=fake.url, credentials=credentials(), allow_http=True
+    )
+    await session.validate(force_login=True)
+    first = next(iter(fake.state.tokens.values()))
+    fake.inject(Fault("latency", REVOKE, delay=1.0))  # a slow revocation (or one in back-off)
+    await session.validate(force_login=True)
+    # The login did not wait for it, so callers waiting for the session lock do not either.
+    assert not first.revoked
+    await pool.aclose()  # waits for revocations under way
+    assert first.revoked and fake.count(REVOKE, status=200) == 2
 
 
 async def test_a_refused_token_leads_to_a_login_without_revoking_it(
@@ -290,6 +311,29 @@ async def test_a_probe_refused_for_identities_still_proves_the_token(
     assert fake.count(LOGIN) == 1
 
 
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [
+        # The token's trusted IPs changed: the token is refused for every call.
+        (Fault("status", PROBE, status=403, error="ForbiddenError"), Forbidden),
+        (Fault("status", PROBE, status=403, error="PermissionDenied"), Forbidden),
+        (Fault("status", PROBE, status=304), ServerError),
+        (Fault("status", PROBE, status=200, body="<html>proxy login</html>"), ServerError),
+        (Fault("status", PROBE, status=200, error="NoProjectsHere"), ServerError),  # no list
+        (Fault("status", PROBE, status=404, error="NotFound"), NotFound),
+    ],
+)
+async def test_a_probe_answer_that_proves_nothing_fails_validation(
+    fake: FakeInfisical, session: InfisicalSession, fault: Fault, error: type[Exception]
+) -> None:
+    await session.validate(force_login=True)
+    fake.inject(fault)
+    with pytest.raises(error) as caught:
+        await session.validate(force_login=False)
+    assert type(caught.value) is error
+    assert fake.count(LOGIN) == 1
+
+
 async def test_without_the_probe_route_revalidation_logs_in_and_revokes(
     fake: FakeInfisical, session: InfisicalSession
 ) -> None:
@@ -298,6 +342,7 @@ async def test_without_the_probe_route_revalidation_logs_in_and_revokes(
     assert (await session.validate(force_login=False)).logged_in
     assert (await session.validate(force_login=False)).logged_in
     assert fake.count(PROBE) == 1  # learnt once
+    await session.settle()
     assert (fake.count(LOGIN), fake.count(REVOKE, status=200)) == (3, 2)
 
 
@@ -318,7 +363,7 @@ async def test_rotation_drops_the_cached_token(fake: FakeInfisical) -> None:
         assert same is session
         await session.list_secrets(LOCATION)
         assert fake.count(LOGIN) == 2
-        await asyncio.sleep(0.05)  # the old token is revoked in the background
+        await session.settle()  # the old token is revoked in the background
         assert fake.count(r"/auth/token/revoke$") == 1
     finally:
         await pool.aclose()
@@ -390,6 +435,53 @@ async def test_clients_for_urls_no_session_uses_are_closed(fake: FakeInfisical) 
             await moved.validate(force_login=True)
             await pool.drop("ns/a")
             assert moved.transport.closed
+        finally:
+            await pool.aclose()
+
+
+async def test_a_retired_session_never_logs_in_again(fake: FakeInfisical) -> None:
+    async with FakeInfisical() as other:
+        other.state.add_identity(CLIENT_ID, CANARY_SECRET)
+        pool = ClientPool(FAST)
+        try:
+            old = pool.session(
+                "ns/a", instance_url=fake.url, credentials=credentials(), allow_http=True
+            )
+            pool.session("ns/b", instance_url=fake.url, credentials=credentials(), allow_http=True)
+            await old.validate(force_login=True)
+            pool.session("ns/a", instance_url=other.url, credentials=credentials(), allow_http=True)
+            await until(lambda: fake.count(REVOKE, status=200) == 1)
+            # A SecretSync cycle still holding the old session: its client is open (ns/b).
+            with pytest.raises(Unreachable) as caught:
+                await old.list_secrets(LOCATION)
+            assert "connection settings changed" in str(caught.value)
+            assert fake.count(LOGIN) == 1
+            assert not [t for t in fake.state.tokens.values() if not t.revoked]
+        finally:
+            await pool.aclose()
+
+
+async def test_a_login_in_flight_when_its_session_retires_leaves_no_live_token(
+    fake: FakeInfisical,
+) -> None:
+    async with FakeInfisical() as other:
+        other.state.add_identity(CLIENT_ID, CANARY_SECRET)
+        pool = ClientPool(FAST)
+        try:
+            old = pool.session(
+                "ns/a", instance_url=fake.url, credentials=credentials(), allow_http=True
+            )
+            fake.inject(Fault("latency", LOGIN, delay=0.3, times=1))
+            validation = asyncio.create_task(old.validate(force_login=True))
+            await until(lambda: fake.in_flight == 1)
+            pool.session("ns/a", instance_url=other.url, credentials=credentials(), allow_http=True)
+            with pytest.raises(Unreachable) as caught:
+                await validation
+            assert "connection settings changed" in str(caught.value)
+            # The token it got is revoked over the old client, closed only after that.
+            await until(lambda: old.transport.closed)
+            assert len(fake.state.tokens) == 1
+            assert all(token.revoked for token in fake.state.tokens.values())
         finally:
             await pool.aclose()
 
@@ -748,3 +840,32 @@ async def test_no_secret_in_logs_reprs_or_errors(
         record.levelno == logging.DEBUG and record.name.startswith("infisical_sync")
         for record in caplog.records
     )
+
+
+@pytest.mark.parametrize(
+    "location", ["https://[canary", "canary:secretport", "https://new.example.com:secretport/"]
+)
+async def test_a_redirect_to_an_invalid_location_is_reported_without_quoting_it(
+    fake: FakeInfisical, session: InfisicalSession, location: str
+) -> None:
+    fake.inject(Fault("status", LOGIN, status=302, location=location))
+    with pytest.raises(Redirected) as caught:
+        await session.validate(force_login=True)
+    assert "gave an invalid Location" in str(caught.value)
+    assert "canary" not in str(caught.value) and "secretport" not in str(caught.value)
+    assert caught.value.status == 302
+
+
+@pytest.mark.parametrize(
+    ("location", "where"),
+    [
+        ("https://new.example.com/\x01canary", "gave an invalid Location"),  # aiohttp won't send it
+        ("https://[::1]:8443/api", "redirects to https://[::1]:8443/api;"),
+        ("/elsewhere?canary", "redirects to http://127.0.0.1:8080/elsewhere;"),
+    ],
+)
+def test_redirect_messages(location: str, where: str) -> None:
+    request = httpx.Request("POST", "http://127.0.0.1:8080/api/v1/auth/universal-auth/login")
+    response = httpx.Response(302, headers={"location": location}, request=request)
+    message = redirect_message(response, "login")
+    assert where in message and "canary" not in message

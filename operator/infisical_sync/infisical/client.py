@@ -33,11 +33,13 @@ from infisical_sync.infisical.errors import (
     NotFound,
     Redirected,
     ServerError,
+    Unreachable,
     ValidationFailed,
 )
 from infisical_sync.infisical.models import (
     LoginResult,
     Project,
+    ProjectList,
     SecretListing,
     SecretLocation,
     SecretWrite,
@@ -56,8 +58,8 @@ LOGIN_PATH = "/api/v1/auth/universal-auth/login"
 # the same slug gets a new id); a 403 or 404 for the project drops the entry at once.
 PROJECT_ID_TTL = 600.0
 # Re-validation with a cached token: the projects the identity is a member of. Open to any
-# identity (no permission beyond membership), read bucket, and authenticated before anything
-# else, so any answer but 401 / 403 TokenError proves the token.
+# identity (no permission beyond membership), read bucket. Only its list, or the 403 of a server
+# that serves it to users only, proves the token.
 PROBE_PATH = "/api/v1/projects"
 # After a login refused with 401, the same credentials are not tried again for this long (unless
 # the spec changes): Infisical locks an identity for 300 s after 3 failed logins within 30 s, so
@@ -158,6 +160,14 @@ def _token_rejected(response: httpx.Response) -> bool:
     return False
 
 
+def _users_only(response: httpx.Response) -> bool:
+    """The 403 of a route that serves user sessions only (older servers' project list): Infisical
+    answers `error: "Forbidden access to <url>"` after it verified the token."""
+    return response.status_code == 403 and str(remote_details(response).get("error")).startswith(
+        "Forbidden access to "
+    )
+
+
 def _route_missing(response: httpx.Response) -> bool:
     """Fastify's unknown-route 404 (an old server without /api/v4)."""
     if response.status_code != 404:
@@ -241,6 +251,8 @@ class InfisicalSession:
         self._project_ids: dict[str, tuple[str, float]] = {}  # slug -> (id, resolved at)
         self._refusal: _LoginRefusal | None = None
         self._probe_supported = True
+        self.retired = False  # the connection moved to another URL or CA: no more tokens here
+        self._revocations: set[asyncio.Task[None]] = set()
         self.logins = 0
         self.renewals = 0
 
@@ -251,6 +263,17 @@ class InfisicalSession:
         if self._token is None or self._token.expires_at_wall is None:
             return None
         return dt.datetime.fromtimestamp(self._token.expires_at_wall, dt.UTC)
+
+    def retire(self) -> _Token | None:
+        """No token is obtained from now on; the cached one is returned for revocation. A login
+        or renewal already under way revokes what it gets."""
+        self.retired = True
+        token, self._token = self._token, None
+        return token
+
+    def holds_token_for(self, credentials: Credentials) -> bool:
+        """A token obtained with exactly these credentials is cached (rotation drops it)."""
+        return self._token is not None and self.credentials.version == credentials.version
 
     def replace_credentials(self, credentials: Credentials) -> _Token | None:
         """Rotation: a new client ID or secret drops the cached token (returned for revocation)."""
@@ -299,8 +322,12 @@ class InfisicalSession:
         if _token_rejected(response):
             self._drop(token)  # refused: nothing left to revoke
             return False
-        # Anything else was answered after the token was verified (a 403 here: a server that
-        # serves the list to users only). Errors of the instance itself were raised by send().
+        if _users_only(response):
+            return True  # the token was verified before the route refused the auth mode
+        # Only the list itself proves the token; any other answer fails validation with its
+        # own reason (a 403 Forbidden, e.g. trusted IPs that changed; a proxy's page; a 304).
+        raise_for_response(response, "token check (project list)")
+        _parse(ProjectList, response, "token check (project list)")
         return True
 
     async def _access_token(self) -> _Token:
@@ -323,6 +350,8 @@ class InfisicalSession:
 
     async def _login(self) -> None:
         while True:
+            if self.retired:
+                raise _settings_changed()
             credentials = self.credentials
             refusal = self._refusal
             if refusal is not None and refusal.applies(credentials, self._clock()):
@@ -333,16 +362,19 @@ class InfisicalSession:
             }
             if credentials.organization_slug:
                 body["organizationSlug"] = credentials.organization_slug
-            response = await self.transport.send(
-                "POST", LOGIN_PATH, endpoint="auth.login", json=body
-            )
-            if self._rotated_since(credentials):
-                # The credentials were replaced while this login was on its way: whatever it
-                # got is for the old ones. Revoke a token it got, then log in with the new ones.
-                if response.status_code == 200:
-                    stale = _parse(LoginResult, response, "login")
-                    await self._revoke_value(stale.access_token)
-                continue
+            with self.transport.in_use():  # a retirement closes the client only after the revoke
+                response = await self.transport.send(
+                    "POST", LOGIN_PATH, endpoint="auth.login", json=body
+                )
+                if self.retired or self._rotated_since(credentials):
+                    # Retired, or the credentials were replaced while this login was on its
+                    # way: whatever it got must not stay live. Revoke a token it got.
+                    if response.status_code == 200:
+                        stale = _parse(LoginResult, response, "login")
+                        self._revoke_later(stale.access_token)
+                    if self.retired:
+                        raise _settings_changed()
+                    continue  # log in with the new credentials
             try:
                 raise_for_response(response, "Universal Auth login")
             except InvalidCredentials as exc:
@@ -352,7 +384,9 @@ class InfisicalSession:
             replaced = self._token
             self._store(result, fresh=True)
             if replaced is not None and not replaced.expired(self._clock()):
-                await self.revoke(replaced)  # still valid: never leave it live
+                # Still valid: never leave it live. Not awaited here: this runs under the lock
+                # and a revocation may wait out retries or a 429 gate.
+                self._revoke_later(replaced.value)
             self.logins += 1
             metrics.TOKEN_EVENTS.labels(self.transport.instance, "login").inc()
             log.info("logged in to %s as %s", self.transport.instance, credentials.client_id)
@@ -387,6 +421,8 @@ class InfisicalSession:
         return self._refusal.again(now)
 
     async def _renew(self, token: _Token) -> None:
+        if self.retired:
+            raise _settings_changed()
         credentials = self.credentials
         response = await self.transport.send(
             "POST",
@@ -394,6 +430,8 @@ class InfisicalSession:
             endpoint="auth.renew",
             json={"accessToken": token.value.get_secret_value()},
         )
+        if self.retired:  # retirement revoked that token (or is revoking it): never store it
+            raise _settings_changed()
         if self._rotated_since(credentials):
             # That token was dropped (and is being revoked) by the rotation: never store it.
             raise InvalidCredentials("the credentials were replaced during the token renewal")
@@ -429,6 +467,26 @@ class InfisicalSession:
             return
         await self._revoke_value(token.value)
         self._drop(token)
+
+    def revoke_later(self, token: _Token) -> None:
+        """revoke() off the caller's path; the client stays open until it is done."""
+        self._drop(token)
+        self._revoke_later(token.value)
+
+    def _revoke_later(self, value: SecretStr) -> None:
+        self.transport.hold()  # taken now: a close must not slip in before the task runs
+        task = asyncio.get_running_loop().create_task(self._revoke_value(value))
+        self._revocations.add(task)
+        task.add_done_callback(self._revocation_done)
+
+    def _revocation_done(self, task: asyncio.Task[None]) -> None:
+        self._revocations.discard(task)
+        self.transport.release()
+
+    async def settle(self) -> None:
+        """Wait for the revocations under way."""
+        while self._revocations:
+            await asyncio.gather(*self._revocations, return_exceptions=True)
 
     async def _revoke_value(self, value: SecretStr) -> None:
         with contextlib.suppress(InfisicalError, httpx.HTTPError):
@@ -641,6 +699,11 @@ class InfisicalSession:
         self._check(response, what, location)
 
 
+def _settings_changed() -> Unreachable:
+    """For callers still holding a retired session: worth retrying, with the new session."""
+    return Unreachable("connection settings changed; retrying with the new ones")
+
+
 def _flag(value: bool) -> str:
     return "true" if value else "false"
 
@@ -660,7 +723,7 @@ class ClientPool:
         self.chunk_size = chunk_size
         self._transports: dict[_InstanceKey, InstanceTransport] = {}
         self._sessions: dict[str, tuple[_InstanceKey, InfisicalSession]] = {}
-        self._pending: set[asyncio.Task[None]] = set()  # revocations, retirements
+        self._pending: set[asyncio.Task[None]] = set()  # retirements
 
     def session(
         self,
@@ -688,7 +751,7 @@ class ClientPool:
             session = existing[1]
             old_token = session.replace_credentials(credentials)
             if old_token is not None:
-                self._in_background(session.revoke(old_token))
+                session.revoke_later(old_token)
             return session
         session = InfisicalSession(transport, credentials, chunk_size=self.chunk_size)
         self._sessions[connection] = (key, session)
@@ -705,9 +768,18 @@ class ClientPool:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _retire(self, key: _InstanceKey, session: InfisicalSession) -> None:
-        """Revoke a session's token over its own client, then close that client if unused."""
-        await session.revoke()
+    def _retire(self, key: _InstanceKey, session: InfisicalSession) -> Coroutine[Any, Any, None]:
+        """Stop a session obtaining tokens at once. The returned work revokes its token over its
+        own client, then closes that client once no session uses it and nothing is in flight."""
+        token = session.retire()
+        return self._revoke_and_close(key, session, token)
+
+    async def _revoke_and_close(
+        self, key: _InstanceKey, session: InfisicalSession, token: _Token | None
+    ) -> None:
+        if token is not None:
+            await session.revoke(token)
+        await session.settle()  # so that aclose(), awaiting this, awaits its revocations too
         await self._close_if_unused(key)
 
     async def _close_if_unused(self, key: _InstanceKey) -> None:
@@ -715,7 +787,7 @@ class ClientPool:
             return
         transport = self._transports.pop(key, None)
         if transport is not None:
-            await transport.aclose()
+            await transport.aclose_when_idle()
 
     async def drop(self, connection: str) -> None:
         entry = self._sessions.pop(connection, None)
@@ -723,11 +795,14 @@ class ClientPool:
             await self._retire(*entry)
 
     async def aclose(self) -> None:
-        for _, session in list(self._sessions.values()):
-            await session.revoke()
+        sessions = [session for _, session in self._sessions.values()]
         self._sessions.clear()
+        for session in sessions:
+            await session.revoke(session.retire())
+        for session in sessions:
+            await session.settle()
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
         transports, self._transports = list(self._transports.values()), {}
         for transport in transports:
-            await transport.aclose()
+            await transport.aclose()  # shutting down: requests still under way are cut

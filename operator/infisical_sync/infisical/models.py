@@ -63,6 +63,12 @@ class Project(_Wire):
     environments: list[Environment] = Field(default_factory=list)
 
 
+class ProjectList(_Wire):
+    """`GET /api/v1/projects`: only its shape matters (it proves a token)."""
+
+    projects: list[dict[str, object]]
+
+
 class SecretWrite(_Wire):
     """One item of a batch create or update. An update without a value keeps the stored one
     (releasing ownership rewrites only the metadata)."""

@@ -7,12 +7,13 @@ Every resource that talks to the same instance shares one `InstanceTransport`, s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import re
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypedDict
 from urllib.parse import urlsplit
@@ -33,6 +34,8 @@ from infisical_sync.infisical.errors import (
 log = logging.getLogger(__name__)
 _RETRY_IN = re.compile(r"try again in (\d+) second", re.IGNORECASE)
 DEFAULT_RATE_LIMIT_WAIT = 60.0
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_HOST_PORT = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*\.?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{{1,5}})?")
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,9 @@ class InstanceTransport:
         self._semaphore = asyncio.Semaphore(self.options.concurrency)
         self.in_flight = 0
         self.max_in_flight = 0
+        self._users = 0  # sends, revocations and logins under way (see hold())
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.v4_supported: bool | None = None  # learnt on first use
         verify: ssl.SSLContext | bool = True
         if parts.scheme == "https":
@@ -131,9 +137,36 @@ class InstanceTransport:
             ),
             headers={"User-Agent": "infisical-sync-operator"},
             follow_redirects=False,
+            # httpx parses a 3xx's Location even when it does not follow it, and a malformed one
+            # raises out of request() with the response lost: take every 3xx before that.
+            event_hooks={"response": [_refuse_redirects]},
         )
 
     async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def hold(self) -> None:
+        """Keep the client open until release(): a retirement's close waits for it."""
+        self._users += 1
+        self._idle.clear()
+
+    def release(self) -> None:
+        self._users -= 1
+        if not self._users:
+            self._idle.set()
+
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[None]:
+        self.hold()
+        try:
+            yield
+        finally:
+            self.release()
+
+    async def aclose_when_idle(self) -> None:
+        """Close once nothing uses the client (the connection moved to another URL or CA)."""
+        while self._users:
+            await self._idle.wait()
         await self._http.aclose()
 
     @property
@@ -171,6 +204,21 @@ class InstanceTransport:
         headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         """Send with retries. Returns any non-retryable response (callers map 4xx to errors)."""
+        with self.in_use():
+            return await self._send(
+                method, path, endpoint=endpoint, json=json, params=params, headers=headers
+            )
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        endpoint: str,
+        json: Any,
+        params: dict[str, str] | None,
+        headers: dict[str, str] | None,
+    ) -> httpx.Response:
         last_error: InfisicalError | None = None
         for attempt in range(self.options.max_attempts):
             if attempt:
@@ -195,6 +243,12 @@ class InstanceTransport:
                         )
                     finally:
                         self.in_flight -= 1
+            except _RedirectAnswer as answer:
+                self._count(endpoint, str(answer.response.status_code))
+                raise Redirected(
+                    redirect_message(answer.response, f"{method} {endpoint}"),
+                    status=answer.response.status_code,
+                ) from None
             except (httpx.TimeoutException, TimeoutError):
                 self._count(endpoint, "timeout")
                 last_error = Unreachable(
@@ -220,10 +274,6 @@ class InstanceTransport:
                 response.status_code,
                 (self._clock() - started) * 1000,
             )
-            if 300 <= response.status_code < 400 and response.status_code != 304:
-                raise Redirected(
-                    redirect_message(response, f"{method} {endpoint}"), status=response.status_code
-                )
             if response.status_code == 429:
                 seconds = retry_after_seconds(response)
                 self._blocked_until = max(self._blocked_until, self._clock() + seconds)
@@ -250,19 +300,44 @@ class InstanceTransport:
         metrics.API_CALLS.labels(self.instance, endpoint, status).inc()
 
 
+class _RedirectAnswer(Exception):
+    """Raised by the response hook for a 3xx; send() turns it into Redirected."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
+async def _refuse_redirects(response: httpx.Response) -> None:
+    if 300 <= response.status_code < 400 and response.status_code != 304:  # 304: If-None-Match
+        raise _RedirectAnswer(response)
+
+
 def redirect_message(response: httpx.Response, what: str) -> str:
     """Where a 3xx pointed, without its query string (redirects are never followed)."""
     location = response.headers.get("location")
     if location:
-        target = urlsplit(str(response.url.join(location)))
-        host = target.netloc.rpartition("@")[2]  # never userinfo
-        where = f"redirects to {target.scheme}://{host}{target.path}"
+        target = _redirect_target(response, location)
+        where = "gave an invalid Location" if target is None else f"redirects to {target}"
     else:
         where = "gave no Location"
     return (
         f"{what} answered {response.status_code}: {where}; redirects are not followed, "
         "set instanceUrl to the final URL of the Infisical API"
     )
+
+
+def _redirect_target(response: httpx.Response, location: str) -> str | None:
+    """scheme://host[:port]/path of a Location, or None when it is no usable http(s) URL (then
+    nothing of it is quoted: a malformed header may hold anything)."""
+    try:
+        target = urlsplit(str(response.url.join(location)))
+        host = target.netloc.rpartition("@")[2]  # never userinfo
+        if target.scheme not in ("http", "https") or not _HOST_PORT.fullmatch(host):
+            return None
+        return f"{target.scheme}://{host}{target.path}"
+    except (httpx.InvalidURL, ValueError):
+        return None
 
 
 def _short(exc: BaseException) -> str:

@@ -95,6 +95,7 @@ class Fault:
     retry_after: int = 60  # for status 429
     error: str = "InternalServerError"  # the envelope's `error` for other statuses
     location: str | None = None  # for 3xx; default: the same path on another host
+    body: str | None = None  # for "status": this text as is (e.g. a proxy's HTML page)
 
     def matches(self, request: web.Request) -> bool:
         if self.method and request.method != self.method.upper():
@@ -336,6 +337,8 @@ class FakeInfisical:
                     "RateLimitExceeded",
                     headers={"retry-after": str(fault.retry_after)},
                 )
+            elif fault.kind == "status" and fault.body is not None:
+                return web.Response(status=fault.status, text=fault.body, content_type="text/html")
             elif fault.kind == "status" and 300 <= fault.status < 400:
                 location = fault.location or f"https://infisical.example.com{request.path_qs}"
                 return web.Response(status=fault.status, headers={"Location": location})
