@@ -24,7 +24,14 @@ from infisical_sync.config import Settings
 from infisical_sync.connection import ConnectionReconciler
 from infisical_sync.infisical.client import ClientPool
 from infisical_sync.infisical.transport import TransportOptions
-from infisical_sync.kube import GROUP, VERSION, Kube, KubeTimeouts, load_api_client
+from infisical_sync.kube import (
+    GROUP,
+    VERSION,
+    EventPoster,
+    Kube,
+    KubeTimeouts,
+    load_api_client,
+)
 from infisical_sync.scheduler import RetryLater, Scheduler
 from infisical_sync.sync import SyncEngine
 
@@ -40,10 +47,7 @@ class OperatorMemo(kopf.Memo):
     settings: Settings  # set by run_operator before kopf starts
     pool: ClientPool
     scheduler: Scheduler
-
-
-def _post_event(body: Any, type_: str, reason: str, message: str) -> None:
-    kopf.event(body, type=type_, reason=reason, message=message[:1000])
+    events: EventPoster
 
 
 # --- lifecycle ----------------------------------------------------------------------------------
@@ -85,13 +89,15 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         ),
         chunk_size=config.batch_chunk_size,
     )
+    events = EventPoster(kube)
     connections = ConnectionReconciler(
-        kube, pool, post_event=_post_event, allowed_instances=config.allowed_instances
+        kube, pool, post_event=events, allowed_instances=config.allowed_instances
     )
     engine = SyncEngine(
-        kube, connections, post_event=_post_event, cluster_id=await _cluster_id(config, kube)
+        kube, connections, post_event=events, cluster_id=await _cluster_id(config, kube)
     )
     memo.pool = pool
+    memo.events = events
     memo.scheduler = Scheduler(engine=engine, connections=connections, status=kube)
     log.info("infisical-sync operator started")
 
@@ -118,6 +124,9 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.cleanup(registry=registry)
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    events: EventPoster | None = getattr(memo, "events", None)
+    if events is not None:
+        await events.settle()
     pool: ClientPool | None = getattr(memo, "pool", None)
     if pool is not None:
         await pool.aclose()

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -22,6 +24,7 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+log = logging.getLogger(__name__)
 GROUP = "infisical-sync.dev"
 VERSION = "v1alpha1"
 _T = TypeVar("_T")
@@ -212,3 +215,65 @@ class Kube:
             return True
 
         return await self._call(f"patching the status of {plural} {namespace}/{name}", patch)
+
+
+class EventPoster:
+    """Posts an object's Events (our transition events) in the background.
+
+    Not kopf's poster: a namespace being deleted refuses new Events (403 NamespaceTerminating),
+    which kopf logs as an ERROR and retries nine times. Here that refusal, and an object already
+    gone, are expected and quiet; any other failure is one WARNING, never the message text.
+    """
+
+    def __init__(self, kube: Kube, component: str = "infisical-sync") -> None:
+        self.kube = kube
+        self.component = component
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def __call__(self, body: Any, type_: str, reason: str, message: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._post(body, type_, reason, message))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def settle(self) -> None:
+        """Wait for the Events still being posted (shutdown, tests)."""
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+
+    async def _post(self, body: Any, type_: str, reason: str, message: str) -> None:
+        meta = body.get("metadata") or {}
+        namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+        now = datetime.datetime.now(datetime.UTC).isoformat()
+        event: Any = {
+            "metadata": {"generateName": f"{name}.", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": body.get("apiVersion"),
+                "kind": body.get("kind"),
+                "name": name,
+                "namespace": namespace,
+                "uid": meta.get("uid"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1000],
+            "source": {"component": self.component},
+            "reportingComponent": self.component,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+
+        def create() -> None:
+            self.kube.core.create_namespaced_event(
+                namespace, event, _request_timeout=self.kube._timeout
+            )
+
+        try:
+            await self.kube._call(f"posting an Event for {namespace}/{name}", create)
+        except ApiException as exc:
+            if exc.status == 404 or (exc.status == 403 and "terminat" in str(exc.body or "")):
+                log.debug("Event %s for %s/%s not posted: %s", reason, namespace, name, exc.status)
+                return
+            log.warning("Event %s for %s/%s not posted: %s", reason, namespace, name, exc.status)
+        except KubeUnavailable as exc:
+            log.warning("Event %s for %s/%s not posted: %s", reason, namespace, name, exc)

@@ -335,3 +335,31 @@ def test_an_api_server_outage_logs_one_warning_per_object_and_the_recovery(
         if r["severity"] not in ("debug", "info") and not r["message"].startswith("Request attempt")
     ]
     assert len(loud) == 2, loud
+
+
+async def test_events_into_a_terminating_namespace_are_dropped_quietly(
+    control_plane: ControlPlane, kube: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Deleting a namespace makes the API server refuse new Events there (403): while its
+    objects are torn down that is expected, not an error (kopf's poster logged ERRORs)."""
+    from infisical_sync.kube import EventPoster, Kube
+
+    core = client.CoreV1Api(kube)
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    core.create_namespace({"metadata": {"name": name}})
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "SecretSync",
+        "metadata": {"name": "sync", "namespace": name, "uid": str(uuid.uuid4())},
+    }
+    poster = EventPoster(Kube(api_client(control_plane.kubeconfig)))
+    poster(body, "Normal", "Synced", "before")
+    await poster.settle()
+    assert [e.reason for e in core.list_namespaced_event(name).items] == ["Synced"]
+    core.delete_namespace(name)  # no namespace controller here: it stays Terminating
+    caplog.set_level("DEBUG", logger="infisical_sync")
+    poster(body, "Warning", "SyncFailed", "after")
+    await poster.settle()
+    assert [e.reason for e in core.list_namespaced_event(name).items] == ["Synced"]
+    assert not [r for r in caplog.records if r.levelno >= 30], caplog.text
+    assert "SyncFailed" in caplog.text  # said at DEBUG
