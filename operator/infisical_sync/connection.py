@@ -150,6 +150,12 @@ class ConnectionReconciler:
             return None
         return self.pool.get(connection_key(namespace, name))
 
+    def last_session(self, namespace: str, name: str) -> InfisicalSession | None:
+        """The connection's session even when it is no longer Ready, for removals: deleting a
+        namespace deletes the credentials Secret too, and the token (or the credentials it
+        holds) still lets a SecretSync being deleted remove or release its keys."""
+        return self.pool.get(connection_key(namespace, name))
+
     async def validate(
         self, namespace: str, name: str, raw_spec: Mapping[str, Any], *, force_login: bool
     ) -> Outcome:

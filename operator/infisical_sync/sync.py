@@ -530,12 +530,12 @@ class SyncEngine:
         recorded = recorded_location(status)
         if recorded is not None:
             ref, location = recorded
-            session = self.connections.session(namespace, ref)
+            session = self.connections.last_session(namespace, ref)
             if session is None:
                 raise self._connection_not_ready(namespace, ref)
         elif status.get("destination") in (None, spec.destination.describe()):
             ref = spec.destination.connection_ref.name
-            session = self.connections.session(namespace, ref)
+            session = self.connections.last_session(namespace, ref)
             if session is None:
                 raise self._connection_not_ready(namespace, ref)
             location = await self._destination_location(session, spec)

@@ -214,3 +214,23 @@ def test_a_ledger_says_nothing_about_another_instance(env: Env) -> None:
             "A": "theirs",
             "B": "theirs too",
         }
+
+
+def test_removal_works_after_the_credentials_secret_is_gone(env: Env) -> None:
+    """A namespace deletion deletes the credentials Secret with everything else: the connection
+    is no longer Ready, yet its session still removes the keys of a SecretSync being deleted."""
+    kube, namespace, fake = env
+    put_secret(kube, namespace, "app", {"A": "1"})
+    create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec(deletionPolicy="Delete"))
+    wait_for(lambda: remote(fake) == {"A": "1"})
+    client.CoreV1Api(kube).delete_namespaced_secret("dest-identity", namespace)
+    wait_for(
+        lambda: (
+            condition(kube, namespace, CONNECTIONS, "dest", "Ready") == ("False", "SecretNotFound")
+        )
+    )
+    delete(kube, namespace, SYNCS, "sync")
+    wait_for(lambda: get(kube, namespace, SYNCS, "sync") is None, timeout=30)
+    assert remote(fake) == {}
+    delete(kube, namespace, CONNECTIONS, "dest")  # no longer in use: it goes too
+    wait_for(lambda: get(kube, namespace, CONNECTIONS, "dest") is None, timeout=30)
