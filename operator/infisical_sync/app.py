@@ -257,7 +257,10 @@ async def connection_deleted(
 ) -> None:
     """Kept while SecretSyncs use it: deleting a namespace deletes both at once, and theirs
     must finish removing or releasing keys through it first."""
-    users = list(syncs_by_connection.get((namespace, name), []))
+
+    def users() -> list[str]:
+        return list(syncs_by_connection.get((namespace, name), []))
+
     try:
         await memo.scheduler.remove_connection(namespace, name, users)
     except RetryLater as retry:

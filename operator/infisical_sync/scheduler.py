@@ -43,6 +43,11 @@ RESTART_SPREAD = 30.0
 MANUAL_REASONS = frozenset({"created", "spec changed", "sync requested"})
 REMOVAL_RETRY_DELAY = 10.0
 IN_USE_RETRY_DELAY = 5.0
+# A connection in use waits this long inside its deletion handler (polling) before it hands
+# back to kopf for a retry: the usual wait (SecretSyncs deleted with it) is a second or two, and
+# kopf logs every retry as an ERROR.
+IN_USE_WAIT = 60.0
+IN_USE_POLL = 1.0
 DeletionAction = Literal["remove", "release", "let go"]
 
 
@@ -359,16 +364,27 @@ class Scheduler:
             self.kicks.discard(key)
             self.outages.forget(key)
 
-    async def remove_connection(self, namespace: str, name: str, users: Collection[str]) -> None:
-        """An InfisicalConnection is being deleted: kept (RetryLater) while SecretSyncs use it,
-        then its session goes (the token is revoked)."""
-        if users:
-            message = in_use_message(users)
-            try:
-                await self.status.patch_status(CONNECTIONS, namespace, name, {"message": message})
-            except KubeUnavailable as problem:
-                message += f" (not in status: {problem})"
-            raise RetryLater(message, IN_USE_RETRY_DELAY)
+    async def remove_connection(
+        self, namespace: str, name: str, users: Callable[[], Collection[str]]
+    ) -> None:
+        """An InfisicalConnection is being deleted: kept while SecretSyncs use it (`users` reads
+        kopf's live index), then its session goes (the token is revoked). Waits here a while;
+        RetryLater when they take longer."""
+        waited, told = 0.0, None
+        while current := sorted(users()):
+            message = in_use_message(current)
+            if message != told:
+                told = message
+                try:
+                    await self.status.patch_status(
+                        CONNECTIONS, namespace, name, {"message": message}
+                    )
+                except KubeUnavailable as problem:
+                    message += f" (not in status: {problem})"
+            if waited >= IN_USE_WAIT:
+                raise RetryLater(message, IN_USE_RETRY_DELAY)
+            await self.clock.sleep(IN_USE_POLL)
+            waited += IN_USE_POLL
         await self.connections.forget(namespace, name)
 
     async def _validate(

@@ -577,12 +577,25 @@ async def test_a_failing_release_is_retried_and_abandon_lets_go(harness: Harness
 async def test_a_connection_in_use_is_kept_until_its_secretsyncs_are_gone(
     harness: Harness,
 ) -> None:
-    with pytest.raises(RetryLater, match="SecretSyncs a, b use this connection"):
-        await harness.scheduler.remove_connection("ns", "conn", ["b", "a"])
+    users = ["b", "a"]
+    task = harness.start(harness.scheduler.remove_connection("ns", "conn", lambda: users))
+    await harness.sleeping(1)
     assert harness.connections.forgotten == []  # its session stays usable meanwhile
     assert "SecretSyncs a, b" in harness.status.patches[-1]["message"]
-    await harness.scheduler.remove_connection("ns", "conn", [])
+    users.clear()  # their removal is done
+    harness.clock.advance(1)
+    await task
     assert harness.connections.forgotten == ["conn"]
+    assert len(harness.status.patches) == 1  # said once, not every poll
+
+
+async def test_a_connection_in_use_for_long_hands_back_to_kopf(harness: Harness) -> None:
+    task = harness.start(harness.scheduler.remove_connection("ns", "conn", lambda: ["a"]))
+    for count in range(1, 61):
+        harness.clock.advance(await harness.sleeping(count))
+    with pytest.raises(RetryLater, match="SecretSyncs a use this connection"):
+        await task
+    assert harness.connections.forgotten == []
 
 
 async def test_a_deleted_connection_keeps_its_session_when_its_daemon_stops(
