@@ -75,3 +75,10 @@ def test_kopf_handlers_run_on_the_event_loop() -> None:
         and any("kopf." in ast.unparse(decorator) for decorator in node.decorator_list)
     ]
     assert plain == ["login"]  # reads kubeconfig files only
+
+
+def test_test_modules_have_unique_names() -> None:
+    """tests/unit and tests/integration are not packages: two modules of one name make a
+    whole-suite run fail at collection (each directory alone still passes)."""
+    names = [path.name for path in (PACKAGE.parents[1] / "tests").rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
