@@ -60,6 +60,10 @@ def test_cluster_wide_defaults(helm: str) -> None:
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    # Longer than the daemons' stop grace plus kopf's cancellation timeout (10 s).
+    from infisical_sync.app import STOP_GRACE
+
+    assert pod["terminationGracePeriodSeconds"] > STOP_GRACE + 10
     roles = {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == "ClusterRole"}
     rules = yaml.safe_load((CHART / "files" / "rbac-rules.yaml").read_text())
     assert roles["sync-infisical-sync"]["rules"] == rules
