@@ -6,8 +6,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from infisical_sync.durations import sync_interval, validation_interval
-
 
 class _Spec(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
@@ -44,10 +42,6 @@ class ConnectionSpec(_Spec):
     tls: TlsSpec | None = None
     allow_insecure_http: bool = Field(default=False, alias="allowInsecureHttp")
     validation_interval: str = Field(default="5m", alias="validationInterval")
-
-    @property
-    def validation_seconds(self) -> float:
-        return validation_interval({"validationInterval": self.validation_interval})
 
     def referenced_secrets(self) -> list[str]:
         names = [self.credentials.secret_ref.name]
@@ -149,10 +143,6 @@ class SecretSyncSpec(_Spec):
     deletion_policy: Literal["Retain", "Delete"] = Field(default="Retain", alias="deletionPolicy")
     dry_run: bool = Field(default=False, alias="dryRun")
     suspend: bool = False
-
-    @property
-    def sync_seconds(self) -> float:
-        return sync_interval({"syncInterval": self.sync_interval})
 
     def connection_names(self) -> set[str]:
         names = {self.destination.connection_ref.name}
