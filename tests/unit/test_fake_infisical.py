@@ -153,7 +153,12 @@ async def test_token_ttl_renew_and_max_ttl(fake: FakeInfisical, http: httpx.Asyn
     assert (await http.get("/api/v4/secrets", params=LIST, headers=headers)).status_code == 200
     refused = await http.post("/api/v1/auth/token/renew", json={"accessToken": raw})
     assert refused.status_code == 401 and "Max TTL" in refused.json()["message"]
-    fake.state.clock.advance(80)  # past the max TTL: the JWT itself has expired
+    # A refused renewal deletes the token (both generations): it no longer authenticates.
+    deleted = await http.get("/api/v4/secrets", params=LIST, headers=headers)
+    assert deleted.status_code == 401
+    assert deleted.json()["message"] == "No identity access token found"
+    headers = await token(http)
+    fake.state.clock.advance(260)  # past the max TTL: the JWT itself has expired
     expired = await http.get("/api/v4/secrets", params=LIST, headers=headers)
     assert expired.status_code == 403
     assert envelope(expired)["error"] == "TokenError"

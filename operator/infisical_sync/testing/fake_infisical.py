@@ -27,6 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
+from infisical_sync.testing.fake_profiles import ServerProfile, profile_named
 from infisical_sync.testing.fake_state import (
     AccessToken,
     Environment,
@@ -144,9 +145,8 @@ class FakeInfisical:
     port: int = 0
     tls: bool = False
     state: FakeState = field(default_factory=FakeState)
-    etag_enabled: bool = True  # False mimics servers from before @fastify/etag
-    v4_enabled: bool = True  # False mimics old self-hosted servers without /api/v4
-    metadata_supported: bool = True  # False: secretMetadata neither stored nor returned
+    # The server generation answered as: a name from PROFILES or a ServerProfile.
+    profile: ServerProfile | str = "current"
     rate_limits: RateLimits = field(default_factory=lambda: RateLimits(enabled=False))
     faults: list[Fault] = field(default_factory=list)
     log: list[RequestRecord] = field(default_factory=list)
@@ -157,6 +157,45 @@ class FakeInfisical:
     _runner: web.AppRunner | None = None
     _windows: dict[tuple[str, str], _Window] = field(default_factory=dict)
     _tls_dir: tempfile.TemporaryDirectory[str] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.profile, str):
+            self.profile = profile_named(self.profile)
+
+    @property
+    def server(self) -> ServerProfile:
+        """The profile in force (a ServerProfile, whatever `profile` was given as)."""
+        assert isinstance(self.profile, ServerProfile)
+        return self.profile
+
+    def override(self, **fields: Any) -> None:
+        """Fine-grained switches on top of the profile (e.g. etag=False, rate limits aside)."""
+        self.profile = self.server.with_overrides(**fields)
+
+    # The switches from before profiles, kept as overrides of single profile fields.
+    @property
+    def etag_enabled(self) -> bool:
+        return self.server.etag
+
+    @etag_enabled.setter
+    def etag_enabled(self, value: bool) -> None:
+        self.override(etag=value)
+
+    @property
+    def v4_enabled(self) -> bool:
+        return self.server.v4_routes
+
+    @v4_enabled.setter
+    def v4_enabled(self, value: bool) -> None:
+        self.override(v4_routes=value)
+
+    @property
+    def metadata_supported(self) -> bool:
+        return self.server.secret_metadata
+
+    @metadata_supported.setter
+    def metadata_supported(self, value: bool) -> None:
+        self.override(secret_metadata=value)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -383,11 +422,7 @@ class FakeInfisical:
             )
 
     def _apply_etag(self, request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
-        if (
-            not self.etag_enabled
-            or not isinstance(response, web.Response)
-            or response.status != 200
-        ):
+        if not self.server.etag or not isinstance(response, web.Response) or response.status != 200:
             return response
         body = response.body
         if not isinstance(body, bytes):
@@ -399,16 +434,18 @@ class FakeInfisical:
         return response
 
     def _error_response(self, exc: ApiError) -> web.Response:
-        body: dict[str, Any] = {
-            "reqId": "req-"
-            + "".join(random_ids.choice(string.ascii_letters + string.digits) for _ in range(14)),
-            "statusCode": exc.status,
-            "message": exc.message,
-            "error": exc.error,
-        }
+        status = exc.status
+        if exc.error == "ValidationFailure":
+            status = self.server.validation_status  # 422; 401 on older generations
+        body: dict[str, Any] = {}
+        if self.server.request_ids:
+            body["reqId"] = "req-" + "".join(
+                random_ids.choice(string.ascii_letters + string.digits) for _ in range(14)
+            )
+        body.update({"statusCode": status, "message": exc.message, "error": exc.error})
         if exc.details is not None:
             body["details"] = exc.details
-        return web.json_response(body, status=exc.status, headers=exc.headers)
+        return web.json_response(body, status=status, headers=exc.headers)
 
     # --- routes --------------------------------------------------------------------------------
 
@@ -419,11 +456,15 @@ class FakeInfisical:
         r.add_post("/api/v1/auth/token/renew", self._renew)
         r.add_post("/api/v1/auth/token/revoke", self._revoke)
         r.add_get("/api/v1/projects", self._list_projects)
-        r.add_get("/api/v1/projects/slug/{slug}", self._project_by_slug)
+        r.add_get(
+            "/api/v1/projects/slug/{slug}", self._served("project_slug_v1", self._project_by_slug)
+        )
         r.add_get("/api/v2/workspace/{slug}", self._project_by_slug)
         r.add_get("/api/v1/projects/{id}", self._project_by_id)
-        r.add_post("/api/v2/folders", self._create_folder)
-        r.add_get("/api/v2/folders", self._list_folders)
+        r.add_post("/api/v2/folders", self._served("folders_v2", self._create_folder))
+        r.add_get("/api/v2/folders", self._served("folders_v2", self._list_folders))
+        r.add_post("/api/v1/folders", self._served("folders_v1", self._create_folder_v1))
+        r.add_get("/api/v1/folders", self._served("folders_v1", self._list_folders))
         for version in ("v3", "v4"):
             base = "/api/v4/secrets" if version == "v4" else "/api/v3/secrets"
             batch = f"{base}/batch" if version == "v4" else f"{base}/batch/raw"
@@ -442,9 +483,19 @@ class FakeInfisical:
         self, version: str, handler: Callable[[web.Request, str], Awaitable[web.Response]]
     ) -> Handler:
         async def route(request: web.Request) -> web.StreamResponse:
-            if version == "v4" and not self.v4_enabled:
+            if version == "v4" and not self.server.v4_routes:
                 raise web.HTTPNotFound()
             return await handler(request, version)
+
+        return route
+
+    def _served(self, feature: str, handler: Handler) -> Handler:
+        """A route only the profiles with `feature` serve (others: Fastify's unknown route)."""
+
+        async def route(request: web.Request) -> web.StreamResponse:
+            if not getattr(self.server, feature):
+                raise web.HTTPNotFound()
+            return await handler(request)
 
         return route
 
@@ -521,9 +572,11 @@ class FakeInfisical:
                 401, "Failed to renew MI access token due to TTL expiration", "UnauthorizedError"
             )
         if token.max_ttl > 0 and now + token.ttl > token.created_at + token.max_ttl:
+            if self.server.refused_renewal_deletes_token:
+                self.state.tokens.pop(token.token, None)
             raise ApiError(
                 401,
-                "Failed to renew MI access token due to Max TTL expiration",
+                "Failed to renew MI access token past its Max TTL expiration",
                 "UnauthorizedError",
             )
         token.renewed_at = now
@@ -659,6 +712,36 @@ class FakeInfisical:
             }
         )
 
+    async def _create_folder_v1(self, request: web.Request) -> web.Response:
+        """The legacy route: `workspaceId`; an existing folder is returned (200), a name the
+        server does not accept fails deep in the service (500)."""
+        identity = self._authenticate(request)
+        body = await _json_body(request)
+        name = str(body.get("name") or "")
+        project = self._member(identity, str(body.get("workspaceId") or ""))
+        env = self._environment(project, str(body.get("environment") or ""))
+        self._permit(identity, project, env.slug, "write", "secret-folders")
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            raise ApiError(500, "Something went wrong", "InternalServerError")
+        parent = normalise_path(body.get("path") or body.get("directory"))
+        full = normalise_path(f"{parent}/{name}")
+        env.mkdir(full)
+        now = self.state.clock.now()
+        return web.json_response(
+            {
+                "folder": {
+                    "id": env.folder_ids[full],
+                    "name": name,
+                    "version": 1,
+                    "createdAt": _iso(now),
+                    "updatedAt": _iso(now),
+                    "envId": env.id,
+                    "parentId": env.folder_ids[parent],
+                    "isReserved": False,
+                }
+            }
+        )
+
     async def _list_folders(self, request: web.Request) -> web.Response:
         identity = self._authenticate(request)
         query = request.query
@@ -735,7 +818,7 @@ class FakeInfisical:
         }
         if path is not None:
             data["secretPath"] = path
-        if self.metadata_supported:
+        if self.server.secret_metadata:
             data["secretMetadata"] = [dict(item) for item in secret.metadata]
         if with_dates:
             data["createdAt"] = _iso(secret.created_at)
@@ -743,7 +826,7 @@ class FakeInfisical:
         return data
 
     def _clean_metadata(self, raw: Any) -> list[dict[str, Any]]:
-        if not self.metadata_supported or not isinstance(raw, list):
+        if not self.server.secret_metadata or not isinstance(raw, list):
             return []
         return [
             {
@@ -774,6 +857,10 @@ class FakeInfisical:
             raise bad_request("Missing project id or environment")
         path = normalise_path(query.get("secretPath"))
         env = project.environments.get(env_slug)
+        if (env is None or path not in env.folders) and not self.server.missing_path_not_found:
+            # Older generations: a path (or environment) that does not exist lists as empty.
+            self._permit(identity, project, env_slug, "read", "secrets")
+            return web.json_response({"secrets": [], "imports": []})
         if env is None or path not in env.folders:
             raise ApiError(
                 404,
@@ -961,7 +1048,9 @@ class FakeInfisical:
 
     async def _batch_update(self, request: web.Request, version: str) -> web.Response:
         project, env, path, items, body = await self._batch_context(request, version)
-        mode = str(body.get("mode") or "failOnNotFound")
+        legacy = version == "v3" and not self.server.v3_batch_mode
+        # Older generations drop `mode` (not in their schema): every update is failOnNotFound.
+        mode = "failOnNotFound" if legacy else str(body.get("mode") or "failOnNotFound")
         if mode not in ("failOnNotFound", "upsert", "ignore"):
             raise validation([_issue(["mode"], "Invalid enum value", "invalid_enum_value")])
         # Validate everything first: one transaction, all or nothing.
@@ -982,6 +1071,9 @@ class FakeInfisical:
                 if mode == "ignore":
                     continue
             plan.append((folder, item_path, item))
+        if missing and legacy:
+            # Observed: one key named, not necessarily a missing one (the batch's first).
+            raise not_found(f"Secret does not exist: {items[0]['secretKey']}")
         if missing:
             raise not_found(f"Secret does not exist: {', '.join(missing)} in path {path}")
         for folder, _, item in plan:

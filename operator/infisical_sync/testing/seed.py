@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from infisical_sync.testing.fake_infisical import FakeInfisical, RateLimits
+from infisical_sync.testing.fake_profiles import profile_named
 from infisical_sync.testing.fake_state import FakeState, ProjectAccess
 
 
@@ -57,13 +58,22 @@ def fake_from_seed(path: Path, host: str, port: int, tls: bool = False) -> FakeI
     seed = yaml.safe_load(path.read_text()) or {}
     options = seed.get("options") or {}
     limits = options.get("rateLimits") or {}
+    profile = profile_named(str(options.get("profile", "current")))
+    # The switches from before profiles override single fields of the profile.
+    overrides = {
+        field: options[option]
+        for option, field in (
+            ("etag", "etag"),
+            ("v4", "v4_routes"),
+            ("metadata", "secret_metadata"),
+        )
+        if option in options
+    }
     fake = FakeInfisical(
         host=host,
         port=port,
         tls=tls,
-        etag_enabled=options.get("etag", True),
-        v4_enabled=options.get("v4", True),
-        metadata_supported=options.get("metadata", True),
+        profile=profile.with_overrides(**overrides),
         rate_limits=RateLimits(
             enabled=limits.get("enabled", False),
             read=limits.get("read", 60),
