@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from infisical_sync.testing.fake_infisical import FakeInfisical, Fault, RateLimits
+from infisical_sync.testing.fake_profiles import PROFILES, profile_named
 from infisical_sync.testing.fake_state import ProjectAccess
 
 CLIENT_ID = "11111111-1111-4111-8111-111111111111"
@@ -625,3 +626,141 @@ async def test_tls_with_generated_ca() -> None:
         async with httpx.AsyncClient() as untrusting:
             with pytest.raises(httpx.ConnectError):
                 await untrusting.get(f"{server.url}/api/status")
+
+
+# --- secret references (expandSecretReferences), on every profile ------------------------------
+
+V3_LIST = {"workspaceId": "p-1", "environment": "prod", "secretPath": "/"}
+
+
+def on_profile(fake: FakeInfisical, name: str) -> None:
+    fake.profile = profile_named(name)
+
+
+async def listed(
+    http: httpx.AsyncClient, headers: dict[str, str], expand: bool, **query: str
+) -> dict[str, str]:
+    """Values of a v3 list (a route every profile serves), own secrets then imported ones."""
+    params = {**V3_LIST, "expandSecretReferences": "true" if expand else "false", **query}
+    response = await http.get("/api/v3/secrets/raw", params=params, headers=headers)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    values = {s["secretKey"]: s["secretValue"] for s in body["secrets"]}
+    for imported in body["imports"]:
+        values.update({f"import:{s['secretKey']}": s["secretValue"] for s in imported["secrets"]})
+    return values
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+async def test_references_expand_in_list_and_get_only_when_asked(
+    fake: FakeInfisical, http: httpx.AsyncClient, profile: str
+) -> None:
+    on_profile(fake, profile)
+    put = fake.state.put_secret
+    put("p-1", "prod", "/", "USER", "app")
+    put("p-1", "prod", "/", "URL", "postgres://${USER}@${prod.apps.payments.DB_HOST}:5432")
+    put("p-1", "prod", "/apps/payments", "DB_HOST", "db.internal")
+    put("p-1", "prod", "/", "TOKEN", "${dev.TOKEN}-${not a reference}")
+    put("p-1", "dev", "/", "TOKEN", "t0k")
+    headers = await token(http)
+    expanded = await listed(http, headers, expand=True)
+    assert expanded["URL"] == "postgres://app@db.internal:5432"
+    assert expanded["TOKEN"] == "t0k-${not a reference}"
+    raw = await listed(http, headers, expand=False)
+    assert raw["URL"] == "postgres://${USER}@${prod.apps.payments.DB_HOST}:5432"
+    single = {"workspaceId": "p-1", "environment": "prod", "secretPath": "/"}
+    got = await http.get(
+        "/api/v3/secrets/raw/URL",
+        params={**single, "expandSecretReferences": "true"},
+        headers=headers,
+    )
+    assert got.json()["secret"]["secretValue"] == "postgres://app@db.internal:5432"
+    got_raw = await http.get("/api/v3/secrets/raw/URL", params=single, headers=headers)
+    assert got_raw.json()["secret"]["secretValue"].startswith("postgres://${USER}")
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+async def test_references_nest_where_the_referenced_secret_lives_up_to_the_depth_limit(
+    fake: FakeInfisical, http: httpx.AsyncClient, profile: str
+) -> None:
+    on_profile(fake, profile)
+    put = fake.state.put_secret
+    # A nested ${KEY} is read in the referenced secret's own environment and folder.
+    put("p-1", "prod", "/", "OUTER", "[${dev.shared.INNER}]")
+    put("p-1", "dev", "/shared", "INNER", "${LEAF}")
+    put("p-1", "dev", "/shared", "LEAF", "leaf")
+    put("p-1", "prod", "/", "LEAF", "wrong folder")
+    # A chain: 121 hops resolve (11 levels per pass, 11 passes), the 122nd stays literal.
+    for hop in range(130):
+        put("p-1", "prod", "/", f"C{hop}", f"${{C{hop + 1}}}")
+    put("p-1", "prod", "/", "C130", "end")
+    put("p-1", "prod", "/", "A", "${B}")
+    put("p-1", "prod", "/", "B", "${A}")
+    values = await listed(http, await token(http), expand=True)
+    assert values["OUTER"] == "[leaf]"
+    assert values["C0"] == "${C122}"
+    assert values["C8"] == "${C130}"
+    assert values["C9"] == "end"
+    assert (values["A"], values["B"]) == ("${B}", "${A}")  # a cycle stops
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+async def test_a_missing_reference_stays_literal_an_empty_one_is_empty(
+    fake: FakeInfisical, http: httpx.AsyncClient, profile: str
+) -> None:
+    on_profile(fake, profile)
+    put = fake.state.put_secret
+    put("p-1", "prod", "/", "EMPTY", "")
+    put("p-1", "prod", "/", "V", "a${EMPTY}b ${NOPE} ${prod.no.such.KEY} ${qa.KEY}")
+    multiline = put("p-1", "prod", "/", "PEM", "${dev.PEM}")
+    multiline.skip_multiline_encoding = True
+    put("p-1", "dev", "/", "PEM", "line1\nline2")
+    values = await listed(http, await token(http), expand=True)
+    assert values["V"] == "ab ${NOPE} ${prod.no.such.KEY} ${qa.KEY}"
+    assert values["PEM"] == '"line1\\nline2"'  # formatMultiValueEnv
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+async def test_a_reference_the_identity_may_not_read_is_403(
+    fake: FakeInfisical, http: httpx.AsyncClient, profile: str
+) -> None:
+    on_profile(fake, profile)
+    fake.state.grant(CLIENT_ID, "p-1", environments=["prod"])
+    fake.state.put_secret("p-1", "prod", "/", "K", "${dev.apps.SECRET}")
+    fake.state.put_secret("p-1", "dev", "/apps", "SECRET", "s")
+    headers = await token(http)
+    params = {**V3_LIST, "expandSecretReferences": "true"}
+    response = await http.get("/api/v3/secrets/raw", params=params, headers=headers)
+    assert response.status_code == 403
+    body = response.json()
+    assert body["error"] == "ForbiddenError"
+    assert body["message"] == "Failed to expand one or more secret references"
+    assert body["details"] == [
+        "You do not have permission to read secret 'SECRET' in environment 'dev' at path "
+        "'/apps', which is referenced by secret 'K' in environment 'prod' at path '/'."
+    ]
+    got = await http.get("/api/v3/secrets/raw/K", params=params, headers=headers)
+    assert got.status_code == 403 and "details" not in got.json()
+    assert got.json()["message"].startswith("You do not have permission to read secret 'SECRET'")
+    assert (await listed(http, headers, expand=False))["K"] == "${dev.apps.SECRET}"
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+async def test_imported_secrets_expand_where_they_live_on_every_list(
+    fake: FakeInfisical, http: httpx.AsyncClient, profile: str
+) -> None:
+    on_profile(fake, profile)
+    fake.state.grant(CLIENT_ID, "p-1", environments=["prod", "dev"])
+    put = fake.state.put_secret
+    put("p-1", "dev", "/shared", "HOST", "h")
+    put("p-1", "dev", "/shared", "URL", "https://${HOST}")
+    put("p-1", "dev", "/shared", "HIDDEN", "${staging.X}")  # staging: not readable
+    put("p-1", "staging", "/", "X", "x")
+    put("p-1", "prod", "/", "OWN", "${HOST}")  # prod has no HOST: stays literal
+    fake.state.projects["p-1"].environments["prod"].imports["/"] = [("dev", "/shared")]
+    headers = await token(http)
+    for expand in (True, False):
+        values = await listed(http, headers, expand, include_imports="true")
+        assert values["import:URL"] == "https://h"  # the list expands imports regardless
+        assert values["import:HIDDEN"] == "${staging.X}"  # a refusal there is swallowed
+        assert values["OWN"] == "${HOST}"

@@ -28,6 +28,12 @@ from typing import Any
 from aiohttp import web
 
 from infisical_sync.testing.fake_profiles import ServerProfile, profile_named
+from infisical_sync.testing.fake_references import (
+    LIST_REFUSED,
+    ReferenceForbidden,
+    expand_listing,
+    expand_references,
+)
 from infisical_sync.testing.fake_state import (
     AccessToken,
     Environment,
@@ -901,7 +907,22 @@ class FakeInfisical:
                         ],
                     }
                 )
-        return web.json_response({"secrets": secrets, "imports": imports})
+        listing = {"secrets": secrets, "imports": imports}
+        self._expand_references(identity, project, listing, query)
+        return web.json_response(listing)
+
+    def _expand_references(
+        self, identity: Identity, project: Project, listing: dict[str, Any], query: Any
+    ) -> None:
+        """Secret references, as fake_references.py describes (imports: on every list)."""
+        refused = expand_listing(
+            project,
+            listing,
+            own=_bool(query, "expandSecretReferences"),
+            can_read=lambda env: identity.projects[project.id].allows(env, "read"),
+        )
+        if refused:
+            raise ApiError(403, LIST_REFUSED, "ForbiddenError", details=refused)
 
     # --- secrets: single -----------------------------------------------------------------------
 
@@ -921,12 +942,28 @@ class FakeInfisical:
         return identity, project, env, path, dict(fields), name
 
     async def _get_secret(self, request: web.Request, version: str) -> web.Response:
-        _, project, env, path, _, name = await self._single_context(request, version, "read")
+        identity, project, env, path, query, name = await self._single_context(
+            request, version, "read"
+        )
         folder = env.folders.get(path) or {}
         secret = folder.get(name)
         if secret is None:
             raise not_found(f"Secret with name '{name}' not found")
-        return web.json_response({"secret": self._secret_json(secret, project, env, path)})
+        item = self._secret_json(secret, project, env, path)
+        if _bool(query, "expandSecretReferences"):
+            try:
+                item["secretValue"] = expand_references(
+                    project,
+                    env.slug,
+                    path,
+                    name,
+                    secret.value,
+                    can_read=lambda slug: identity.projects[project.id].allows(slug, "read"),
+                    skip_multiline_encoding=secret.skip_multiline_encoding,
+                )
+            except ReferenceForbidden as exc:
+                raise ApiError(403, str(exc), "ForbiddenError") from None
+        return web.json_response({"secret": item})
 
     async def _create_secret(self, request: web.Request, version: str) -> web.Response:
         _, project, env, path, body, name = await self._single_context(request, version, "write")
