@@ -105,6 +105,9 @@ class InfisicalLocationSpec(_Spec):
 class InfisicalSource(InfisicalLocationSpec):
     recursive: bool = False
     include_imports: bool = Field(default=False, alias="includeImports")
+    # Read values as applications and Infisical's SDKs do: ${...} references resolved by the
+    # server. False copies them raw, for a destination with the same environments and folders.
+    expand_secret_references: bool = Field(default=True, alias="expandSecretReferences")
 
 
 class SourceSpec(_Spec):

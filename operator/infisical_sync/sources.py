@@ -191,6 +191,7 @@ async def read_infisical(
             location,
             recursive=source.recursive,
             include_imports=source.include_imports,
+            expand_references=source.expand_secret_references,
             etag=etag if cached is not None else None,
         )
     except InfisicalError as exc:

@@ -95,6 +95,45 @@ async def test_unreadable_source_is_uncertain(
     assert not_ready.problem_reason == "ConnectionNotReady" and not not_ready.values
 
 
+async def test_references_are_read_expanded_by_default(
+    session: tuple[FakeInfisical, InfisicalSession],
+) -> None:
+    fake, client = session
+    fake.state.put_secret("p-1", "prod", "/", "URL", "https://${HOST}/${prod.apps.payments.DB}")
+    fake.state.put_secret("p-1", "prod", "/", "HOST", "api.internal")
+    fake.state.put_secret("p-1", "prod", "/apps/payments", "DB", "db1")
+    result = await read_infisical(client, "ns/cloud", source(), etag=None, cached=None)
+    assert result.values["URL"] == "https://api.internal/db1"
+    assert fake.log[-1].query["expandSecretReferences"] == "true"
+
+
+async def test_references_are_copied_raw_when_expansion_is_off(
+    session: tuple[FakeInfisical, InfisicalSession],
+) -> None:
+    fake, client = session
+    fake.state.put_secret("p-1", "prod", "/", "URL", "https://${HOST}")
+    fake.state.put_secret("p-1", "prod", "/", "HOST", "api.internal")
+    raw = source(expandSecretReferences=False)
+    result = await read_infisical(client, "ns/cloud", raw, etag=None, cached=None)
+    assert result.values["URL"] == "https://${HOST}"
+    assert fake.log[-1].query["expandSecretReferences"] == "false"
+
+
+async def test_a_reference_the_source_identity_may_not_read_makes_the_source_uncertain(
+    session: tuple[FakeInfisical, InfisicalSession],
+) -> None:
+    fake, client = session
+    fake.state.grant("id", "p-1", environments=["prod"])
+    fake.state.put_secret("p-1", "prod", "/", "K", "${dev.K}")
+    fake.state.put_secret("p-1", "dev", "/", "K", "canary-dev-value")
+    result = await read_infisical(client, "ns/cloud", source(), etag=None, cached=None)
+    assert not result.certain and result.problem_reason == "Forbidden" and not result.values
+    assert "canary-dev-value" not in repr(result.problems)
+    raw = source(expandSecretReferences=False)
+    result = await read_infisical(client, "ns/cloud", raw, etag=None, cached=None)
+    assert result.certain and result.values == {"K": "${dev.K}"}
+
+
 # --- Kubernetes sources: merging what was read (pure) ------------------------------------------
 
 

@@ -591,15 +591,19 @@ class InfisicalSession:
         *,
         recursive: bool = False,
         include_imports: bool = False,
+        expand_references: bool = False,
         etag: str | None = None,
     ) -> SecretListing:
-        """The whole folder in one call. With `etag`, a 304 gives `not_modified=True`."""
+        """The whole folder in one call. With `etag`, a 304 gives `not_modified=True`.
+
+        `expand_references`: ${...} references resolved by the server (what applications
+        read); off, the stored text (what a destination is diffed against)."""
         flags = {
             "environment": location.environment,
             "secretPath": location.secret_path,
             "recursive": _flag(recursive),
             "include_imports": _flag(include_imports),
-            "expandSecretReferences": "false",
+            "expandSecretReferences": _flag(expand_references),
         }
         headers = {"If-None-Match": etag} if etag else None
         what = f"listing {location.environment}:{location.secret_path}"
