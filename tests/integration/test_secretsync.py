@@ -548,6 +548,40 @@ def test_infisical_to_infisical(
         assert CANARY_VALUE not in repr(status(kube, namespace, SYNCS, "sync"))
 
 
+def test_an_infisical_source_sends_references_expanded_or_raw(
+    env: tuple[Any, str, FakeInfisical],
+) -> None:
+    kube, namespace, fake = env
+    fake.state.put_secret(PROJECT, "prod", "/src", "URL", "https://${HOST}/${prod.db.NAME}")
+    fake.state.put_secret(PROJECT, "prod", "/src", "HOST", "api.internal")
+    fake.state.put_secret(PROJECT, "prod", "/db", "NAME", "orders")
+    source = {"connectionRef": {"name": "dest"}, "projectId": PROJECT, "environment": "prod"}
+    spec = sync_spec()
+    spec["source"] = {"infisical": {**source, "secretPath": "/src"}}
+    create(kube, namespace, SYNCS, "SecretSync", "sync", spec)
+    wait_for(lambda: remote(fake).get("URL") == "https://api.internal/orders")
+
+    def source_lists(expand: str) -> list[Any]:
+        return [
+            r
+            for r in fake.log
+            if r.query.get("secretPath") == "/src" and r.query["expandSecretReferences"] == expand
+        ]
+
+    assert source_lists("true")[0].status == 200  # its ETag is kept for the expanded form
+    # The destination is always read raw: the operator diffs what it wrote.
+    destination = [r for r in fake.log if r.query.get("secretPath") == "/apps/payments"]
+    assert {r.query["expandSecretReferences"] for r in destination if r.method == "GET"} == {
+        "false"
+    }
+    raw = {
+        "source": {"infisical": {**source, "secretPath": "/src", "expandSecretReferences": False}}
+    }
+    patch(kube, namespace, SYNCS, "sync", {"spec": raw})
+    wait_for(lambda: remote(fake).get("URL") == "https://${HOST}/${prod.db.NAME}")
+    assert source_lists("false")[0].if_none_match is None  # not the expanded form's ETag
+
+
 def test_rate_limits_and_5xx_converge(env: tuple[Any, str, FakeInfisical]) -> None:
     kube, namespace, fake = env
     put_secret(kube, namespace, "app", {f"K{i}": str(i) for i in range(20)})
