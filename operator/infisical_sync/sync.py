@@ -485,7 +485,7 @@ class SyncEngine:
                 where = f"Secret {target.name}"
             elif isinstance(target, InfisicalImportTarget):
                 items = [SecretWrite(key=k, value=SecretStr(v)) for k, v in sorted(values.items())]
-                await target.session.batch_update(target.location, items, mode="upsert")
+                await target.session.batch_upsert(target.location, items)
                 where = "the Infisical source"
             else:
                 raise SyncFailed(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
@@ -31,6 +32,7 @@ from infisical_sync.infisical.transport import (
     InstanceTransport,
     TransportOptions,
     redirect_message,
+    remote_details,
 )
 from infisical_sync.testing.fake_infisical import FakeInfisical, Fault
 
@@ -50,8 +52,9 @@ class FakeClock:
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeInfisical]:
-    async with FakeInfisical() as server:
+async def fake(request: pytest.FixtureRequest) -> AsyncIterator[FakeInfisical]:
+    """The current generation, or the one a test names (`BOTH_GENERATIONS`)."""
+    async with FakeInfisical(profile=getattr(request, "param", "current")) as server:
         server.state.add_project("payments", project_id="p-1")
         server.state.add_identity(CLIENT_ID, CANARY_SECRET, projects={"p-1": {}})
         yield server
@@ -78,6 +81,8 @@ def session(transport: InstanceTransport, clock: FakeClock) -> InfisicalSession:
     return InfisicalSession(transport, credentials(), clock=clock)
 
 
+# Where a server generation's behaviour differs: the test runs against each fake profile.
+BOTH_GENERATIONS = pytest.mark.parametrize("fake", ["current", "2024"], indirect=True)
 LOGIN = r"/universal-auth/login$"
 RENEW = r"/auth/token/renew$"
 
@@ -547,16 +552,239 @@ async def test_v4_to_v3_fallback(fake: FakeInfisical, session: InfisicalSession)
     assert fake.count(r"/api/v3/secrets/raw$") == 1
 
 
-async def test_folder_creation_and_project_slug(
+# --- server generations -----------------------------------------------------------------------
+
+PAYMENTS = SecretLocation(project_id="p-1", environment="prod", secret_path="/apps/payments")
+FOLDERS_V2 = r"^/api/v2/folders$"
+FOLDERS_V1 = r"^/api/v1/folders$"
+V4_BATCH, V3_BATCH = r"^/api/v4/secrets/batch$", r"^/api/v3/secrets/batch/raw$"
+SLUG_V1 = r"^/api/v1/projects/slug/payments$"
+SLUG_V2 = r"^/api/v2/workspace/payments$"
+
+
+def batch_route(fake: FakeInfisical) -> str:
+    """The batch route the generation serves (an older one answers v4 with Fastify's 404)."""
+    return V4_BATCH if fake.server.v4_routes else V3_BATCH
+
+
+def folder_exists(fake: FakeInfisical, location: SecretLocation) -> bool:
+    found = fake.state.folder(location.project_id, location.environment, location.secret_path)
+    return found is not None
+
+
+@BOTH_GENERATIONS
+async def test_a_folder_is_created_through_the_route_the_instance_serves(
     fake: FakeInfisical, session: InfisicalSession
 ) -> None:
-    location = SecretLocation(project_id="p-1", environment="prod", secret_path="/apps/payments")
-    assert await session.ensure_folder(location) is True
-    assert await session.ensure_folder(location) is False  # existing leaf is success
-    assert await session.ensure_folder(LOCATION) is False
+    nested = SecretLocation(project_id="p-1", environment="prod", secret_path="/apps/billing/v2")
+    await session.ensure_folder(PAYMENTS)
+    await session.ensure_folder(PAYMENTS)  # an existing leaf is success on either route
+    await session.ensure_folder(nested)  # mkdir -p
+    await session.ensure_folder(LOCATION)  # the root always exists: nothing sent
+    assert folder_exists(fake, PAYMENTS) and folder_exists(fake, nested)
+    if fake.server.folders_v2:
+        assert (fake.count(FOLDERS_V2, status=200), fake.count(FOLDERS_V2, status=400)) == (2, 1)
+        assert fake.count(FOLDERS_V1) == 0
+    else:
+        assert fake.count(FOLDERS_V2) == 1  # learnt once for the instance
+        assert fake.count(FOLDERS_V1, status=200) == 3
+
+
+@BOTH_GENERATIONS
+async def test_a_write_into_a_missing_folder_creates_it_and_is_retried_once(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    # 2024 lists a missing path as empty, so the write is the first to say it is missing.
+    await session.batch_create(PAYMENTS, [SecretWrite(key="A", value=SecretStr("1"))])
+    assert fake.state.get_secrets("p-1", "prod", PAYMENTS.secret_path) == {"A": "1"}
+    assert (
+        fake.count(batch_route(fake), status=404),
+        fake.count(batch_route(fake), status=200),
+    ) == (1, 1)
+    # An update into a folder that is gone: created, retried, and the missing key reported
+    # (the sync re-plans from a fresh read).
+    gone = SecretLocation(project_id="p-1", environment="prod", secret_path="/apps/gone")
+    with pytest.raises(NotFound) as caught:
+        await session.batch_update(gone, [SecretWrite(key="A", value=SecretStr("2"))])
+    assert "Secret does not exist" in str(caught.value)
+    assert folder_exists(fake, gone)
+
+
+@BOTH_GENERATIONS
+async def test_a_write_still_refused_for_a_missing_folder_is_not_retried_again(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    missing = {
+        "message": "Folder with path '/apps/payments' in environment with slug 'prod' not found",
+        "error": "CreateManySecret",
+        "statusCode": 404,
+    }
+    fake.inject(Fault("status", batch_route(fake), status=404, body=json.dumps(missing)))
+    with pytest.raises(NotFound) as caught:
+        await session.batch_create(PAYMENTS, [SecretWrite(key="A", value=SecretStr("1"))])
+    assert "Folder with path '/apps/payments'" in str(caught.value)
+    assert fake.count(batch_route(fake)) == 2
+
+
+@BOTH_GENERATIONS
+async def test_a_delete_never_creates_a_folder(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    with pytest.raises(NotFound):
+        await session.batch_delete(PAYMENTS, ["A"])
+    assert not folder_exists(fake, PAYMENTS)
+    assert fake.count(r"/folders$") == 0
+
+
+@BOTH_GENERATIONS
+async def test_a_folder_that_cannot_be_created_fails_the_write_with_its_reason(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    fake.inject(Fault("status", r"/folders$", status=403, error="PermissionDenied"))
+    with pytest.raises(Forbidden) as caught:
+        await session.batch_create(PAYMENTS, [SecretWrite(key="A", value=SecretStr("1"))])
+    assert "creating folder /apps/payments failed with 403" in str(caught.value)
+    assert fake.count(batch_route(fake)) == 1
+
+
+@BOTH_GENERATIONS
+async def test_project_by_slug_through_the_route_the_instance_serves(
+    fake: FakeInfisical, session: InfisicalSession, clock: FakeClock
+) -> None:
     assert await session.project_id(project_id=None, project_slug="payments") == "p-1"
-    await session.project_id(project_id=None, project_slug="payments")
-    assert fake.count(r"/projects/slug/payments$") == 1  # cached
+    await session.project_id(project_id=None, project_slug="payments")  # cached
+    clock.now += 600
+    assert await session.project_id(project_id=None, project_slug="payments") == "p-1"
+    if fake.server.project_slug_v1:
+        assert (fake.count(SLUG_V1), fake.count(SLUG_V2)) == (2, 0)
+    else:
+        assert (fake.count(SLUG_V1), fake.count(SLUG_V2, status=200)) == (1, 2)  # learnt once
+
+
+@pytest.mark.parametrize("wrapper", ["workspace", "project"])
+async def test_a_wrapped_project_is_read_too(
+    fake: FakeInfisical, session: InfisicalSession, wrapper: str
+) -> None:
+    wrapped = json.dumps({wrapper: {"_id": "p-1", "name": "payments", "slug": "payments"}})
+    fake.inject(Fault("status", SLUG_V1, status=200, body=wrapped))
+    assert await session.project_id(project_id=None, project_slug="payments") == "p-1"
+
+
+@BOTH_GENERATIONS
+async def test_an_upsert_creates_missing_keys_and_updates_the_others_without_mode(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    fake.state.put_secret("p-1", "prod", "/", "OLD", "old")
+    fake.state.put_secret("p-1", "prod", "/", "KEPT", "kept")
+    await session.batch_upsert(
+        LOCATION,
+        [
+            SecretWrite(key="NEW", value=SecretStr("n")),
+            SecretWrite(key="OLD", value=SecretStr("o")),
+        ],
+    )
+    assert fake.state.get_secrets("p-1", "prod") == {"OLD": "o", "KEPT": "kept", "NEW": "n"}
+    assert (
+        fake.count(batch_route(fake), "POST", 200),
+        fake.count(batch_route(fake), "PATCH", 200),
+    ) == (1, 1)
+    # Into a folder that does not exist yet (current: the list says 404; 2024: empty).
+    await session.batch_upsert(PAYMENTS, [SecretWrite(key="A", value=SecretStr("1"))])
+    assert fake.state.get_secrets("p-1", "prod", PAYMENTS.secret_path) == {"A": "1"}
+
+
+@BOTH_GENERATIONS
+async def test_a_validation_failure_is_not_a_token_problem(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    await session.validate(force_login=True)
+    with pytest.raises(ValidationFailed) as caught:
+        await session.batch_create(
+            LOCATION, [SecretWrite(key="a:b", value=SecretStr(CANARY_VALUE))]
+        )
+    assert caught.value.status == fake.server.validation_status
+    assert caught.value.reason == "ValidationFailed"
+    assert "secrets.0.secretKey: Secret name cannot contain colon" in str(caught.value)
+    assert CANARY_VALUE not in str(caught.value) + repr(caught.value)
+    assert session._token is not None  # kept: the token was never refused
+    await session.list_secrets(LOCATION)
+    assert (fake.count(LOGIN), fake.count(batch_route(fake))) == (1, 1)  # no re-login, no retry
+    assert not any(token.revoked for token in fake.state.tokens.values())
+
+
+@BOTH_GENERATIONS
+async def test_a_validation_failure_at_login_is_not_a_refused_login(
+    fake: FakeInfisical, transport: InstanceTransport, clock: FakeClock
+) -> None:
+    session = InfisicalSession(transport, credentials(" "), clock=clock)
+    for _ in range(2):  # no login-refusal back-off: it is not the credentials that failed
+        with pytest.raises(ValidationFailed) as caught:
+            await session.validate(force_login=False)
+        assert "clientSecret: Required" in str(caught.value)
+    # (The fake's request log records a validation failure as 422 whatever it answered.)
+    assert fake.count(LOGIN) == 2
+
+
+@BOTH_GENERATIONS
+async def test_error_messages_read_well_with_or_without_a_request_id(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    fake.state.put_secret("p-1", "prod", "/", "A", CANARY_VALUE)
+    with pytest.raises(Conflict) as caught:
+        await session.batch_create(LOCATION, [SecretWrite(key="A", value=SecretStr(CANARY_VALUE))])
+    expected = "batch create of 1 keys in prod:/ failed with 400: Secret already exists: A"
+    if fake.server.request_ids:
+        assert re.fullmatch(
+            re.escape(expected) + r" \(reqId req-[A-Za-z0-9]{14}\)", str(caught.value)
+        )
+    else:
+        assert str(caught.value) == expected
+    with pytest.raises(ValidationFailed) as invalid:
+        await session.batch_create(
+            LOCATION,
+            [
+                SecretWrite(key="ok", value=SecretStr(CANARY_VALUE)),
+                SecretWrite(key="a/b", value=SecretStr(CANARY_VALUE)),
+            ],
+        )
+    status = fake.server.validation_status
+    expected = (
+        f"batch create of 2 keys in prod:/ was refused as invalid ({status} ValidationFailure): "
+        "secrets.1.secretKey: Secret name cannot contain colon or forward slash."
+    )
+    assert str(invalid.value).startswith(expected)
+    assert ("reqId" in str(invalid.value)) == fake.server.request_ids
+    assert CANARY_VALUE not in str(caught.value) + str(invalid.value)
+
+
+def test_zod_issues_are_rendered_with_their_paths_and_without_received_values() -> None:
+    issues = [
+        {
+            "code": "invalid_type",
+            "expected": "string",
+            "received": "undefined",
+            "path": ["secrets", 0, "secretKey"],
+            "message": "Required",
+        },
+        {
+            "code": "invalid_enum_value",
+            "received": "canary-mode",
+            "options": ["a", "b"],
+            "path": ["mode"],
+            "message": "Invalid enum value. Expected 'a' | 'b', received 'canary-mode'",
+        },
+        {"code": "custom", "path": [], "message": "Something about the whole body"},
+        "a plain string",
+    ]
+    response = httpx.Response(
+        401, json={"statusCode": 401, "message": issues, "error": "ValidationFailure"}
+    )
+    details = remote_details(response)
+    assert details["remote_message"] == (
+        "secrets.0.secretKey: Required; mode: Invalid enum value. Expected 'a' | 'b'; "
+        "Something about the whole body; a plain string"
+    )
+    assert details["request_id"] is None
 
 
 async def test_missing_path_and_non_retryable_errors(

@@ -15,6 +15,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -152,9 +153,18 @@ class TokenInfo:
     logged_in: bool  # a fresh login (True) or a renewal / cached token (False)
 
 
+def _validation_failure(response: httpx.Response) -> bool:
+    """Infisical refused the request's shape (zod): 422, or 401 on older generations (late
+    2024). Not a token problem: the token is kept and nobody logs in again."""
+    return (
+        response.status_code in (401, 422)
+        and remote_details(response).get("error") == "ValidationFailure"
+    )
+
+
 def _token_rejected(response: httpx.Response) -> bool:
     if response.status_code == 401:
-        return True
+        return not _validation_failure(response)
     if response.status_code == 403:
         return remote_details(response).get("error") == "TokenError"
     return False
@@ -178,6 +188,17 @@ def _route_missing(response: httpx.Response) -> bool:
     ).startswith("Route ")
 
 
+# Every generation's answer to a write into a folder that does not exist (`error` names the call,
+# e.g. CreateManySecret; a batch update's message may read path 'null').
+_FOLDER_MISSING = re.compile(r"^Folder with path '.*' in environment with slug '.*' not found")
+
+
+def _folder_missing(response: httpx.Response) -> bool:
+    return response.status_code == 404 and bool(
+        _FOLDER_MISSING.match(str(remote_details(response).get("remote_message") or ""))
+    )
+
+
 def raise_for_response(response: httpx.Response, what: str) -> None:
     """Map a non-2xx response to a typed error carrying Infisical's message and reqId."""
     status = response.status_code
@@ -193,7 +214,10 @@ def raise_for_response(response: httpx.Response, what: str) -> None:
     details = remote_details(response)
     message = f"{what} failed with {status}"
     error: type[InfisicalError]
-    if status == 401:
+    if _validation_failure(response):
+        message = f"{what} was refused as invalid ({status} ValidationFailure)"
+        error = ValidationFailed
+    elif status == 401:
         error = InvalidCredentials
     elif status == 403:
         error = Forbidden
@@ -542,13 +566,26 @@ class InfisicalSession:
         cached = self._project_ids.get(project_slug)
         if cached is not None and self._clock() < cached[1] + PROJECT_ID_TTL:
             return cached[0]
-        response = await self.call(
-            "GET", f"/api/v1/projects/slug/{project_slug}", endpoint="projects.get_by_slug"
-        )
+        response = await self._project_by_slug(project_slug)
         raise_for_response(response, f"project lookup of slug {project_slug!r}")
         project = _parse(Project, response, "project lookup")
         self._project_ids[project_slug] = (project.id, self._clock())
         return project.id
+
+    async def _project_by_slug(self, slug: str) -> httpx.Response:
+        """The current route, else (older generations) its deprecated twin, which every
+        generation serves."""
+        if self.transport.project_slug_v1_supported is not False:
+            response = await self.call(
+                "GET", f"/api/v1/projects/slug/{slug}", endpoint="projects.get_by_slug"
+            )
+            if not _route_missing(response):
+                self.transport.project_slug_v1_supported = True
+                return response
+            self.transport.project_slug_v1_supported = False
+        return await self.call(
+            "GET", f"/api/v2/workspace/{slug}", endpoint="projects.get_by_slug_v2"
+        )
 
     def _check(self, response: httpx.Response, what: str, location: SecretLocation) -> None:
         """raise_for_response, and forget a slug that resolved to a project now refused."""
@@ -560,28 +597,38 @@ class InfisicalSession:
                     del self._project_ids[slug]
             raise
 
-    async def ensure_folder(self, location: SecretLocation) -> bool:
-        """mkdir -p of the secret path. True when it was created; an existing leaf is success."""
+    async def ensure_folder(self, location: SecretLocation) -> None:
+        """mkdir -p of the secret path; an existing folder is success. The v2 route, else (older
+        generations) v1, which answers 200 for an existing folder too."""
         parts = [part for part in location.secret_path.split("/") if part]
         if not parts:
-            return False
+            return
+        parent, name = "/" + "/".join(parts[:-1]), parts[-1]
+        what = f"creating folder {location.secret_path}"
+        fields = {"environment": location.environment, "path": parent, "name": name}
+        if self.transport.folders_v2_supported is not False:
+            response = await self.call(
+                "POST",
+                "/api/v2/folders",
+                endpoint="folders.create",
+                json={"projectId": location.project_id, **fields},
+            )
+            if not _route_missing(response):
+                self.transport.folders_v2_supported = True
+                if response.status_code == 400 and "already exists" in str(
+                    remote_details(response).get("remote_message", "")
+                ):
+                    return
+                self._check(response, what, location)
+                return
+            self.transport.folders_v2_supported = False
         response = await self.call(
             "POST",
-            "/api/v2/folders",
-            endpoint="folders.create",
-            json={
-                "projectId": location.project_id,
-                "environment": location.environment,
-                "path": "/" + "/".join(parts[:-1]),
-                "name": parts[-1],
-            },
+            "/api/v1/folders",
+            endpoint="folders.create_v1",
+            json={"workspaceId": location.project_id, **fields},
         )
-        if response.status_code == 400 and "already exists" in str(
-            remote_details(response).get("remote_message", "")
-        ):
-            return False
-        self._check(response, f"creating folder {location.secret_path}", location)
-        return True
+        self._check(response, what, location)
 
     # --- secrets -------------------------------------------------------------------------------
 
@@ -641,14 +688,27 @@ class InfisicalSession:
     async def batch_create(self, location: SecretLocation, items: Sequence[SecretWrite]) -> None:
         await self._batch("POST", location, [item.wire() for item in items], "create")
 
-    async def batch_update(
-        self,
-        location: SecretLocation,
-        items: Sequence[SecretWrite],
-        *,
-        mode: str = "failOnNotFound",
-    ) -> None:
-        await self._batch("PATCH", location, [item.wire() for item in items], "update", mode=mode)
+    async def batch_update(self, location: SecretLocation, items: Sequence[SecretWrite]) -> None:
+        """Every key must exist (the server's default mode; `mode` is never sent: older
+        generations drop it)."""
+        await self._batch("PATCH", location, [item.wire() for item in items], "update")
+
+    async def batch_upsert(self, location: SecretLocation, items: Sequence[SecretWrite]) -> None:
+        """Create the keys the folder lacks and update the others, from a fresh read of the
+        folder. Not the batch update's `mode: upsert`: older generations drop it and refuse the
+        whole batch on a missing key. A key created or deleted in between fails the write
+        (Conflict or NotFound), for the caller to try again."""
+        try:
+            listing = await self.list_secrets(location)
+            existing = {secret.key for secret in listing.secrets if secret.type == "shared"}
+        except NotFound:  # the folder does not exist yet: the create makes it
+            existing = set()
+        missing = [item for item in items if item.key not in existing]
+        present = [item for item in items if item.key in existing]
+        if missing:
+            await self.batch_create(location, missing)
+        if present:
+            await self.batch_update(location, present)
 
     async def batch_delete(self, location: SecretLocation, keys: Iterable[str]) -> None:
         items: list[dict[str, object]] = [{"secretKey": key, "type": "shared"} for key in keys]
@@ -660,10 +720,9 @@ class InfisicalSession:
         location: SecretLocation,
         items: list[dict[str, object]],
         action: str,
-        mode: str | None = None,
     ) -> None:
         for chunk in chunked(items, self.chunk_size):
-            await self._batch_chunk(method, location, list(chunk), action, mode)
+            await self._batch_chunk(method, location, list(chunk), action)
 
     async def _batch_chunk(
         self,
@@ -671,18 +730,27 @@ class InfisicalSession:
         location: SecretLocation,
         items: list[dict[str, object]],
         action: str,
-        mode: str | None,
     ) -> None:
         body: dict[str, object] = {
             "environment": location.environment,
             "secretPath": location.secret_path,
             "secrets": items,
         }
-        if mode:
-            body["mode"] = mode
         what = (
             f"batch {action} of {len(items)} keys in {location.environment}:{location.secret_path}"
         )
+        response = await self._send_batch(method, location, body, action)
+        if method != "DELETE" and _folder_missing(response):
+            # Older generations list a missing folder as empty, so a write is the first to say
+            # so: make it, then write once more. (Deleting from a missing folder has nothing to
+            # delete: the caller re-reads.)
+            await self.ensure_folder(location)
+            response = await self._send_batch(method, location, body, action)
+        self._check(response, what, location)
+
+    async def _send_batch(
+        self, method: str, location: SecretLocation, body: dict[str, object], action: str
+    ) -> httpx.Response:
         if self.transport.v4_supported is not False:
             response = await self.call(
                 method,
@@ -691,16 +759,14 @@ class InfisicalSession:
                 json={"projectId": location.project_id, **body},
             )
             if not _route_missing(response):
-                self._check(response, what, location)
-                return
+                return response
             self.transport.v4_supported = False
-        response = await self.call(
+        return await self.call(
             method,
             "/api/v3/secrets/batch/raw",
             endpoint=f"secrets.batch_{action}_v3",
             json={"workspaceId": location.project_id, **body},
         )
-        self._check(response, what, location)
 
 
 def _settings_changed() -> Unreachable:

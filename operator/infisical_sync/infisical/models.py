@@ -6,7 +6,9 @@ into a log line or exception by accident. `.get_secret_value()` is called only a
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 
 class _Wire(BaseModel):
@@ -57,10 +59,21 @@ class Environment(_Wire):
 
 
 class Project(_Wire):
-    id: str
+    id: str = Field(validation_alias=AliasChoices("id", "_id"))
     slug: str = ""
     name: str = ""
     environments: list[Environment] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unwrapped(cls, data: Any) -> Any:
+        """The slug routes answer the project itself; read one wrapped in `project` or
+        `workspace` too (the by-id and older workspace routes wrap it)."""
+        if isinstance(data, dict) and "id" not in data and "_id" not in data:
+            for wrapper in ("project", "workspace"):
+                if isinstance(data.get(wrapper), dict):
+                    return data[wrapper]
+        return data
 
 
 class ProjectList(_Wire):

@@ -111,7 +111,15 @@ class InstanceTransport:
         self._users = 0  # sends, revocations and logins under way (see hold())
         self._idle = asyncio.Event()
         self._idle.set()
-        self.v4_supported: bool | None = None  # learnt on first use
+        # Which routes this instance serves, learnt on first use from Fastify's unknown-route 404
+        # (never from a version string); None until known. Older self-hosted generations serve
+        # only the second of each pair:
+        #   /api/v4/secrets*               | /api/v3/secrets/raw*, /api/v3/secrets/batch/raw
+        #   POST /api/v2/folders           | POST /api/v1/folders
+        #   /api/v1/projects/slug/{slug}   | /api/v2/workspace/{slug}
+        self.v4_supported: bool | None = None
+        self.folders_v2_supported: bool | None = None
+        self.project_slug_v1_supported: bool | None = None
         verify: ssl.SSLContext | bool = True
         if parts.scheme == "https":
             verify = ssl.create_default_context()
@@ -360,11 +368,8 @@ def _remote(response: httpx.Response) -> RemoteDetails:
     if not isinstance(body, dict):
         return {"remote_message": None, "request_id": None, "error": None}
     message = body.get("message")
-    if isinstance(message, list):
-        message = "; ".join(
-            str(item.get("message", item)) if isinstance(item, dict) else str(item)
-            for item in message
-        )
+    if isinstance(message, list):  # zod issues (a validation failure)
+        message = "; ".join(_issue_text(issue) for issue in message)
     return {
         "remote_message": None if message is None else str(message)[:500],
         "request_id": body.get("reqId"),
@@ -373,3 +378,17 @@ def _remote(response: httpx.Response) -> RemoteDetails:
 
 
 remote_details = _remote
+
+# zod's enum and literal messages end by quoting the value received: never repeat a request's.
+_RECEIVED = re.compile(r",? received '.*'$", re.DOTALL)
+
+
+def _issue_text(issue: object) -> str:
+    """One zod issue as `path.to.field: message` (`secrets.0.secretKey: Required`). Only its
+    path and message are read: other fields (`received`, ...) may hold request values."""
+    if not isinstance(issue, dict):
+        return str(issue)
+    text = _RECEIVED.sub("", str(issue.get("message") or issue.get("code") or "invalid"))
+    path = issue.get("path")
+    where = ".".join(str(part) for part in path) if isinstance(path, list) else ""
+    return f"{where}: {text}" if where else text
