@@ -320,10 +320,11 @@ class FakeInfisical:
             status = response.status
             return response
         except ApiError as exc:
-            status = exc.status
             if "retry-after" in exc.headers:
                 retry_after = int(exc.headers["retry-after"])
-            return self._error_response(exc)
+            error_response = self._error_response(exc)
+            status = error_response.status  # the profile may answer another status (401)
+            return error_response
         except web.HTTPNotFound:
             status = 404
             return web.json_response(
