@@ -141,9 +141,20 @@ def in_sync_before_start(body: Mapping[str, Any]) -> bool:
     return bool(status.get("lastSyncedAt")) and status.get("observedGeneration") == generation
 
 
-def follows(spec: Mapping[str, Any], reasons: Collection[str]) -> bool:
-    """Whether a SecretSync runs for these kicks: always when auto-syncing, else on request."""
-    return bool(spec.get("autoSyncEnabled", True)) or bool(set(reasons) & MANUAL_REASONS)
+def connection_ready(name: str) -> str:
+    """The kick a SecretSync gets when a connection it uses becomes Ready."""
+    return f"connection {name} ready"
+
+
+def follows(spec: Mapping[str, Any], reasons: Collection[str], *, owed: bool = False) -> bool:
+    """Whether a SecretSync runs for these kicks: always when auto-syncing, else on request.
+    `owed`: a requested run has not got through yet (e.g. its connection was not Ready); it
+    runs when a connection becomes Ready."""
+    if spec.get("autoSyncEnabled", True) or set(reasons) & MANUAL_REASONS:
+        return True
+    return owed and any(
+        reason.startswith("connection ") and reason.endswith(" ready") for reason in reasons
+    )
 
 
 class Observed(NamedTuple):
@@ -352,7 +363,7 @@ class Scheduler:
                 outcome, notify = await self._validate(key, body, force)
                 if notify:
                     for sync in dependents():
-                        self.kicks.kick(("SecretSync", namespace, sync), f"connection {name} ready")
+                        self.kicks.kick(("SecretSync", namespace, sync), connection_ready(name))
                 failures = 0 if outcome is not None and outcome.ready else failures + 1
                 retry_after = outcome.retry_after if outcome is not None else None
                 delay = self._jittered(next_delay(interval, failures, retry_after))
@@ -420,12 +431,14 @@ class Scheduler:
                 await self._pause(slot, self.clock.uniform(0.0, spread), stopped)
                 slot.take()  # the first run covers whatever kicked meanwhile
             reasons: set[str] = {"created"}
+            owed = False
             while not stopped.is_set():
                 spec = body.get("spec") or {}
                 interval = sync_interval(spec)
                 delay = interval
-                if follows(spec, reasons):
+                if follows(spec, reasons, owed=owed):
                     result = await self._sync(key, body, state)
+                    owed = result is None or not result.ok
                     if result is not None and (result.ok or not result.retryable):
                         state.failures = 0
                     else:

@@ -10,14 +10,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import SecretStr, ValidationError
 
 from infisical_sync import metrics
-from infisical_sync.conditions import timestamp
+from infisical_sync.conditions import Condition, timestamp
 from infisical_sync.connection import ConnectionReconciler
 from infisical_sync.infisical.client import InfisicalSession
 from infisical_sync.infisical.errors import (
@@ -26,7 +26,12 @@ from infisical_sync.infisical.errors import (
     NotFound,
     RateLimited,
 )
-from infisical_sync.infisical.models import MetadataEntry, SecretLocation, SecretWrite
+from infisical_sync.infisical.models import (
+    MetadataEntry,
+    RemoteSecret,
+    SecretLocation,
+    SecretWrite,
+)
 from infisical_sync.kube import Kube, WriteForbidden
 from infisical_sync.planner import (
     ALLOW_MASS_DELETE,
@@ -48,11 +53,14 @@ from infisical_sync.sources import (
     read_kubernetes,
 )
 from infisical_sync.sync_status import (
+    DESTINATION_READ,
     failed_status,
+    source_condition,
     succeeded_status,
     summary,
     suspended_status,
     transition_events,
+    transition_log,
 )
 
 log = logging.getLogger(__name__)
@@ -101,6 +109,12 @@ class CycleResult:
     ok: bool
     retryable: bool = False
     retry_after: float | None = None
+
+
+def _keeps_metadata(secrets: Sequence[RemoteSecret]) -> bool | None:
+    """Whether the server returned secretMetadata with these keys; None when no key tells."""
+    shared = [secret for secret in secrets if secret.type == "shared"]
+    return all(secret.metadata is not None for secret in shared) if shared else None
 
 
 def _destination_map(listing_secrets: Any) -> dict[str, DestinationKey]:
@@ -180,6 +194,9 @@ class SyncEngine:
         self.post_event = post_event
         self.cluster_id = cluster_id  # part of every key's ownership metadata
         self._caches: dict[tuple[str, str], _Cache] = {}
+        # instance URL -> whether it keeps secretMetadata, learnt from any listing with keys:
+        # the answer for a destination that is still empty.
+        self._keeps_metadata: dict[str, bool] = {}
         # (namespace, Secret) -> SecretSyncs whose last source read included it: a Secret that
         # stops matching a selector (label removed) still wakes the SecretSync it fed.
         self._readers: dict[tuple[str, str], set[str]] = {}
@@ -228,7 +245,9 @@ class SyncEngine:
         except ValidationError as exc:
             fields = ", ".join(".".join(str(p) for p in err["loc"]) for err in exc.errors())
             failure = SyncFailed("Synced", "InvalidSpec", f"spec is invalid at: {fields}")
-            return self._failed(previous, generation, now, failure, {})
+            result = self._failed(previous, generation, now, failure, {})
+            self._post_transitions(namespace, name, body, previous, result.status)
+            return result
         # status.destination names where keys were last written: it moves only with a real
         # sync (or is set the first time), so a changed destination is recognised as new.
         wrote_here = {"source": spec.source.describe(), "destination": spec.destination.describe()}
@@ -240,20 +259,30 @@ class SyncEngine:
             return CycleResult(suspended_status(previous, generation, now, described), ok=True)
         owner = Owner(namespace, name, str(meta.get("uid", "")), self.cluster_id)
         annotations = meta.get("annotations") or {}
+        known: list[Condition] = []  # conditions the cycle established before any failure
         try:
             status = await self._cycle(
-                namespace, name, spec, owner, annotations, previous, generation, now, on_writing
+                namespace,
+                name,
+                spec,
+                owner,
+                annotations,
+                previous,
+                generation,
+                now,
+                on_writing,
+                known,
             )
         except SyncFailed as failure:
             metrics.SYNCS.labels("failed").inc()
-            result = self._failed(previous, generation, now, failure, described)
-            self._post_transitions(body, previous, result.status)
+            result = self._failed(previous, generation, now, failure, described, known)
+            self._post_transitions(namespace, name, body, previous, result.status)
             return result
         finally:
             metrics.SYNC_DURATION.observe(time.monotonic() - started)
         status.update(described if spec.dry_run else wrote_here)
         metrics.SYNCS.labels("dry_run" if spec.dry_run else "succeeded").inc()
-        self._post_transitions(body, previous, status)
+        self._post_transitions(namespace, name, body, previous, status)
         return CycleResult(status, ok=True)
 
     async def _cycle(
@@ -267,7 +296,9 @@ class SyncEngine:
         generation: int | None,
         now: dt.datetime,
         on_writing: Callable[[], Awaitable[None]] | None = None,
+        known: list[Condition] | None = None,
     ) -> dict[str, Any]:
+        known = [] if known is None else known
         cache = self._caches.setdefault((namespace, name), _Cache())
         destination_ref = spec.destination.connection_ref.name
         session = self.connections.session(namespace, destination_ref)
@@ -275,16 +306,30 @@ class SyncEngine:
             raise self._connection_not_ready(namespace, destination_ref)
 
         source = await self._read_source(namespace, name, spec, cache)
+        unreadable = None
         if not source.certain and not source.values:
-            raise SyncFailed(
+            unreadable = SyncFailed(
                 "SourceReady",
                 source.problem_reason,
                 "; ".join(source.problems),
                 retryable=True,
                 retry_after=source.retry_after,
             )
-        location = await self._destination_location(session, spec)
-        destination = await self._read_destination(session, location, cache, fresh=False)
+        else:
+            known.append(source_condition(source.facts()))
+        # The destination is read even when the source cannot be: DestinationReady then says
+        # what it is now (its connection became Ready, say), not what an earlier cycle saw.
+        try:
+            location = await self._destination_location(session, spec)
+            destination = await self._read_destination(session, location, cache, fresh=False)
+        except SyncFailed as failure:
+            if unreadable is None:
+                raise
+            known.append(Condition("DestinationReady", "False", failure.reason, failure.message))
+            raise unreadable from None
+        known.append(DESTINATION_READ)
+        if unreadable is not None:
+            raise unreadable
         # A new destination starts afresh: its first sync is an initial one, and the ledger of
         # the old destination says nothing about keys there.
         moved = previous.get("destination") not in (None, spec.destination.describe()) or (
@@ -316,8 +361,17 @@ class SyncEngine:
 
         result = plan(plan_input(destination))
         import_status: dict[str, Any] = {}
+        instance = session.transport.base_url
         if spec.dry_run:
-            return succeeded_status(previous, generation, now, result, source.facts(), dry_run=True)
+            return succeeded_status(
+                previous,
+                generation,
+                now,
+                result,
+                source.facts(),
+                dry_run=True,
+                instance_tracking=self._keeps_metadata.get(instance),
+            )
         if on_writing is not None and (result.writes or result.import_to_source):
             await on_writing()
         if result.import_to_source:
@@ -346,11 +400,25 @@ class SyncEngine:
                 metrics.KEYS_CHANGED.labels(action).inc(count)
         if result.writes:
             log.info("%s/%s synced: %s", namespace, name, summary(result))
+        if (
+            result.metadata_tracking is None
+            and result.create
+            and instance not in self._keeps_metadata
+        ):
+            await self._learn_keeps_metadata(session, location, cache)
         confirmation = annotations.get(ALLOW_MASS_DELETE)
         if confirmation is not None and confirmation != result.held_id:
             # Used, or it names no hold shown now: one-shot, it goes.
             await self._consume_confirmation(namespace, name)
-        status = succeeded_status(previous, generation, now, result, source.facts(), dry_run=False)
+        status = succeeded_status(
+            previous,
+            generation,
+            now,
+            result,
+            source.facts(),
+            dry_run=False,
+            instance_tracking=self._keeps_metadata.get(instance),
+        )
         status.update(import_status)
         status["destinationLocation"] = {
             "connection": destination_ref,
@@ -455,9 +523,34 @@ class SyncEngine:
             raise self._remote_failure("DestinationReady", exc) from None
         if listing.not_modified:
             return dict(cache.destination)
+        self._remember_keeps_metadata(session, listing.secrets)
         cache.destination_at, cache.destination_etag = at, listing.etag
         cache.destination = _destination_map(listing.secrets)
         return dict(cache.destination)
+
+    def _remember_keeps_metadata(
+        self, session: InfisicalSession, secrets: Sequence[RemoteSecret]
+    ) -> None:
+        keeps = _keeps_metadata(secrets)
+        if keeps is not None:
+            self._keeps_metadata[session.transport.base_url] = keeps
+
+    async def _learn_keeps_metadata(
+        self, session: InfisicalSession, location: SecretLocation, cache: _Cache
+    ) -> None:
+        """The first keys written into an empty destination on an instance not known yet: list
+        them back once to learn whether it keeps secretMetadata (a write's answer never carries
+        it, on any generation), so that status.ownershipTracking is right from the first sync.
+        Once per instance; the listing becomes the cache, so the next cycle's list is a 304."""
+        try:
+            listing = await session.list_secrets(location)
+        except InfisicalError as exc:  # only the status's wording depends on it
+            log.debug("listing %s to learn about secretMetadata failed: %s", location, exc)
+            return
+        self._remember_keeps_metadata(session, listing.secrets)
+        cache.destination_at = (session.transport.base_url, location)
+        cache.destination_etag = listing.etag
+        cache.destination = _destination_map(listing.secrets)
 
     # --- writes --------------------------------------------------------------------------------
 
@@ -554,6 +647,7 @@ class SyncEngine:
             return session, location, {}
         except InfisicalError as exc:
             raise self._remote_failure("Synced", exc) from None
+        self._remember_keeps_metadata(session, listing.secrets)
         destination = _destination_map(listing.secrets)
         # The ledger names keys on the instance it was written on: on another (the connection's
         # URL changed since) a key of the same name is not ours.
@@ -616,6 +710,7 @@ class SyncEngine:
         now: dt.datetime,
         failure: SyncFailed,
         described: Mapping[str, str],
+        known: Sequence[Condition] = (),
     ) -> CycleResult:
         status = failed_status(
             previous,
@@ -625,13 +720,22 @@ class SyncEngine:
             reason=failure.reason,
             message=failure.message,
             described=described,
+            known=known,
         )
         return CycleResult(
             status, ok=False, retryable=failure.retryable, retry_after=failure.retry_after
         )
 
     def _post_transitions(
-        self, body: Mapping[str, Any], previous: Mapping[str, Any], status: Mapping[str, Any]
+        self,
+        namespace: str,
+        name: str,
+        body: Mapping[str, Any],
+        previous: Mapping[str, Any],
+        status: Mapping[str, Any],
     ) -> None:
+        line = transition_log(namespace, name, previous, status)
+        if line is not None:
+            log.log(line.level, "%s", line.message)
         for event in transition_events(previous, status):
             self.post_event(body, event.type, event.reason, event.message)

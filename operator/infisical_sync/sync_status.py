@@ -6,7 +6,8 @@ Status is the user's window: conditions with reasons, counts, key names; never v
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ from infisical_sync.conditions import Condition, merge_conditions, timestamp
 from infisical_sync.planner import Plan
 
 SUSPENDED_MESSAGE = "suspended: spec.suspend is true"
+DESTINATION_READ = Condition("DestinationReady", "True", "DestinationRead", "destination listed")
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,26 @@ class Event:
     type: str  # Normal | Warning
     reason: str
     message: str
+
+
+@dataclass(frozen=True)
+class LogLine:
+    level: int  # logging.WARNING, INFO or DEBUG
+    message: str
+
+
+def source_condition(source: SourceFacts) -> Condition:
+    if source.certain:
+        return Condition("SourceReady", "True", "SourceRead", f"{source.keys_read} keys read")
+    return Condition("SourceReady", "False", source.problem_reason, "; ".join(source.problems))
+
+
+def ownership_tracking(known: bool | None) -> dict[str, str]:
+    """status.ownershipTracking once known; nothing (the previous value stays) while it is not:
+    an empty destination on an instance that has not listed any key yet cannot tell."""
+    if known is None:
+        return {}
+    return {"ownershipTracking": "Metadata" if known else "Ledger"}
 
 
 def summary(result: Plan, *, dry_run: bool = False) -> str:
@@ -66,8 +88,10 @@ def succeeded_status(
     source: SourceFacts,
     *,
     dry_run: bool,
+    instance_tracking: bool | None = None,
 ) -> dict[str, Any]:
-    """The status of a cycle that planned (and, unless a dry run, wrote)."""
+    """The status of a cycle that planned (and, unless a dry run, wrote). `instance_tracking`:
+    whether the instance keeps secretMetadata, when known, for a destination that was empty."""
     message = summary(result, dry_run=dry_run)
     if source.duplicates:
         message += "; duplicate keys: " + "; ".join(source.duplicates)
@@ -81,11 +105,6 @@ def succeeded_status(
             f"{k}: {v}" for k, v in sorted(skipped.items())
         )
         message += "; " + why
-    source_condition = (
-        Condition("SourceReady", "True", "SourceRead", f"{source.keys_read} keys read")
-        if source.certain
-        else Condition("SourceReady", "False", source.problem_reason, "; ".join(source.problems))
-    )
     if dry_run:
         synced = Condition("Synced", "False", "DryRun", message)
         ready = Condition("Ready", "True", "DryRun", "dry run: plan in status.plan")
@@ -110,8 +129,8 @@ def succeeded_status(
         previous.get("conditions"),
         [
             ready,
-            source_condition,
-            Condition("DestinationReady", "True", "DestinationRead", "destination listed"),
+            source_condition(source),
+            DESTINATION_READ,
             synced,
         ],
         generation=generation,
@@ -140,12 +159,8 @@ def succeeded_status(
             else None
         ),
         "skippedKeys": [f"{k}: {v}" for k, v in sorted(skipped.items())],
-        "ownershipTracking": (
-            previous.get("ownershipTracking", "Metadata")
-            if result.metadata_tracking is None
-            else "Metadata"
-            if result.metadata_tracking
-            else "Ledger"
+        **ownership_tracking(
+            instance_tracking if result.metadata_tracking is None else result.metadata_tracking
         ),
     }
     if dry_run:
@@ -174,10 +189,13 @@ def failed_status(
     reason: str,
     message: str,
     described: Mapping[str, str],
+    known: Sequence[Condition] = (),
 ) -> dict[str, Any]:
     """A cycle that could not finish: `condition` (SourceReady, DestinationReady or Synced)
-    failed with `reason`."""
+    failed with `reason`. `known`: what the cycle learnt before it failed (e.g. the destination
+    was listed), so that those conditions are not left as an earlier cycle saw them."""
     updates = [
+        *known,
         Condition("Ready", "False", reason, message),
         Condition("Synced", "False", reason, message),
     ]
@@ -217,6 +235,14 @@ def suspended_status(
     }
 
 
+def failure_reason(status: Mapping[str, Any]) -> str:
+    """The reason of a failed status: its Synced condition's."""
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "Synced":
+            return str(condition.get("reason"))
+    return "SyncFailed"
+
+
 def transition_events(previous: Mapping[str, Any], status: Mapping[str, Any]) -> list[Event]:
     """Events on transitions only: into Succeeded or Failed, and on new conflicts."""
     events: list[Event] = []
@@ -225,14 +251,29 @@ def transition_events(previous: Mapping[str, Any], status: Mapping[str, Any]) ->
     if after != before and after == "Succeeded":
         events.append(Event("Normal", "Synced", message))
     elif after != before and after == "Failed":
-        reason = "SyncFailed"
-        for condition in status.get("conditions", []):
-            if condition["type"] == "Synced":
-                reason = condition["reason"]
-        events.append(Event("Warning", reason, message))
+        events.append(Event("Warning", failure_reason(status), message))
     new_conflicts = set(status.get("conflicts") or []) - set(previous.get("conflicts") or [])
     if new_conflicts:
         events.append(
             Event("Warning", "Conflict", f"keys left alone: {', '.join(sorted(new_conflicts))}")
         )
     return events
+
+
+def transition_log(
+    namespace: str, name: str, previous: Mapping[str, Any], status: Mapping[str, Any]
+) -> LogLine | None:
+    """The operator log of a cycle's outcome: one WARNING when a SecretSync starts failing (or
+    fails for another reason), DEBUG while it keeps failing the same way, one INFO when it
+    recovers. Status messages name keys, never values."""
+    before, after = previous.get("syncStatus"), status.get("syncStatus")
+    message = str(status.get("lastSyncMessage", ""))
+    who = f"SecretSync {namespace}/{name}"
+    if after == "Failed":
+        reason = failure_reason(status)
+        if before == "Failed" and failure_reason(previous) == reason:
+            return LogLine(logging.DEBUG, f"{who} still failing: {reason}")
+        return LogLine(logging.WARNING, f"{who} failed: {reason}: {message}")
+    if after == "Succeeded" and before == "Failed":
+        return LogLine(logging.INFO, f"{who} synced again: {message}")
+    return None

@@ -735,3 +735,78 @@ def test_a_sync_that_skips_every_key_is_not_synced(env: tuple[Any, str, FakeInfi
     put_secret(kube, namespace, "app", {"NAME": "n"})
     wait_for(lambda: sync_status(kube, namespace) == "Succeeded", timeout=10)
     assert condition(kube, namespace, SYNCS, "sync", "Ready") == ("True", "Synced")
+
+
+def test_ownership_tracking_says_ledger_from_the_first_sync_on_an_old_server(
+    env: tuple[Any, str, FakeInfisical],
+) -> None:
+    kube, namespace, fake = env
+    fake.metadata_supported = False
+    put_secret(kube, namespace, "app", {"A": "1"})
+    create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec())  # into an empty path
+    wait_for(lambda: sync_status(kube, namespace) == "Succeeded")
+    assert status(kube, namespace, SYNCS, "sync")["ownershipTracking"] == "Ledger"
+
+
+def connection_without_credentials(kube: Any, namespace: str, fake: FakeInfisical) -> None:
+    """Connection `dest` whose credentials Secret does not exist yet: not Ready."""
+    create(
+        kube,
+        namespace,
+        CONNECTIONS,
+        "InfisicalConnection",
+        "dest",
+        {
+            "instanceUrl": fake.url,
+            "allowInsecureHttp": True,
+            "credentials": {"secretRef": {"name": "dest-identity"}},
+        },
+    )
+    wait_for(
+        lambda: (
+            condition(kube, namespace, CONNECTIONS, "dest", "Ready") == ("False", "SecretNotFound")
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    "case", ["source ready", "source missing", "manual sync"], ids=lambda c: c.replace(" ", "-")
+)
+def test_destination_ready_follows_the_connection_becoming_ready(
+    operator: OperatorProcess, kube: Any, namespace: str, fake: FakeInfisical, case: str
+) -> None:
+    connection_without_credentials(kube, namespace, fake)
+    if case != "source missing":
+        put_secret(kube, namespace, "app", {"A": "1"})
+    spec = sync_spec(autoSyncEnabled=case != "manual sync")
+    create(kube, namespace, SYNCS, "SecretSync", "sync", spec)
+    wait_for(
+        lambda: (
+            condition(kube, namespace, SYNCS, "sync", "DestinationReady")
+            == ("False", "ConnectionNotReady")
+        )
+    )
+    put_secret(
+        kube, namespace, "dest-identity", {"clientId": CLIENT_ID, "clientSecret": CLIENT_SECRET}
+    )
+    wait_for(
+        lambda: condition(kube, namespace, CONNECTIONS, "dest", "Ready") == ("True", "Validated")
+    )
+    wait_for(
+        lambda: (
+            condition(kube, namespace, SYNCS, "sync", "DestinationReady")
+            == ("True", "DestinationRead")
+        ),
+        timeout=15,
+    )
+    if case == "source missing":
+        assert condition(kube, namespace, SYNCS, "sync", "SourceReady") == (
+            "False",
+            "SecretNotFound",
+        )
+    else:
+        wait_for(lambda: remote(fake) == {"A": "1"})
+        # The operator log: one WARNING when it started failing, one line when it recovered.
+        recovered = f"SecretSync {namespace}/sync synced again"
+        wait_for(lambda: recovered in operator.log())
+        assert operator.log().count(f"SecretSync {namespace}/sync failed: ConnectionNotReady") == 1

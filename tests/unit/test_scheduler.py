@@ -285,6 +285,24 @@ async def test_manual_sync_runs_at_start_and_on_request_only(harness: Harness) -
     assert len(harness.engine.runs) == 2
 
 
+async def test_a_manual_sync_that_could_not_run_runs_once_its_connection_is_ready(
+    harness: Harness,
+) -> None:
+    harness.engine.results = [failed(retryable=False), ok()]
+    harness.start(
+        harness.scheduler.run_secretsync(
+            "ns", "sync", sync_body(autoSyncEnabled=False), harness.stopped
+        )
+    )
+    await harness.sleeping(1)  # created: the connection was not Ready
+    harness.scheduler.kicks.kick(SYNC, "connection dest ready")
+    await harness.sleeping(2)
+    assert len(harness.engine.runs) == 2  # the run it owed
+    harness.scheduler.kicks.kick(SYNC, "connection dest ready")
+    await harness.sleeping(3)
+    assert len(harness.engine.runs) == 2  # nothing owed any more: manual again
+
+
 async def test_auto_sync_runs_on_the_timer_and_every_kick(harness: Harness) -> None:
     harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped))
     harness.clock.advance(await harness.sleeping(1))

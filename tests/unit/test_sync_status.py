@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
+from typing import Any, cast
 
+import pytest
+
+from infisical_sync.connection import ConnectionReconciler
+from infisical_sync.kube import Kube
 from infisical_sync.planner import Plan
+from infisical_sync.sync import SyncEngine
 from infisical_sync.sync_status import (
+    DESTINATION_READ,
     SourceFacts,
     failed_status,
     succeeded_status,
     suspended_status,
     transition_events,
+    transition_log,
 )
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
@@ -102,3 +111,113 @@ def test_events_only_on_transitions() -> None:
     ]
     conflicted = {**ok, "conflicts": ["X"]}
     assert [e.message for e in transition_events(ok, conflicted)] == ["keys left alone: X"]
+
+
+@pytest.mark.parametrize(
+    ("from_destination", "instance", "expected"),
+    [
+        (None, False, "Ledger"),  # empty destination on an instance without secretMetadata
+        (None, True, "Metadata"),
+        (None, None, None),  # nothing tells yet: the previous value stays
+        (True, False, "Metadata"),  # the destination's own keys win
+        (False, None, "Ledger"),
+    ],
+)
+def test_ownership_tracking(
+    from_destination: bool | None, instance: bool | None, expected: str | None
+) -> None:
+    result = Plan(create={"A": "1"}, metadata_tracking=from_destination)
+    status = succeeded_status({}, 1, NOW, result, READ, dry_run=False, instance_tracking=instance)
+    assert status.get("ownershipTracking") == expected
+
+
+def test_a_failure_keeps_what_the_cycle_learnt_before_it() -> None:
+    earlier = failed_status(
+        {},
+        1,
+        NOW,
+        condition="DestinationReady",
+        reason="ConnectionNotReady",
+        message="not Ready",
+        described={},
+    )
+    later = failed_status(
+        earlier,
+        1,
+        NOW,
+        condition="SourceReady",
+        reason="SecretNotFound",
+        message="Secret ns/app not found",
+        described={},
+        known=[DESTINATION_READ],
+    )
+    assert conditions(later)["DestinationReady"] == ("True", "DestinationRead")
+    assert conditions(later)["SourceReady"] == ("False", "SecretNotFound")
+    assert conditions(later)["Ready"] == ("False", "SecretNotFound")
+
+
+def failing(previous: dict[str, Any], reason: str, message: str = "down") -> dict[str, Any]:
+    return failed_status(
+        previous, 1, NOW, condition="Synced", reason=reason, message=message, described={}
+    )
+
+
+def test_the_log_says_once_when_a_sync_starts_failing_and_once_when_it_recovers() -> None:
+    ok = succeeded_status({}, 1, NOW, Plan(create={"A": "1"}), READ, dry_run=False)
+    first = failing(ok, "ServerError", "batch create of 1 keys: 500")
+    line = transition_log("ns", "sync", ok, first)
+    assert line is not None and line.level == logging.WARNING
+    assert line.message == "SecretSync ns/sync failed: ServerError: batch create of 1 keys: 500"
+    again = failing(first, "ServerError")
+    assert transition_log("ns", "sync", first, again).level == logging.DEBUG  # type: ignore[union-attr]
+    other = failing(again, "PermissionDenied")  # failing for another reason: said again
+    assert transition_log("ns", "sync", again, other).level == logging.WARNING  # type: ignore[union-attr]
+    recovered = succeeded_status(other, 1, NOW, Plan(unchanged=["A"]), READ, dry_run=False)
+    line = transition_log("ns", "sync", other, recovered)
+    assert line is not None and line.level == logging.INFO
+    assert line.message.startswith("SecretSync ns/sync synced again: ")
+    assert transition_log("ns", "sync", recovered, recovered) is None
+    assert transition_log("ns", "sync", {}, failing({}, "InvalidSpec")).level == logging.WARNING  # type: ignore[union-attr]
+
+
+class NoConnections:
+    """No connection is Ready (nor known): every cycle fails with ConnectionNotReady."""
+
+    def session(self, namespace: str, name: str) -> None:
+        return None
+
+    def state(self, namespace: str, name: str) -> None:
+        return None
+
+
+async def test_a_failing_sync_logs_one_warning_then_stays_quiet(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="infisical_sync")
+    engine = SyncEngine(
+        cast(Kube, None),
+        cast(ConnectionReconciler, NoConnections()),
+        post_event=lambda *_: None,
+        cluster_id="c",
+    )
+    body = {
+        "metadata": {"name": "sync", "generation": 1, "uid": "u"},
+        "spec": {
+            "source": {"kubernetes": {"secrets": [{"name": "app"}]}},
+            "destination": {
+                "connectionRef": {"name": "dest"},
+                "projectId": "p",
+                "environment": "prod",
+            },
+        },
+    }
+    previous: dict[str, Any] | None = None
+    for _ in range(3):
+        result = await engine.run("ns", "sync", body, previous)
+        previous = {**(previous or {}), **result.status}
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records if "ns/sync" in r.getMessage()]
+    assert [level for level, _ in lines] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
+    assert lines[0][1] == (
+        "SecretSync ns/sync failed: ConnectionNotReady: InfisicalConnection ns/dest is not Ready:"
+        " not validated yet (or does not exist)"
+    )
