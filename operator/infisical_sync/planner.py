@@ -238,7 +238,10 @@ def foreign_owner(entry: DestinationKey, owner: Owner) -> str | None:
 def owned_by(key: str, entry: DestinationKey, owner: Owner, ledger: frozenset[str]) -> bool:
     if entry.metadata is None:
         return key in ledger
-    return ownership(entry, owner)[0] == "ours"
+    kind = ownership(entry, owner)[0]
+    # A key the ledger names that carries no owner at all was written while the server kept no
+    # secretMetadata (once upgraded, it answers [] for such keys): still ours, and stamped now.
+    return kind == "ours" or (kind == "nobody" and key in ledger)
 
 
 def ownership_metadata(

@@ -286,6 +286,23 @@ def test_ledger_fallback_without_metadata() -> None:
     assert "Z" not in result.managed_after
 
 
+def test_ledger_keys_stay_ours_when_the_server_starts_keeping_metadata() -> None:
+    """A server upgraded to a generation with secretMetadata answers [] for the keys written
+    while it had none: the ledger still names them, so they are ours (stamped, not conflicts);
+    an unrecorded key without an owner is still not."""
+    destination = {"A": unowned("1"), "B": unowned("2"), "C": unowned("3"), "Z": unowned("z")}
+    result = plan(
+        inputs(source={"A": "1", "B": "two"}, destination=destination, ledger=frozenset("ABC"))
+    )
+    assert result.conflicts == {}
+    assert result.update == {"A": "1", "B": "two"}
+    assert result.metadata_only == {"A"}  # value unchanged: only our metadata is written
+    assert dict(result.metadata["A"])[OWNER_KEY] == US.ref
+    assert result.delete == ["C"]
+    assert result.managed_after == ["A", "B"]
+    assert "Z" not in result.managed_after and "Z" not in result.update
+
+
 def test_an_earlier_incarnation_on_this_cluster_is_adopted_on_the_initial_sync_only() -> None:
     earlier = ours("1", EARLIER)
     destination = {"A": earlier, "GONE": ours("g", EARLIER)}
