@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from infisical_sync.testing.fake_infisical import FakeInfisical, Fault, RateLimits
-from infisical_sync.testing.fake_profiles import PROFILES, profile_named
+from infisical_sync.testing.fake_profiles import (
+    CURRENT,
+    GEN_2024,
+    PROFILES,
+    ServerProfile,
+    profile_named,
+)
 from infisical_sync.testing.fake_state import ProjectAccess
+from infisical_sync.testing.seed import fake_from_seed
 
 CLIENT_ID = "11111111-1111-4111-8111-111111111111"
 CLIENT_SECRET = "canary-client-secret-7c1f"
@@ -332,7 +342,10 @@ async def test_v4_switch_off_mimics_old_servers(
     headers = await token(http)
     response = await http.get("/api/v4/secrets", params=LIST, headers=headers)
     assert response.status_code == 404
-    assert response.json()["message"] == "Route GET:/api/v4/secrets not found"
+    # Fastify names the request's URL as sent, query included
+    url = response.request.url.raw_path.decode()
+    assert "?projectId=p-1&" in url
+    assert response.json()["message"] == f"Route GET:{url} not found"
     v3 = await http.get(
         "/api/v3/secrets/raw", params={"workspaceId": "p-1", "environment": "prod"}, headers=headers
     )
@@ -764,3 +777,478 @@ async def test_imported_secrets_expand_where_they_live_on_every_list(
         assert values["import:URL"] == "https://h"  # the list expands imports regardless
         assert values["import:HIDDEN"] == "${staging.X}"  # a refusal there is swallowed
         assert values["OWN"] == "${HOST}"
+
+
+# --- server generations (reference §8): issue 9's table, one test per row, per profile --------
+#
+# Each test is parametrized over the profiles with that profile's own expected answer, written
+# out here rather than read from the profile table (the table is what is under test).
+
+# Whether error bodies carry `reqId`, per generation.
+REQUEST_IDS = {"current": True, "2024": False}
+DEV_V3_LIST = {"workspaceId": "p-1", "environment": "dev", "secretPath": "/"}
+
+
+@asynccontextmanager
+async def generation(profile: str) -> AsyncIterator[tuple[FakeInfisical, httpx.AsyncClient]]:
+    async with FakeInfisical(profile=profile) as server:
+        project = server.state.add_project("payments", project_id="p-1", environments=["dev"])
+        server.state.add_identity(CLIENT_ID, CLIENT_SECRET, projects={project.id: ProjectAccess()})
+        async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
+            client.headers.update(await token(client))
+            yield server, client
+
+
+def error_of(profile: str, response: httpx.Response) -> tuple[int, dict[str, Any]]:
+    """Status and error body, `reqId` checked against the generation and then left out."""
+    body: dict[str, Any] = response.json()
+    request_id = body.pop("reqId", None)
+    if REQUEST_IDS[profile]:
+        assert request_id is not None and request_id.startswith("req-"), body
+    else:
+        assert request_id is None, body
+    return response.status_code, body
+
+
+def route_missing(method: str, path: str) -> tuple[int, dict[str, Any]]:
+    """Fastify's unknown-route answer (no reqId on any generation)."""
+    return 404, {
+        "message": f"Route {method}:{path} not found",
+        "error": "Not Found",
+        "statusCode": 404,
+    }
+
+
+PATH_NOT_FOUND = (
+    "Folder with path '{path}' in environment '{env}' was not found. "
+    "Please ensure the environment slug and secret path is correct."
+)
+
+
+@pytest.mark.parametrize("profile", ["current", "2024"])
+@pytest.mark.parametrize(
+    ("query", "path", "env"),
+    [
+        ({"secretPath": "/apps/payments"}, "/apps/payments", "dev"),
+        ({"environment": "qa"}, "/", "qa"),
+    ],
+    ids=["missing-path", "missing-environment"],
+)
+async def test_generation_list_of_a_missing_path(
+    profile: str, query: dict[str, str], path: str, env: str
+) -> None:
+    async with generation(profile) as (_, http):
+        response = await http.get("/api/v3/secrets/raw", params={**DEV_V3_LIST, **query})
+    if profile == "2024":
+        assert (response.status_code, response.json()) == (200, {"secrets": [], "imports": []})
+    else:
+        assert error_of(profile, response) == (
+            404,
+            {
+                "statusCode": 404,
+                "message": PATH_NOT_FOUND.format(path=path, env=env),
+                "error": "SecretPathNotFound",
+            },
+        )
+
+
+@pytest.mark.parametrize("profile", ["current", "2024"])
+async def test_generation_batch_create_into_a_missing_folder(profile: str) -> None:
+    async with generation(profile) as (fake, http):
+        response = await http.post(
+            "/api/v3/secrets/batch/raw",
+            json={
+                **DEV_V3_LIST,
+                "secretPath": "/apps/payments",
+                "secrets": [{"secretKey": "A", "secretValue": "1"}],
+            },
+        )
+        assert fake.state.folder("p-1", "dev", "/apps/payments") is None
+    assert error_of(profile, response) == (
+        404,
+        {
+            "statusCode": 404,
+            "message": "Folder with path '/apps/payments' in environment with slug 'dev' not found",
+            "error": "CreateManySecret",
+        },
+    )
+
+
+FOLDER_V1_KEYS = {
+    "id",
+    "name",
+    "version",
+    "createdAt",
+    "updatedAt",
+    "envId",
+    "parentId",
+    "isReserved",
+}
+FOLDER_V2_KEYS = FOLDER_V1_KEYS | {"description", "path"}
+FOLDER_LISTED_KEYS = {"id", "name", "envId", "version", "createdAt", "updatedAt", "parentId"}
+
+
+@pytest.mark.parametrize("profile", ["current", "2024"])
+async def test_generation_folders_v2(profile: str) -> None:
+    body = {"projectId": "p-1", "environment": "dev", "path": "/apps", "name": "payments"}
+    listing = {"projectId": "p-1", "environment": "dev", "path": "/apps"}
+    async with generation(profile) as (fake, http):
+        created = await http.post("/api/v2/folders", json=body)
+        listed = await http.get("/api/v2/folders", params=listing)
+        exists = fake.state.folder("p-1", "dev", "/apps/payments") is not None
+    if profile == "2024":
+        assert (created.status_code, created.json()) == route_missing("POST", "/api/v2/folders")
+        url = listed.request.url.raw_path.decode()  # Fastify names the URL, query included
+        assert (listed.status_code, listed.json()) == route_missing("GET", url)
+        assert not exists
+        return
+    assert created.status_code == 200 and exists
+    folder = created.json()["folder"]
+    assert set(folder) == FOLDER_V2_KEYS
+    assert (folder["name"], folder["path"], folder["version"]) == ("payments", "/apps/payments", 1)
+    assert listed.status_code == 200
+    (entry,) = listed.json()["folders"]
+    assert set(entry) == FOLDER_LISTED_KEYS
+    assert {key: entry[key] for key in FOLDER_LISTED_KEYS} == {
+        key: folder[key] for key in FOLDER_LISTED_KEYS
+    }
+
+
+@pytest.mark.parametrize(
+    ("profile", "again"),
+    [
+        ("current", (400, "Folder with name 'payments' already exists in path '/apps'")),
+        ("2024", (200, None)),
+    ],
+)
+async def test_generation_folders_v1(profile: str, again: tuple[int, str | None]) -> None:
+    body = {"workspaceId": "p-1", "environment": "dev", "path": "/apps", "name": "payments"}
+    async with generation(profile) as (fake, http):
+        created = await http.post("/api/v1/folders", json=body)
+        fake.state.clock.advance(5)
+        repeated = await http.post("/api/v1/folders", json=body)
+        listed = await http.get(
+            "/api/v1/folders", params={"workspaceId": "p-1", "environment": "dev", "path": "/apps"}
+        )
+        root = await http.get(
+            "/api/v1/folders", params={"workspaceId": "p-1", "environment": "dev"}
+        )
+    assert created.status_code == 200
+    folder = created.json()["folder"]
+    assert set(folder) == FOLDER_V1_KEYS
+    assert (folder["name"], folder["version"], folder["isReserved"]) == ("payments", 1, False)
+    (apps,) = root.json()["folders"]
+    assert apps["name"] == "apps" and folder["parentId"] == apps["id"]  # mkdir -p
+    status, message = again
+    assert repeated.status_code == status
+    if message is None:  # the existing folder, as it was created
+        assert repeated.json() == created.json()
+    else:
+        assert error_of(profile, repeated)[1]["message"] == message
+    (entry,) = listed.json()["folders"]
+    assert entry == {key: folder[key] for key in FOLDER_LISTED_KEYS}
+
+
+@pytest.mark.parametrize(("profile", "status"), [("current", 422), ("2024", 500)])
+async def test_generation_folders_v1_invalid_name(profile: str, status: int) -> None:
+    body = {"workspaceId": "p-1", "environment": "dev", "path": "/", "name": "a b"}
+    async with generation(profile) as (_, http):
+        response = await http.post("/api/v1/folders", json=body)
+    assert error_of(profile, response)[0] == status
+
+
+@pytest.mark.parametrize("profile", ["current", "2024"])
+async def test_generation_project_by_slug(profile: str) -> None:
+    async with generation(profile) as (_, http):
+        v1 = await http.get("/api/v1/projects/slug/payments")
+        v2 = await http.get("/api/v2/workspace/payments")
+    assert (v2.status_code, v2.json()["id"], v2.json()["slug"]) == (200, "p-1", "payments")
+    if profile == "2024":
+        assert (v1.status_code, v1.json()) == route_missing("GET", "/api/v1/projects/slug/payments")
+    else:
+        assert (v1.status_code, v1.json()) == (200, v2.json())
+
+
+@pytest.mark.parametrize("profile", ["current", "2024"])
+async def test_generation_v3_batch_upsert_of_a_new_key(profile: str) -> None:
+    items = [{"secretKey": "A", "secretValue": "2"}, {"secretKey": "B", "secretValue": "3"}]
+    async with generation(profile) as (fake, http):
+        fake.state.put_secret("p-1", "dev", "/", "A", "1")
+        response = await http.patch(
+            "/api/v3/secrets/batch/raw", json={**DEV_V3_LIST, "mode": "upsert", "secrets": items}
+        )
+        stored = fake.state.get_secrets("p-1", "dev")
+    if profile == "2024":
+        # `mode` is not in its schema: failOnNotFound, naming some key of the batch.
+        status, body = error_of(profile, response)
+        assert (status, body["error"], stored) == (404, "NotFound", {"A": "1"})
+        assert body["message"] in {"Secret does not exist: A", "Secret does not exist: B"}
+    else:
+        assert (response.status_code, stored) == (200, {"A": "2", "B": "3"})
+        versions = {s["secretKey"]: s["version"] for s in response.json()["secrets"]}
+        assert versions == {"A": 2, "B": 1}
+
+
+@pytest.mark.parametrize(("profile", "status"), [("current", 422), ("2024", 401)])
+async def test_generation_validation_error(profile: str, status: int) -> None:
+    async with generation(profile) as (_, http):
+        response = await http.post(
+            "/api/v3/secrets/batch/raw",
+            json={**DEV_V3_LIST, "secrets": [{"secretKey": "a:b", "secretValue": "v"}]},
+        )
+    assert error_of(profile, response) == (
+        status,
+        {
+            "statusCode": status,
+            "message": [
+                {
+                    "code": "custom",
+                    "message": "Secret name cannot contain colon or forward slash.",
+                    "path": ["secrets", 0, "secretKey"],
+                }
+            ],
+            "error": "ValidationFailure",
+        },
+    )
+
+
+@pytest.mark.parametrize("profile", ["current", "2024"])
+async def test_generation_request_ids_in_error_bodies(profile: str) -> None:
+    async with generation(profile) as (_, http):
+        missing = await http.get("/api/v3/secrets/raw/NOPE", params=DEV_V3_LIST)
+        exists = await http.post(
+            "/api/v3/secrets/batch/raw",
+            json={**DEV_V3_LIST, "secrets": [{"secretKey": "A", "secretValue": "1"}] * 2},
+        )
+    # error_of checks reqId's presence (current) or absence (2024)
+    assert error_of(profile, missing)[0] == 404
+    assert error_of(profile, exists) == (
+        400,
+        {"statusCode": 400, "message": "Secret already exists: A", "error": "BadRequest"},
+    )
+
+
+@pytest.mark.parametrize("profile", ["current", "2024"])
+async def test_generation_refused_renewal_deletes_the_token(profile: str) -> None:
+    async with generation(profile) as (fake, http):
+        identity = fake.state.identities[CLIENT_ID]
+        identity.access_token_ttl, identity.access_token_max_ttl = 100, 150
+        headers = await token(http)
+        raw = headers["Authorization"].split()[1]
+        fake.state.clock.advance(60)  # 60 + 100 > 150: a renewal would pass the max TTL
+        refused = await http.post("/api/v1/auth/token/renew", json={"accessToken": raw})
+        after = await http.get("/api/v3/secrets/raw", params=DEV_V3_LIST, headers=headers)
+    assert error_of(profile, refused) == (
+        401,
+        {
+            "statusCode": 401,
+            "message": "Failed to renew MI access token past its Max TTL expiration",
+            "error": "UnauthorizedError",
+        },
+    )
+    assert error_of(profile, after) == (
+        401,
+        {
+            "statusCode": 401,
+            "message": "No identity access token found",
+            "error": "UnauthorizedError",
+        },
+    )
+
+
+@pytest.mark.parametrize(("profile", "status"), [("current", 200), ("2024", 401)])
+async def test_generation_v3_single_update_requires_a_value(profile: str, status: int) -> None:
+    async with generation(profile) as (fake, http):
+        fake.state.put_secret("p-1", "dev", "/", "A", "1")
+        response = await http.patch(
+            "/api/v3/secrets/raw/A", json={**DEV_V3_LIST, "secretComment": "note"}
+        )
+        stored = fake.state.get_secrets("p-1", "dev")
+    assert response.status_code == status and stored == {"A": "1"}
+    if status != 200:
+        issues = error_of(profile, response)[1]["message"]
+        assert [issue["path"] for issue in issues] == [["secretValue"]]
+
+
+async def send_raw(fake: FakeInfisical, head: str) -> tuple[int, dict[str, Any]]:
+    """One request as raw bytes: httpx refuses a header value with trailing whitespace."""
+    reader, writer = await asyncio.open_connection(fake.host, fake.port)
+    writer.write(f"{head}\r\nHost: {fake.host}\r\nConnection: close\r\n\r\n".encode())
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    body = rest.partition(b"\r\n\r\n")[2]
+    return int(status_line.split()[1]), json.loads(body)
+
+
+@pytest.mark.parametrize("profile", ["current", "2024"])
+async def test_generation_auth_errors(profile: str) -> None:
+    query = "workspaceId=p-1&environment=dev"
+    async with generation(profile) as (fake, http):
+        fake.state.add_project("other", project_id="p-2")
+        bad_secret = await login(http, "wrong")
+        missing = await http.get(
+            "/api/v3/secrets/raw", params=DEV_V3_LIST, headers={"Authorization": ""}
+        )
+        malformed = await http.get(
+            "/api/v3/secrets/raw", params=DEV_V3_LIST, headers={"Authorization": "Bearer x"}
+        )
+        empty = await send_raw(
+            fake, f"GET /api/v3/secrets/raw?{query} HTTP/1.1\r\nAuthorization: Bearer "
+        )
+        bare = await http.get(
+            "/api/v3/secrets/raw", params=DEV_V3_LIST, headers={"Authorization": "Bearer"}
+        )
+        not_member = await http.get("/api/v3/secrets/raw", params={**DEV_V3_LIST, "workspaceId": "p-2"})
+        raw = http.headers["Authorization"].split()[1]
+        await http.post("/api/v1/auth/token/revoke", json={"accessToken": raw})
+        revoked = await http.get("/api/v3/secrets/raw", params=DEV_V3_LIST)
+
+    def body(status: int, message: str, error: str) -> tuple[int, dict[str, Any]]:
+        return status, {"statusCode": status, "message": message, "error": error}
+
+    assert error_of(profile, bad_secret) == body(401, "Invalid credentials", "UnauthorizedError")
+    assert error_of(profile, missing) == body(401, "Token missing", "UnauthorizedError")
+    assert error_of(profile, malformed) == body(403, "jwt malformed", "TokenError")
+    status, empty_body = empty
+    assert ("reqId" in empty_body) is REQUEST_IDS[profile]
+    empty_body.pop("reqId", None)
+    assert (status, empty_body) == body(403, "jwt must be provided", "TokenError")
+    assert error_of(profile, bare) == body(403, "jwt must be provided", "TokenError")
+    assert error_of(profile, not_member) == body(
+        403,
+        "You are not allowed to access this resource",
+        "Identity is not a member of the specified project with ID 'p-2'",
+    )
+    assert error_of(profile, revoked) == body(
+        401, "No identity access token found", "UnauthorizedError"
+    )
+
+
+@pytest.mark.parametrize("profile", ["current", "2024"])
+async def test_generation_etag(profile: str) -> None:
+    async with generation(profile) as (_, http):
+        first = await http.get("/api/v3/secrets/raw", params=DEV_V3_LIST)
+        etag = first.headers["etag"]
+        same = await http.get(
+            "/api/v3/secrets/raw", params=DEV_V3_LIST, headers={"If-None-Match": etag}
+        )
+        weak = await http.get(
+            "/api/v3/secrets/raw", params=DEV_V3_LIST, headers={"If-None-Match": f"W/{etag}"}
+        )
+    assert etag.startswith('"') and (same.status_code, weak.status_code) == (304, 200)
+
+
+@pytest.mark.parametrize(
+    ("profile", "fields"),
+    [
+        ("current", {"secretMetadata": [{"key": "k", "value": "v", "isEncrypted": False}]}),
+        ("2024", {"metadata": None}),
+    ],
+)
+async def test_generation_metadata_in_secrets(profile: str, fields: dict[str, Any]) -> None:
+    item = {"secretKey": "A", "secretValue": "1", "secretMetadata": [{"key": "k", "value": "v"}]}
+    async with generation(profile) as (_, http):
+        created = await http.post("/api/v3/secrets/batch/raw", json={**DEV_V3_LIST, "secrets": [item]})
+        listed = await http.get("/api/v3/secrets/raw", params=DEV_V3_LIST)
+        single = await http.get("/api/v3/secrets/raw/A", params=DEV_V3_LIST)
+    for secret in (
+        created.json()["secrets"][0],
+        listed.json()["secrets"][0],
+        single.json()["secret"],
+    ):
+        assert {key: secret.get(key, "absent") for key in ("secretMetadata", "metadata")} == {
+            "secretMetadata": "absent",
+            "metadata": "absent",
+            **fields,
+        }
+
+
+# (route, method, body) of every write that takes metadata; `item` is where the metadata goes.
+METADATA_WRITES = [
+    ("/api/v3/secrets/raw/A", "POST", lambda item: {**DEV_V3_LIST, "secretValue": "1", **item}),
+    ("/api/v3/secrets/raw/OLD", "PATCH", lambda item: {**DEV_V3_LIST, "secretValue": "1", **item}),
+    (
+        "/api/v3/secrets/batch/raw",
+        "POST",
+        lambda item: {**DEV_V3_LIST, "secrets": [{"secretKey": "A", "secretValue": "1", **item}]},
+    ),
+    (
+        "/api/v3/secrets/batch/raw",
+        "PATCH",
+        lambda item: {**DEV_V3_LIST, "secrets": [{"secretKey": "OLD", "secretValue": "1", **item}]},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("profile", "item", "status", "issue_path"),
+    [
+        (
+            "current",
+            {"secretMetadata": [{"key": "k", "value": 5}]},
+            422,
+            ["secretMetadata", 0, "value"],
+        ),
+        ("current", {"metadata": {"k": 5}}, 422, ["metadata", "k"]),
+        ("2024", {"metadata": {"k": 5}}, 401, ["metadata", "k"]),
+        # not in the 2024 schema: stripped, never looked at
+        ("2024", {"secretMetadata": [{"key": "k", "value": 5}]}, 200, None),
+    ],
+    ids=["current-secretMetadata", "current-metadata", "2024-metadata", "2024-secretMetadata"],
+)
+@pytest.mark.parametrize(
+    ("route", "method", "build"), METADATA_WRITES, ids=[f"{m} {r}" for r, m, _ in METADATA_WRITES]
+)
+async def test_generation_non_string_metadata_value(
+    profile: str,
+    item: dict[str, Any],
+    status: int,
+    issue_path: list[str | int] | None,
+    route: str,
+    method: str,
+    build: Any,
+) -> None:
+    async with generation(profile) as (fake, http):
+        fake.state.put_secret("p-1", "dev", "/", "OLD", "0")
+        response = await http.request(method, route, json=build(item))
+        stored = fake.state.get_secrets("p-1", "dev")
+    if issue_path is None:
+        assert response.status_code == status
+        return
+    status_seen, body = error_of(profile, response)
+    assert (status_seen, body["error"], stored) == (status, "ValidationFailure", {"OLD": "0"})
+    (issue,) = body["message"]
+    assert issue["path"][-len(issue_path) :] == issue_path
+    assert issue["message"] == "Expected string, received number"
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({}, CURRENT),
+        ({"profile": "2024"}, GEN_2024),
+        ({"profile": "2024", "etag": False}, GEN_2024.with_overrides(etag=False)),
+        (
+            {"v4": False, "metadata": False},
+            CURRENT.with_overrides(v4_routes=False, secret_metadata=False),
+        ),
+    ],
+)
+def test_seed_file_profile(
+    tmp_path: Path, options: dict[str, Any], expected: ServerProfile
+) -> None:
+    seed = tmp_path / "seed.yaml"
+    seed.write_text(json.dumps({"options": options, "projects": [{"slug": "payments"}]}))
+    fake = fake_from_seed(seed, "127.0.0.1", 0)
+    assert fake.server == expected
+    (project,) = fake.state.projects.values()
+    assert project.slug == "payments"
+
+
+def test_seed_file_unknown_profile(tmp_path: Path) -> None:
+    seed = tmp_path / "seed.yaml"
+    seed.write_text("options: {profile: '2019'}\n")
+    with pytest.raises(ValueError, match="unknown fake server profile '2019'"):
+        fake_from_seed(seed, "127.0.0.1", 0)

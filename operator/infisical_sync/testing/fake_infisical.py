@@ -52,6 +52,9 @@ LOCKOUT_THRESHOLD = 3
 LOCKOUT_SECONDS = 300
 LOCKOUT_COUNTER_RESET = 30
 HIDDEN_VALUE = "<hidden-by-infisical>"
+INVALID_FOLDER_NAME = (
+    "Invalid folder name. Only alphanumeric characters, dashes, and underscores are allowed."
+)
 
 
 class ApiError(Exception):
@@ -329,7 +332,7 @@ class FakeInfisical:
             status = 404
             return web.json_response(
                 {
-                    "message": f"Route {request.method}:{request.path} not found",
+                    "message": f"Route {request.method}:{request.raw_path} not found",
                     "error": "Not Found",
                     "statusCode": 404,
                 },
@@ -610,10 +613,11 @@ class FakeInfisical:
         header = request.headers.get("Authorization", "")
         if not header:
             raise ApiError(401, "Token missing", "UnauthorizedError")
-        scheme, _, raw = header.partition(" ")
-        if scheme.lower() != "bearer" or not raw:
-            raise ApiError(401, "Token missing", "UnauthorizedError")
-        token = self._token_record(raw.strip())
+        # The server cuts the first 7 characters ("Bearer ") unchecked and verifies the rest.
+        raw = header[7:]
+        if not raw:
+            raise ApiError(403, "jwt must be provided", "TokenError")
+        token = self._token_record(raw)
         if token.ttl_expired(self.state.clock.now()):
             raise ApiError(
                 401,
@@ -679,91 +683,81 @@ class FakeInfisical:
             )
 
     async def _create_folder(self, request: web.Request) -> web.Response:
+        """POST /api/v2/folders: creates the missing segments of `path`, then the leaf."""
         identity = self._authenticate(request)
         body = await _json_body(request)
-        name = str(body.get("name") or "")
-        if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
-            raise validation(
-                [
-                    _issue(
-                        ["name"],
-                        "Folder name can only contain alphanumeric, dashes, and underscore",
-                    )
-                ]
-            )
+        name = js_trim(str(body.get("name") or ""))
+        if not _valid_folder_name(name):
+            raise validation([_issue(["name"], INVALID_FOLDER_NAME)])
         project = self._member(
             identity, str(body.get("projectId") or body.get("workspaceId") or "")
         )
-        env = self._environment(project, str(body.get("environment") or ""))
-        self._permit(identity, project, env.slug, "write", "secret-folders")
-        parent = normalise_path(body.get("path") or body.get("directory"))
-        full = normalise_path(f"{parent}/{name}")
-        if full in env.folders:
-            raise bad_request(f"Folder with name '{name}' already exists in path '{parent}'")
-        env.mkdir(full)
-        now = self.state.clock.now()
-        return web.json_response(
-            {
-                "folder": {
-                    "id": env.folder_ids[full],
-                    "name": name,
-                    "envId": env.id,
-                    "parentId": env.folder_ids[parent],
-                    "version": 1,
-                    "isReserved": False,
-                    "description": body.get("description"),
-                    "createdAt": _iso(now),
-                    "updatedAt": _iso(now),
-                    "path": full,
-                }
-            }
-        )
+        env, path = self._make_folder(identity, project, body, name)
+        folder = {
+            **self._folder_json(env, path),
+            "isReserved": False,
+            "description": body.get("description"),
+            "path": path,
+        }
+        return web.json_response({"folder": folder})
 
     async def _create_folder_v1(self, request: web.Request) -> web.Response:
-        """The legacy route: `workspaceId`; an existing folder is returned (200), a name the
-        server does not accept fails deep in the service (500)."""
+        """POST /api/v1/folders, the legacy route (`workspaceId`, `path` or `directory`)."""
         identity = self._authenticate(request)
         body = await _json_body(request)
-        name = str(body.get("name") or "")
+        name = js_trim(str(body.get("name") or ""))
+        if not _valid_folder_name(name) and self.server.v1_folder_name_validated:
+            raise validation([_issue(["name"], INVALID_FOLDER_NAME)])
         project = self._member(identity, str(body.get("workspaceId") or ""))
+        if not _valid_folder_name(name):  # unvalidated: it fails deep in the service
+            raise ApiError(500, "Something went wrong", "InternalServerError")
+        env, path = self._make_folder(identity, project, body, name)
+        return web.json_response({"folder": {**self._folder_json(env, path), "isReserved": False}})
+
+    def _make_folder(
+        self, identity: Identity, project: Project, body: dict[str, Any], name: str
+    ) -> tuple[Environment, str]:
+        """The folder service (both routes): mkdir -p; an existing leaf by profile."""
         env = self._environment(project, str(body.get("environment") or ""))
         self._permit(identity, project, env.slug, "write", "secret-folders")
-        if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
-            raise ApiError(500, "Something went wrong", "InternalServerError")
         parent = normalise_path(body.get("path") or body.get("directory"))
-        full = normalise_path(f"{parent}/{name}")
-        env.mkdir(full)
-        now = self.state.clock.now()
-        return web.json_response(
-            {
-                "folder": {
-                    "id": env.folder_ids[full],
-                    "name": name,
-                    "version": 1,
-                    "createdAt": _iso(now),
-                    "updatedAt": _iso(now),
-                    "envId": env.id,
-                    "parentId": env.folder_ids[parent],
-                    "isReserved": False,
-                }
-            }
-        )
+        path = normalise_path(f"{parent}/{name}")
+        if path in env.folders:
+            if self.server.existing_folder_conflict:
+                raise bad_request(f"Folder with name '{name}' already exists in path '{parent}'")
+            return env, path  # the existing folder, as it is
+        env.mkdir(path, self.state.clock.now())
+        return env, path
+
+    def _folder_json(self, env: Environment, path: str) -> dict[str, Any]:
+        """A folder as folder listings carry it (creates add a few fields)."""
+        record = env.folder_records[path]
+        parent = path.rsplit("/", 1)[0] or "/"
+        return {
+            "id": record.id,
+            "name": path.rsplit("/", 1)[-1],
+            "envId": env.id,
+            "version": record.version,
+            "createdAt": _iso(record.created_at),
+            "updatedAt": _iso(record.updated_at),
+            "parentId": env.folder_records[parent].id,
+        }
 
     async def _list_folders(self, request: web.Request) -> web.Response:
         identity = self._authenticate(request)
         query = request.query
         project = self._member(identity, query.get("projectId") or query.get("workspaceId") or "")
         env = self._environment(project, query.get("environment", ""))
-        parent = normalise_path(query.get("path"))
+        parent = normalise_path(query.get("path") or query.get("directory"))
         recursive = _bool(query, "recursive")
         folders = []
-        for path, folder_id in env.folder_ids.items():
+        for path in env.folder_records:
             if path == "/" or not path.startswith(parent.rstrip("/") + "/"):
                 continue
             relative = path[len(parent.rstrip("/")) + 1 :]
             if not recursive and "/" in relative:
                 continue
-            folders.append({"id": folder_id, "name": path.rsplit("/", 1)[-1], "path": path})
+            folders.append(self._folder_json(env, path))
         return web.json_response({"folders": folders})
 
     def _environment(self, project: Project, slug: str) -> Environment:
@@ -827,6 +821,8 @@ class FakeInfisical:
             data["secretPath"] = path
         if self.server.secret_metadata:
             data["secretMetadata"] = [dict(item) for item in secret.metadata]
+        if self.server.legacy_metadata_field:
+            data["metadata"] = None
         if with_dates:
             data["createdAt"] = _iso(secret.created_at)
             data["updatedAt"] = _iso(secret.updated_at)
@@ -844,6 +840,26 @@ class FakeInfisical:
             for item in raw
             if isinstance(item, dict) and item.get("key")
         ]
+
+    def _metadata_issues(self, fields: dict[str, Any], at: list[str | int]) -> list[dict[str, Any]]:
+        """Zod's checks of a write's metadata: the legacy `metadata` record (every generation)
+        and `secretMetadata` (only where the schema has it; elsewhere it is stripped unread)."""
+        issues: list[dict[str, Any]] = []
+        legacy = fields.get("metadata")
+        if isinstance(legacy, dict):
+            issues += [
+                _not_a_string([*at, "metadata", key], value)
+                for key, value in legacy.items()
+                if not isinstance(value, str)
+            ]
+        items = fields.get("secretMetadata")
+        if self.server.secret_metadata and isinstance(items, list):
+            issues += [
+                _not_a_string([*at, "secretMetadata", index, "value"], item["value"])
+                for index, item in enumerate(items)
+                if isinstance(item, dict) and "value" in item and not isinstance(item["value"], str)
+            ]
+        return issues
 
     # --- secrets: list -------------------------------------------------------------------------
 
@@ -932,6 +948,13 @@ class FakeInfisical:
     ) -> tuple[Identity, Project, Environment, str, dict[str, Any], str]:
         identity = self._authenticate(request)
         fields: Any = request.query if request.method == "GET" else await _json_body(request)
+        if request.method in ("POST", "PATCH"):
+            issues = self._metadata_issues(fields, [])
+            value_required = version == "v3" and self.server.v3_update_requires_value
+            if request.method == "PATCH" and value_required and "secretValue" not in fields:
+                issues.insert(0, _issue(["secretValue"], "Required", "invalid_type"))
+            if issues:
+                raise validation(issues)
         project = self._project_from(identity, fields, version)
         env = self._environment(project, str(fields.get("environment") or ""))
         path = normalise_path(fields.get("secretPath"))
@@ -1047,6 +1070,7 @@ class FakeInfisical:
                 continue
             key = js_trim(str(item.get("secretKey") or ""))
             issues += _key_issues(key, ["secrets", index, "secretKey"])
+            issues += self._metadata_issues(item, ["secrets", index])
             item["secretKey"] = key
         if issues:
             raise validation(issues)
@@ -1173,7 +1197,8 @@ def _bucket(request: web.Request) -> str | None:
     path = request.path
     if path in ("/api/status", "/healthcheck"):
         return None
-    if "/secrets" in path or (path.startswith("/api/v2/folders") and request.method != "GET"):
+    folders = path.startswith(("/api/v1/folders", "/api/v2/folders"))
+    if "/secrets" in path or (folders and request.method != "GET"):
         return "secrets"
     return "read" if request.method == "GET" else "write"
 
@@ -1210,6 +1235,31 @@ def _bool(query: Any, name: str, default: bool = False) -> bool:
             [_issue([name], "Invalid enum value. Expected 'true' | 'false'", "invalid_enum_value")]
         )
     return bool(value == "true")
+
+
+def _valid_folder_name(name: str) -> bool:
+    return re.fullmatch(r"[A-Za-z0-9_-]+", name) is not None
+
+
+def _zod_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, list):
+        return "array"
+    return "object" if isinstance(value, dict) else "string"
+
+
+def _not_a_string(path: list[str | int], value: Any) -> dict[str, Any]:
+    received = _zod_type(value)
+    return {
+        **_issue(path, f"Expected string, received {received}", "invalid_type"),
+        "expected": "string",
+        "received": received,
+    }
 
 
 def _key_issues(key: str, path: list[str | int]) -> list[dict[str, Any]]:

@@ -122,23 +122,39 @@ class Secret:
 
 
 @dataclass
+class FolderRecord:
+    """A folder's own row (what folder routes answer with), apart from its secrets."""
+
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    version: int = 1
+    created_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+
+
+@dataclass
 class Environment:
     slug: str
     name: str
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     # folder path -> key -> secret; "/" always exists
     folders: dict[str, dict[str, Secret]] = field(default_factory=lambda: {"/": {}})
-    folder_ids: dict[str, str] = field(default_factory=lambda: {"/": str(uuid.uuid4())})
+    folder_records: dict[str, FolderRecord] = field(default_factory=lambda: {"/": FolderRecord()})
     # folder path -> [(environment slug, path)] imported into it
     imports: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
-    def mkdir(self, path: str) -> None:
+    @property
+    def folder_ids(self) -> dict[str, str]:
+        return {path: record.id for path, record in self.folder_records.items()}
+
+    def mkdir(self, path: str, now: float | None = None) -> None:
+        """Create every missing folder along `path` (the server's mkdir -p)."""
+        created = time.time() if now is None else now
         parts = [part for part in path.split("/") if part]
         for depth in range(1, len(parts) + 1):
             current = "/" + "/".join(parts[:depth])
             if current not in self.folders:
                 self.folders[current] = {}
-                self.folder_ids[current] = str(uuid.uuid4())
+                self.folder_records[current] = FolderRecord(created_at=created, updated_at=created)
 
 
 @dataclass
@@ -213,7 +229,7 @@ class FakeState:
     ) -> Secret:
         env = self.projects[project_id].environments[environment]
         path = normalise_path(path)
-        env.mkdir(path)
+        env.mkdir(path, self.clock.now())
         if metadata is not None:
             metadata = [{"isEncrypted": False, **item} for item in metadata]
         existing = env.folders[path].get(key)

@@ -27,7 +27,7 @@ def load_seed(state: FakeState, seed: dict[str, Any]) -> None:
         slugs[project.slug] = project.id
         for env_slug, paths in (spec.get("folders") or {}).items():
             for path in paths:
-                project.environments[env_slug].mkdir(path)
+                project.environments[env_slug].mkdir(path, state.clock.now())
         for env_slug, folders in (spec.get("secrets") or {}).items():
             for path, values in folders.items():
                 for key, value in values.items():
