@@ -1100,7 +1100,9 @@ async def test_generation_auth_errors(profile: str) -> None:
         bare = await http.get(
             "/api/v3/secrets/raw", params=DEV_V3_LIST, headers={"Authorization": "Bearer"}
         )
-        not_member = await http.get("/api/v3/secrets/raw", params={**DEV_V3_LIST, "workspaceId": "p-2"})
+        not_member = await http.get(
+            "/api/v3/secrets/raw", params={**DEV_V3_LIST, "workspaceId": "p-2"}
+        )
         raw = http.headers["Authorization"].split()[1]
         await http.post("/api/v1/auth/token/revoke", json={"accessToken": raw})
         revoked = await http.get("/api/v3/secrets/raw", params=DEV_V3_LIST)
@@ -1150,7 +1152,9 @@ async def test_generation_etag(profile: str) -> None:
 async def test_generation_metadata_in_secrets(profile: str, fields: dict[str, Any]) -> None:
     item = {"secretKey": "A", "secretValue": "1", "secretMetadata": [{"key": "k", "value": "v"}]}
     async with generation(profile) as (_, http):
-        created = await http.post("/api/v3/secrets/batch/raw", json={**DEV_V3_LIST, "secrets": [item]})
+        created = await http.post(
+            "/api/v3/secrets/batch/raw", json={**DEV_V3_LIST, "secrets": [item]}
+        )
         listed = await http.get("/api/v3/secrets/raw", params=DEV_V3_LIST)
         single = await http.get("/api/v3/secrets/raw/A", params=DEV_V3_LIST)
     for secret in (

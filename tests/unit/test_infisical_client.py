@@ -35,6 +35,7 @@ from infisical_sync.infisical.transport import (
     remote_details,
 )
 from infisical_sync.testing.fake_infisical import FakeInfisical, Fault
+from infisical_sync.testing.fake_profiles import PROFILES
 
 CLIENT_ID = "22222222-2222-4222-8222-222222222222"
 CANARY_SECRET = "canary-client-secret-d41d8cd9"
@@ -82,7 +83,7 @@ def session(transport: InstanceTransport, clock: FakeClock) -> InfisicalSession:
 
 
 # Where a server generation's behaviour differs: the test runs against each fake profile.
-BOTH_GENERATIONS = pytest.mark.parametrize("fake", ["current", "2024"], indirect=True)
+BOTH_GENERATIONS = pytest.mark.parametrize("fake", sorted(PROFILES), indirect=True)
 LOGIN = r"/universal-auth/login$"
 RENEW = r"/auth/token/renew$"
 
@@ -588,6 +589,18 @@ async def test_a_folder_is_created_through_the_route_the_instance_serves(
     else:
         assert fake.count(FOLDERS_V2) == 1  # learnt once for the instance
         assert fake.count(FOLDERS_V1, status=200) == 3
+
+
+async def test_the_v1_folder_route_of_a_current_server_refusing_an_existing_leaf(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    """A current server reached on v1 (its v2 route missing, e.g. behind a proxy that forwards
+    only some routes) answers 400 for an existing leaf there too: success for a mkdir -p."""
+    fake.override(folders_v2=False)
+    await session.ensure_folder(PAYMENTS)
+    await session.ensure_folder(PAYMENTS)
+    assert folder_exists(fake, PAYMENTS)
+    assert (fake.count(FOLDERS_V1, status=200), fake.count(FOLDERS_V1, status=400)) == (1, 1)
 
 
 @BOTH_GENERATIONS
@@ -1097,3 +1110,26 @@ def test_redirect_messages(location: str, where: str) -> None:
     response = httpx.Response(302, headers={"location": location}, request=request)
     message = redirect_message(response, "login")
     assert where in message and "canary" not in message
+
+
+def test_a_legacy_metadata_record_is_not_taken_for_secret_metadata() -> None:
+    """Older servers carry a legacy `metadata` map beside (or instead of) `secretMetadata`."""
+    from infisical_sync.infisical.models import SecretListing
+
+    listing = SecretListing.model_validate(
+        {
+            "secrets": [
+                {"secretKey": "OLD", "secretValue": "v", "metadata": {"team": "a"}},
+                {"secretKey": "NULL", "secretValue": "v", "metadata": None},
+                {
+                    "secretKey": "NEW",
+                    "secretValue": "v",
+                    "metadata": {"team": "a"},
+                    "secretMetadata": [{"key": "k", "value": "x"}],
+                },
+            ]
+        }
+    )
+    found = {secret.key: secret.metadata for secret in listing.secrets}
+    assert found["OLD"] is None and found["NULL"] is None  # no secretMetadata: ledger mode
+    assert [entry.key for entry in found["NEW"] or []] == ["k"]

@@ -178,6 +178,14 @@ def _users_only(response: httpx.Response) -> bool:
     )
 
 
+def _folder_exists(response: httpx.Response) -> bool:
+    """A folder create refused because the leaf exists (current servers, on either route):
+    success for a mkdir -p. Older servers answer 200 with the existing folder instead."""
+    return response.status_code == 400 and "already exists" in str(
+        remote_details(response).get("remote_message", "")
+    )
+
+
 def _route_missing(response: httpx.Response) -> bool:
     """Fastify's unknown-route 404 (an old server without /api/v4)."""
     if response.status_code != 404:
@@ -615,11 +623,8 @@ class InfisicalSession:
             )
             if not _route_missing(response):
                 self.transport.folders_v2_supported = True
-                if response.status_code == 400 and "already exists" in str(
-                    remote_details(response).get("remote_message", "")
-                ):
-                    return
-                self._check(response, what, location)
+                if not _folder_exists(response):
+                    self._check(response, what, location)
                 return
             self.transport.folders_v2_supported = False
         response = await self.call(
@@ -628,7 +633,8 @@ class InfisicalSession:
             endpoint="folders.create_v1",
             json={"workspaceId": location.project_id, **fields},
         )
-        self._check(response, what, location)
+        if not _folder_exists(response):
+            self._check(response, what, location)
 
     # --- secrets -------------------------------------------------------------------------------
 

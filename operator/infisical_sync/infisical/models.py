@@ -29,6 +29,10 @@ class MetadataEntry(_Wire):
 
 
 class RemoteSecret(_Wire):
+    # Read by wire names only: older servers send a legacy `metadata` record (null, or a map)
+    # that must not be taken for `secretMetadata`, the field this model calls `metadata`.
+    model_config = ConfigDict(populate_by_name=False, extra="ignore", frozen=True)
+
     key: str = Field(alias="secretKey")
     value: SecretStr = Field(alias="secretValue", default=SecretStr(""))
     secret_path: str | None = Field(alias="secretPath", default=None)
