@@ -25,6 +25,7 @@ from pydantic import SecretStr, ValidationError
 
 from infisical_sync import metrics
 from infisical_sync.infisical.errors import (
+    ApprovalRequired,
     Conflict,
     CredentialsLocked,
     Forbidden,
@@ -658,8 +659,14 @@ class InfisicalSession:
         action: str,
         mode: str | None = None,
     ) -> None:
+        held: list[str] = []
         for chunk in chunked(items, self.chunk_size):
-            await self._batch_chunk(method, location, list(chunk), action, mode)
+            try:
+                await self._batch_chunk(method, location, list(chunk), action, mode)
+            except ApprovalRequired as exc:
+                held += exc.approval_ids  # the other chunks still go: one round of approvals
+        if held:
+            raise ApprovalRequired(_held_message(action, location, held), approval_ids=held)
 
     async def _batch_chunk(
         self,
@@ -688,6 +695,7 @@ class InfisicalSession:
             )
             if not _route_missing(response):
                 self._check(response, what, location)
+                _raise_if_held(response, action, location)
                 return
             self.transport.v4_supported = False
         response = await self.call(
@@ -697,6 +705,30 @@ class InfisicalSession:
             json={"workspaceId": location.project_id, **body},
         )
         self._check(response, what, location)
+        _raise_if_held(response, action, location)
+
+
+def _raise_if_held(response: httpx.Response, action: str, location: SecretLocation) -> None:
+    """A 200 `{"approval": ...}` instead of `{"secrets": ...}`: a change-approval policy held
+    the write back (nothing written)."""
+    try:
+        data = response.json()
+    except ValueError:
+        return
+    approval = data.get("approval") if isinstance(data, dict) else None
+    if isinstance(approval, dict):
+        approval_id = str(approval.get("id") or approval.get("slug") or "(no id)")
+        raise ApprovalRequired(
+            _held_message(action, location, [approval_id]), approval_ids=[approval_id]
+        )
+
+
+def _held_message(action: str, location: SecretLocation, approval_ids: Sequence[str]) -> str:
+    requests = "change request" + ("s " if len(approval_ids) > 1 else " ")
+    return (
+        f"batch {action} in {location.environment}:{location.secret_path} is held for approval: "
+        f"Infisical opened {requests}{', '.join(approval_ids)}"
+    )
 
 
 def _settings_changed() -> Unreachable:
