@@ -17,10 +17,19 @@ from typing import Any
 from pydantic import SecretStr, ValidationError
 
 from infisical_sync import metrics
+from infisical_sync.approvals import (
+    PendingApproval,
+    PlanFingerprint,
+    awaited,
+    fingerprint,
+    opened,
+    shown_approval,
+)
 from infisical_sync.conditions import Condition, timestamp
 from infisical_sync.connection import ConnectionReconciler
 from infisical_sync.infisical.client import InfisicalSession
 from infisical_sync.infisical.errors import (
+    ApprovalRequired,
     Conflict,
     InfisicalError,
     NotFound,
@@ -54,6 +63,7 @@ from infisical_sync.sources import (
 )
 from infisical_sync.sync_status import (
     DESTINATION_READ,
+    approval_status,
     failed_status,
     source_condition,
     succeeded_status,
@@ -81,6 +91,7 @@ class SyncFailed(Exception):
         *,
         retryable: bool = False,
         retry_after: float | None = None,
+        status: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.condition = condition
@@ -88,6 +99,7 @@ class SyncFailed(Exception):
         self.message = message
         self.retryable = retryable
         self.retry_after = retry_after
+        self.status = status  # the whole status of this failure, when it has its own
 
 
 @dataclass
@@ -101,6 +113,7 @@ class _Cache:
     source_etag: str | None = None
     source: dict[str, str] | None = None
     source_at: tuple[str, str] | None = None  # (instance URL, the source spec)
+    approval: PendingApproval | None = None  # the change request the current plan waits for
 
 
 @dataclass(frozen=True)
@@ -141,6 +154,14 @@ def _writes(values: Mapping[str, str], result: Plan) -> list[SecretWrite]:
         )
         for key, value in sorted(values.items())
     ]
+
+
+async def _unless_held(write: Awaitable[None], held: list[str]) -> None:
+    """Await a write; one a change-approval policy held adds its requests to `held`."""
+    try:
+        await write
+    except ApprovalRequired as exc:
+        held += exc.approval_ids
 
 
 def _other_instance(status: Mapping[str, Any], session: InfisicalSession) -> bool:
@@ -337,6 +358,11 @@ class SyncEngine:
         )
         initial = moved or not previous.get("lastSyncedAt")
         ledger = frozenset() if moved else frozenset(previous.get("managedKeys") or [])
+        pending = cache.approval or shown_approval(previous)
+        if pending is not None and not moved:
+            # Keys a merged change request created carry no ownership on servers without
+            # metadata: they are ours as the plan that opened the request said.
+            ledger |= frozenset(pending.keys)
 
         def plan_input(current: Mapping[str, DestinationKey]) -> PlanInput:
             return PlanInput(
@@ -372,12 +398,21 @@ class SyncEngine:
                 dry_run=True,
                 instance_tracking=self._keeps_metadata.get(instance),
             )
+        where = f"{session.transport.base_url} {location_label(destination_ref, location)}"
+        planned = fingerprint(where, result)
+        held = awaited(cache.approval, shown_approval(previous), planned) if result.writes else None
+        if held is not None:
+            # An open change request already carries exactly these writes: not sent again.
+            cache.approval = held
+            raise self._held(previous, generation, now, result, held, waiting=True)
         if on_writing is not None and (result.writes or result.import_to_source):
             await on_writing()
         if result.import_to_source:
             import_status = await self._import(namespace, source, result.import_to_source, now)
         try:
             await self._apply(session, location, result)
+        except ApprovalRequired as exc:
+            raise self._opened(cache, previous, generation, now, result, planned, exc) from None
         except (Conflict, NotFound) as exc:
             log.info(
                 "%s/%s: destination changed during the sync (%s); re-planning", namespace, name, exc
@@ -387,10 +422,16 @@ class SyncEngine:
             result = plan(again)
             try:
                 await self._apply(session, location, result)
+            except ApprovalRequired as held_again:
+                planned = fingerprint(where, result)
+                raise self._opened(
+                    cache, previous, generation, now, result, planned, held_again
+                ) from None
             except InfisicalError as second:
                 raise self._remote_failure("Synced", second) from None
         except InfisicalError as exc:
             raise self._remote_failure("Synced", exc) from None
+        cache.approval = None
         for action, count in (
             ("create", len(result.create)),
             ("update", len(result.update)),
@@ -428,6 +469,47 @@ class SyncEngine:
             "instanceUrl": session.transport.base_url,
         }
         return status
+
+    def _opened(
+        self,
+        cache: _Cache,
+        previous: Mapping[str, Any],
+        generation: int | None,
+        now: dt.datetime,
+        result: Plan,
+        planned: PlanFingerprint,
+        exc: ApprovalRequired,
+    ) -> SyncFailed:
+        """Infisical held this plan's writes and opened change requests: remember them."""
+        replaced = cache.approval or shown_approval(previous)
+        cache.approval = opened(exc.approval_ids, planned, timestamp(now))
+        return self._held(
+            previous, generation, now, result, cache.approval, waiting=False, replaced=replaced
+        )
+
+    def _held(
+        self,
+        previous: Mapping[str, Any],
+        generation: int | None,
+        now: dt.datetime,
+        result: Plan,
+        pending: PendingApproval,
+        *,
+        waiting: bool,
+        replaced: PendingApproval | None = None,
+    ) -> SyncFailed:
+        # Not retryable: the next timer tick (or a change) is soon enough to see the merge.
+        status = approval_status(
+            previous,
+            generation,
+            now,
+            result,
+            pending,
+            waiting=waiting,
+            replaced=replaced,
+            described={},
+        )
+        return SyncFailed("Synced", "ApprovalRequired", status["lastSyncMessage"], status=status)
 
     async def _consume_confirmation(self, namespace: str, name: str) -> None:
         """allow-mass-delete is one-shot: once its plan ran, the annotation goes."""
@@ -557,12 +639,15 @@ class SyncEngine:
     async def _apply(
         self, session: InfisicalSession, location: SecretLocation, result: Plan
     ) -> None:
+        held: list[str] = []  # change requests opened: the other batches still go
         if result.create:
-            await session.batch_create(location, _writes(result.create, result))
+            await _unless_held(session.batch_create(location, _writes(result.create, result)), held)
         if result.update:
-            await session.batch_update(location, _writes(result.update, result))
+            await _unless_held(session.batch_update(location, _writes(result.update, result)), held)
         if result.delete:
-            await session.batch_delete(location, result.delete)
+            await _unless_held(session.batch_delete(location, result.delete), held)
+        if held:
+            raise ApprovalRequired("writes held for approval", approval_ids=held)
 
     async def _import(
         self, namespace: str, source: SourceResult, values: dict[str, str], now: dt.datetime
@@ -666,6 +751,15 @@ class SyncEngine:
             session, location, _ = found
             try:
                 await session.batch_delete(location, owned)
+            except ApprovalRequired as exc:
+                # Asking again on every retry would open a request each time: the one opened
+                # removes the keys once someone merges it.
+                log.warning(
+                    "%s/%s deleted: removing its keys is held for approval (%s)",
+                    namespace,
+                    name,
+                    exc,
+                )
             except InfisicalError as exc:
                 raise self._remote_failure("Synced", exc) from None
         self.forget(namespace, name)
@@ -687,6 +781,13 @@ class SyncEngine:
             session, location, _ = found
             try:
                 await session.batch_update(location, items)
+            except ApprovalRequired as exc:
+                log.warning(
+                    "%s/%s deleted: releasing its keys is held for approval (%s)",
+                    namespace,
+                    name,
+                    exc,
+                )
             except InfisicalError as exc:
                 raise self._remote_failure("Synced", exc) from None
         self.forget(namespace, name)
@@ -712,16 +813,19 @@ class SyncEngine:
         described: Mapping[str, str],
         known: Sequence[Condition] = (),
     ) -> CycleResult:
-        status = failed_status(
-            previous,
-            generation,
-            now,
-            condition=failure.condition,
-            reason=failure.reason,
-            message=failure.message,
-            described=described,
-            known=known,
-        )
+        if failure.status is not None:  # a failure with a status of its own
+            status = {**failure.status, **described}
+        else:
+            status = failed_status(
+                previous,
+                generation,
+                now,
+                condition=failure.condition,
+                reason=failure.reason,
+                message=failure.message,
+                described=described,
+                known=known,
+            )
         return CycleResult(
             status, ok=False, retryable=failure.retryable, retry_after=failure.retry_after
         )

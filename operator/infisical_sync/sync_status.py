@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from infisical_sync.approvals import PendingApproval
 from infisical_sync.conditions import Condition, merge_conditions, timestamp
 from infisical_sync.planner import Plan
 
@@ -172,6 +173,7 @@ def succeeded_status(
             "syncStatus": "Failed" if failed else "Succeeded",
             "syncedKeys": result.synced_keys,
             "managedKeys": result.managed_after,
+            "pendingApproval": None,  # nothing left to write: no request is waited for
         }
     )
     if not failed or not previous.get("lastSyncedAt"):
@@ -213,6 +215,53 @@ def failed_status(
     }
 
 
+def approval_status(
+    previous: Mapping[str, Any],
+    generation: int | None,
+    now: dt.datetime,
+    result: Plan,
+    pending: PendingApproval,
+    *,
+    waiting: bool,
+    replaced: PendingApproval | None,
+    described: Mapping[str, str],
+) -> dict[str, Any]:
+    """The plan's writes are held by a change-approval policy: `pending` was opened by this
+    cycle, or (`waiting`) by an earlier one for the same plan and nothing was sent."""
+    if waiting:
+        message = (
+            f"waiting for approval: {pending.named()} (opened {pending.since}) holds "
+            f"{summary(result)}; approve and merge it in Infisical"
+        )
+    else:
+        message = (
+            f"held for approval: Infisical opened {pending.named()} for {summary(result)}; "
+            "nothing is written until it is approved and merged in Infisical"
+        )
+        if replaced is not None and replaced.ids != pending.ids:
+            message += (
+                f"; the plan changed since {replaced.named()}, which is still open in "
+                "Infisical (close it there)"
+            )
+    status = failed_status(
+        previous,
+        generation,
+        now,
+        condition="Synced",
+        reason="ApprovalRequired",
+        message=message,
+        described=described,
+    )
+    status["pendingApproval"] = pending.status()
+    status["plan"] = {
+        "create": sorted(result.create),
+        "update": sorted(result.update),
+        "delete": sorted(result.delete),
+        "unchanged": len(result.unchanged),
+    }
+    return status
+
+
 def suspended_status(
     previous: Mapping[str, Any],
     generation: int | None,
@@ -252,6 +301,9 @@ def transition_events(previous: Mapping[str, Any], status: Mapping[str, Any]) ->
         events.append(Event("Normal", "Synced", message))
     elif after != before and after == "Failed":
         events.append(Event("Warning", failure_reason(status), message))
+    elif after == "Failed" and _approval_id(status) not in (None, _approval_id(previous)):
+        # Still failing, but Infisical opened another change request (the plan changed).
+        events.append(Event("Warning", "ApprovalRequired", message))
     new_conflicts = set(status.get("conflicts") or []) - set(previous.get("conflicts") or [])
     if new_conflicts:
         events.append(
@@ -271,9 +323,15 @@ def transition_log(
     who = f"SecretSync {namespace}/{name}"
     if after == "Failed":
         reason = failure_reason(status)
-        if before == "Failed" and failure_reason(previous) == reason:
+        same_request = _approval_id(status) in (None, _approval_id(previous))
+        if before == "Failed" and failure_reason(previous) == reason and same_request:
             return LogLine(logging.DEBUG, f"{who} still failing: {reason}")
         return LogLine(logging.WARNING, f"{who} failed: {reason}: {message}")
     if after == "Succeeded" and before == "Failed":
         return LogLine(logging.INFO, f"{who} synced again: {message}")
     return None
+
+
+def _approval_id(status: Mapping[str, Any]) -> str | None:
+    pending = status.get("pendingApproval") or {}
+    return str(pending["id"]) if pending.get("id") else None

@@ -1256,3 +1256,98 @@ def test_seed_file_unknown_profile(tmp_path: Path) -> None:
     seed.write_text("options: {profile: '2019'}\n")
     with pytest.raises(ValueError, match="unknown fake server profile '2019'"):
         fake_from_seed(seed, "127.0.0.1", 0)
+
+
+# --- change-approval policies -----------------------------------------------------------------
+
+APPROVAL_FIELDS = {"id", "slug", "policyId", "status", "hasMerged", "folderId", "createdAt"}
+
+
+async def test_approval_policy_holds_batch_writes_until_merged(
+    fake: FakeInfisical, http: httpx.AsyncClient
+) -> None:
+    fake.state.require_approval("p-1", "prod")
+    fake.state.put_secret("p-1", "prod", "/", "OLD", "old")
+    fake.state.put_secret("p-1", "prod", "/", "GONE", "bye")
+    headers = await token(http)
+    root_id = fake.state.projects["p-1"].environments["prod"].folder_ids["/"]
+
+    created = await http.post(
+        "/api/v4/secrets/batch",
+        json=batch([{"secretKey": "NEW", "secretValue": "  new  "}]),
+        headers=headers,
+    )
+    assert created.status_code == 200 and "secrets" not in created.json()
+    approval = created.json()["approval"]
+    assert set(approval) >= APPROVAL_FIELDS
+    assert approval["status"] == "open" and approval["hasMerged"] is False
+    assert approval["folderId"] == root_id and len(approval["slug"]) == 10
+    assert "secretValue" not in str(approval) and "new" not in str(approval).lower()
+    updated = await http.patch(
+        "/api/v3/secrets/batch/raw",
+        json={**batch([{"secretKey": "OLD", "secretValue": "changed"}]), "workspaceId": "p-1"},
+        headers=headers,
+    )
+    deleted = await http.request(
+        "DELETE", "/api/v4/secrets/batch", json=batch([{"secretKey": "GONE"}]), headers=headers
+    )
+    assert "approval" in updated.json() and "approval" in deleted.json()
+    assert fake.state.get_secrets("p-1", "prod") == {"OLD": "old", "GONE": "bye"}  # unwritten
+    assert [r.keys for r in fake.open_approvals()] == [["NEW"], ["OLD"], ["GONE"]]
+    # The checks of a normal write still come first: no request for a refused write.
+    exists = await http.post(
+        "/api/v4/secrets/batch",
+        json=batch([{"secretKey": "OLD", "secretValue": "x"}]),
+        headers=headers,
+    )
+    assert exists.status_code == 400 and len(fake.open_approvals()) == 3
+    # Other environments are not covered by the policy.
+    dev = await http.post(
+        "/api/v4/secrets/batch",
+        json={**batch([{"secretKey": "D", "secretValue": "d"}]), "environment": "dev"},
+        headers=headers,
+    )
+    assert "secrets" in dev.json() and fake.state.get_secrets("p-1", "dev") == {"D": "d"}
+
+    for request in fake.open_approvals():
+        merged = fake.merge_approval(request.id)
+        assert (merged.status, merged.has_merged) == ("close", True)
+    assert fake.state.get_secrets("p-1", "prod") == {"OLD": "changed", "NEW": "new"}
+    assert fake.open_approvals() == []
+    with pytest.raises(ValueError):
+        fake.merge_approval(approval["id"])
+
+
+async def test_approval_policy_holds_single_writes_and_a_closed_request_writes_nothing(
+    fake: FakeInfisical, http: httpx.AsyncClient
+) -> None:
+    fake.state.require_approval("p-1", "prod")
+    fake.state.put_secret("p-1", "prod", "/", "KEEP", "k")
+    headers = await token(http)
+    ids = {"projectId": "p-1", "environment": "prod", "secretPath": "/"}
+    answers = [
+        await http.post("/api/v4/secrets/A", json={**ids, "secretValue": "a"}, headers=headers),
+        await http.patch("/api/v4/secrets/KEEP", json={**ids, "secretValue": "x"}, headers=headers),
+        await http.request("DELETE", "/api/v4/secrets/KEEP", json=ids, headers=headers),
+    ]
+    assert [set(a.json()) for a in answers] == [{"approval"}] * 3
+    assert [r.keys for r in fake.open_approvals()] == [["A"], ["KEEP"], ["KEEP"]]
+    missing = await http.request("DELETE", "/api/v4/secrets/NOPE", json=ids, headers=headers)
+    assert missing.status_code == 404
+    for request in fake.open_approvals():
+        fake.close_approval(request.id)
+    assert fake.state.get_secrets("p-1", "prod") == {"KEEP": "k"}
+    assert fake.open_approvals() == []
+
+
+def test_approval_environments_from_the_seed_file() -> None:
+    from infisical_sync.testing.fake_state import FakeState
+    from infisical_sync.testing.seed import load_seed
+
+    state = FakeState()
+    load_seed(
+        state,
+        {"projects": [{"slug": "payments", "id": "p-9", "approvalEnvironments": ["prod"]}]},
+    )
+    assert state.approval_policy("p-9", "prod") is not None
+    assert state.approval_policy("p-9", "dev") is None

@@ -1133,3 +1133,26 @@ def test_a_legacy_metadata_record_is_not_taken_for_secret_metadata() -> None:
     found = {secret.key: secret.metadata for secret in listing.secrets}
     assert found["OLD"] is None and found["NULL"] is None  # no secretMetadata: ledger mode
     assert [entry.key for entry in found["NEW"] or []] == ["k"]
+
+
+async def test_a_write_held_for_approval_raises_approval_required(
+    fake: FakeInfisical, transport: InstanceTransport
+) -> None:
+    from infisical_sync.infisical.errors import ApprovalRequired
+
+    fake.state.require_approval("p-1", "prod")
+    fake.state.put_secret("p-1", "prod", "/", "OLD", "old")
+    session = InfisicalSession(transport, credentials(), chunk_size=10)
+    writes = [SecretWrite(key=f"K{i}", value=SecretStr(CANARY_VALUE)) for i in range(15)]
+    with pytest.raises(ApprovalRequired) as held:
+        await session.batch_create(LOCATION, writes)
+    opened = fake.open_approvals()
+    # Every chunk was sent (one round of approvals, not one per chunk), each opened a request.
+    assert len(opened) == 2 and held.value.approval_ids == tuple(r.id for r in opened)
+    assert held.value.reason == "ApprovalRequired" and not held.value.retryable
+    assert all(r.id in str(held.value) for r in opened) and CANARY_VALUE not in str(held.value)
+    assert fake.state.get_secrets("p-1", "prod") == {"OLD": "old"}  # nothing written
+    fake.v4_enabled = False  # the same on a server without /api/v4
+    with pytest.raises(ApprovalRequired) as deleted:
+        await session.batch_delete(LOCATION, ["OLD"])
+    assert deleted.value.approval_ids == (fake.open_approvals()[-1].id,)

@@ -16,6 +16,7 @@ PURE = [
     "resources.py",
     "instance_urls.py",
     "sync_status.py",
+    "approvals.py",
 ]
 IO_LIBRARIES = {
     "kopf",

@@ -26,6 +26,7 @@ from pydantic import SecretStr, ValidationError
 
 from infisical_sync import metrics
 from infisical_sync.infisical.errors import (
+    ApprovalRequired,
     Conflict,
     CredentialsLocked,
     Forbidden,
@@ -727,8 +728,14 @@ class InfisicalSession:
         items: list[dict[str, object]],
         action: str,
     ) -> None:
+        held: list[str] = []
         for chunk in chunked(items, self.chunk_size):
-            await self._batch_chunk(method, location, list(chunk), action)
+            try:
+                await self._batch_chunk(method, location, list(chunk), action)
+            except ApprovalRequired as exc:
+                held += exc.approval_ids  # the other chunks still go: one round of approvals
+        if held:
+            raise ApprovalRequired(_held_message(action, location, held), approval_ids=held)
 
     async def _batch_chunk(
         self,
@@ -753,6 +760,7 @@ class InfisicalSession:
             await self.ensure_folder(location)
             response = await self._send_batch(method, location, body, action)
         self._check(response, what, location)
+        _raise_if_held(response, action, location)
 
     async def _send_batch(
         self, method: str, location: SecretLocation, body: dict[str, object], action: str
@@ -773,6 +781,29 @@ class InfisicalSession:
             endpoint=f"secrets.batch_{action}_v3",
             json={"workspaceId": location.project_id, **body},
         )
+
+
+def _raise_if_held(response: httpx.Response, action: str, location: SecretLocation) -> None:
+    """A 200 `{"approval": ...}` instead of `{"secrets": ...}`: a change-approval policy held
+    the write back (nothing written)."""
+    try:
+        data = response.json()
+    except ValueError:
+        return
+    approval = data.get("approval") if isinstance(data, dict) else None
+    if isinstance(approval, dict):
+        approval_id = str(approval.get("id") or approval.get("slug") or "(no id)")
+        raise ApprovalRequired(
+            _held_message(action, location, [approval_id]), approval_ids=[approval_id]
+        )
+
+
+def _held_message(action: str, location: SecretLocation, approval_ids: Sequence[str]) -> str:
+    requests = "change request" + ("s " if len(approval_ids) > 1 else " ")
+    return (
+        f"batch {action} in {location.environment}:{location.secret_path} is held for approval: "
+        f"Infisical opened {requests}{', '.join(approval_ids)}"
+    )
 
 
 def _settings_changed() -> Unreachable:

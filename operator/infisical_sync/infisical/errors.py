@@ -6,6 +6,8 @@ token or client secret (request bodies are never quoted).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class InfisicalError(Exception):
     """Base class. `reason` is the one-word condition reason shown in status."""
@@ -106,3 +108,15 @@ class Redirected(InfisicalError):
     """A 3xx: redirects are never followed (credentials must not go to another URL)."""
 
     reason = "Redirected"
+
+
+class ApprovalRequired(InfisicalError):
+    """A write answered 200 `{"approval": ...}`: a change-approval policy on the destination
+    held it back. Nothing was written; Infisical opened a change request that a human approves
+    and merges. Not retried: sending the write again would open another request."""
+
+    reason = "ApprovalRequired"
+
+    def __init__(self, message: str, *, approval_ids: Sequence[str], **kwargs: object) -> None:
+        self.approval_ids = tuple(approval_ids)
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]

@@ -36,6 +36,7 @@ from infisical_sync.testing.fake_references import (
 )
 from infisical_sync.testing.fake_state import (
     AccessToken,
+    ApprovalRequest,
     Environment,
     FakeState,
     Identity,
@@ -996,6 +997,8 @@ class FakeInfisical:
         folder = self._folder_for_write(env, path, "CreateSecret")
         if name in folder:
             raise bad_request("Secret already exists")
+        if held := self._held_for_approval(request, project, env, path, "create", [body], name):
+            return held
         secret = self._new_secret(name, body)
         folder[name] = secret
         return web.json_response({"secret": self._secret_json(secret, project, env, path)})
@@ -1012,6 +1015,8 @@ class FakeInfisical:
             _check_key(new_name, ["newSecretName"])
             if new_name != name and new_name in folder:
                 raise bad_request("Secret with the new name already exists")
+        if held := self._held_for_approval(request, project, env, path, "update", [body], name):
+            return held
         self._apply_update(secret, body)
         if new_name and new_name != name:
             del folder[name]
@@ -1020,11 +1025,13 @@ class FakeInfisical:
         return web.json_response({"secret": self._secret_json(secret, project, env, path)})
 
     async def _delete_secret(self, request: web.Request, version: str) -> web.Response:
-        _, project, env, path, _, name = await self._single_context(request, version, "write")
+        _, project, env, path, body, name = await self._single_context(request, version, "write")
         folder = self._folder_for_write(env, path, "DeleteSecret")
-        secret = folder.pop(name, None)
-        if secret is None:
+        if name not in folder:
             raise not_found("Secret not found")
+        if held := self._held_for_approval(request, project, env, path, "delete", [body], name):
+            return held
+        secret = folder.pop(name)
         return web.json_response({"secret": self._secret_json(secret, project, env, path)})
 
     def _new_secret(self, key: str, body: dict[str, Any]) -> Secret:
@@ -1101,6 +1108,8 @@ class FakeInfisical:
         duplicates = sorted({k for k in keys if keys.count(k) > 1})
         if existing or duplicates:
             raise bad_request(f"Secret already exists: {','.join(existing or duplicates)}")
+        if held := self._held_for_approval(request, project, env, path, "create", items):
+            return held
         created = [self._new_secret(item["secretKey"], item) for item in items]
         for secret in created:
             folder[secret.key] = secret
@@ -1146,6 +1155,9 @@ class FakeInfisical:
                 and js_trim(str(new_name)) != item["secretKey"]
             ):
                 raise bad_request("Secret with the new name already exists")
+        updates = [item for _, _, item in plan]
+        if held := self._held_for_approval(request, project, env, path, "update", updates):
+            return held
         results = []
         for folder, item_path, item in plan:
             secret = folder.get(item["secretKey"])
@@ -1175,13 +1187,106 @@ class FakeInfisical:
         found = [item["secretKey"] for item in items if item["secretKey"] in folder]
         if len(set(found)) != len(items):
             raise not_found(f"One or more secrets does not exist: {', '.join(sorted(set(found)))}")
+        if held := self._held_for_approval(request, project, env, path, "delete", items):
+            return held
         deleted = [folder.pop(key) for key in found]
         return web.json_response(
             {"secrets": [self._secret_json(s, project, env, path) for s in deleted]}
         )
 
+    # --- change approvals (a policy on the environment holds every write back) -----------------
+
+    def _held_for_approval(
+        self,
+        request: web.Request,
+        project: Project,
+        env: Environment,
+        path: str,
+        action: str,
+        items: list[dict[str, Any]],
+        single_key: str | None = None,
+    ) -> web.Response | None:
+        """Under a change-approval policy: store the write as an open request and answer
+        200 `{"approval": ...}` (nothing written). None when no policy covers the environment."""
+        policy_id = self.state.approval_policy(project.id, env.slug)
+        if policy_id is None:
+            return None
+        now = self.state.clock.now()
+        changes = [
+            (action, {**item, "secretKey": single_key} if single_key else dict(item))
+            for item in items
+        ]
+        approval = ApprovalRequest(
+            project_id=project.id,
+            environment=env.slug,
+            path=path,
+            folder_id=env.folder_ids[path],
+            policy_id=policy_id,
+            committer_identity_id=self._authenticate(request).id,
+            changes=changes,
+            created_at=now,
+            updated_at=now,
+        )
+        self.state.approval_requests[approval.id] = approval
+        return web.json_response({"approval": _approval_json(approval)})
+
+    def open_approvals(self) -> list[ApprovalRequest]:
+        """Approval requests nobody merged or closed yet, oldest first."""
+        return self.state.open_approvals()
+
+    def merge_approval(self, request_id: str) -> ApprovalRequest:
+        """A human approved and merged the request: its writes are applied now."""
+        approval = self._open_approval(request_id)
+        env = self.state.projects[approval.project_id].environments[approval.environment]
+        env.mkdir(approval.path)
+        folder = env.folders[approval.path]
+        for action, item in approval.changes:
+            key = str(item["secretKey"])
+            if action == "delete":
+                folder.pop(key, None)
+            elif action == "update" and key in folder:
+                self._apply_update(folder[key], item)
+            else:  # a create, or an upsert of a key that is not there
+                folder[key] = self._new_secret(key, item)
+        approval.status, approval.has_merged = "close", True
+        approval.updated_at = self.state.clock.now()
+        return approval
+
+    def close_approval(self, request_id: str) -> ApprovalRequest:
+        """A human closed (rejected) the request: nothing is written."""
+        approval = self._open_approval(request_id)
+        approval.status = "close"
+        approval.updated_at = self.state.clock.now()
+        return approval
+
+    def _open_approval(self, request_id: str) -> ApprovalRequest:
+        approval = self.state.approval_requests[request_id]
+        if approval.status != "open":
+            raise ValueError(f"approval request {request_id} is not open")
+        return approval
+
 
 # --- helpers ------------------------------------------------------------------------------------
+
+
+def _approval_json(approval: ApprovalRequest) -> dict[str, Any]:
+    """The secret-approval-request row as write routes return it (SecretApprovalRequestsSchema)."""
+    return {
+        "id": approval.id,
+        "policyId": approval.policy_id,
+        "hasMerged": approval.has_merged,
+        "status": approval.status,
+        "conflicts": None,
+        "slug": approval.slug,
+        "folderId": approval.folder_id,
+        "bypassReason": None,
+        "createdAt": _iso(approval.created_at),
+        "updatedAt": _iso(approval.updated_at),
+        "isReplicated": False,
+        "committerUserId": None,
+        "committerIdentityId": approval.committer_identity_id,
+        "statusChangedByUserId": None,
+    }
 
 
 def _token_body(token: AccessToken) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import secrets as random_tokens
+import string
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -181,11 +182,45 @@ class Project:
 
 
 @dataclass
+class ApprovalRequest:
+    """A write a change-approval policy held back: nothing is written until it is merged.
+
+    `changes` are the items as the client sent them (values included: the fake keeps them to
+    apply on merge, like the real server's request commits)."""
+
+    project_id: str
+    environment: str
+    path: str
+    folder_id: str
+    policy_id: str
+    committer_identity_id: str
+    changes: list[tuple[str, dict[str, Any]]]  # (create | update | delete, item)
+    created_at: float
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    # Infisical's alphaNumericNanoId(): 10 characters
+    slug: str = field(
+        default_factory=lambda: "".join(
+            random_tokens.choice(string.ascii_letters + string.digits) for _ in range(10)
+        )
+    )
+    status: str = "open"  # open | close
+    has_merged: bool = False
+    updated_at: float = 0.0
+
+    @property
+    def keys(self) -> list[str]:
+        return [str(item.get("secretKey")) for _, item in self.changes]
+
+
+@dataclass
 class FakeState:
     clock: Clock = field(default_factory=Clock)
     identities: dict[str, Identity] = field(default_factory=dict)  # client id -> identity
     tokens: dict[str, AccessToken] = field(default_factory=dict)
     projects: dict[str, Project] = field(default_factory=dict)  # id -> project
+    # (project id, environment slug) -> the id of the change-approval policy covering it
+    approval_policies: dict[tuple[str, str], str] = field(default_factory=dict)
+    approval_requests: dict[str, ApprovalRequest] = field(default_factory=dict)  # by id
     _serial: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     # --- seeding -------------------------------------------------------------------------------
@@ -277,3 +312,16 @@ class FakeState:
 
     def next_serial(self) -> int:
         return next(self._serial)
+
+    # --- change-approval policies --------------------------------------------------------------
+
+    def require_approval(self, project_id: str, *environments: str) -> None:
+        """Writes to these environments of the project open an approval request instead."""
+        for environment in environments:
+            self.approval_policies.setdefault((project_id, environment), str(uuid.uuid4()))
+
+    def approval_policy(self, project_id: str, environment: str) -> str | None:
+        return self.approval_policies.get((project_id, environment))
+
+    def open_approvals(self) -> list[ApprovalRequest]:
+        return [r for r in self.approval_requests.values() if r.status == "open"]

@@ -25,6 +25,7 @@ def load_seed(state: FakeState, seed: dict[str, Any]) -> None:
             environments=spec.get("environments", ["dev", "staging", "prod"]),
         )
         slugs[project.slug] = project.id
+        state.require_approval(project.id, *(spec.get("approvalEnvironments") or []))
         for env_slug, paths in (spec.get("folders") or {}).items():
             for path in paths:
                 project.environments[env_slug].mkdir(path, state.clock.now())
