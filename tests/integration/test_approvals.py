@@ -3,6 +3,7 @@ operator process, the real control plane, the fake Infisical."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -10,6 +11,8 @@ from tests.conftest import wait_for
 from tests.integration import test_secretsync as base
 from tests.integration.test_secretsync import (
     CANARY_VALUE,
+    CLIENT_ID,
+    CLIENT_SECRET,
     PROJECT,
     SYNCS,
     next_cycle,
@@ -19,11 +22,21 @@ from tests.integration.test_secretsync import (
 )
 from tests.kube_helpers import condition, create, event_reasons, put_secret, status
 
-from infisical_sync.testing.fake_infisical import FakeInfisical
+from infisical_sync.testing.fake_infisical import BackgroundFake, FakeInfisical
+from infisical_sync.testing.fake_profiles import PROFILES
 
 pytestmark = pytest.mark.controlplane
 Env = tuple[Any, str, FakeInfisical]
-fake, env = base.fake, base.env  # the SecretSync suite's fixtures: a fake, a Ready connection
+env = base.env  # the SecretSync suite's fixture: a Ready connection to `fake`
+
+
+@pytest.fixture(params=sorted(PROFILES))
+def fake(request: pytest.FixtureRequest) -> Iterator[FakeInfisical]:
+    """Approval policies hold writes on every server generation."""
+    with BackgroundFake(FakeInfisical(profile=request.param)) as server:
+        server.state.add_project("payments", project_id=PROJECT)
+        server.state.add_identity(CLIENT_ID, CLIENT_SECRET, projects={PROJECT: {}})
+        yield server
 
 
 def synced(kube: Any, namespace: str) -> tuple[str, str] | None:
