@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     fake.add_argument("--host", default="127.0.0.1")
     fake.add_argument("--port", type=int, default=8088)
     fake.add_argument("--tls", action="store_true", help="serve HTTPS with a generated test CA")
+    fake.add_argument(
+        "--profile", help="server generation to answer as (current, 2024); default: the seed's"
+    )
 
     plane = commands.add_parser("controlplane", help="local etcd + kube-apiserver for development")
     plane.add_argument("action", choices=["up", "down"])
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         from infisical_sync.testing.seed import serve
 
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve(args.seed, args.host, args.port, args.tls))
+            asyncio.run(serve(args.seed, args.host, args.port, args.tls, profile=args.profile))
         return 0
     if args.command == "controlplane":
         from infisical_sync.testing import controlplane

@@ -120,11 +120,17 @@ def main() -> int:
         k("create", "namespace", NAMESPACE)
         grant_operator_rbac(plane.kubeconfig)
         url = f"http://127.0.0.1:{preferred_port(8088)}"
-        say(f"starting a fake Infisical on {url} (seed: deploy/samples/fake-infisical-seed.yaml)")
+        # INFISICAL_PROFILE=2024 answers as a late-2024 self-hosted server (no v4, no metadata).
+        profile = os.environ.get("INFISICAL_PROFILE") or "current"
+        say(
+            f"starting a fake Infisical ({profile} generation) on {url} "
+            "(seed: deploy/samples/fake-infisical-seed.yaml)"
+        )
         seed = str(SAMPLES / "fake-infisical-seed.yaml")
+        port = url.rsplit(":", 1)[1]
         fake = stack.enter_context(
             logged_process(
-                [*CLI, "fake-infisical", "--seed", seed, "--port", url.rsplit(":", 1)[1]],
+                [*CLI, "fake-infisical", "--seed", seed, "--port", port, "--profile", profile],
                 plane.workdir / "fake-infisical.log",
             )
         )

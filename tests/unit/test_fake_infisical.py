@@ -1251,6 +1251,13 @@ def test_seed_file_profile(
     assert project.slug == "payments"
 
 
+def test_seed_profile_given_on_the_command_line_wins(tmp_path: Path) -> None:
+    seed = tmp_path / "seed.yaml"
+    seed.write_text("options: {profile: current, etag: false}\n")
+    fake = fake_from_seed(seed, "127.0.0.1", 0, profile="2024")
+    assert fake.server == GEN_2024.with_overrides(etag=False)
+
+
 def test_seed_file_unknown_profile(tmp_path: Path) -> None:
     seed = tmp_path / "seed.yaml"
     seed.write_text("options: {profile: '2019'}\n")

@@ -55,11 +55,16 @@ def load_seed(state: FakeState, seed: dict[str, Any]) -> None:
         )
 
 
-def fake_from_seed(path: Path, host: str, port: int, tls: bool = False) -> FakeInfisical:
+def fake_from_seed(
+    path: Path, host: str, port: int, tls: bool = False, profile: str | None = None
+) -> FakeInfisical:
+    """`profile`, when given, replaces the seed's `options.profile`."""
     seed = yaml.safe_load(path.read_text()) or {}
-    options = seed.get("options") or {}
+    options = dict(seed.get("options") or {})
+    if profile:
+        options["profile"] = profile
     limits = options.get("rateLimits") or {}
-    profile = profile_named(str(options.get("profile", "current")))
+    server = profile_named(str(options.get("profile", "current")))
     # The switches from before profiles override single fields of the profile.
     overrides = {
         field: options[option]
@@ -74,7 +79,7 @@ def fake_from_seed(path: Path, host: str, port: int, tls: bool = False) -> FakeI
         host=host,
         port=port,
         tls=tls,
-        profile=profile.with_overrides(**overrides),
+        profile=server.with_overrides(**overrides),
         rate_limits=RateLimits(
             enabled=limits.get("enabled", False),
             read=limits.get("read", 60),
@@ -86,10 +91,12 @@ def fake_from_seed(path: Path, host: str, port: int, tls: bool = False) -> FakeI
     return fake
 
 
-async def serve(path: Path, host: str, port: int, tls: bool = False) -> None:
-    fake = fake_from_seed(path, host, port, tls)
+async def serve(
+    path: Path, host: str, port: int, tls: bool = False, profile: str | None = None
+) -> None:
+    fake = fake_from_seed(path, host, port, tls, profile)
     await fake.start()
-    print(f"fake Infisical listening on {fake.url}", flush=True)
+    print(f"fake Infisical ({fake.server.name}) listening on {fake.url}", flush=True)
     if tls:
         print(f"CA bundle: {fake.ca_file()}", flush=True)
     stop = asyncio.Event()
