@@ -26,8 +26,6 @@ from typing import Any
 
 from infisical_sync.planner import Plan
 
-# Key names shown in status.pendingApproval (the status must stay small).
-SHOWN_KEYS = 100
 _DIGEST_KEY = secrets.token_bytes(32)
 
 
@@ -36,7 +34,9 @@ class PendingApproval:
     """Change requests Infisical opened for one plan, still waited for."""
 
     ids: tuple[str, ...]
-    keys: tuple[str, ...]  # the plan's keys, sorted (as many as status shows after a restart)
+    # The plan's keys, sorted, all of them: on a server without secretMetadata they are what
+    # makes the keys a merged request created ours, also after a restart (like managedKeys).
+    keys: tuple[str, ...]
     since: str
     plan_id: str
     digest: str | None = None  # None: known from status only (after a restart)
@@ -45,7 +45,7 @@ class PendingApproval:
         return {
             "id": self.ids[0],
             "ids": list(self.ids),
-            "keys": list(self.keys[:SHOWN_KEYS]),
+            "keys": list(self.keys),
             "since": self.since,
             "planId": self.plan_id,
         }
@@ -68,19 +68,26 @@ def fingerprint(location: str, result: Plan) -> PlanFingerprint:
         [("create", key) for key in result.create]
         + [("update", key) for key in result.update]
         + [("delete", key) for key in result.delete]
+        # An import mode writes into the source first; that source may hold it for approval.
+        + [("import", key) for key in result.import_to_source]
     )
     shape = "\0".join([location, *(f"{action}:{key}" for action, key in actions)])
     keyed = hmac.new(_DIGEST_KEY, shape.encode(), hashlib.sha256)
     for action, key in actions:
         if action == "delete":
             continue
-        values = result.create if action == "create" else result.update
-        value = None if key in result.metadata_only else values[key]
+        values = {
+            "create": result.create,
+            "update": result.update,
+            "import": result.import_to_source,
+        }[action]
+        value = None if action != "import" and key in result.metadata_only else values[key]
         keyed.update(repr((key, value, result.metadata.get(key))).encode())
     return PlanFingerprint(
         digest=keyed.hexdigest(),
         plan_id=hashlib.sha256(shape.encode()).hexdigest()[:16],
-        keys=tuple(sorted({key for _, key in actions})),
+        # Destination keys only: what a merged request can have written there.
+        keys=tuple(sorted({key for action, key in actions if action != "import"})),
     )
 
 
@@ -110,7 +117,8 @@ def awaited(
     if remembered is not None:
         return remembered if remembered.digest == plan.digest else None
     if shown is not None and shown.plan_id == plan.plan_id:
-        return replace(shown, digest=plan.digest)
+        # The same key-level plan: its keys are all of this plan's (status shows only some).
+        return replace(shown, digest=plan.digest, keys=plan.keys)
     return None
 
 

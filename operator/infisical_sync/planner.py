@@ -160,6 +160,9 @@ class PlanInput:
     source_certain: bool = True
     uncertain_reason: str = ""
     ledger: frozenset[str] = frozenset()  # status.managedKeys from the last sync
+    # The last sync here tracked ownership by the ledger alone (status.ownershipTracking Ledger):
+    # the server kept no secretMetadata then.
+    ledger_tracked: bool = False
     # Source keys known to exist but not sendable (e.g. binary data): never delete their targets.
     keep: frozenset[str] = frozenset()
     import_supported: bool = True  # False: the source cannot take imported keys
@@ -235,13 +238,21 @@ def foreign_owner(entry: DestinationKey, owner: Owner) -> str | None:
     return reason if kind == "foreign" else None
 
 
-def owned_by(key: str, entry: DestinationKey, owner: Owner, ledger: frozenset[str]) -> bool:
+def owned_by(
+    key: str,
+    entry: DestinationKey,
+    owner: Owner,
+    ledger: frozenset[str],
+    *,
+    ledger_tracked: bool = False,
+) -> bool:
     if entry.metadata is None:
         return key in ledger
     kind = ownership(entry, owner)[0]
-    # A key the ledger names that carries no owner at all was written while the server kept no
-    # secretMetadata (once upgraded, it answers [] for such keys): still ours, and stamped now.
-    return kind == "ours" or (kind == "nobody" and key in ledger)
+    # The server was upgraded to a generation with secretMetadata: the keys written while it
+    # kept none come back with [] and the ledger still names them. Ours, and stamped now. On a
+    # server that always kept metadata a key without an owner is someone else's edit: never.
+    return kind == "ours" or (kind == "nobody" and ledger_tracked and key in ledger)
 
 
 def ownership_metadata(
@@ -304,7 +315,7 @@ def plan(data: PlanInput) -> Plan:
     owned = {
         key
         for key, entry in data.destination.items()
-        if owned_by(key, entry, data.owner, data.ledger)
+        if owned_by(key, entry, data.owner, data.ledger, ledger_tracked=data.ledger_tracked)
     }
     result.owned_before = sorted(owned)
 
@@ -341,6 +352,11 @@ def plan(data: PlanInput) -> Plan:
                 result.conflicts[dest_key] = why
                 continue
             result.adopt.append(dest_key)
+            if entry.metadata is None and entry.value == value:
+                # Nothing to write: without secretMetadata only the ledger records the adoption
+                # (a write of the same value would be one more change request under approval).
+                result.unchanged.append(dest_key)
+                continue
         result.update[dest_key] = value
         result.metadata[dest_key] = ownership_metadata(data.owner, entry.metadata)
         result.encrypted[dest_key] = entry.encrypted

@@ -92,6 +92,7 @@ class SyncFailed(Exception):
         retryable: bool = False,
         retry_after: float | None = None,
         status: Mapping[str, Any] | None = None,
+        managed_keys: list[str] | None = None,
     ) -> None:
         super().__init__(message)
         self.condition = condition
@@ -100,6 +101,8 @@ class SyncFailed(Exception):
         self.retryable = retryable
         self.retry_after = retry_after
         self.status = status  # the whole status of this failure, when it has its own
+        # The ledger after some of the cycle's writes went through (None: unchanged).
+        self.managed_keys = managed_keys
 
 
 @dataclass
@@ -156,12 +159,28 @@ def _writes(values: Mapping[str, str], result: Plan) -> list[SecretWrite]:
     ]
 
 
-async def _unless_held(write: Awaitable[None], held: list[str]) -> None:
-    """Await a write; one a change-approval policy held adds its requests to `held`."""
+async def _unless_held(write: Awaitable[None], held: list[str]) -> bool:
+    """Await a write; True when it went through. One a change-approval policy held adds its
+    requests to `held`."""
     try:
         await write
     except ApprovalRequired as exc:
         held += exc.approval_ids
+        return False
+    return True
+
+
+def _merged_request_keys(
+    pending: PendingApproval | None, destination: Mapping[str, DestinationKey]
+) -> frozenset[str]:
+    """Keys of our open change request that a server without secretMetadata now lists: the
+    merged request created them, with no ownership on them but the plan that opened it. On a
+    server that keeps metadata the request carried ours, and nothing is taken on trust."""
+    if pending is None:
+        return frozenset()
+    return frozenset(
+        key for key in pending.keys if key in destination and destination[key].metadata is None
+    )
 
 
 def _other_instance(status: Mapping[str, Any], session: InfisicalSession) -> bool:
@@ -342,7 +361,14 @@ class SyncEngine:
         # what it is now (its connection became Ready, say), not what an earlier cycle saw.
         try:
             location = await self._destination_location(session, spec)
-            destination = await self._read_destination(session, location, cache, fresh=False)
+            destination = await self._read_destination(
+                session,
+                location,
+                cache,
+                fresh=False,
+                # A missing folder is made only for a cycle that will write into it.
+                create_missing=unreadable is None and not spec.dry_run,
+            )
         except SyncFailed as failure:
             if unreadable is None:
                 raise
@@ -358,11 +384,8 @@ class SyncEngine:
         )
         initial = moved or not previous.get("lastSyncedAt")
         ledger = frozenset() if moved else frozenset(previous.get("managedKeys") or [])
-        pending = cache.approval or shown_approval(previous)
-        if pending is not None and not moved:
-            # Keys a merged change request created carry no ownership on servers without
-            # metadata: they are ours as the plan that opened the request said.
-            ledger |= frozenset(pending.keys)
+        ledger_tracked = not moved and previous.get("ownershipTracking") == "Ledger"
+        pending = None if moved else cache.approval or shown_approval(previous)
 
         def plan_input(current: Mapping[str, DestinationKey]) -> PlanInput:
             return PlanInput(
@@ -380,7 +403,8 @@ class SyncEngine:
                 now=timestamp(now),
                 source_certain=source.certain,
                 uncertain_reason="; ".join(source.problems),
-                ledger=ledger,
+                ledger=ledger | _merged_request_keys(pending, current),
+                ledger_tracked=ledger_tracked,
                 keep=frozenset(source.keep),
                 import_supported=source.import_target is not None,
             )
@@ -400,19 +424,36 @@ class SyncEngine:
             )
         where = f"{session.transport.base_url} {location_label(destination_ref, location)}"
         planned = fingerprint(where, result)
-        held = awaited(cache.approval, shown_approval(previous), planned) if result.writes else None
+        writing = bool(result.writes or result.import_to_source)
+        held = awaited(cache.approval, shown_approval(previous), planned) if writing else None
         if held is not None:
             # An open change request already carries exactly these writes: not sent again.
             cache.approval = held
-            raise self._held(previous, generation, now, result, held, waiting=True)
-        if on_writing is not None and (result.writes or result.import_to_source):
+            raise self._held(previous, generation, now, result, held, known, waiting=True)
+        if on_writing is not None and writing:
             await on_writing()
         if result.import_to_source:
-            import_status = await self._import(namespace, source, result.import_to_source, now)
+            try:
+                import_status = await self._import(namespace, source, result.import_to_source, now)
+            except ApprovalRequired as exc:  # the Infisical source has an approval policy
+                raise self._opened(
+                    cache, previous, generation, now, result, planned, exc, known
+                ) from None
+        # What this cycle's writes made ours or removed, for the ledger if a later write fails.
+        written: set[str] = set()
+        removed: set[str] = set()
+
+        def partly_written(cut_short: SyncFailed) -> SyncFailed:
+            if (written or removed) and not moved:
+                kept = (set(result.owned_before) | written) - removed
+                cut_short.managed_keys = sorted(kept)
+            return cut_short
+
         try:
-            await self._apply(session, location, result)
+            await self._apply(session, location, result, written, removed)
         except ApprovalRequired as exc:
-            raise self._opened(cache, previous, generation, now, result, planned, exc) from None
+            opened_now = self._opened(cache, previous, generation, now, result, planned, exc, known)
+            raise partly_written(opened_now) from None
         except (Conflict, NotFound) as exc:
             log.info(
                 "%s/%s: destination changed during the sync (%s); re-planning", namespace, name, exc
@@ -421,16 +462,17 @@ class SyncEngine:
             again = plan_input(destination)
             result = plan(again)
             try:
-                await self._apply(session, location, result)
+                await self._apply(session, location, result, written, removed)
             except ApprovalRequired as held_again:
                 planned = fingerprint(where, result)
-                raise self._opened(
-                    cache, previous, generation, now, result, planned, held_again
-                ) from None
+                held_failure = self._opened(
+                    cache, previous, generation, now, result, planned, held_again, known
+                )
+                raise partly_written(held_failure) from None
             except InfisicalError as second:
-                raise self._remote_failure("Synced", second) from None
+                raise partly_written(self._remote_failure("Synced", second)) from None
         except InfisicalError as exc:
-            raise self._remote_failure("Synced", exc) from None
+            raise partly_written(self._remote_failure("Synced", exc)) from None
         cache.approval = None
         for action, count in (
             ("create", len(result.create)),
@@ -479,12 +521,20 @@ class SyncEngine:
         result: Plan,
         planned: PlanFingerprint,
         exc: ApprovalRequired,
+        known: Sequence[Condition],
     ) -> SyncFailed:
         """Infisical held this plan's writes and opened change requests: remember them."""
         replaced = cache.approval or shown_approval(previous)
         cache.approval = opened(exc.approval_ids, planned, timestamp(now))
         return self._held(
-            previous, generation, now, result, cache.approval, waiting=False, replaced=replaced
+            previous,
+            generation,
+            now,
+            result,
+            cache.approval,
+            known,
+            waiting=False,
+            replaced=replaced,
         )
 
     def _held(
@@ -494,6 +544,7 @@ class SyncEngine:
         now: dt.datetime,
         result: Plan,
         pending: PendingApproval,
+        known: Sequence[Condition],
         *,
         waiting: bool,
         replaced: PendingApproval | None = None,
@@ -508,6 +559,7 @@ class SyncEngine:
             waiting=waiting,
             replaced=replaced,
             described={},
+            known=known,
         )
         return SyncFailed("Synced", "ApprovalRequired", status["lastSyncMessage"], status=status)
 
@@ -588,6 +640,7 @@ class SyncEngine:
         cache: _Cache,
         *,
         fresh: bool,
+        create_missing: bool = True,
     ) -> dict[str, DestinationKey]:
         at = (session.transport.base_url, location)
         etag = None if fresh or cache.destination_at != at else cache.destination_etag
@@ -595,6 +648,8 @@ class SyncEngine:
             listing = await session.list_secrets(location, etag=etag)
         except NotFound:
             # The folder does not exist yet: mkdir -p, and the destination is empty.
+            if not create_missing:
+                return {}
             try:
                 await session.ensure_folder(location)
             except InfisicalError as exc:
@@ -637,15 +692,35 @@ class SyncEngine:
     # --- writes --------------------------------------------------------------------------------
 
     async def _apply(
-        self, session: InfisicalSession, location: SecretLocation, result: Plan
+        self,
+        session: InfisicalSession,
+        location: SecretLocation,
+        result: Plan,
+        written: set[str],
+        removed: set[str],
     ) -> None:
+        """The plan's batches. `written` / `removed` collect the keys each batch that went
+        through made ours or deleted."""
         held: list[str] = []  # change requests opened: the other batches still go
-        if result.create:
-            await _unless_held(session.batch_create(location, _writes(result.create, result)), held)
-        if result.update:
-            await _unless_held(session.batch_update(location, _writes(result.update, result)), held)
-        if result.delete:
-            await _unless_held(session.batch_delete(location, result.delete), held)
+        try:
+            if result.create and await _unless_held(
+                session.batch_create(location, _writes(result.create, result)), held
+            ):
+                written.update(result.create)
+            if result.update and await _unless_held(
+                session.batch_update(location, _writes(result.update, result)), held
+            ):
+                written.update(result.update)
+            if result.delete and await _unless_held(
+                session.batch_delete(location, result.delete), held
+            ):
+                removed.update(result.delete)
+        except InfisicalError:
+            if held:
+                # Requests are open for part of the plan: they are what is reported (and
+                # waited for). Re-planning now would open more for the same writes.
+                raise ApprovalRequired("writes held for approval", approval_ids=held) from None
+            raise
         if held:
             raise ApprovalRequired("writes held for approval", approval_ids=held)
 
@@ -669,6 +744,8 @@ class SyncEngine:
                 raise SyncFailed(
                     "SourceReady", "ImportNotSupported", "this source cannot take imports"
                 )
+        except ApprovalRequired:
+            raise  # the caller waits for it like for any held plan
         except InfisicalError as exc:
             raise self._remote_failure("SourceReady", exc) from None
         except WriteForbidden as exc:
@@ -738,8 +815,11 @@ class SyncEngine:
         # URL changed since) a key of the same name is not ours.
         other = _other_instance(status, session)
         ledger = frozenset() if other else frozenset(status.get("managedKeys") or [])
+        tracked = status.get("ownershipTracking") == "Ledger"
         owned = {
-            key: entry for key, entry in destination.items() if owned_by(key, entry, owner, ledger)
+            key: entry
+            for key, entry in destination.items()
+            if owned_by(key, entry, owner, ledger, ledger_tracked=tracked)
         }
         return session, location, owned
 
@@ -826,6 +906,8 @@ class SyncEngine:
                 described=described,
                 known=known,
             )
+        if failure.managed_keys is not None:
+            status["managedKeys"] = failure.managed_keys
         return CycleResult(
             status, ok=False, retryable=failure.retryable, retry_after=failure.retry_after
         )

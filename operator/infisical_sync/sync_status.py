@@ -225,6 +225,7 @@ def approval_status(
     waiting: bool,
     replaced: PendingApproval | None,
     described: Mapping[str, str],
+    known: Sequence[Condition] = (),
 ) -> dict[str, Any]:
     """The plan's writes are held by a change-approval policy: `pending` was opened by this
     cycle, or (`waiting`) by an earlier one for the same plan and nothing was sent."""
@@ -251,6 +252,7 @@ def approval_status(
         reason="ApprovalRequired",
         message=message,
         described=described,
+        known=known,
     )
     status["pendingApproval"] = pending.status()
     status["plan"] = {

@@ -113,3 +113,60 @@ def test_without_metadata_keys_a_merged_request_created_are_owned(env: Env) -> N
     # Not a conflict "not managed by this SecretSync": the request was ours.
     assert found["conflicts"] == [] and found["managedKeys"] == ["A", "B"]
     assert len(fake.state.approval_requests) == 1
+
+
+def test_a_key_made_by_hand_after_a_closed_request(env: Env) -> None:
+    """A request closed without merging, then the same key created by hand: on a server that
+    keeps metadata the key carries no owner, so it is a conflict, never overwritten. A server
+    without metadata cannot tell it from the request's own write (the ledger's limit)."""
+    kube, namespace, fake = env
+    put_secret(kube, namespace, "app", {"A": "1"})
+    create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec())
+    wait_for(lambda: sync_status(kube, namespace) == "Succeeded")
+    fake.state.require_approval(PROJECT, "prod")
+    put_secret(kube, namespace, "app", {"A": "1", "K": "operator's"})
+    wait_for(lambda: synced(kube, namespace) == ("False", "ApprovalRequired"), timeout=10)
+    [request] = fake.open_approvals()
+    fake.close_approval(request.id)
+    fake.state.put_secret(PROJECT, "prod", "/apps/payments", "K", "by hand")
+    fake.state.approval_policies.clear()
+    next_cycle(kube, namespace)
+    found = status(kube, namespace, SYNCS, "sync")
+    if fake.server.secret_metadata:
+        assert found["conflicts"] == ["K"] and remote(fake)["K"] == "by hand"
+        assert found["managedKeys"] == ["A"]
+    else:
+        wait_for(lambda: remote(fake).get("K") == "operator's")
+        assert status(kube, namespace, SYNCS, "sync")["managedKeys"] == ["A", "K"]
+
+
+def test_an_import_into_an_infisical_source_under_approval_waits_too(env: Env) -> None:
+    kube, namespace, fake = env
+    fake.state.require_approval(PROJECT, "staging")  # the source's environment
+    fake.state.put_secret(PROJECT, "staging", "/", "SHARED", "s")
+    fake.state.put_secret(PROJECT, "prod", "/apps/payments", "ONLY_DEST", "d")
+    spec = sync_spec(syncOptions={"initialSyncBehavior": "import-prioritize-source"})
+    spec["source"] = {
+        "infisical": {
+            "connectionRef": {"name": "dest"},
+            "projectId": PROJECT,
+            "environment": "staging",
+        }
+    }
+    create(kube, namespace, SYNCS, "SecretSync", "sync", spec)
+    wait_for(lambda: synced(kube, namespace) == ("False", "ApprovalRequired"))
+    [request] = fake.open_approvals()
+    assert request.environment == "staging"
+    assert condition(kube, namespace, SYNCS, "sync", "DestinationReady") == (
+        "True",
+        "DestinationRead",
+    )
+    next_cycle(kube, namespace)
+    next_cycle(kube, namespace)
+    assert len(fake.state.approval_requests) == 1  # the same import is not asked for again
+    assert remote(fake) == {"ONLY_DEST": "d"}  # nothing pushed before the import
+    fake.merge_approval(request.id)
+    next_cycle(kube, namespace)
+    wait_for(lambda: sync_status(kube, namespace) == "Succeeded")
+    assert fake.state.get_secrets(PROJECT, "staging") == {"SHARED": "s", "ONLY_DEST": "d"}
+    assert remote(fake) == {"SHARED": "s", "ONLY_DEST": "d"}

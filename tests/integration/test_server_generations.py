@@ -151,3 +151,38 @@ def test_cloud_to_an_older_self_hosted_instance(
         wait_for(lambda: sync_status(kube, namespace) == "Succeeded")
         assert remote(self_hosted, "/from-cloud") == {"FROM_CLOUD": "c"}
         assert status(kube, namespace, SYNCS, "sync")["ownershipTracking"] == "Ledger"
+
+
+def test_a_source_that_cannot_be_read_creates_no_folder(env: Env) -> None:
+    kube, namespace, fake = env
+    create(kube, namespace, SYNCS, "SecretSync", "sync", by_slug("/never/made"))  # no Secret app
+    wait_for(lambda: sync_status(kube, namespace) == "Failed")
+    assert condition(kube, namespace, SYNCS, "sync", "SourceReady")[0] == "False"
+    assert condition(kube, namespace, SYNCS, "sync", "DestinationReady") == (
+        "True",
+        "DestinationRead",
+    )
+    assert fake.state.folder(PROJECT, "prod", "/never/made") is None
+    assert fake.count(r"/folders$", "POST") == 0
+
+
+def test_keys_created_before_a_later_write_failed_stay_ours(env: Env) -> None:
+    """A cycle whose create went through and whose update then failed: the created keys are in
+    the ledger at once, so on a server without secretMetadata they are not taken for someone
+    else's on the next cycle."""
+    kube, namespace, fake = env
+    path = "/apps/payments"
+    put_secret(kube, namespace, "app", {"A": "1"})
+    create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec())
+    wait_for(lambda: sync_status(kube, namespace) == "Succeeded")
+    fake.inject(Fault("status", r"/batch", method="PATCH", status=422, error="ValidationFailure"))
+    put_secret(kube, namespace, "app", {"A": "changed", "B": "new"})
+    wait_for(lambda: sync_status(kube, namespace) == "Failed", timeout=10)
+    assert remote(fake, path) == {"A": "1", "B": "new"}  # the create went through
+    assert status(kube, namespace, SYNCS, "sync")["managedKeys"] == ["A", "B"]
+    fake.clear_faults()
+    next_cycle(kube, namespace)
+    wait_for(lambda: sync_status(kube, namespace) == "Succeeded")
+    found = status(kube, namespace, SYNCS, "sync")
+    assert found["conflicts"] == [] and found["managedKeys"] == ["A", "B"]
+    assert remote(fake, path) == {"A": "changed", "B": "new"}

@@ -1156,3 +1156,14 @@ async def test_a_write_held_for_approval_raises_approval_required(
     with pytest.raises(ApprovalRequired) as deleted:
         await session.batch_delete(LOCATION, ["OLD"])
     assert deleted.value.approval_ids == (fake.open_approvals()[-1].id,)
+
+
+@BOTH_GENERATIONS
+async def test_a_slug_is_one_path_segment(fake: FakeInfisical, session: InfisicalSession) -> None:
+    """A slug with `/` or `?` names no project: it neither reaches another route nor makes the
+    client believe the instance lacks the slug route."""
+    for slug in ("payments/../../v4/secrets", "payments?x=1"):
+        with pytest.raises(NotFound):
+            await session.project_id(project_id=None, project_slug=slug)
+    assert await session.project_id(project_id=None, project_slug="payments") == "p-1"
+    assert session.transport.project_slug_v1_supported is fake.server.project_slug_v1

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from infisical_sync.planner import (
+    NOT_MANAGED,
     OWNER_CLUSTER_KEY,
     OWNER_KEY,
     OWNER_UID_KEY,
@@ -292,7 +293,12 @@ def test_ledger_keys_stay_ours_when_the_server_starts_keeping_metadata() -> None
     an unrecorded key without an owner is still not."""
     destination = {"A": unowned("1"), "B": unowned("2"), "C": unowned("3"), "Z": unowned("z")}
     result = plan(
-        inputs(source={"A": "1", "B": "two"}, destination=destination, ledger=frozenset("ABC"))
+        inputs(
+            source={"A": "1", "B": "two"},
+            destination=destination,
+            ledger=frozenset("ABC"),
+            ledger_tracked=True,
+        )
     )
     assert result.conflicts == {}
     assert result.update == {"A": "1", "B": "two"}
@@ -303,7 +309,29 @@ def test_ledger_keys_stay_ours_when_the_server_starts_keeping_metadata() -> None
     assert "Z" not in result.managed_after and "Z" not in result.update
 
 
-def test_an_earlier_incarnation_on_this_cluster_is_adopted_on_the_initial_sync_only() -> None:
+def test_adopting_an_equal_value_without_metadata_writes_nothing() -> None:
+    """On a server without secretMetadata the ledger alone records an adoption: an equal value
+    is not written again (under an approval policy that write would be a change request)."""
+    destination = {"SAME": DestinationKey("v", None), "DIFF": DestinationKey("old", None)}
+    result = plan(
+        inputs(source={"SAME": "v", "DIFF": "new"}, destination=destination, initial=True)
+    )
+    assert result.update == {"DIFF": "new"}
+    assert sorted(result.adopt) == ["DIFF", "SAME"] and "SAME" in result.unchanged
+    assert result.managed_after == ["DIFF", "SAME"]
+
+
+def test_a_key_stripped_of_its_owner_on_a_metadata_server_is_not_taken_back() -> None:
+    """On a server that always kept metadata, a ledger key without an owner entry is someone
+    else's edit (metadata cleared, or deleted and created again): a conflict, never touched."""
+    destination = {"A": unowned("theirs"), "B": ours("2")}
+    result = plan(
+        inputs(source={"A": "1", "C": "3"}, destination=destination, ledger=frozenset("AB"))
+    )
+    assert result.conflicts == {"A": NOT_MANAGED}
+    assert result.update == {} and result.create == {"C": "3"} and result.delete == ["B"]
+    assert result.managed_after == ["C"]
+
     earlier = ours("1", EARLIER)
     destination = {"A": earlier, "GONE": ours("g", EARLIER)}
     first = plan(inputs(source={"A": "1"}, destination=destination, initial=True))

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 from pydantic import SecretStr, ValidationError
@@ -584,6 +585,8 @@ class InfisicalSession:
     async def _project_by_slug(self, slug: str) -> httpx.Response:
         """The current route, else (older generations) its deprecated twin, which every
         generation serves."""
+        # One path segment whatever the slug holds: never another route, nor a query.
+        slug = quote(slug, safe="")
         if self.transport.project_slug_v1_supported is not False:
             response = await self.call(
                 "GET", f"/api/v1/projects/slug/{slug}", endpoint="projects.get_by_slug"
@@ -712,10 +715,16 @@ class InfisicalSession:
             existing = set()
         missing = [item for item in items if item.key not in existing]
         present = [item for item in items if item.key in existing]
-        if missing:
-            await self.batch_create(location, missing)
-        if present:
-            await self.batch_update(location, present)
+        held: list[str] = []  # one round of approvals: a held create does not stop the update
+        for write, part in ((self.batch_create, missing), (self.batch_update, present)):
+            if not part:
+                continue
+            try:
+                await write(location, part)
+            except ApprovalRequired as exc:
+                held += exc.approval_ids
+        if held:
+            raise ApprovalRequired(_held_message("upsert", location, held), approval_ids=held)
 
     async def batch_delete(self, location: SecretLocation, keys: Iterable[str]) -> None:
         items: list[dict[str, object]] = [{"secretKey": key, "type": "shared"} for key in keys]
