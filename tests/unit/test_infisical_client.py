@@ -516,6 +516,52 @@ async def test_the_project_slug_cache_expires(
     assert fake.count(r"/projects/slug/payments$") == 2
 
 
+SLUG_LOOKUPS = r"^/api/v1/projects/slug/|^/api/v2/workspace/"
+
+
+async def test_concurrent_first_lookups_of_a_slug_share_one_request(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    await session.validate(force_login=True)
+    fake.inject(Fault("latency", SLUG_LOOKUPS, delay=0.05))  # every caller arrives in flight
+    found = await asyncio.gather(
+        *(session.project_id(project_id=None, project_slug="payments") for _ in range(20))
+    )
+    assert found == ["p-1"] * 20
+    assert fake.count(SLUG_LOOKUPS) == 1
+
+
+async def test_a_failed_slug_lookup_is_shared_by_its_callers_and_not_kept(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    await session.validate(force_login=True)
+    fake.inject(Fault("latency", SLUG_LOOKUPS, delay=0.05))
+    results = await asyncio.gather(
+        *(session.project_id(project_id=None, project_slug="billing") for _ in range(20)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(result, NotFound) for result in results)
+    assert fake.count(SLUG_LOOKUPS) == 1
+    fake.state.add_project("billing", project_id="p-2")
+    fake.state.grant(CLIENT_ID, "p-2")
+    assert await session.project_id(project_id=None, project_slug="billing") == "p-2"
+    assert fake.count(SLUG_LOOKUPS) == 2
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_shared_lookup(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    await session.validate(force_login=True)
+    fake.inject(Fault("latency", SLUG_LOOKUPS, delay=0.1))
+    first = asyncio.ensure_future(session.project_id(project_id=None, project_slug="payments"))
+    second = asyncio.ensure_future(session.project_id(project_id=None, project_slug="payments"))
+    while fake.in_flight == 0:  # the lookup reached the server
+        await asyncio.sleep(0.001)
+    first.cancel()
+    assert await second == "p-1"
+    assert first.cancelled() and fake.count(SLUG_LOOKUPS) == 1
+
+
 # --- API --------------------------------------------------------------------------------------
 
 

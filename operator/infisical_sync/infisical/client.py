@@ -282,6 +282,8 @@ class InfisicalSession:
         self._token: _Token | None = None
         self._lock = asyncio.Lock()
         self._project_ids: dict[str, tuple[str, float]] = {}  # slug -> (id, resolved at)
+        # Lookups under way: concurrent callers of one slug share one request (and its failure).
+        self._slug_lookups: dict[str, asyncio.Task[str]] = {}
         self._refusal: _LoginRefusal | None = None
         self._probe_supported = True
         self.retired = False  # the connection moved to another URL or CA: no more tokens here
@@ -575,11 +577,27 @@ class InfisicalSession:
         cached = self._project_ids.get(project_slug)
         if cached is not None and self._clock() < cached[1] + PROJECT_ID_TTL:
             return cached[0]
-        response = await self._project_by_slug(project_slug)
-        raise_for_response(response, f"project lookup of slug {project_slug!r}")
+        lookup = self._slug_lookups.get(project_slug)
+        if lookup is None:
+            lookup = asyncio.get_running_loop().create_task(self._look_up_slug(project_slug))
+            self._slug_lookups[project_slug] = lookup
+            lookup.add_done_callback(lambda done: self._slug_lookup_done(project_slug, done))
+        # Shielded: a caller that is cancelled leaves the lookup to the others.
+        return await asyncio.shield(lookup)
+
+    async def _look_up_slug(self, slug: str) -> str:
+        response = await self._project_by_slug(slug)
+        raise_for_response(response, f"project lookup of slug {slug!r}")
         project = _parse(Project, response, "project lookup")
-        self._project_ids[project_slug] = (project.id, self._clock())
+        self._project_ids[slug] = (project.id, self._clock())
         return project.id
+
+    def _slug_lookup_done(self, slug: str, lookup: asyncio.Task[str]) -> None:
+        """The next caller asks again if this one failed (nothing but a success is kept)."""
+        if self._slug_lookups.get(slug) is lookup:
+            del self._slug_lookups[slug]
+        if not lookup.cancelled():
+            lookup.exception()  # seen, even when every caller was cancelled meanwhile
 
     async def _project_by_slug(self, slug: str) -> httpx.Response:
         """The current route, else (older generations) its deprecated twin, which every
