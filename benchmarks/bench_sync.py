@@ -116,14 +116,17 @@ async def bench_engine(n: int) -> None:
         }
 
         async def cycle(label: str) -> None:
-            requests = len(source_server.log) + len(destination_server.log)
+            seen = len(source_server.log), len(destination_server.log)
             started = time.perf_counter()
             result = await engine.run("bench", "sync", body)
             seconds = time.perf_counter() - started
             body["status"] = result.status
-            sent = len(source_server.log) + len(destination_server.log) - requests
+            sent = source_server.log[seen[0] :] + destination_server.log[seen[1] :]
+            lists = sum(1 for r in sent if r.method == "GET" and "/secrets" in r.path)
+            writes = sum(1 for r in sent if "/secrets/batch" in r.path)
             print(
-                f"  sync {n:>6} keys, {label:<12} {seconds * 1000:8.1f} ms  {sent:>3} HTTP requests  "
+                f"  sync {n:>6} keys, {label:<12} {seconds * 1000:8.1f} ms  "
+                f"{len(sent):>3} HTTP requests ({lists} lists, {writes} writes)  "
                 f"({result.status.get('lastSyncMessage', '')[:60]})"
             )
 
@@ -143,7 +146,7 @@ def main() -> None:
     print("planner (pure, median of 5):")
     for n in args.keys:
         bench_planner(n)
-    print("engine, Infisical -> Infisical over loopback HTTP (fake servers, chunks of 100):")
+    print("engine, Infisical -> Infisical over loopback HTTP (fake servers, default batch budget):")
     for n in args.keys:
         asyncio.run(bench_engine(n))
 
