@@ -20,11 +20,20 @@ from pydantic import SecretStr
 
 from infisical_sync.connection import ConnectionReconciler, ConnectionState, connection_key
 from infisical_sync.infisical.client import ClientPool, Credentials
-from infisical_sync.planner import OWNER_KEY, OWNER_UID_KEY, DestinationKey, Owner, PlanInput, plan
+from infisical_sync.instance_urls import AllowedInstances
+from infisical_sync.planner import (
+    OWNER_CLUSTER_KEY,
+    OWNER_KEY,
+    OWNER_UID_KEY,
+    DestinationKey,
+    Owner,
+    PlanInput,
+    plan,
+)
 from infisical_sync.sync import SyncEngine
 from infisical_sync.testing.fake_infisical import FakeInfisical
 
-OWNER = Owner("bench", "sync", "uid-1")
+OWNER = Owner("bench", "sync", "uid-1", "bench-cluster")
 
 
 def timed(fn: Any, repeat: int = 5) -> float:
@@ -38,7 +47,7 @@ def timed(fn: Any, repeat: int = 5) -> float:
 
 def bench_planner(n: int) -> None:
     source = {f"KEY_{i}": f"value-{i}" for i in range(n)}
-    ours = ((OWNER_KEY, OWNER.ref), (OWNER_UID_KEY, OWNER.uid))
+    ours = ((OWNER_KEY, OWNER.ref), (OWNER_UID_KEY, OWNER.uid), (OWNER_CLUSTER_KEY, OWNER.cluster))
     synced = {k: DestinationKey(v, ours) for k, v in source.items()}
     changed = {k: (v + "x" if i % 10 == 0 else v) for i, (k, v) in enumerate(source.items())}
     cases = {
@@ -65,7 +74,12 @@ async def bench_engine(n: int) -> None:
         for i in range(n):
             source_server.state.put_secret("p-src", "prod", "/", f"KEY_{i}", f"value-{i}")
         pool = ClientPool()
-        connections = ConnectionReconciler(kube=None, pool=pool, post_event=lambda *a: None)  # type: ignore[arg-type]
+        connections = ConnectionReconciler(
+            kube=None,  # type: ignore[arg-type]
+            pool=pool,
+            post_event=lambda *a: None,  # type: ignore[arg-type]
+            allowed_instances=AllowedInstances(),
+        )
         for name, server in (("src", source_server), ("dst", destination_server)):
             session = pool.session(
                 connection_key("bench", name),
@@ -75,7 +89,12 @@ async def bench_engine(n: int) -> None:
             )
             await session.validate(force_login=True)
             connections.states[("bench", name)] = ConnectionState(True, "Validated", "")
-        engine = SyncEngine(kube=None, connections=connections, post_event=lambda *a: None)  # type: ignore[arg-type]
+        engine = SyncEngine(
+            kube=None,  # type: ignore[arg-type]
+            connections=connections,
+            post_event=lambda *a: None,  # type: ignore[arg-type]
+            cluster_id=OWNER.cluster,
+        )
         body: dict[str, Any] = {
             "metadata": {"name": "sync", "namespace": "bench", "uid": "uid-1", "generation": 1},
             "spec": {
@@ -97,14 +116,17 @@ async def bench_engine(n: int) -> None:
         }
 
         async def cycle(label: str) -> None:
-            requests = len(source_server.log) + len(destination_server.log)
+            seen = len(source_server.log), len(destination_server.log)
             started = time.perf_counter()
             result = await engine.run("bench", "sync", body)
             seconds = time.perf_counter() - started
             body["status"] = result.status
-            sent = len(source_server.log) + len(destination_server.log) - requests
+            sent = source_server.log[seen[0] :] + destination_server.log[seen[1] :]
+            lists = sum(1 for r in sent if r.method == "GET" and "/secrets" in r.path)
+            writes = sum(1 for r in sent if "/secrets/batch" in r.path)
             print(
-                f"  sync {n:>6} keys, {label:<12} {seconds * 1000:8.1f} ms  {sent:>3} HTTP requests  "
+                f"  sync {n:>6} keys, {label:<12} {seconds * 1000:8.1f} ms  "
+                f"{len(sent):>3} HTTP requests ({lists} lists, {writes} writes)  "
                 f"({result.status.get('lastSyncMessage', '')[:60]})"
             )
 
@@ -124,7 +146,7 @@ def main() -> None:
     print("planner (pure, median of 5):")
     for n in args.keys:
         bench_planner(n)
-    print("engine, Infisical -> Infisical over loopback HTTP (fake servers, chunks of 100):")
+    print("engine, Infisical -> Infisical over loopback HTTP (fake servers, default batch budget):")
     for n in args.keys:
         asyncio.run(bench_engine(n))
 

@@ -87,7 +87,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
             backoff_base=config.backoff_base,
             backoff_cap=config.backoff_cap,
         ),
-        chunk_size=config.batch_chunk_size,
+        batch_max_bytes=config.batch_max_bytes,
+        batch_max_keys=config.batch_chunk_size,
     )
     events = EventPoster(kube)
     connections = ConnectionReconciler(

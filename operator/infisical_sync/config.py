@@ -25,7 +25,15 @@ class Settings(BaseModel):
     max_attempts: int = Field(default=4, ge=1, le=20, description="tries per remote call")
     backoff_base: float = Field(default=0.5, gt=0, description="seconds, doubled per retry")
     backoff_cap: float = Field(default=30.0, gt=0)
-    batch_chunk_size: int = Field(default=100, ge=1, le=1000)
+    batch_max_bytes: int = Field(
+        default=900 * 1024,
+        ge=16 * 1024,
+        description="JSON bytes per batch request (Infisical's body limit is 1 MiB)",
+    )
+    # Kept from when requests were chunked by count: an optional cap on top of the byte budget.
+    batch_chunk_size: int | None = Field(
+        default=None, ge=1, description="at most this many keys per batch request; default: any"
+    )
     kube_request_timeout: float = Field(
         default=30.0, gt=0, description="seconds a Kubernetes API call may wait for its answer"
     )

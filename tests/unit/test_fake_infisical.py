@@ -390,6 +390,51 @@ async def test_single_secret_crud(fake: FakeInfisical, http: httpx.AsyncClient) 
     assert personal.status_code == 400
 
 
+async def test_a_body_over_fastifys_limit_is_refused_with_413(
+    fake: FakeInfisical, http: httpx.AsyncClient
+) -> None:
+    headers = await token(http)
+
+    def body_of(size: int) -> bytes:
+        start = json.dumps(batch([{"secretKey": "A", "secretValue": ""}]))
+        value = "x" * (size - len(start))
+        padded = start.replace('"secretValue": ""', f'"secretValue": "{value}"')
+        assert len(padded) == size
+        return padded.encode()
+
+    assert fake.body_limit == 1024 * 1024  # Fastify's default; Infisical sets none
+    at_limit = await http.post(
+        "/api/v4/secrets/batch",
+        content=body_of(fake.body_limit),
+        headers={**headers, "Content-Type": "application/json"},
+    )
+    assert at_limit.status_code == 200
+    over = await http.post(
+        "/api/v4/secrets/batch",
+        content=body_of(fake.body_limit + 1),
+        headers={**headers, "Content-Type": "application/json"},
+    )
+    assert over.status_code == 413
+    assert over.json() == {
+        "statusCode": 413,
+        "code": "FST_ERR_CTP_BODY_TOO_LARGE",
+        "error": "Payload Too Large",
+        "message": "Request body is too large",
+    }
+
+    async def streamed() -> AsyncIterator[bytes]:
+        yield body_of(fake.body_limit + 1)
+
+    unsized = await http.post(  # no Content-Length: the body is counted as it arrives
+        "/api/v4/secrets/batch",
+        content=streamed(),
+        headers={**headers, "Content-Type": "application/json"},
+    )
+    assert unsized.status_code == 413 and unsized.json()["code"] == "FST_ERR_CTP_BODY_TOO_LARGE"
+    assert [record.status for record in fake.log[-3:]] == [200, 413, 413]
+    assert fake.log[-2].body_bytes == fake.body_limit + 1
+
+
 async def test_batch_create_is_all_or_nothing(fake: FakeInfisical, http: httpx.AsyncClient) -> None:
     fake.state.put_secret("p-1", "prod", "/", "B", "old")
     headers = await token(http)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from infisical_sync.infisical.client import ClientPool, Credentials, InfisicalSession
+from infisical_sync.infisical.client import ClientPool, Credentials, InfisicalSession, pack
 from infisical_sync.infisical.errors import (
     Conflict,
     CredentialsLocked,
@@ -516,6 +516,52 @@ async def test_the_project_slug_cache_expires(
     assert fake.count(r"/projects/slug/payments$") == 2
 
 
+SLUG_LOOKUPS = r"^/api/v1/projects/slug/|^/api/v2/workspace/"
+
+
+async def test_concurrent_first_lookups_of_a_slug_share_one_request(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    await session.validate(force_login=True)
+    fake.inject(Fault("latency", SLUG_LOOKUPS, delay=0.05))  # every caller arrives in flight
+    found = await asyncio.gather(
+        *(session.project_id(project_id=None, project_slug="payments") for _ in range(20))
+    )
+    assert found == ["p-1"] * 20
+    assert fake.count(SLUG_LOOKUPS) == 1
+
+
+async def test_a_failed_slug_lookup_is_shared_by_its_callers_and_not_kept(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    await session.validate(force_login=True)
+    fake.inject(Fault("latency", SLUG_LOOKUPS, delay=0.05))
+    results = await asyncio.gather(
+        *(session.project_id(project_id=None, project_slug="billing") for _ in range(20)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(result, NotFound) for result in results)
+    assert fake.count(SLUG_LOOKUPS) == 1
+    fake.state.add_project("billing", project_id="p-2")
+    fake.state.grant(CLIENT_ID, "p-2")
+    assert await session.project_id(project_id=None, project_slug="billing") == "p-2"
+    assert fake.count(SLUG_LOOKUPS) == 2
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_shared_lookup(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    await session.validate(force_login=True)
+    fake.inject(Fault("latency", SLUG_LOOKUPS, delay=0.1))
+    first = asyncio.ensure_future(session.project_id(project_id=None, project_slug="payments"))
+    second = asyncio.ensure_future(session.project_id(project_id=None, project_slug="payments"))
+    while fake.in_flight == 0:  # the lookup reached the server
+        await asyncio.sleep(0.001)
+    first.cancel()
+    assert await second == "p-1"
+    assert first.cancelled() and fake.count(SLUG_LOOKUPS) == 1
+
+
 # --- API --------------------------------------------------------------------------------------
 
 
@@ -533,13 +579,90 @@ async def test_write_list_and_etag(fake: FakeInfisical, session: InfisicalSessio
     assert fake.state.get_secrets("p-1", "prod") == {}
 
 
-async def test_chunked_batches(fake: FakeInfisical, transport: InstanceTransport) -> None:
-    session = InfisicalSession(transport, credentials(), chunk_size=10)
+async def test_a_key_cap_chunks_batches(fake: FakeInfisical, transport: InstanceTransport) -> None:
+    session = InfisicalSession(transport, credentials(), batch_max_keys=10)
     await session.batch_create(
         LOCATION, [SecretWrite(key=f"K{i}", value=SecretStr(str(i))) for i in range(25)]
     )
     assert fake.count(r"/api/v4/secrets/batch$", "POST") == 3
     assert len(fake.state.get_secrets("p-1", "prod")) == 25
+
+
+BATCH = r"^/api/v4/secrets/batch$"
+
+
+async def test_ten_thousand_short_keys_are_one_write(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    await session.batch_create(
+        LOCATION,
+        [SecretWrite(key=f"KEY_{i}", value=SecretStr(f"value-{i}")) for i in range(10_000)],
+    )
+    assert fake.count(BATCH, "POST") == 1
+    assert len(fake.state.get_secrets("p-1", "prod")) == 10_000
+
+
+async def test_batches_are_chunked_by_body_size_into_the_fewest_requests(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    # 200 KB values: four fit the default budget (~900 KiB), five would pass Fastify's 1 MiB.
+    writes = [SecretWrite(key=f"BIG_{i}", value=SecretStr("x" * 200_000)) for i in range(10)]
+    await session.batch_create(LOCATION, writes)
+    sent = [record for record in fake.log if re.search(BATCH, record.path)]
+    assert len(sent) == 3  # 4 + 4 + 2
+    assert all(record.body_bytes and record.body_bytes <= 900 * 1024 for record in sent)
+    assert fake.count(status=413) == 0
+    assert len(fake.state.get_secrets("p-1", "prod")) == 10
+
+
+async def test_mixed_sizes_pack_into_the_fewest_requests(
+    fake: FakeInfisical, transport: InstanceTransport
+) -> None:
+    # In this order, filling one request after another takes four; packed, three are enough.
+    session = InfisicalSession(transport, credentials(), batch_max_bytes=3000)
+    sizes = [1800, 1100, 1800, 1100]  # two 1100s share a request; an 1800 shares with nothing
+    writes = [SecretWrite(key=f"K{i}", value=SecretStr("v" * n)) for i, n in enumerate(sizes)]
+    fake.body_limit = 3000
+    await session.batch_create(LOCATION, writes)
+    assert fake.count(BATCH, "POST") == 3 and fake.count(status=413) == 0
+    assert len(fake.state.get_secrets("p-1", "prod")) == 4
+
+
+def test_pack_fills_chunks_and_keeps_the_callers_order() -> None:
+    # Budget 10, one separator byte per item.
+    assert pack([3, 3, 3], 10) == [[0, 1], [2]]
+    assert pack([2, 8, 2], 10) == [[0, 2], [1]]  # the large one first, the small ones together
+    assert pack([50, 1], 10) == [[0], [1]]  # over the budget: alone
+    assert pack([1] * 5, 10, max_items=2) == [[0, 1], [2, 3], [4]]
+    assert pack([], 10) == []
+
+
+async def test_a_proxy_with_a_smaller_limit_is_named_in_the_error(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    fake.body_limit = 2000
+    with pytest.raises(ValidationFailed) as refused:
+        await session.batch_create(
+            LOCATION, [SecretWrite(key=f"K{i}", value=SecretStr(CANARY_VALUE)) for i in range(100)]
+        )
+    assert "INFISICAL_SYNC_BATCH_MAX_BYTES" in str(refused.value)
+    assert CANARY_VALUE not in str(refused.value)
+
+
+async def test_a_key_larger_than_the_body_limit_is_sent_alone_and_named(
+    fake: FakeInfisical, session: InfisicalSession
+) -> None:
+    huge = "h" * (1024 * 1024)
+    writes = [
+        SecretWrite(key="SMALL", value=SecretStr("s")),
+        SecretWrite(key="HUGE", value=SecretStr(huge)),
+    ]
+    with pytest.raises(ValidationFailed) as refused:
+        await session.batch_create(LOCATION, writes)
+    assert "HUGE" in str(refused.value) and "413" in str(refused.value)
+    assert huge not in str(refused.value)
+    [too_large] = [record for record in fake.log if record.status == 413]
+    assert too_large.body_bytes is not None and too_large.body_bytes < len(huge) + 200
 
 
 async def test_v4_to_v3_fallback(fake: FakeInfisical, session: InfisicalSession) -> None:
@@ -1142,7 +1265,7 @@ async def test_a_write_held_for_approval_raises_approval_required(
 
     fake.state.require_approval("p-1", "prod")
     fake.state.put_secret("p-1", "prod", "/", "OLD", "old")
-    session = InfisicalSession(transport, credentials(), chunk_size=10)
+    session = InfisicalSession(transport, credentials(), batch_max_keys=10)
     writes = [SecretWrite(key=f"K{i}", value=SecretStr(CANARY_VALUE)) for i in range(15)]
     with pytest.raises(ApprovalRequired) as held:
         await session.batch_create(LOCATION, writes)

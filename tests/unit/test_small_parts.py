@@ -41,6 +41,15 @@ def test_settings_from_env_and_overrides() -> None:
         Settings.from_env({"INFISICAL_SYNC_LOG_FORMAT": "xml"})
 
 
+def test_batch_requests_are_bounded_by_bytes_and_optionally_by_keys() -> None:
+    default = Settings.from_env({})
+    assert (default.batch_max_bytes, default.batch_chunk_size) == (900 * 1024, None)
+    tuned = Settings.from_env(
+        {"INFISICAL_SYNC_BATCH_MAX_BYTES": "65536", "INFISICAL_SYNC_BATCH_CHUNK_SIZE": "100"}
+    )
+    assert (tuned.batch_max_bytes, tuned.batch_chunk_size) == (65536, 100)
+
+
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [

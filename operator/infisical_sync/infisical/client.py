@@ -14,10 +14,11 @@ import asyncio
 import contextlib
 import datetime as dt
 import hashlib
+import json
 import logging
 import re
 import time
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -70,6 +71,9 @@ PROBE_PATH = "/api/v1/projects"
 LOGIN_REFUSED_BACKOFF = 600.0
 # How long Infisical's default lockout lasts; a locked identity is not tried before it ends.
 LOCKOUT_WAIT = 300.0
+# Bytes of JSON per batch request. Infisical's batches have no item limit, only Fastify's default
+# body limit (1 MiB); the margin leaves room for a proxy's smaller limit or a larger envelope.
+BATCH_MAX_BYTES = 900 * 1024
 
 
 @dataclass(frozen=True)
@@ -260,9 +264,28 @@ def _parse(model: type[T], response: httpx.Response, what: str) -> T:
         raise ServerError(f"unexpected response shape from {what} (fields: {fields})") from None
 
 
-def chunked(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def encode_json(value: object) -> bytes:
+    """Compact UTF-8 JSON: the bytes a request body is made of (and measured by)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def pack(sizes: Sequence[int], budget: int, max_items: int | None = None) -> list[list[int]]:
+    """Indices of items grouped into few chunks whose sizes, plus one separator per item, fit
+    `budget` (first fit decreasing; each chunk keeps the items' order). An item larger than the
+    budget gets a chunk of its own, so that the server's refusal names it alone."""
+    chunks: list[list[int]] = []
+    room: list[int] = []
+    for index in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        need = sizes[index] + 1
+        for slot, chunk in enumerate(chunks):
+            if need <= room[slot] and (max_items is None or len(chunk) < max_items):
+                chunk.append(index)
+                room[slot] -= need
+                break
+        else:
+            chunks.append([index])
+            room.append(budget - need)
+    return [sorted(chunk) for chunk in sorted(chunks, key=min)]
 
 
 class InfisicalSession:
@@ -273,16 +296,20 @@ class InfisicalSession:
         transport: InstanceTransport,
         credentials: Credentials,
         *,
-        chunk_size: int = 100,
+        batch_max_bytes: int = BATCH_MAX_BYTES,
+        batch_max_keys: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.transport = transport
         self.credentials = credentials
-        self.chunk_size = chunk_size
+        self.batch_max_bytes = batch_max_bytes
+        self.batch_max_keys = batch_max_keys
         self._clock = clock
         self._token: _Token | None = None
         self._lock = asyncio.Lock()
         self._project_ids: dict[str, tuple[str, float]] = {}  # slug -> (id, resolved at)
+        # Lookups under way: concurrent callers of one slug share one request (and its failure).
+        self._slug_lookups: dict[str, asyncio.Task[str]] = {}
         self._refusal: _LoginRefusal | None = None
         self._probe_supported = True
         self.retired = False  # the connection moved to another URL or CA: no more tokens here
@@ -538,6 +565,7 @@ class InfisicalSession:
         *,
         endpoint: str,
         json: Any = None,
+        content: bytes | None = None,
         params: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
     ) -> httpx.Response:
@@ -549,6 +577,7 @@ class InfisicalSession:
                 path,
                 endpoint=endpoint,
                 json=json,
+                content=content,
                 params=params,
                 headers={
                     "Authorization": f"Bearer {token.value.get_secret_value()}",
@@ -576,11 +605,27 @@ class InfisicalSession:
         cached = self._project_ids.get(project_slug)
         if cached is not None and self._clock() < cached[1] + PROJECT_ID_TTL:
             return cached[0]
-        response = await self._project_by_slug(project_slug)
-        raise_for_response(response, f"project lookup of slug {project_slug!r}")
+        lookup = self._slug_lookups.get(project_slug)
+        if lookup is None:
+            lookup = asyncio.get_running_loop().create_task(self._look_up_slug(project_slug))
+            self._slug_lookups[project_slug] = lookup
+            lookup.add_done_callback(lambda done: self._slug_lookup_done(project_slug, done))
+        # Shielded: a caller that is cancelled leaves the lookup to the others.
+        return await asyncio.shield(lookup)
+
+    async def _look_up_slug(self, slug: str) -> str:
+        response = await self._project_by_slug(slug)
+        raise_for_response(response, f"project lookup of slug {slug!r}")
         project = _parse(Project, response, "project lookup")
-        self._project_ids[project_slug] = (project.id, self._clock())
+        self._project_ids[slug] = (project.id, self._clock())
         return project.id
+
+    def _slug_lookup_done(self, slug: str, lookup: asyncio.Task[str]) -> None:
+        """The next caller asks again if this one failed (nothing but a success is kept)."""
+        if self._slug_lookups.get(slug) is lookup:
+            del self._slug_lookups[slug]
+        if not lookup.cancelled():
+            lookup.exception()  # seen, even when every caller was cancelled meanwhile
 
     async def _project_by_slug(self, slug: str) -> httpx.Response:
         """The current route, else (older generations) its deprecated twin, which every
@@ -737,49 +782,50 @@ class InfisicalSession:
         items: list[dict[str, object]],
         action: str,
     ) -> None:
+        """As few requests as the body budget allows (Infisical limits bodies, not items)."""
+        encoded = [encode_json(item) for item in items]
+        budget = self.batch_max_bytes - len(_batch_body(location, "workspaceId", []))
         held: list[str] = []
-        for chunk in chunked(items, self.chunk_size):
+        for indices in pack([len(item) for item in encoded], budget, self.batch_max_keys):
+            chunk = _BatchChunk(
+                keys=[str(items[i].get("secretKey")) for i in indices],
+                items=[encoded[i] for i in indices],
+            )
             try:
-                await self._batch_chunk(method, location, list(chunk), action)
+                await self._batch_chunk(method, location, chunk, action)
             except ApprovalRequired as exc:
                 held += exc.approval_ids  # the other chunks still go: one round of approvals
         if held:
             raise ApprovalRequired(_held_message(action, location, held), approval_ids=held)
 
     async def _batch_chunk(
-        self,
-        method: str,
-        location: SecretLocation,
-        items: list[dict[str, object]],
-        action: str,
+        self, method: str, location: SecretLocation, chunk: _BatchChunk, action: str
     ) -> None:
-        body: dict[str, object] = {
-            "environment": location.environment,
-            "secretPath": location.secret_path,
-            "secrets": items,
-        }
-        what = (
-            f"batch {action} of {len(items)} keys in {location.environment}:{location.secret_path}"
-        )
-        response = await self._send_batch(method, location, body, action)
+        place = f"{location.environment}:{location.secret_path}"
+        what = f"batch {action} of {len(chunk.keys)} keys in {place}"
+        response = await self._send_batch(method, location, chunk.items, action)
         if method != "DELETE" and _folder_missing(response):
             # Older generations list a missing folder as empty, so a write is the first to say
             # so: make it, then write once more. (Deleting from a missing folder has nothing to
             # delete: the caller re-reads.)
             await self.ensure_folder(location)
-            response = await self._send_batch(method, location, body, action)
+            response = await self._send_batch(method, location, chunk.items, action)
+        if response.status_code == 413:
+            raise _too_large(response, what, chunk)
         self._check(response, what, location)
         _raise_if_held(response, action, location)
 
     async def _send_batch(
-        self, method: str, location: SecretLocation, body: dict[str, object], action: str
+        self, method: str, location: SecretLocation, items: list[bytes], action: str
     ) -> httpx.Response:
+        headers = {"Content-Type": "application/json"}
         if self.transport.v4_supported is not False:
             response = await self.call(
                 method,
                 "/api/v4/secrets/batch",
                 endpoint=f"secrets.batch_{action}",
-                json={"projectId": location.project_id, **body},
+                content=_batch_body(location, "projectId", items),
+                headers=headers,
             )
             if not _route_missing(response):
                 return response
@@ -788,8 +834,44 @@ class InfisicalSession:
             method,
             "/api/v3/secrets/batch/raw",
             endpoint=f"secrets.batch_{action}_v3",
-            json={"workspaceId": location.project_id, **body},
+            content=_batch_body(location, "workspaceId", items),
+            headers=headers,
         )
+
+
+@dataclass(frozen=True)
+class _BatchChunk:
+    keys: list[str]  # for messages (key names are not secret)
+    items: list[bytes]  # each item's JSON
+
+
+def _batch_body(location: SecretLocation, project_field: str, items: list[bytes]) -> bytes:
+    """A batch request's JSON from items already encoded (and measured)."""
+    head = encode_json(
+        {
+            project_field: location.project_id,
+            "environment": location.environment,
+            "secretPath": location.secret_path,
+        }
+    )
+    return head[:-1] + b',"secrets":[' + b",".join(items) + b"]}"
+
+
+def _too_large(response: httpx.Response, what: str, chunk: _BatchChunk) -> ValidationFailed:
+    """The instance (or a proxy) refused the body's size (413)."""
+    size = len(b",".join(chunk.items))
+    if len(chunk.keys) == 1:
+        detail = f"key {chunk.keys[0]} alone is {size} bytes of JSON, more than the instance takes"
+    else:
+        detail = (
+            f"{size} bytes of JSON; the instance or a proxy in front of it takes less: "
+            "lower INFISICAL_SYNC_BATCH_MAX_BYTES"
+        )
+    return ValidationFailed(
+        f"{what} was refused as too large (413): {detail}",
+        status=413,
+        **remote_details(response),
+    )
 
 
 def _raise_if_held(response: httpx.Response, action: str, location: SecretLocation) -> None:
@@ -834,9 +916,16 @@ class _InstanceKey:
 class ClientPool:
     """Every transport (one per instance) and session (one per connection)."""
 
-    def __init__(self, options: TransportOptions | None = None, chunk_size: int = 100) -> None:
+    def __init__(
+        self,
+        options: TransportOptions | None = None,
+        *,
+        batch_max_bytes: int = BATCH_MAX_BYTES,
+        batch_max_keys: int | None = None,
+    ) -> None:
         self.options = options or TransportOptions()
-        self.chunk_size = chunk_size
+        self.batch_max_bytes = batch_max_bytes
+        self.batch_max_keys = batch_max_keys
         self._transports: dict[_InstanceKey, InstanceTransport] = {}
         self._sessions: dict[str, tuple[_InstanceKey, InfisicalSession]] = {}
         self._pending: set[asyncio.Task[None]] = set()  # retirements
@@ -869,7 +958,12 @@ class ClientPool:
             if old_token is not None:
                 session.revoke_later(old_token)
             return session
-        session = InfisicalSession(transport, credentials, chunk_size=self.chunk_size)
+        session = InfisicalSession(
+            transport,
+            credentials,
+            batch_max_bytes=self.batch_max_bytes,
+            batch_max_keys=self.batch_max_keys,
+        )
         self._sessions[connection] = (key, session)
         if existing is not None:  # another URL or CA: retire the old session and its client
             self._in_background(self._retire(*existing))

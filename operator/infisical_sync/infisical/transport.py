@@ -208,13 +208,21 @@ class InstanceTransport:
         *,
         endpoint: str,
         json: Any = None,
+        content: bytes | None = None,
         params: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
     ) -> httpx.Response:
-        """Send with retries. Returns any non-retryable response (callers map 4xx to errors)."""
+        """Send with retries. Returns any non-retryable response (callers map 4xx to errors).
+        `content`: a body the caller serialized itself (e.g. to know its size)."""
         with self.in_use():
             return await self._send(
-                method, path, endpoint=endpoint, json=json, params=params, headers=headers
+                method,
+                path,
+                endpoint=endpoint,
+                json=json,
+                content=content,
+                params=params,
+                headers=headers,
             )
 
     async def _send(
@@ -224,6 +232,7 @@ class InstanceTransport:
         *,
         endpoint: str,
         json: Any,
+        content: bytes | None,
         params: dict[str, str] | None,
         headers: dict[str, str] | None,
     ) -> httpx.Response:
@@ -245,7 +254,12 @@ class InstanceTransport:
                     try:
                         response = await asyncio.wait_for(
                             self._http.request(
-                                method, path, json=json, params=params, headers=headers
+                                method,
+                                path,
+                                json=json,
+                                content=content,
+                                params=params,
+                                headers=headers,
                             ),
                             timeout=self.options.request_timeout + self.options.connect_timeout,
                         )

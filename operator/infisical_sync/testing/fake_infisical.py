@@ -53,6 +53,15 @@ LOCKOUT_THRESHOLD = 3
 LOCKOUT_SECONDS = 300
 LOCKOUT_COUNTER_RESET = 30
 HIDDEN_VALUE = "<hidden-by-infisical>"
+# Infisical sets no bodyLimit, so Fastify's default holds: a larger body is refused with 413
+# before any handler (or the error envelope) sees it.
+FASTIFY_BODY_LIMIT = 1024 * 1024
+BODY_TOO_LARGE = {
+    "statusCode": 413,
+    "code": "FST_ERR_CTP_BODY_TOO_LARGE",
+    "error": "Payload Too Large",
+    "message": "Request body is too large",
+}
 INVALID_FOLDER_NAME = (
     "Invalid folder name. Only alphanumeric characters, dashes, and underscores are allowed."
 )
@@ -126,6 +135,7 @@ class RequestRecord:
     started_at: float = 0.0  # when the request arrived
     retry_after: int | None = None  # the Retry-After of a 429
     if_none_match: str | None = None
+    body_bytes: int | None = None  # the request's Content-Length
 
 
 @dataclass
@@ -164,6 +174,7 @@ class FakeInfisical:
     ca_pem: bytes | None = None
     in_flight: int = 0
     max_in_flight: int = 0  # the most requests seen at once (concurrency-limit tests)
+    body_limit: int = FASTIFY_BODY_LIMIT  # bytes; a larger request body is answered 413
     _runner: web.AppRunner | None = None
     _windows: dict[tuple[str, str], _Window] = field(default_factory=dict)
     _tls_dir: tempfile.TemporaryDirectory[str] | None = None
@@ -228,7 +239,9 @@ class FakeInfisical:
         return Path(self._tls_dir.name) / "ca.crt"
 
     def build_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._middleware])
+        # aiohttp's own cap (1 MiB by default) must not answer first: the middleware applies
+        # body_limit the way Fastify does. A body without Content-Length is read to the cap.
+        app = web.Application(middlewares=[self._middleware], client_max_size=self.body_limit)
         self._routes(app)
         return app
 
@@ -318,9 +331,12 @@ class FakeInfisical:
         try:
             response = await self._apply_faults(request)
             if response is None:
-                self._check_rate_limit(request, bucket)
-                response = await handler(request)
-                response = self._apply_etag(request, response)
+                self._check_rate_limit(request, bucket)  # an onRequest hook: before the body
+                if (request.content_length or 0) > self.body_limit:
+                    response = web.json_response(BODY_TOO_LARGE, status=413)
+                else:
+                    response = await handler(request)
+                    response = self._apply_etag(request, response)
             status = response.status
             return response
         except ApiError as exc:
@@ -339,6 +355,9 @@ class FakeInfisical:
                 },
                 status=404,
             )
+        except web.HTTPRequestEntityTooLarge:  # a body without Content-Length, over the limit
+            status = 413
+            return web.json_response(BODY_TOO_LARGE, status=413)
         except json.JSONDecodeError:
             status = 400
             return self._error_response(bad_request("Body is not valid JSON", "Bad Request"))
@@ -356,6 +375,7 @@ class FakeInfisical:
                     started_at=started_at,
                     retry_after=retry_after,
                     if_none_match=request.headers.get("If-None-Match"),
+                    body_bytes=request.content_length,
                 )
             )
             self.counters[(request.method, _route_name(request.path), status)] += 1
