@@ -458,6 +458,7 @@ def plan_inputs(draw: st.DrawFn) -> PlanInput:
         source_certain=draw(st.booleans()),
         uncertain_reason="test",
         ledger=frozenset(draw(st.lists(KEYS, max_size=5))),
+        ledger_tracked=draw(st.booleans()),
     )
 
 
@@ -467,7 +468,7 @@ def test_never_touches_foreign_or_unowned_keys_except_initial_adoption(data: Pla
     result = plan(data)
     for key in [*result.update, *result.delete]:
         entry = data.destination[key]
-        if owned_by(key, entry, US, data.ledger):
+        if owned_by(key, entry, US, data.ledger, ledger_tracked=data.ledger_tracked):
             continue
         assert data.initial and key in result.adopt
         assert entry.owner_ref is None or entry.meta(OWNER_UID_KEY) == EARLIER.uid
