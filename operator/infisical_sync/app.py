@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import re
 from typing import Any
 
 import kopf
@@ -33,6 +34,13 @@ from infisical_sync.kube import (
     load_api_client,
 )
 from infisical_sync.scheduler import RetryLater, Scheduler
+from infisical_sync.secret_watch import (
+    SecretEvent,
+    SecretMeta,
+    SecretWatches,
+    WatchTimeouts,
+    http_client_for,
+)
 from infisical_sync.sync import SyncEngine
 
 PREFIX = "infisical-sync.dev"
@@ -48,13 +56,23 @@ class OperatorMemo(kopf.Memo):
     pool: ClientPool
     scheduler: Scheduler
     events: EventPoster
+    secret_watches: SecretWatches
 
 
 # --- lifecycle ----------------------------------------------------------------------------------
 
 
-@kopf.on.startup(registry=registry)
-async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+# The indexes arrive as kwargs (kopf creates them before startup, fills them later), which
+# kopf's ActivityFn type does not name.
+@kopf.on.startup(registry=registry)  # type: ignore[arg-type]
+async def startup(
+    settings: kopf.OperatorSettings,
+    memo: kopf.Memo,
+    connections_by_secret: kopf.Index[tuple[str, str], str],
+    syncs_by_secret: kopf.Index[tuple[str, str], str],
+    syncs_by_selector: kopf.Index[str, tuple[str, dict[str, Any]]],
+    **_: Any,
+) -> None:
     # Fixed on day one: changing these later makes every object look unhandled.
     settings.persistence.finalizer = f"{PREFIX}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX, v1=False)
@@ -100,7 +118,38 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.pool = pool
     memo.events = events
     memo.scheduler = Scheduler(engine=engine, connections=connections, status=kube)
+    # Secrets are not watched by kopf (it would hold every Secret's data): our own watch sees
+    # their metadata only, and the indexes (filled by kopf, live) name who reads each one.
+    memo.secret_watches = SecretWatches.start(
+        http_client_for(
+            api_client.configuration,
+            WatchTimeouts(connect=config.kube_connect_timeout, request=config.kube_request_timeout),
+        ),
+        None if _clusterwide(config) else config.namespaces,
+        _secret_changed(memo.scheduler, connections_by_secret, syncs_by_secret, syncs_by_selector),
+    )
     log.info("infisical-sync operator started")
+
+
+def _secret_changed(
+    scheduler: Scheduler,
+    connections_by_secret: kopf.Index[tuple[str, str], str],
+    syncs_by_secret: kopf.Index[tuple[str, str], str],
+    syncs_by_selector: kopf.Index[str, tuple[str, dict[str, Any]]],
+) -> SecretEvent:
+    def changed(change: str, secret: SecretMeta) -> None:
+        key = (secret.namespace, secret.name)
+        scheduler.on_secret_event(
+            secret.namespace,
+            secret.name,
+            change,
+            secret.labels,
+            connections=connections_by_secret.get(key, []),
+            syncs=syncs_by_secret.get(key, []),
+            selector_syncs=syncs_by_selector.get(secret.namespace, []),
+        )
+
+    return changed
 
 
 async def _cluster_id(config: Settings, kube: Kube) -> str:
@@ -125,6 +174,9 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.cleanup(registry=registry)
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    watches: SecretWatches | None = getattr(memo, "secret_watches", None)
+    if watches is not None:
+        await watches.stop()
     events: EventPoster | None = getattr(memo, "events", None)
     if events is not None:
         await events.settle()
@@ -182,34 +234,6 @@ async def syncs_by_selector(
     """namespace -> (SecretSync name, label selector), for selector sources."""
     selector = ((spec.get("source") or {}).get("kubernetes") or {}).get("selector")
     return {namespace: (name, dict(selector))} if selector else {}
-
-
-# --- Secrets ------------------------------------------------------------------------------------
-
-
-@kopf.on.event("", "v1", "secrets", registry=registry)  # type: ignore[arg-type]
-async def secret_event(
-    type: str,
-    namespace: str,
-    name: str,
-    labels: kopf.Labels,
-    memo: kopf.Memo,
-    connections_by_secret: kopf.Index[tuple[str, str], str],
-    syncs_by_secret: kopf.Index[tuple[str, str], str],
-    syncs_by_selector: kopf.Index[str, tuple[str, dict[str, Any]]],
-    **_: Any,
-) -> None:
-    if not type or not namespace:  # the initial listing: daemons run on start anyway
-        return
-    memo.scheduler.on_secret_event(
-        namespace,
-        name,
-        type,
-        labels,
-        connections=connections_by_secret.get((namespace, name), []),
-        syncs=syncs_by_secret.get((namespace, name), []),
-        selector_syncs=syncs_by_selector.get(namespace, []),
-    )
 
 
 # --- InfisicalConnection ------------------------------------------------------------------------
@@ -310,6 +334,27 @@ async def secretsync_deleted(
 # --- entry point --------------------------------------------------------------------------------
 
 
+def _clusterwide(settings: Settings) -> bool:
+    return settings.all_namespaces or not settings.namespaces
+
+
+class _NoNewsAtDebug(logging.Filter):
+    """kopf logs every successful run of an event handler or indexer at INFO, i.e. a line per
+    watch event (thousands an hour at 1000 SecretSyncs) saying nothing happened: DEBUG here.
+    Failures, change handlers (update, delete), daemons and activities keep their levels."""
+
+    def __init__(self, event_handlers: list[str]) -> None:
+        super().__init__()
+        handlers = "|".join(re.escape(name) for name in event_handlers)
+        self.no_news = re.compile(rf"^(Indexer '[^']+'|Handler '(?:{handlers})') succeeded\.$")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO and self.no_news.match(record.getMessage()):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
 def run_operator(settings: Settings) -> int:
     kopf.configure(
         debug=settings.log_level == "DEBUG",
@@ -323,11 +368,12 @@ def run_operator(settings: Settings) -> int:
     # urllib3 (the Kubernetes client's) WARNs on every retried connection: during an API server
     # outage that is three lines a call; the scheduler reports outages once per object.
     logging.getLogger("urllib3").setLevel(logging.ERROR)
+    logging.getLogger("kopf.objects").addFilter(_NoNewsAtDebug(["secretsync_event"]))
     liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
     asyncio.run(
         kopf.operator(
             registry=registry,
-            clusterwide=settings.all_namespaces or not settings.namespaces,
+            clusterwide=_clusterwide(settings),
             namespaces=settings.namespaces,
             standalone=not settings.peering,
             liveness_endpoint=liveness,

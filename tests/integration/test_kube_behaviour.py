@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
+import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from kubernetes import client
@@ -363,3 +367,180 @@ async def test_events_into_a_terminating_namespace_are_dropped_quietly(
     assert [e.reason for e in core.list_namespaced_event(name).items] == ["Synced"]
     assert not [r for r in caplog.records if r.levelno >= 30], caplog.text
     assert "SyncFailed" in caplog.text  # said at DEBUG
+
+
+# --- Secrets are watched by metadata only; the log says what happened, not every event ---------
+
+
+class RecordingTransport(httpx.AsyncBaseTransport):
+    """Passes requests on, keeps them and every byte of the answers (uncompressed)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.requests: list[httpx.Request] = []
+        self.received = bytearray()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        request.headers["Accept-Encoding"] = "identity"
+        self.requests.append(request)
+        response = await self.inner.handle_async_request(request)
+        received, raw = self.received, response.stream
+        assert isinstance(raw, httpx.AsyncByteStream)
+
+        class Recorded(httpx.AsyncByteStream):
+            async def __aiter__(self) -> AsyncIterator[bytes]:
+                async for chunk in raw:
+                    received.extend(chunk)
+                    yield chunk
+
+            async def aclose(self) -> None:
+                await raw.aclose()
+
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=Recorded(),
+            extensions=response.extensions,
+        )
+
+
+async def test_the_secret_watch_never_receives_secret_data(
+    plane: ControlPlane, plane_kube: Any, plane_namespace: str
+) -> None:
+    """As the operator's user: the list and watch ask for PartialObjectMetadata, and no byte of
+    a Secret's value (plain or base64) comes back, while its name and labels do."""
+    from kubernetes import config
+
+    from infisical_sync.secret_watch import (
+        ACCEPT_LIST,
+        ACCEPT_WATCH,
+        SecretMeta,
+        SecretWatch,
+        WatchTimeouts,
+        http_client_for,
+        transport_for,
+    )
+
+    kube, namespace = plane_kube, plane_namespace
+    canary = f"canary-watched-{uuid.uuid4().hex}"
+    encoded = base64.b64encode(canary.encode()).decode()
+    put_secret(kube, namespace, "before", {"VALUE": canary})
+    configuration = client.Configuration()
+    config.load_kube_config(  # type: ignore[no-untyped-call]
+        config_file=str(plane.kubeconfig_for_user(OPERATOR_USER)),
+        client_configuration=configuration,
+    )
+    timeouts = WatchTimeouts(server=5)
+    recording = RecordingTransport(transport_for(configuration))
+    http = http_client_for(configuration, timeouts, transport=recording)
+    seen: list[tuple[str, SecretMeta]] = []
+    watch = SecretWatch(http, lambda change, secret: seen.append((change, secret)), None, timeouts)
+    task = asyncio.create_task(watch.run())
+    try:
+        await asyncio.wait_for(watch.listed.wait(), timeout=10)
+        put_secret(kube, namespace, "after", {"VALUE": canary}, labels={"push": "true"})
+        put_secret(kube, namespace, "before", {"VALUE": canary + "-edited"})
+
+        async def names() -> list[tuple[str, str]]:
+            while True:
+                found = [(c, s.name) for c, s in seen if s.namespace == namespace]
+                if len(found) >= 2:
+                    return found
+                await asyncio.sleep(0.1)
+
+        assert await asyncio.wait_for(names(), timeout=10) == [
+            ("ADDED", "after"),
+            ("MODIFIED", "before"),
+        ]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await http.aclose()
+    assert [s.labels for _, s in seen if s.name == "after"] == [{"push": "true"}]
+    lists = [r for r in recording.requests if "watch" not in r.url.params]
+    watches = [r for r in recording.requests if "watch" in r.url.params]
+    assert lists and {r.headers["accept"] for r in lists} == {ACCEPT_LIST}
+    assert watches and {r.headers["accept"] for r in watches} == {ACCEPT_WATCH}
+    received = bytes(recording.received)
+    assert b'"name":"before"' in received and b'"name":"after"' in received
+    assert canary.encode() not in received and encoded.encode() not in received
+    assert b'"data"' not in received
+
+
+def kopf_watches(process: OperatorProcess) -> list[str]:
+    return [r["message"] for r in records(process) if "Starting the watch-stream" in r["message"]]
+
+
+def test_the_operator_does_not_let_kopf_watch_secrets(
+    plane: ControlPlane, plane_kube: Any, plane_namespace: str, fake: FakeInfisical, tmp_path: Path
+) -> None:
+    kube, namespace = plane_kube, plane_namespace
+    for index in range(5):
+        put_secret(kube, namespace, f"unrelated-{index}", {"VALUE": f"canary-{index}"})
+    kubeconfig = plane.kubeconfig_for_user(OPERATOR_USER)
+    with operator_process(kubeconfig, tmp_path / "operator.log") as process:
+        # The connection reads its credentials Secret: the operator is past its start.
+        ready_connection_and_sync(kube, namespace, fake)
+        put_secret(kube, namespace, "app", {"A": "2"})
+        wait_for(lambda: remote_value(fake) == "2", message="a Secret edit is noticed")
+        started = kopf_watches(process)
+        assert started and not [m for m in started if " secrets.v1 " in m], started
+        messages = [r["message"] for r in records(process)]
+        assert "watching Secrets in all namespaces (metadata only)" in messages
+        assert not [
+            r
+            for index in range(5)
+            for r in about(process, namespace, f"unrelated-{index}")
+            if r["severity"] != "debug"
+        ]
+
+
+def remote_value(fake: FakeInfisical) -> str | None:
+    return fake.state.get_secrets(PROJECT, "prod", "/apps").get("A")
+
+
+QUIET_WHEN_SUCCEEDED = re.compile(r"^(Handler '\w+_event'|Indexer '\w+') succeeded\.$")
+
+
+def test_events_handled_without_news_log_nothing_at_info(
+    operator: OperatorProcess, kube: Any, namespace: str, fake: FakeInfisical
+) -> None:
+    """Per-event handlers and indexers succeeding is no news: DEBUG. Changes that make no
+    sync write add no INFO line at all."""
+    ready_connection_and_sync(kube, namespace, fake)
+    for index in range(1, 4):
+        create(kube, namespace, SYNCS, "SecretSync", f"sync-{index}", sync_spec())
+    for index in range(1, 4):
+        wait_for(
+            lambda index=index: (
+                status(kube, namespace, SYNCS, f"sync-{index}").get("syncStatus") == "Succeeded"
+            )
+        )
+    mark = len(records(operator))
+    names = ["sync"] + [f"sync-{index}" for index in range(1, 4)]
+    for name in names:  # an event for each, that changes nothing to sync
+        patch(kube, namespace, SYNCS, name, {"metadata": {"annotations": {"note": "idle"}}})
+    put_secret(kube, namespace, "unrelated", {"B": "1"})
+
+    def handled_since_mark() -> list[dict[str, Any]]:
+        return [
+            r
+            for r in records(operator)[mark:]
+            if r["message"] == "Handler 'secretsync_event' succeeded."
+            and (r.get("object") or {}).get("namespace") == namespace
+            and (r.get("object") or {}).get("name") in names
+        ]
+
+    wait_for(lambda: len(handled_since_mark()) >= len(names), message="the events were handled")
+    noisy = [
+        r["message"]
+        for r in records(operator)[mark:]
+        if r["severity"] == "info" and QUIET_WHEN_SUCCEEDED.match(r["message"])
+    ]
+    assert noisy == []
+    news = [
+        r["message"]
+        for r in records(operator)[mark:]
+        if r["severity"] != "debug" and namespace in json.dumps(r)
+    ]
+    assert news == [], news
