@@ -476,7 +476,8 @@ class Scheduler:
                 result = await self.engine.run(
                     namespace, name, body, state.written, on_writing=mark_running
                 )
-                await self.status.patch_status(SYNCS, namespace, name, result.status)
+                if result.status:  # empty: the outcome is the last one (resumed after a restart)
+                    await self.status.patch_status(SYNCS, namespace, name, result.status)
             except KubeUnavailable as problem:
                 self.outages.failed(key, problem)
                 return None
