@@ -276,6 +276,11 @@ class Scheduler:
     # flight acts on what that sync recorded (where it wrote, what it owns), not on the older
     # body kopf handed to the deletion handler.
     written: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    # SecretSyncs a connection becoming Ready kicks: those whose daemon runs at once (never
+    # synced, spec changed) until a run gets through, and those whose last run did not (e.g.
+    # ConnectionNotReady; a manual request owed). Not one waiting out its restart spread, nor
+    # one in sync: after a restart, the first validation would otherwise end every spread.
+    awaiting_ready: set[Key] = field(default_factory=set)
 
     def lock(self, key: Key) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -363,7 +368,8 @@ class Scheduler:
                 outcome, notify = await self._validate(key, body, force)
                 if notify:
                     for sync in dependents():
-                        self.kicks.kick(("SecretSync", namespace, sync), connection_ready(name))
+                        if ("SecretSync", namespace, sync) in self.awaiting_ready:
+                            self.kicks.kick(("SecretSync", namespace, sync), connection_ready(name))
                 failures = 0 if outcome is not None and outcome.ready else failures + 1
                 retry_after = outcome.retry_after if outcome is not None else None
                 delay = self._jittered(next_delay(interval, failures, retry_after))
@@ -432,6 +438,7 @@ class Scheduler:
                 slot.take()  # the first run covers whatever kicked meanwhile
             reasons: set[str] = {"created"}
             owed = False
+            self.awaiting_ready.add(key)
             while not stopped.is_set():
                 spec = body.get("spec") or {}
                 interval = sync_interval(spec)
@@ -439,6 +446,10 @@ class Scheduler:
                 if follows(spec, reasons, owed=owed):
                     result = await self._sync(key, body, state)
                     owed = result is None or not result.ok
+                    if owed:
+                        self.awaiting_ready.add(key)
+                    else:
+                        self.awaiting_ready.discard(key)
                     if result is not None and (result.ok or not result.retryable):
                         state.failures = 0
                     else:
@@ -448,6 +459,7 @@ class Scheduler:
                 await self._pause(slot, self._jittered(delay), stopped)
                 _force, reasons = slot.take()
         finally:
+            self.awaiting_ready.discard(key)
             self.kicks.discard(key)
             self.outages.forget(key)
 
@@ -464,7 +476,8 @@ class Scheduler:
                 result = await self.engine.run(
                     namespace, name, body, state.written, on_writing=mark_running
                 )
-                await self.status.patch_status(SYNCS, namespace, name, result.status)
+                if result.status:  # empty: the outcome is the last one (resumed after a restart)
+                    await self.status.patch_status(SYNCS, namespace, name, result.status)
             except KubeUnavailable as problem:
                 self.outages.failed(key, problem)
                 return None

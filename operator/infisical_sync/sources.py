@@ -45,6 +45,8 @@ class SourceResult:
     retry_after: float | None = None
     etag: str | None = None  # Infisical source listing
     secret_names: set[str] = field(default_factory=set)  # Kubernetes Secrets that were read
+    # Kubernetes Secrets read -> their resourceVersion: with the spec, what the values depend on.
+    resource_versions: dict[str, str] = field(default_factory=dict)
 
     @property
     def certain(self) -> bool:
@@ -107,6 +109,7 @@ def merge_kubernetes(reads: list[SecretRead]) -> SourceResult:
             continue
         secret = read.secret
         result.secret_names.add(secret.name)
+        result.resource_versions[secret.name] = secret.resource_version
         for key in read.keys if read.keys is not None else sorted(secret.data):
             raw = secret.data.get(key)
             if raw is None:

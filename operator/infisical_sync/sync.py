@@ -54,6 +54,13 @@ from infisical_sync.planner import (
     without_ownership,
 )
 from infisical_sync.resources import SecretSyncSpec
+from infisical_sync.resume import (
+    etag_to_resume,
+    infisical_versions,
+    inputs_digest,
+    kubernetes_versions,
+    to_record,
+)
 from infisical_sync.sources import (
     InfisicalImportTarget,
     KubernetesImportTarget,
@@ -103,6 +110,11 @@ class SyncFailed(Exception):
         self.status = status  # the whole status of this failure, when it has its own
         # The ledger after some of the cycle's writes went through (None: unchanged).
         self.managed_keys = managed_keys
+
+
+class _Unchanged(Exception):
+    """The destination answered 304 to the ETag status recorded, and nothing else the outcome
+    depends on changed: the outcome is the last one."""
 
 
 @dataclass
@@ -313,6 +325,9 @@ class SyncEngine:
                 on_writing,
                 known,
             )
+        except _Unchanged:
+            metrics.SYNCS.labels("unchanged").inc()
+            return CycleResult({}, ok=True)  # nothing planned, nothing written, status as it is
         except SyncFailed as failure:
             metrics.SYNCS.labels("failed").inc()
             result = self._failed(previous, generation, now, failure, described, known)
@@ -345,6 +360,7 @@ class SyncEngine:
         if session is None:
             raise self._connection_not_ready(namespace, destination_ref)
 
+        instance = session.transport.base_url
         source = await self._read_source(namespace, name, spec, cache)
         unreadable = None
         if not source.certain and not source.values:
@@ -357,10 +373,24 @@ class SyncEngine:
             )
         else:
             known.append(source_condition(source.facts()))
+        inputs = self._inputs(
+            spec, source, cache, meta_generation=generation, annotations=annotations
+        )
         # The destination is read even when the source cannot be: DestinationReady then says
         # what it is now (its connection became Ready, say), not what an earlier cycle saw.
         try:
             location = await self._destination_location(session, spec)
+            resume = None
+            if inputs is not None and cache.destination_at != (instance, location):
+                # Nothing in memory (a restart): the ETag status recorded, when a 304 to it
+                # would mean the outcome is the last one.
+                resume = etag_to_resume(
+                    previous,
+                    instance_url=instance,
+                    location=location,
+                    inputs=inputs,
+                    mass_delete_confirmation=annotations.get(ALLOW_MASS_DELETE),
+                )
             destination = await self._read_destination(
                 session,
                 location,
@@ -368,6 +398,7 @@ class SyncEngine:
                 fresh=False,
                 # A missing folder is made only for a cycle that will write into it.
                 create_missing=unreadable is None and not spec.dry_run,
+                resume_etag=resume,
             )
         except SyncFailed as failure:
             if unreadable is None:
@@ -411,7 +442,6 @@ class SyncEngine:
 
         result = plan(plan_input(destination))
         import_status: dict[str, Any] = {}
-        instance = session.transport.base_url
         if spec.dry_run:
             return succeeded_status(
                 previous,
@@ -503,6 +533,14 @@ class SyncEngine:
             instance_tracking=self._keeps_metadata.get(instance),
         )
         status.update(import_status)
+        status["lastRead"] = to_record(
+            status,
+            instance_url=instance,
+            location=location,
+            etag=cache.destination_etag if cache.destination_at == (instance, location) else None,
+            inputs=inputs,
+            wrote=writing,
+        )
         status["destinationLocation"] = {
             "connection": destination_ref,
             "projectId": location.project_id,
@@ -590,6 +628,34 @@ class SyncEngine:
             retryable=state is None,  # not validated yet (e.g. just started): soon, likely
         )
 
+    def _inputs(
+        self,
+        spec: SecretSyncSpec,
+        source: SourceResult,
+        cache: _Cache,
+        *,
+        meta_generation: int | None,
+        annotations: Mapping[str, str],
+    ) -> str | None:
+        """The digest of what the outcome depends on besides the destination; None when the
+        source does not tell its versions (or was not read whole): then every cycle plans."""
+        if not source.certain or spec.dry_run:
+            return None
+        if spec.source.kubernetes is not None:
+            versions: dict[str, str] | None = kubernetes_versions(source.resource_versions)
+        elif cache.source_at is not None:
+            versions = infisical_versions(*cache.source_at, source.etag)
+        else:
+            versions = None
+        if versions is None:
+            return None
+        return inputs_digest(
+            generation=meta_generation,
+            requested_at=annotations.get(SYNC_REQUESTED_AT),
+            source_versions=versions,
+            cluster_id=self.cluster_id,
+        )
+
     async def _read_source(
         self, namespace: str, name: str, spec: SecretSyncSpec, cache: _Cache
     ) -> SourceResult:
@@ -641,9 +707,17 @@ class SyncEngine:
         *,
         fresh: bool,
         create_missing: bool = True,
+        resume_etag: str | None = None,
     ) -> dict[str, DestinationKey]:
+        """The destination's keys. `resume_etag`: with nothing in memory for this place, the ETag
+        status recorded; a 304 to it raises _Unchanged."""
         at = (session.transport.base_url, location)
-        etag = None if fresh or cache.destination_at != at else cache.destination_etag
+        if fresh:
+            etag = None
+        elif cache.destination_at == at:
+            etag = cache.destination_etag
+        else:
+            etag = resume_etag
         try:
             listing = await session.list_secrets(location, etag=etag)
         except NotFound:
@@ -659,6 +733,8 @@ class SyncEngine:
         except InfisicalError as exc:
             raise self._remote_failure("DestinationReady", exc) from None
         if listing.not_modified:
+            if cache.destination_at != at:
+                raise _Unchanged
             return dict(cache.destination)
         self._remember_keeps_metadata(session, listing.secrets)
         cache.destination_at, cache.destination_etag = at, listing.etag

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +36,9 @@ class FakeClock:
         self.now = 0.0
         self.sleeps: list[float] = []
         self.draws: list[tuple[float, float]] = []
+        self.drawn: list[float] = []
         self.point = 0.5
+        self.rng: random.Random | None = None  # when set, draws are random (seeded) instead
         self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
 
     async def sleep(self, seconds: float) -> None:
@@ -50,7 +53,9 @@ class FakeClock:
 
     def uniform(self, low: float, high: float) -> float:
         self.draws.append((low, high))
-        return low + (high - low) * self.point
+        value = self.rng.uniform(low, high) if self.rng else low + (high - low) * self.point
+        self.drawn.append(value)
+        return value
 
     @property
     def pending(self) -> int:
@@ -246,6 +251,92 @@ async def test_an_unsynced_object_runs_at_once(harness: Harness) -> None:
     harness.start(harness.scheduler.run_secretsync("ns", "sync", body, harness.stopped))
     await harness.sleeping(1)
     assert len(harness.engine.runs) == 1
+
+
+def synced_body(**spec: Any) -> dict[str, Any]:
+    """A SecretSync that was in sync when the operator stopped."""
+    body = sync_body(**spec)
+    body["status"] = {"lastSyncedAt": "2026-01-01T00:00:00Z", "observedGeneration": 1}
+    return body
+
+
+def runs_by_name(
+    harness: Harness, results: Mapping[str, list[CycleResult]]
+) -> dict[str, list[float]]:
+    """Each SecretSync's runs (the fake time of each), with its own results (then ok())."""
+    runs: dict[str, list[float]] = {}
+    pending = {name: list(items) for name, items in results.items()}
+
+    async def run(namespace: str, name: str, *_: Any, **__: Any) -> CycleResult:
+        runs.setdefault(name, []).append(harness.clock.now)
+        queue = pending.get(name) or []
+        return queue.pop(0) if queue else ok()
+
+    harness.engine.run = run  # type: ignore[method-assign]
+    return runs
+
+
+async def test_a_restart_spreads_1000_synced_objects_although_their_connection_becomes_ready(
+    harness: Harness,
+) -> None:
+    harness.clock.rng = random.Random(10)
+    harness.connections.notify = True  # the first validation after a start: Ready
+    names = [f"sync-{i}" for i in range(1000)]
+    runs = runs_by_name(harness, {})
+    for name in names:
+        harness.start(harness.scheduler.run_secretsync("ns", name, synced_body(), harness.stopped))
+    harness.start(
+        harness.scheduler.run_connection(
+            "ns", "conn", connection_body(), harness.stopped, dependents=lambda: names
+        )
+    )
+    await harness.sleeping(1001)  # every spread, and the connection validated (then paused)
+    assert harness.connections.logins == [True]
+    spreads = [
+        v for v, r in zip(harness.clock.drawn, harness.clock.draws, strict=True) if r == (0.0, 30.0)
+    ]
+    assert len(spreads) == 1000
+    step = 0.5
+    for _ in range(62):  # each run happens when its own spread is over, none before
+        await until(lambda: len(runs) == sum(1 for s in spreads if s <= harness.clock.now))
+        harness.clock.advance(step)
+    first_runs = sorted(times[0] for times in runs.values())
+    expected = sorted(step * -(-spread // step) for spread in spreads)  # the step it fell in
+    assert first_runs == pytest.approx(expected)
+    assert max(first_runs) > 25 and sum(1 for t in first_runs if t <= step) < 50
+
+
+async def test_a_connection_becoming_ready_kicks_only_the_objects_waiting_for_it(
+    harness: Harness,
+) -> None:
+    not_ready = CycleResult({"syncStatus": "Failed"}, ok=False, retryable=True)
+    runs = runs_by_name(harness, {"new": [not_ready], "changed": [not_ready]})
+    changed = synced_body()
+    changed["metadata"]["generation"] = 2  # its spec changed while the operator was down
+    bodies = {
+        "new": sync_body(),
+        "changed": changed,
+        "steady": sync_body(),
+        "synced": synced_body(),
+    }
+    for name, body in bodies.items():
+        harness.start(harness.scheduler.run_secretsync("ns", name, body, harness.stopped))
+    await harness.sleeping(4)
+    assert sorted(runs) == ["changed", "new", "steady"]  # the synced one waits out its spread
+    harness.connections.notify = True
+    harness.start(
+        harness.scheduler.run_connection(
+            "ns",
+            "conn",
+            connection_body(),
+            harness.stopped,
+            dependents=lambda: ["synced", "steady", "new", "changed"],
+        )
+    )
+    await until(lambda: len(runs["new"]) == 2 and len(runs["changed"]) == 2)
+    await harness.sleeping(7)  # both went back to their pauses, as did the connection
+    assert len(runs["steady"]) == 1 and "synced" not in runs
+    assert harness.scheduler.awaiting_ready == set()  # all got through
 
 
 async def test_a_kick_wakes_the_loop_before_its_interval(harness: Harness) -> None:
@@ -458,13 +549,15 @@ async def test_connection_failures_back_off_and_readiness_kicks_dependents(
     harness.clock.advance(5)
     assert await harness.sleeping(2) == 120
     harness.connections.notify = True
+    harness.scheduler.awaiting_ready.add(("SecretSync", "ns", "a"))  # its last run failed
     harness.clock.advance(120)
     assert await harness.sleeping(3) == 300
-    for sync in ("a", "b"):
-        assert harness.scheduler.kicks.slot(("SecretSync", "ns", sync)).take() == (
-            False,
-            {"connection conn ready"},
-        )
+    assert harness.scheduler.kicks.slot(("SecretSync", "ns", "a")).take() == (
+        False,
+        {"connection conn ready"},
+    )
+    # b's daemon did not run (not started, or waiting out a restart spread): not kicked.
+    assert not harness.scheduler.kicks.slot(("SecretSync", "ns", "b")).event.is_set()
 
 
 # --- API server outages ----------------------------------------------------------------------
