@@ -196,9 +196,11 @@ def acknowledged(requested: str | None) -> dict[str, str]:
     return {"lastHandledRequest": requested} if requested else {}
 
 
-def in_sync(result: CycleResult) -> bool:
-    """The cycle found or made its destination in sync (not a dry run, a hold or a failure)."""
-    return result.ok and condition_status(result.status.get("conditions"), "Synced") == "True"
+def in_sync(result: CycleResult | None, stored: Mapping[str, Any] | None) -> bool:
+    """The cycle found or made its destination in sync (not a dry run, a hold or a failure).
+    `stored`: the status after it (a cycle may leave some or all of it as it was)."""
+    synced = condition_status((stored or {}).get("conditions"), "Synced") == "True"
+    return result is not None and result.ok and synced
 
 
 def deletion_action(body: Mapping[str, Any]) -> DeletionAction:
@@ -458,8 +460,7 @@ class Scheduler:
                 delay = interval
                 if follows(spec, reasons, owed=owed):
                     result = await self._sync(key, body, state)
-                    succeeded = result is not None and in_sync(result)
-                    metrics.cycle_ended(*key, succeeded=succeeded)
+                    metrics.cycle_ended(*key, succeeded=in_sync(result, state.written))
                     owed = result is None or not result.ok
                     if result is not None and (result.ok or not result.retryable):
                         state.failures = 0

@@ -364,6 +364,20 @@ async def test_every_cycle_shows_in_the_metrics_until_the_object_goes(harness: H
     assert sample(LAST_SUCCESS, "SecretSync", "sync") is None
 
 
+async def test_a_cycle_that_leaves_a_synced_status_as_it_was_is_a_success(
+    harness: Harness,
+) -> None:
+    body = sync_body()
+    body["status"] = {
+        "syncStatus": "Succeeded",
+        "conditions": [{"type": "Synced", "status": "True"}],
+    }
+    harness.engine.results = [CycleResult({}, ok=True)]  # e.g. resumed: the outcome is the last one
+    await cycles(harness, body, 1)
+    assert harness.status.patches == []
+    assert sample(LAST_SUCCESS, "SecretSync", "sync") is not None
+
+
 async def test_every_validation_shows_in_the_metrics_until_the_connection_goes(
     harness: Harness,
 ) -> None:
