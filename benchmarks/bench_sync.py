@@ -5,13 +5,15 @@
 1. planning: the pure planner on N keys (first sync, steady state, 10 % changed);
 2. a full SyncEngine cycle, Infisical -> Infisical between two fake servers over loopback HTTP:
    the first sync of N keys, a steady-state cycle (conditional lists, no writes) and a cycle with
-   10 % of the values changed — wall time and HTTP requests per cycle.
+   10 % of the values changed — wall time and HTTP requests per cycle, and the Kubernetes
+   status write the scheduler sends for it (only the fields that change; none when none does).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import time
 from typing import Any
@@ -30,6 +32,7 @@ from infisical_sync.planner import (
     PlanInput,
     plan,
 )
+from infisical_sync.status_patch import merge_patch, status_patch
 from infisical_sync.sync import SyncEngine
 from infisical_sync.testing.fake_infisical import FakeInfisical
 
@@ -120,13 +123,19 @@ async def bench_engine(n: int) -> None:
             started = time.perf_counter()
             result = await engine.run("bench", "sync", body)
             seconds = time.perf_counter() - started
-            body["status"] = result.status
+            changes = status_patch(body["status"], result.status)
+            body["status"] = merge_patch(body["status"], changes)
+            patched = (
+                f"{len(json.dumps(changes)) / 1024:.1f} KiB status patch"
+                if changes
+                else "no status write"
+            )
             sent = source_server.log[seen[0] :] + destination_server.log[seen[1] :]
             lists = sum(1 for r in sent if r.method == "GET" and "/secrets" in r.path)
             writes = sum(1 for r in sent if "/secrets/batch" in r.path)
             print(
                 f"  sync {n:>6} keys, {label:<12} {seconds * 1000:8.1f} ms  "
-                f"{len(sent):>3} HTTP requests ({lists} lists, {writes} writes)  "
+                f"{len(sent):>3} HTTP requests ({lists} lists, {writes} writes), {patched}  "
                 f"({result.status.get('lastSyncMessage', '')[:60]})"
             )
 

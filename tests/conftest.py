@@ -6,6 +6,7 @@ import contextlib
 import os
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from infisical_sync.testing.controlplane import (
     OPERATOR_USER,
@@ -87,6 +89,17 @@ class OperatorProcess:
 
     def log(self) -> str:
         return self.logged.log()
+
+    def metric(self, name: str, /, **labels: str) -> float | None:
+        """One sample of the operator's Prometheus metrics, None when it has no such series."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        for family in text_string_to_metric_families(text):
+            for found in family.samples:
+                if found.name == name and found.labels == labels:
+                    return float(found.value)
+        return None
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from infisical_sync.infisical.errors import InfisicalError, RateLimited
 from infisical_sync.instance_urls import AllowedInstances
 from infisical_sync.kube import Kube
 from infisical_sync.resources import ConnectionSpec
+from infisical_sync.status_patch import merge_patch, status_patch
 
 log = logging.getLogger(__name__)
 PLURAL = "infisicalconnections"
@@ -112,11 +113,12 @@ def build_status(
         generation=generation,
         now=now,
     )
-    deferred = outcome.reason == VALIDATION_DEFERRED
     status: dict[str, Any] = {
         "conditions": conditions,
         "observedGeneration": generation,
-        "lastValidatedAt": previous.get("lastValidatedAt") if deferred else timestamp(now),
+        # Retired: it moved on every validation, an etcd write each time. The Ready condition's
+        # lastTransitionTime says since when the outcome holds; the metrics when it last ran.
+        "lastValidatedAt": None,
         "message": outcome.message,
         "instanceUrl": outcome.instance_url,
         "clientId": outcome.client_id,
@@ -139,6 +141,9 @@ class ConnectionReconciler:
         self.post_event = post_event
         self.allowed_instances = allowed_instances
         self.states: dict[tuple[str, str], ConnectionState] = {}
+        # The status last written per connection: the watched body can lag behind it.
+        self.written: dict[tuple[str, str], dict[str, Any]] = {}
+        self._unsure: set[tuple[str, str]] = set()
 
     def state(self, namespace: str, name: str) -> ConnectionState | None:
         return self.states.get((namespace, name))
@@ -248,9 +253,12 @@ class ConnectionReconciler:
         outcome = await self.validate(
             namespace, name, body.get("spec") or {}, force_login=force_login
         )
-        previous = body.get("status") or {}
+        key = (namespace, name)
         # Our own last result wins over the watched body, which can lag behind our status patch.
-        known = self.states.get((namespace, name))
+        previous = self.written.get(key)
+        if previous is None:
+            previous = dict(body.get("status") or {})
+        known = self.states.get(key)
         was_ready = (
             known.ready
             if known is not None
@@ -272,7 +280,14 @@ class ConnectionReconciler:
             outcome.ready, outcome.reason, outcome.message
         )
         metrics.CONNECTION_READY.labels(namespace, name).set(1 if outcome.ready else 0)
-        await self.kube.patch_status(PLURAL, namespace, name, status)
+        # A re-validation that changes nothing writes nothing. After a patch that failed (one
+        # that timed out may still have been applied) the whole status is written.
+        changes = dict(status) if key in self._unsure else status_patch(previous, status)
+        if changes:
+            self._unsure.add(key)
+            await self.kube.patch_status(PLURAL, namespace, name, changes)
+            self._unsure.discard(key)
+        self.written[key] = merge_patch(previous, changes)
         if outcome.ready and not was_ready:
             self.post_event(body, "Normal", "Ready", outcome.message)
             log.info("connection %s/%s is Ready", namespace, name)
@@ -283,6 +298,8 @@ class ConnectionReconciler:
 
     async def forget(self, namespace: str, name: str) -> None:
         self.states.pop((namespace, name), None)
+        self.written.pop((namespace, name), None)
+        self._unsure.discard((namespace, name))
         await self.pool.drop(connection_key(namespace, name))
         with contextlib.suppress(KeyError):
             metrics.CONNECTION_READY.remove(namespace, name)

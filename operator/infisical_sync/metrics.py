@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import Counter, Gauge, Histogram
 
 API_CALLS = Counter(
@@ -33,3 +35,29 @@ KEYS_CHANGED = Counter(
     "Destination keys written by the operator.",
     ["action"],
 )
+# Liveness without heartbeats in status: a cycle that changes nothing writes nothing to
+# Kubernetes, so these say when each object was last checked. One series per object (kind,
+# namespace, name), removed when its loop ends (object deleted).
+LAST_CYCLE = Gauge(
+    "infisical_sync_last_cycle_timestamp_seconds",
+    "When the last cycle (sync or validation) of an object ended, whatever its outcome.",
+    ["kind", "namespace", "name"],
+)
+LAST_SUCCESS = Gauge(
+    "infisical_sync_last_success_timestamp_seconds",
+    "When the last successful cycle of an object ended: a SecretSync found or made its "
+    "destination in sync (Synced True), an InfisicalConnection was Ready.",
+    ["kind", "namespace", "name"],
+)
+
+
+def cycle_ended(kind: str, namespace: str, name: str, *, succeeded: bool) -> None:
+    LAST_CYCLE.labels(kind, namespace, name).set_to_current_time()
+    if succeeded:
+        LAST_SUCCESS.labels(kind, namespace, name).set_to_current_time()
+
+
+def forget_object(kind: str, namespace: str, name: str) -> None:
+    for gauge in (LAST_CYCLE, LAST_SUCCESS):
+        with contextlib.suppress(KeyError):
+            gauge.remove(kind, namespace, name)

@@ -21,12 +21,15 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol
 
+from infisical_sync import metrics
+from infisical_sync.conditions import condition_status
 from infisical_sync.connection import Outcome
 from infisical_sync.durations import jittered, retry_delay, sync_interval, validation_interval
 from infisical_sync.kube import KubeUnavailable
 from infisical_sync.planner import ALLOW_MASS_DELETE
 from infisical_sync.runtime import Key, Kicks, Slot
 from infisical_sync.selectors import selector_matches
+from infisical_sync.status_patch import merge_patch, status_patch
 from infisical_sync.sync import (
     ABANDON,
     SYNC_REQUESTED_AT,
@@ -187,6 +190,19 @@ def kick_reason(before: Observed | None, current: Observed) -> str | None:
     return "spec changed"  # allow-mass-delete changed: re-plan
 
 
+def acknowledged(requested: str | None) -> dict[str, str]:
+    """The status that tells a sync request was handled: a cycle that started after the
+    request annotation got this value ran to its end (`kubectl wait` and CI wait for it)."""
+    return {"lastHandledRequest": requested} if requested else {}
+
+
+def in_sync(result: CycleResult | None, stored: Mapping[str, Any] | None) -> bool:
+    """The cycle found or made its destination in sync (not a dry run, a hold or a failure).
+    `stored`: the status after it (a cycle may leave some or all of it as it was)."""
+    synced = condition_status((stored or {}).get("conditions"), "Synced") == "True"
+    return result is not None and result.ok and synced
+
+
 def deletion_action(body: Mapping[str, Any]) -> DeletionAction:
     """What a deleted SecretSync does with the keys it owns: deletionPolicy Delete removes them,
     Retain keeps them and releases their ownership; the abandon annotation skips either."""
@@ -258,6 +274,9 @@ class _SyncState:
     # The status this daemon last wrote: the watched body can lag behind it, and a stale
     # lastSyncedAt or managedKeys must never make a later cycle look like the initial one.
     written: dict[str, Any] | None = None
+    # A cycle failed after it may have written (a timed-out patch can still have been applied):
+    # the next one writes its whole status instead of what differs from `written`.
+    unsure: bool = False
 
 
 @dataclass
@@ -366,6 +385,8 @@ class Scheduler:
             while not stopped.is_set():
                 interval = validation_interval(body.get("spec") or {})
                 outcome, notify = await self._validate(key, body, force)
+                ready = outcome is not None and outcome.ready
+                metrics.cycle_ended(*key, succeeded=ready)
                 if notify:
                     for sync in dependents():
                         if ("SecretSync", namespace, sync) in self.awaiting_ready:
@@ -380,6 +401,7 @@ class Scheduler:
             # with it (a namespace deletion) still need it.
             self.kicks.discard(key)
             self.outages.forget(key)
+            metrics.forget_object(*key)
 
     async def remove_connection(
         self, namespace: str, name: str, users: Callable[[], Collection[str]]
@@ -445,6 +467,7 @@ class Scheduler:
                 delay = interval
                 if follows(spec, reasons, owed=owed):
                     result = await self._sync(key, body, state)
+                    metrics.cycle_ended(*key, succeeded=in_sync(result, state.written))
                     owed = result is None or not result.ok
                     if owed:
                         self.awaiting_ready.add(key)
@@ -462,30 +485,42 @@ class Scheduler:
             self.awaiting_ready.discard(key)
             self.kicks.discard(key)
             self.outages.forget(key)
+            metrics.forget_object(*key)
 
     async def _sync(
         self, key: Key, body: Mapping[str, Any], state: _SyncState
     ) -> CycleResult | None:
+        """One cycle, and a status patch of only what it changed: none when nothing did."""
         _kind, namespace, name = key
+        requested = observe(body).sync_requested_at  # what this cycle handles: read at its start
+        stored = dict(state.written if state.written is not None else body.get("status") or {})
 
         async def mark_running() -> None:
-            await self.status.patch_status(SYNCS, namespace, name, {"syncStatus": "Running"})
+            nonlocal stored
+            running = {"syncStatus": "Running"}
+            await self.status.patch_status(SYNCS, namespace, name, running)
+            stored = merge_patch(stored, running)
 
         async with self.lock(key):
             try:
                 result = await self.engine.run(
                     namespace, name, body, state.written, on_writing=mark_running
                 )
-                if result.status:  # empty: the outcome is the last one (resumed after a restart)
-                    await self.status.patch_status(SYNCS, namespace, name, result.status)
+                wanted = {**result.status, **acknowledged(requested)}
+                changes = dict(wanted) if state.unsure else status_patch(stored, wanted)
+                if changes:
+                    await self.status.patch_status(SYNCS, namespace, name, changes)
             except KubeUnavailable as problem:
+                state.unsure = True
                 self.outages.failed(key, problem)
                 return None
             except Exception:
+                state.unsure = True
                 log.exception("sync of %s/%s failed unexpectedly", namespace, name)
                 return None
         self.outages.succeeded(key)
-        state.written = {**(state.written or dict(body.get("status") or {})), **result.status}
+        state.unsure = False
+        state.written = merge_patch(stored, changes)
         self.written[key] = state.written
         return result
 

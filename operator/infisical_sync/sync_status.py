@@ -16,6 +16,9 @@ from infisical_sync.conditions import Condition, merge_conditions, timestamp
 from infisical_sync.planner import Plan
 
 SUSPENDED_MESSAGE = "suspended: spec.suspend is true"
+# Fields of older versions that moved on every cycle (a heartbeat: an etcd write each time).
+# null removes them from a stored status (merge patch); a status without them is not written.
+RETIRED: dict[str, Any] = {"lastSyncAttemptAt": None}
 DESTINATION_READ = Condition("DestinationReady", "True", "DestinationRead", "destination listed")
 
 
@@ -138,9 +141,9 @@ def succeeded_status(
         now=now,
     )
     status: dict[str, Any] = {
+        **RETIRED,
         "observedGeneration": generation,
         "conditions": conditions,
-        "lastSyncAttemptAt": timestamp(now),
         "lastSyncMessage": message[:1024],
         "plan": {
             "create": sorted(result.create),
@@ -176,8 +179,12 @@ def succeeded_status(
             "pendingApproval": None,  # nothing left to write: no request is waited for
         }
     )
-    if not failed or not previous.get("lastSyncedAt"):
-        # Writes happened (or were not needed): the initial sync is over either way.
+    if not previous.get("lastSyncedAt") or (
+        not failed and (result.writes > 0 or previous.get("syncStatus") != "Succeeded")
+    ):
+        # The destination changed, or it is in sync again after a failure (or for the first
+        # time: the initial sync is over either way). A cycle that finds it still in sync
+        # leaves the time alone: its liveness is in the metrics, not in an etcd write.
         status["lastSyncedAt"] = timestamp(now)
     return status
 
@@ -204,9 +211,9 @@ def failed_status(
     if condition in ("SourceReady", "DestinationReady"):
         updates.append(Condition(condition, "False", reason, message))
     return {
+        **RETIRED,
         "syncStatus": "Failed",
         "observedGeneration": generation,
-        "lastSyncAttemptAt": timestamp(now),
         "lastSyncMessage": message[:1024],
         "conditions": merge_conditions(
             previous.get("conditions"), updates, generation=generation, now=now
@@ -271,6 +278,7 @@ def suspended_status(
     described: Mapping[str, str],
 ) -> dict[str, Any]:
     return {
+        **RETIRED,
         "observedGeneration": generation,
         "lastSyncMessage": SUSPENDED_MESSAGE,
         "conditions": merge_conditions(

@@ -256,6 +256,12 @@ def test_operator_shutdown_stops_daemons_without_cancellation(
             assert stopped_by_force(process, namespace, name) == []
 
 
+def last_success(process: OperatorProcess, kind: str, namespace: str, name: str) -> float:
+    """When the object's last successful cycle ended (its liveness metric); 0 before any."""
+    labels = {"kind": kind, "namespace": namespace, "name": name}
+    return process.metric("infisical_sync_last_success_timestamp_seconds", **labels) or 0.0
+
+
 # --- 12: a hung API server call times out ---------------------------------------------------------
 
 
@@ -271,10 +277,10 @@ def test_a_hung_api_call_times_out_and_the_next_cycle_works(
     proxy.hold()
     # The next timer cycle's first call is sent and never answered.
     wait_for(lambda: proxy.held_chunks > 0, timeout=30, message="a request hangs")
-    before = status(kube, namespace, SYNCS, "sync")["lastSyncAttemptAt"]
+    before = last_success(proxied_operator, "SecretSync", namespace, "sync")
     proxy.forward()  # new connections work again; the hung one stays hung
     wait_for(
-        lambda: status(kube, namespace, SYNCS, "sync").get("lastSyncAttemptAt") != before,
+        lambda: last_success(proxied_operator, "SecretSync", namespace, "sync") > before,
         timeout=60,
         message="a later cycle completes",
     )
@@ -314,13 +320,13 @@ def test_an_api_server_outage_logs_one_warning_per_object_and_the_recovery(
         timeout=90,
         message="two failed cycles of each object during the outage",
     )
-    validated = status(kube, namespace, CONNECTIONS, "dest")["lastValidatedAt"]
-    attempted = status(kube, namespace, SYNCS, "sync")["lastSyncAttemptAt"]
+    validated = last_success(proxied_operator, "InfisicalConnection", namespace, "dest")
+    synced = last_success(proxied_operator, "SecretSync", namespace, "sync")
     proxy.forward()
     wait_for(
         lambda: (
-            status(kube, namespace, CONNECTIONS, "dest").get("lastValidatedAt") != validated
-            and status(kube, namespace, SYNCS, "sync").get("lastSyncAttemptAt") != attempted
+            last_success(proxied_operator, "InfisicalConnection", namespace, "dest") > validated
+            and last_success(proxied_operator, "SecretSync", namespace, "sync") > synced
         ),
         timeout=60,
         message="both recover",

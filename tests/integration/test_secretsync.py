@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -23,7 +22,6 @@ from tests.kube_helpers import (
     status,
 )
 
-from infisical_sync.conditions import timestamp
 from infisical_sync.planner import OWNER_KEY
 from infisical_sync.testing.controlplane import ControlPlane, grant_secret_writes
 from infisical_sync.testing.fake_infisical import BackgroundFake, FakeInfisical, Fault, RateLimits
@@ -147,20 +145,71 @@ def request_sync(kube: Any, namespace: str, value: str, name: str = "sync") -> N
 
 
 def next_cycle(kube: Any, namespace: str, name: str = "sync") -> None:
-    """Return once a whole sync cycle that started after this call has ended.
+    """Return once a whole sync cycle that started after this call has ended: it requests a
+    sync with a fresh value and waits for status.lastHandledRequest to acknowledge it (the
+    acknowledging cycle read the annotation when it started)."""
+    value = uuid.uuid4().hex
+    request_sync(kube, namespace, value, name)
+    wait_for(
+        lambda: status(kube, namespace, SYNCS, name).get("lastHandledRequest") == value,
+        timeout=15,
+        interval=0.2,
+        message=f"for a new sync cycle of {name}",
+    )
 
-    The status is written at the end of a cycle with the second it started in
-    (lastSyncAttemptAt), so an attempt stamped after the call's second proves it. Syncs are
-    requested until one shows up: a cycle started in the call's own second would not."""
-    asked = timestamp(dt.datetime.now(dt.UTC))
 
-    def ended() -> bool:
-        if status(kube, namespace, SYNCS, name).get("lastSyncAttemptAt", "") > asked:
-            return True
-        request_sync(kube, namespace, uuid.uuid4().hex, name)
-        return False
+def resource_version(kube: Any, namespace: str, plural: str, name: str) -> str:
+    return str((get(kube, namespace, plural, name) or {})["metadata"]["resourceVersion"])
 
-    wait_for(ended, timeout=15, interval=0.5, message=f"for a new sync cycle of {name}")
+
+def test_a_cycle_that_changes_nothing_writes_nothing_to_kubernetes(
+    operator: OperatorProcess, kube: Any, namespace: str, fake: FakeInfisical
+) -> None:
+    """Idle timer cycles and re-validations: no status patch, no Event, the objects'
+    resourceVersions stay (nothing else writes them in this test)."""
+    put_secret(
+        kube, namespace, "dest-identity", {"clientId": CLIENT_ID, "clientSecret": CLIENT_SECRET}
+    )
+    connection = {
+        "instanceUrl": fake.url,
+        "allowInsecureHttp": True,
+        "credentials": {"secretRef": {"name": "dest-identity"}},
+        "validationInterval": "30s",
+    }
+    create(kube, namespace, CONNECTIONS, "InfisicalConnection", "dest", connection)
+    put_secret(kube, namespace, "app", {"A": "1"})
+    create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec(syncInterval="10s"))
+    wait_for(lambda: sync_status(kube, namespace) == "Succeeded" and remote(fake) == {"A": "1"})
+
+    def idle_cycles() -> int:  # each cycle sends one conditional list: unchanged, a 304
+        return fake.count(r"/api/v4/secrets$", status=304)
+
+    # The first idle cycle may still write (its plan differs from the writing one's); a cycle
+    # starts only after the one before it wrote its status.
+    wait_for(lambda: idle_cycles() >= 2, timeout=30, message="two idle cycles")
+    synced = resource_version(kube, namespace, SYNCS, "sync")
+    validated = resource_version(kube, namespace, CONNECTIONS, "dest")
+    events = event_reasons(kube, namespace, "sync")
+    seen = idle_cycles()
+    wait_for(lambda: idle_cycles() >= seen + 3, timeout=40, message="three more idle cycles")
+    assert resource_version(kube, namespace, SYNCS, "sync") == synced
+    assert event_reasons(kube, namespace, "sync") == events  # no new Event either
+    # The connection's timer re-validation (a probe with the cached token) is over when its
+    # liveness metric moves; it wrote nothing either.
+    labels = {"kind": "InfisicalConnection", "namespace": namespace, "name": "dest"}
+    checked = operator.metric("infisical_sync_last_cycle_timestamp_seconds", **labels) or 0.0
+    wait_for(
+        lambda: (
+            (operator.metric("infisical_sync_last_cycle_timestamp_seconds", **labels) or 0)
+            > checked
+        ),
+        timeout=40,
+        message="a re-validation",
+    )
+    assert fake.count(r"/universal-auth/login$") == 1  # a probe, not a new login
+    assert resource_version(kube, namespace, CONNECTIONS, "dest") == validated
+    sync_labels = {"kind": "SecretSync", "namespace": namespace, "name": "sync"}
+    assert operator.metric("infisical_sync_last_success_timestamp_seconds", **sync_labels)
 
 
 def test_drift_is_corrected_by_the_timer(env: tuple[Any, str, FakeInfisical]) -> None:

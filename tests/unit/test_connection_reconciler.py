@@ -13,6 +13,7 @@ from infisical_sync.infisical.client import ClientPool
 from infisical_sync.infisical.transport import TransportOptions
 from infisical_sync.instance_urls import AllowedInstances
 from infisical_sync.kube import Kube, SecretData
+from infisical_sync.status_patch import merge_patch
 from infisical_sync.testing.fake_infisical import FakeInfisical, Fault
 
 CLIENT_ID = "66666666-6666-4666-8666-666666666666"
@@ -27,7 +28,15 @@ class StubKube:
     """The two calls ConnectionReconciler makes: read a Secret, patch our status."""
 
     secrets: dict[str, dict[str, bytes]] = field(default_factory=dict)
-    statuses: list[dict[str, Any]] = field(default_factory=list)
+    statuses: list[dict[str, Any]] = field(default_factory=list)  # the patches, in order
+
+    @property
+    def stored(self) -> dict[str, Any]:
+        """The status as the API server holds it after every patch."""
+        stored: dict[str, Any] = {}
+        for patch in self.statuses:
+            stored = merge_patch(stored, patch)
+        return stored
 
     def put(self, name: str, data: dict[str, str]) -> None:
         self.secrets[name] = {key: value.encode() for key, value in data.items()}
@@ -56,7 +65,7 @@ class Harness:
         return {
             "metadata": {"namespace": NAMESPACE, "name": NAME, "generation": 1},
             "spec": self.spec,
-            "status": self.kube.statuses[-1] if self.kube.statuses else {},
+            "status": self.kube.stored,
         }
 
     async def reconcile(self, *, force_login: bool = False) -> Outcome:
@@ -66,7 +75,7 @@ class Harness:
         return outcome
 
     def condition(self, type_: str) -> tuple[str, str, str]:
-        found = {c["type"]: c for c in self.kube.statuses[-1]["conditions"]}[type_]
+        found = {c["type"]: c for c in self.kube.stored["conditions"]}[type_]
         return found["status"], found["reason"], found["message"]
 
 
@@ -95,12 +104,29 @@ async def harness() -> AsyncIterator[Harness]:
             await pool.aclose()
 
 
+# --- quiet status (issue 10) -------------------------------------------------------------------
+
+
+async def test_a_revalidation_that_changes_nothing_writes_no_status(harness: Harness) -> None:
+    assert (await harness.reconcile(force_login=True)).ready
+    first = harness.kube.stored
+    assert "lastValidatedAt" not in first  # a heartbeat: the metrics say when it last ran
+    for _ in range(3):
+        assert (await harness.reconcile()).ready
+    assert harness.fake.count(r"/api/v1/projects$") >= 3  # each re-validation asked the instance
+    assert len(harness.kube.statuses) == 1 and harness.kube.stored == first
+    harness.kube.put("identity", {"clientId": CLIENT_ID, "clientSecret": "wrong"})
+    assert not (await harness.reconcile(force_login=True)).ready
+    assert len(harness.kube.statuses) == 2  # a change is written
+    assert harness.condition("Ready")[:2] == ("False", "InvalidCredentials")
+
+
 # --- rate limiting (issue 8, item 7) -------------------------------------------------------------
 
 
 async def test_a_429_at_validation_keeps_a_ready_connection_ready(harness: Harness) -> None:
     assert (await harness.reconcile(force_login=True)).ready
-    validated_at = harness.kube.statuses[-1]["lastValidatedAt"]
+    since = harness.kube.stored["conditions"][0]["lastTransitionTime"]
     harness.fake.inject(Fault("status", ".*", status=429, retry_after=30, times=1))
     outcome = await harness.reconcile()
     assert harness.fake.count(status=429) == 1
@@ -109,8 +135,8 @@ async def test_a_429_at_validation_keeps_a_ready_connection_ready(harness: Harne
     assert (status, reason) == ("True", "ValidationDeferred")
     assert "rate limit" in message and "deferred" in message
     assert harness.condition("CredentialsValid")[:2] == ("True", "ValidationDeferred")
-    assert harness.kube.statuses[-1]["lastValidatedAt"] == validated_at  # nothing was validated
-    assert harness.kube.statuses[-1]["tokenExpiresAt"]
+    assert harness.kube.stored["conditions"][0]["lastTransitionTime"] == since  # still Ready
+    assert harness.kube.stored["tokenExpiresAt"]
     assert harness.events == [("Normal", "Ready")]  # no Warning
     assert harness.reconciler.session(NAMESPACE, NAME) is not None  # SecretSyncs go on
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from infisical_sync.connection import Outcome
 from infisical_sync.kube import KubeUnavailable
@@ -22,7 +23,7 @@ from infisical_sync.scheduler import (
     kick_reason,
     observe,
 )
-from infisical_sync.sync import CycleResult, SyncFailed
+from infisical_sync.sync import SYNC_REQUESTED_AT, CycleResult, SyncFailed
 
 SYNC = ("SecretSync", "ns", "sync")
 CONNECTION = ("InfisicalConnection", "ns", "conn")
@@ -97,6 +98,7 @@ class FakeEngine:
     removal_bodies: list[Mapping[str, Any]] = field(default_factory=list)
     forgotten: list[str] = field(default_factory=list)
     removal_error: SyncFailed | None = None
+    writing: bool = False  # whether cycles write (and so mark the status Running first)
 
     async def run(
         self,
@@ -107,6 +109,8 @@ class FakeEngine:
         on_writing: Callable[[], Awaitable[None]] | None = None,
     ) -> CycleResult:
         self.runs.append(previous_status)
+        if self.writing and on_writing is not None:
+            await on_writing()
         result = self.results.pop(0) if self.results else ok()
         if isinstance(result, Exception):
             raise result
@@ -354,10 +358,135 @@ async def test_the_status_last_written_is_passed_to_the_next_cycle(harness: Harn
     await harness.sleeping(2)
     assert harness.engine.runs[0] is None
     assert harness.engine.runs[1] == {"syncStatus": "Succeeded", "managedKeys": ["A"]}
+    assert harness.status.patches == [{"syncStatus": "Succeeded", "managedKeys": ["A"]}]
+
+
+# --- quiet status (issue 10) --------------------------------------------------------------------
+
+
+async def cycles(harness: Harness, body: dict[str, Any], count: int) -> asyncio.Task[None]:
+    """Start the loop and let `count` timer cycles run."""
+    task = harness.start(harness.scheduler.run_secretsync("ns", "sync", body, harness.stopped))
+    for number in range(1, count + 1):
+        delay = await harness.sleeping(number)
+        if number < count:
+            harness.clock.advance(delay)
+    assert len(harness.engine.runs) == count
+    return task
+
+
+async def test_a_cycle_with_the_same_outcome_writes_no_status(harness: Harness) -> None:
+    harness.engine.results = [ok(managedKeys=["A"]), ok(managedKeys=["A"]), ok(managedKeys=["B"])]
+    await cycles(harness, sync_body(), 3)
     assert harness.status.patches == [
         {"syncStatus": "Succeeded", "managedKeys": ["A"]},
-        {"syncStatus": "Succeeded"},
+        {"managedKeys": ["B"]},  # only what changed
     ]
+
+
+async def test_a_restart_that_finds_the_status_as_it_was_writes_nothing(harness: Harness) -> None:
+    body = sync_body()
+    body["status"] = {"syncStatus": "Succeeded", "managedKeys": ["A"], "observedGeneration": 1}
+    harness.engine.results = [ok(managedKeys=["A"], lastSyncAttemptAt=None)]
+    await cycles(harness, body, 1)
+    assert harness.status.patches == []
+
+
+async def test_a_writing_cycle_is_running_then_shows_its_outcome(harness: Harness) -> None:
+    harness.engine.writing = True
+    body = sync_body()
+    body["status"] = {"syncStatus": "Succeeded"}
+    await cycles(harness, body, 2)
+    assert harness.status.patches == [{"syncStatus": "Running"}, {"syncStatus": "Succeeded"}] * 2
+
+
+async def test_after_a_cycle_cut_short_the_next_writes_its_whole_status(
+    harness: Harness,
+) -> None:
+    """The stored status is not known then (a patch that timed out may have been applied)."""
+    harness.engine.writing = True
+    harness.engine.results = [RuntimeError("boom"), ok(), ok()]
+    body = sync_body()
+    body["status"] = {"syncStatus": "Succeeded"}
+    task = await cycles(harness, body, 1)
+    harness.engine.writing = False
+    harness.clock.advance(await harness.sleeping(1))  # a failure's back-off
+    harness.clock.advance(await harness.sleeping(2))
+    await harness.sleeping(3)
+    assert harness.status.patches == [{"syncStatus": "Running"}, {"syncStatus": "Succeeded"}]
+    assert not task.done()
+
+
+async def test_a_sync_request_is_acknowledged_in_status_once(harness: Harness) -> None:
+    body = sync_body()
+    body["metadata"]["annotations"] = {SYNC_REQUESTED_AT: "r1"}
+    harness.scheduler.on_secretsync_event("ADDED", "ns", "sync", body)
+    await cycles(harness, body, 2)
+    assert harness.status.patches == [{"syncStatus": "Succeeded", "lastHandledRequest": "r1"}]
+    body["metadata"]["annotations"] = {SYNC_REQUESTED_AT: "r2"}  # kopf's body is live
+    harness.scheduler.on_secretsync_event("MODIFIED", "ns", "sync", body)
+    await harness.sleeping(3)
+    assert harness.status.patches[1:] == [{"lastHandledRequest": "r2"}]
+
+
+def sample(metric: str, kind: str, name: str) -> float | None:
+    labels = {"kind": kind, "namespace": "ns", "name": name}
+    return REGISTRY.get_sample_value(metric, labels)
+
+
+LAST_CYCLE = "infisical_sync_last_cycle_timestamp_seconds"
+LAST_SUCCESS = "infisical_sync_last_success_timestamp_seconds"
+
+
+async def test_every_cycle_shows_in_the_metrics_until_the_object_goes(harness: Harness) -> None:
+    synced = [{"type": "Synced", "status": "True"}]
+    harness.engine.results = [ok(conditions=synced), failed()]
+    task = await cycles(harness, sync_body(), 1)
+    first_cycle = sample(LAST_CYCLE, "SecretSync", "sync")
+    succeeded = sample(LAST_SUCCESS, "SecretSync", "sync")
+    assert first_cycle is not None and succeeded is not None
+    harness.clock.advance(await harness.sleeping(1))
+    await harness.sleeping(2)
+    assert sample(LAST_SUCCESS, "SecretSync", "sync") == succeeded  # a failure is no success
+    assert (sample(LAST_CYCLE, "SecretSync", "sync") or 0) >= first_cycle
+    harness.stopped.set()  # deleted (or the operator stops): its series go
+    await task
+    assert sample(LAST_CYCLE, "SecretSync", "sync") is None
+    assert sample(LAST_SUCCESS, "SecretSync", "sync") is None
+
+
+async def test_a_cycle_that_leaves_a_synced_status_as_it_was_is_a_success(
+    harness: Harness,
+) -> None:
+    body = sync_body()
+    body["status"] = {
+        "syncStatus": "Succeeded",
+        "conditions": [{"type": "Synced", "status": "True"}],
+    }
+    harness.engine.results = [CycleResult({}, ok=True)]  # e.g. resumed: the outcome is the last one
+    await cycles(harness, body, 1)
+    assert harness.status.patches == []
+    assert sample(LAST_SUCCESS, "SecretSync", "sync") is not None
+
+
+async def test_every_validation_shows_in_the_metrics_until_the_connection_goes(
+    harness: Harness,
+) -> None:
+    harness.connections.outcomes = [Outcome(True, "Validated", "ok"), Outcome(False, "Down", "x")]
+    task = harness.start(
+        harness.scheduler.run_connection("ns", "conn", {}, harness.stopped, dependents=list)
+    )
+    harness.clock.advance(await harness.sleeping(1))
+    succeeded = sample(LAST_SUCCESS, "InfisicalConnection", "conn")
+    assert succeeded is not None
+    await harness.sleeping(2)
+    assert len(harness.connections.logins) == 2
+    assert sample(LAST_CYCLE, "InfisicalConnection", "conn") is not None
+    assert sample(LAST_SUCCESS, "InfisicalConnection", "conn") == succeeded
+    harness.stopped.set()
+    await task
+    assert sample(LAST_CYCLE, "InfisicalConnection", "conn") is None
+    assert sample(LAST_SUCCESS, "InfisicalConnection", "conn") is None
 
 
 async def test_manual_sync_runs_at_start_and_on_request_only(harness: Harness) -> None:

@@ -8,9 +8,11 @@ from typing import Any, cast
 
 import pytest
 
+from infisical_sync.conditions import timestamp
 from infisical_sync.connection import ConnectionReconciler
 from infisical_sync.kube import Kube
 from infisical_sync.planner import Plan
+from infisical_sync.status_patch import merge_patch, status_patch
 from infisical_sync.sync import SyncEngine
 from infisical_sync.sync_status import (
     DESTINATION_READ,
@@ -221,3 +223,50 @@ async def test_a_failing_sync_logs_one_warning_then_stays_quiet(
         "SecretSync ns/sync failed: ConnectionNotReady: InfisicalConnection ns/dest is not Ready:"
         " not validated yet (or does not exist)"
     )
+
+
+# --- quiet status (issue 10) --------------------------------------------------------------------
+
+LATER = NOW + dt.timedelta(minutes=5)
+EVEN_LATER = NOW + dt.timedelta(minutes=10)
+
+
+def test_a_sync_that_changes_nothing_leaves_the_status_as_it_was() -> None:
+    first = succeeded_status(
+        {}, 1, NOW, Plan(create={"A": "1"}, managed_after=["A"]), READ, dry_run=False
+    )
+    idle = Plan(unchanged=["A"], managed_after=["A"])
+    second = merge_patch(first, succeeded_status(first, 1, LATER, idle, READ, dry_run=False))
+    assert second["lastSyncedAt"] == timestamp(NOW)  # nothing was synced: no new time
+    assert "lastSyncAttemptAt" not in second  # a heartbeat: liveness is in the metrics
+    assert (
+        status_patch(second, succeeded_status(second, 1, EVEN_LATER, idle, READ, dry_run=False))
+        == {}
+    )
+
+
+def test_lastsyncedat_moves_when_keys_are_written_or_the_sync_recovers() -> None:
+    before = {"syncStatus": "Succeeded", "lastSyncedAt": "x"}
+    wrote = succeeded_status(before, 1, LATER, Plan(update={"A": "2"}), READ, dry_run=False)
+    assert wrote["lastSyncedAt"] == timestamp(LATER)
+    recovered = {**before, "syncStatus": "Failed"}
+    idle = succeeded_status(recovered, 1, LATER, Plan(unchanged=["A"]), READ, dry_run=False)
+    assert idle["lastSyncedAt"] == timestamp(LATER)
+
+
+def test_a_failure_that_repeats_itself_writes_nothing() -> None:
+    def failure(at: dt.datetime, previous: dict[str, Any]) -> dict[str, Any]:
+        return failed_status(
+            previous,
+            1,
+            at,
+            condition="DestinationReady",
+            reason="Forbidden",
+            message="no access",
+            described={"source": "secret:app"},
+        )
+
+    first = merge_patch({"lastSyncAttemptAt": "old"}, failure(NOW, {}))
+    assert "lastSyncAttemptAt" not in first  # cleared from a status an older version wrote
+    assert status_patch(first, failure(LATER, first)) == {}
+    assert status_patch(first, suspended_status(first, 1, LATER, {})) != {}
