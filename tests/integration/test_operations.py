@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -28,8 +29,16 @@ def get(port: int, path: str) -> tuple[int, str]:
         return response.status, response.read().decode()
 
 
+def answered(port: int, path: str) -> tuple[int, str] | None:
+    """The answer, or None while nothing listens yet (the operator may have just started)."""
+    try:
+        return get(port, path)
+    except urllib.error.URLError:  # connection refused
+        return None
+
+
 def test_liveness_endpoint(operator: OperatorProcess) -> None:
-    status, body = get(operator.health_port, "/healthz")
+    status, body = wait_for(lambda: answered(operator.health_port, "/healthz"))
     assert status == 200
     assert "now" in json.loads(body)
 
