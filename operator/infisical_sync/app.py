@@ -54,6 +54,7 @@ registry = kopf.OperatorRegistry()
 class OperatorMemo(kopf.Memo):
     settings: Settings  # set by run_operator before kopf starts
     pool: ClientPool
+    kube: Kube
     scheduler: Scheduler
     events: EventPoster
     secret_watches: SecretWatches
@@ -94,8 +95,12 @@ async def startup(
     config: Settings = memo.settings
     if config.metrics_port:
         start_http_server(config.metrics_port)
-    api_client = await asyncio.to_thread(load_api_client)
-    kube = Kube(api_client, KubeTimeouts(config.kube_connect_timeout, config.kube_request_timeout))
+    api_client = await asyncio.to_thread(load_api_client, config.kube_concurrency)
+    kube = Kube(
+        api_client,
+        KubeTimeouts(config.kube_connect_timeout, config.kube_request_timeout),
+        concurrency=config.kube_concurrency,
+    )
     pool = ClientPool(
         TransportOptions(
             concurrency=config.concurrency_per_connection,
@@ -116,6 +121,7 @@ async def startup(
         kube, connections, post_event=events, cluster_id=await _cluster_id(config, kube)
     )
     memo.pool = pool
+    memo.kube = kube
     memo.events = events
     memo.scheduler = Scheduler(engine=engine, connections=connections, status=kube)
     # Secrets are not watched by kopf (it would hold every Secret's data): our own watch sees
@@ -183,6 +189,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     pool: ClientPool | None = getattr(memo, "pool", None)
     if pool is not None:
         await pool.aclose()
+    kube: Kube | None = getattr(memo, "kube", None)
+    if kube is not None:
+        kube.close()
 
 
 @kopf.on.probe(id="now", registry=registry)

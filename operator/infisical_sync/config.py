@@ -38,6 +38,9 @@ class Settings(BaseModel):
         default=30.0, gt=0, description="seconds a Kubernetes API call may wait for its answer"
     )
     kube_connect_timeout: float = Field(default=10.0, gt=0)
+    kube_concurrency: int = Field(
+        default=32, ge=1, le=256, description="Kubernetes API calls the operator makes at once"
+    )
     peering: bool = Field(default=False, description="use kopf peering (several replicas)")
     cluster_id: str = Field(
         default="",

@@ -17,6 +17,7 @@ import datetime
 import json
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -75,7 +76,12 @@ class SecretData:
         return f"SecretData(name={self.name!r}, keys={sorted(self.data)})"
 
 
-def load_api_client() -> client.ApiClient:
+# Kubernetes calls in flight at once (worker threads and pooled connections): a burst of source
+# edits needs about three calls per writing sync, and asyncio's default pool has cores + 4.
+DEFAULT_KUBE_CONCURRENCY = 32
+
+
+def load_api_client(concurrency: int = DEFAULT_KUBE_CONCURRENCY) -> client.ApiClient:
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
@@ -83,6 +89,8 @@ def load_api_client() -> client.ApiClient:
     configuration = client.Configuration.get_default_copy()
     # Connecting is retried; a request that got no answer in time is not sent again.
     configuration.retries = urllib3.Retry(total=2, connect=2, read=0, redirect=0, status=0)
+    # One pooled connection per worker thread: more threads than connections would queue.
+    configuration.connection_pool_maxsize = concurrency
     return client.ApiClient(configuration)
 
 
@@ -101,15 +109,27 @@ def _secret_data(body: dict[str, Any]) -> SecretData:
 
 
 class Kube:
-    def __init__(self, api_client: client.ApiClient, timeouts: KubeTimeouts | None = None) -> None:
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        timeouts: KubeTimeouts | None = None,
+        concurrency: int = DEFAULT_KUBE_CONCURRENCY,
+    ) -> None:
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self.timeouts = timeouts or KubeTimeouts()
         self._timeout = (self.timeouts.connect, self.timeouts.read)  # per call: _request_timeout
+        # Its own workers: the synchronous client must not queue behind anything else that uses
+        # asyncio's default pool, nor be limited to its few threads.
+        self._workers = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="kube")
+
+    def close(self) -> None:
+        """At shutdown: no new calls; the ones under way end within their timeouts."""
+        self._workers.shutdown(wait=False, cancel_futures=True)
 
     async def _call(self, what: str, call: Callable[[], _T]) -> _T:
         try:
-            return await asyncio.to_thread(call)
+            return await asyncio.get_running_loop().run_in_executor(self._workers, call)
         except ApiException as exc:
             if exc.status is not None and (exc.status >= 500 or exc.status == 429):
                 raise _unavailable(what, exc, self.timeouts) from None

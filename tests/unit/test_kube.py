@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.server
 import socket
@@ -92,3 +93,18 @@ async def test_real_answers_stay_answers() -> None:
         with pytest.raises(ApiException) as raised:
             await kube_at(port).read_secret("ns", "app")
         assert raised.value.status == 403 and not isinstance(raised.value, KubeUnavailable)
+
+
+async def test_kubernetes_calls_run_many_at_once() -> None:
+    """A burst of syncs makes many Kubernetes calls at once; the synchronous client runs them on
+    the adapter's own workers, not asyncio's default pool of cores + 4 threads. Twenty calls
+    that each wait for all the others complete only if twenty run together."""
+    together = threading.Barrier(20, timeout=10)  # a deadlock guard, not a timing assertion
+    kube = Kube(client.ApiClient(client.Configuration()), concurrency=32)
+    try:
+        results = await asyncio.gather(
+            *(kube._call("test", together.wait) for _ in range(20)), return_exceptions=True
+        )
+    finally:
+        kube.close()
+    assert not [r for r in results if isinstance(r, BaseException)]
