@@ -32,8 +32,11 @@ def _operator_version() -> str:
         return "unknown"
 
 
-# Another version may plan differently: its first cycle after an upgrade is a full one.
-OPERATOR_VERSION = _operator_version()
+# Another version may plan differently: its first cycle after an upgrade is a full one. The
+# package version alone is not enough (development builds keep one number): PLANNER_REVISION is
+# raised with every change to what a cycle plans or records.
+PLANNER_REVISION = 1
+OPERATOR_VERSION = f"{_operator_version()}+planner.{PLANNER_REVISION}"
 
 
 @dataclass(frozen=True)
@@ -106,15 +109,18 @@ def inputs_digest(
     requested_at: str | None,
     source_versions: Mapping[str, str],
     cluster_id: str,
+    owner_uid: str = "",
     operator_version: str = OPERATOR_VERSION,
 ) -> str:
-    """Everything besides the destination that a cycle's outcome depends on."""
+    """Everything besides the destination that a cycle's outcome depends on (the owner's UID
+    too: an object restored from a backup is another owner with the same name)."""
     described = json.dumps(
         {
             "generation": generation,
             "requestedAt": requested_at,
             "source": dict(sorted(source_versions.items())),
             "clusterId": cluster_id,
+            "ownerUid": owner_uid,
             "operator": operator_version,
         },
         sort_keys=True,

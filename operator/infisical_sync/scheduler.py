@@ -466,6 +466,9 @@ class Scheduler:
                 interval = sync_interval(spec)
                 delay = interval
                 if follows(spec, reasons, owed=owed):
+                    # Waiting for Ready while the cycle runs: a connection that becomes Ready
+                    # meanwhile kicks it (at worst one more cycle), never silently passes it by.
+                    self.awaiting_ready.add(key)
                     result = await self._sync(key, body, state)
                     metrics.cycle_ended(*key, succeeded=in_sync(result, state.written))
                     owed = result is None or not result.ok

@@ -157,6 +157,9 @@ class SecretWatch:
     listed: asyncio.Event = field(default_factory=asyncio.Event)  # the first list is in
     _known: Known = field(default_factory=dict)
     _failing: bool = False
+    # The newest resourceVersion a stream delivered: a stream that breaks resumes from there,
+    # not from where it began (which would deliver its events twice, or expire sooner).
+    _seen_version: str | None = None
 
     @property
     def path(self) -> str:
@@ -176,6 +179,7 @@ class SecretWatch:
             try:
                 if version is None:
                     version = await self._relist()
+                self._seen_version = version
                 version = await self._watch(version)
                 failures = 0
                 self._recovered()
@@ -185,6 +189,8 @@ class SecretWatch:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if version is not None:
+                    version = self._seen_version or version
                 failures += 1
                 self._failed(exc)
                 await self.sleep(min(self.timeouts.backoff_cap, 0.5 * 2 ** (failures - 1)))
@@ -257,6 +263,7 @@ class SecretWatch:
             async for line in response.aiter_lines():
                 if line.strip():
                     version = self._handle(json.loads(line)) or version
+                    self._seen_version = version
         return version
 
     def _handle(self, event: Mapping[str, Any]) -> str | None:

@@ -374,7 +374,12 @@ class SyncEngine:
         else:
             known.append(source_condition(source.facts()))
         inputs = self._inputs(
-            spec, source, cache, meta_generation=generation, annotations=annotations
+            spec,
+            source,
+            cache,
+            meta_generation=generation,
+            annotations=annotations,
+            owner_uid=owner.uid,
         )
         # The destination is read even when the source cannot be: DestinationReady then says
         # what it is now (its connection became Ready, say), not what an earlier cycle saw.
@@ -636,6 +641,7 @@ class SyncEngine:
         *,
         meta_generation: int | None,
         annotations: Mapping[str, str],
+        owner_uid: str,
     ) -> str | None:
         """The digest of what the outcome depends on besides the destination; None when the
         source does not tell its versions (or was not read whole): then every cycle plans."""
@@ -654,6 +660,7 @@ class SyncEngine:
             requested_at=annotations.get(SYNC_REQUESTED_AT),
             source_versions=versions,
             cluster_id=self.cluster_id,
+            owner_uid=owner_uid,
         )
 
     async def _read_source(

@@ -89,6 +89,7 @@ def test_an_etag_is_never_sent_to_another_place(place: dict[str, Any]) -> None:
         {"source_versions": kubernetes_versions({"app": "101"})},  # a selector matches fewer
         {"source_versions": kubernetes_versions({"app": "101", "db": "7", "new": "1"})},
         {"cluster_id": "cluster-b"},  # another owner identity
+        {"owner_uid": "uid-restored"},  # the object was deleted and restored (same name)
         {"operator_version": "1.1.0"},  # another planner
     ],
 )

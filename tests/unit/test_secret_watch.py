@@ -47,7 +47,7 @@ class ScriptedServer:
     (in order: a list of lines, or an exception to raise); records every request."""
 
     pages: list[httpx.Response]
-    streams: list[list[bytes] | Exception]
+    streams: list[list[bytes | Exception] | Exception]  # an exception in a stream: it breaks
     requests: list[httpx.Request] = field(default_factory=list)
     exhausted: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -64,6 +64,8 @@ class ScriptedServer:
 
         async def lines() -> AsyncIterator[bytes]:
             for line in script:
+                if isinstance(line, Exception):
+                    raise line
                 yield line
 
         return httpx.Response(200, content=lines())
@@ -218,6 +220,19 @@ async def test_a_broken_connection_resumes_from_the_last_version_without_a_list(
         "11",
         "12",
     ]
+
+
+async def test_a_stream_that_breaks_midway_resumes_after_what_it_delivered() -> None:
+    server = ScriptedServer(
+        pages=[listing(version="10")],
+        streams=[
+            [event("ADDED", item("a", "11")), httpx.ReadError("reset")],
+            [event("MODIFIED", item("a", "12"))],
+        ],
+    )
+    seen = await run_until_quiet(server)
+    assert changes(seen) == [("ADDED", "a"), ("MODIFIED", "a")]  # nothing delivered twice
+    assert [r.url.params["resourceVersion"] for r in server.watches()] == ["10", "11", "12"]
 
 
 async def test_a_failing_list_is_retried(caplog: pytest.LogCaptureFixture) -> None:
