@@ -54,6 +54,8 @@ class WatchTimeouts:
     server: int = 60  # the API server ends each watch after this long; it is resumed at once
     idle: float = 90.0  # no byte (not even a bookmark) for this long: the stream is dead
     backoff_cap: float = 30.0
+    # A stream that ends empty this soon was cut (a proxy closing watches): not reopened at once.
+    short_stream: float = 1.0
 
 
 class WatchGone(Exception):
@@ -160,6 +162,9 @@ class SecretWatch:
     # The newest resourceVersion a stream delivered: a stream that breaks resumes from there,
     # not from where it began (which would deliver its events twice, or expire sooner).
     _seen_version: str | None = None
+    # The first list failed at least once: changes made meanwhile were never announced.
+    _missed_start: bool = False
+    _lines: int = 0  # lines the current stream delivered
 
     @property
     def path(self) -> str:
@@ -180,7 +185,15 @@ class SecretWatch:
                 if version is None:
                     version = await self._relist()
                 self._seen_version = version
+                opened = asyncio.get_running_loop().time()
                 version = await self._watch(version)
+                cut = asyncio.get_running_loop().time() - opened < self.timeouts.short_stream
+                if cut and not self._lines:
+                    # Ended at once with nothing said: a proxy cutting watches. Back off as
+                    # for a failure rather than reconnect in a tight loop.
+                    failures += 1
+                    await self.sleep(min(self.timeouts.backoff_cap, 0.5 * 2 ** (failures - 1)))
+                    continue
                 failures = 0
                 self._recovered()
             except WatchGone:
@@ -199,6 +212,8 @@ class SecretWatch:
         """An outage is DEBUG (every object reports it once already); a refusal is a WARNING
         once (RBAC or credentials: nobody else would say why Secret changes go unnoticed)."""
         problem = _describe(exc)
+        if not self.listed.is_set():
+            self._missed_start = True
         refused = isinstance(exc, WatchFailed) and exc.status in (401, 403)
         if refused and not self._failing:
             self._failing = True
@@ -217,6 +232,11 @@ class SecretWatch:
         if self.listed.is_set():
             for change, secret in differences(self._known, metas):
                 self._deliver(change, secret)
+        elif self._missed_start:
+            # The first list came only after failures: whatever changed meanwhile was never
+            # announced, so every Secret counts as changed (cheap: indexed lookups).
+            for secret in metas:
+                self._deliver("MODIFIED", secret)
         self._known = {(m.namespace, m.name): m.resource_version for m in metas}
         self.listed.set()
         self._recovered()
@@ -260,7 +280,9 @@ class SecretWatch:
             if response.status_code != 200:
                 raise WatchFailed(response.status_code)
             self._recovered()
+            self._lines = 0
             async for line in response.aiter_lines():
+                self._lines += 1
                 if line.strip():
                     version = self._handle(json.loads(line)) or version
                     self._seen_version = version

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,7 +89,9 @@ async def no_sleep(_: float) -> None:
 
 
 async def run_until_quiet(
-    server: ScriptedServer, namespace: str | None = "ns"
+    server: ScriptedServer,
+    namespace: str | None = "ns",
+    sleep: Callable[[float], Awaitable[None]] = no_sleep,
 ) -> list[tuple[str, SecretMeta]]:
     """Run a watch until the server has nothing more to say; the events it delivered."""
     seen: list[tuple[str, SecretMeta]] = []
@@ -100,7 +102,7 @@ async def run_until_quiet(
         namespace,
         WatchTimeouts(server=5),
         page_size=2,
-        sleep=no_sleep,
+        sleep=sleep,
     )
     task = asyncio.create_task(watch.run())
     await asyncio.wait_for(server.exhausted.wait(), timeout=5)
@@ -244,6 +246,33 @@ async def test_a_failing_list_is_retried(caplog: pytest.LogCaptureFixture) -> No
     assert len(server.lists()) == 3
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings == ["cannot watch Secrets in ns: the API server answered 403"]
+
+
+async def test_a_first_list_after_failures_announces_every_secret() -> None:
+    """Changes made while the first list kept failing were never seen: all count as changed."""
+    server = ScriptedServer(
+        pages=[httpx.Response(503), listing(item("a", "5"), item("b", "6"), version="10")],
+        streams=[],
+    )
+    seen = await run_until_quiet(server)
+    assert changes(seen) == [("MODIFIED", "a"), ("MODIFIED", "b")]
+
+
+async def test_streams_cut_at_once_are_reopened_with_a_back_off() -> None:
+    """A proxy that closes every watch at once must not turn the watch into a tight loop."""
+    waits: list[float] = []
+
+    async def recorded(seconds: float) -> None:
+        waits.append(seconds)
+        await asyncio.sleep(0)
+
+    server = ScriptedServer(
+        pages=[listing(version="10")],
+        streams=[[], [], [event("ADDED", item("a", "11"))]],
+    )
+    seen = await run_until_quiet(server, sleep=recorded)
+    assert waits == [0.5, 1.0]
+    assert changes(seen) == [("ADDED", "a")]
 
 
 async def test_a_failing_reader_does_not_stop_the_watch() -> None:
