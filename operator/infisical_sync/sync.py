@@ -72,6 +72,7 @@ from infisical_sync.sync_status import (
     DESTINATION_READ,
     approval_status,
     failed_status,
+    ledger_shown,
     source_condition,
     succeeded_status,
     summary,
@@ -990,7 +991,9 @@ class SyncEngine:
                 known=known,
             )
         if failure.managed_keys is not None:
-            status["managedKeys"] = failure.managed_keys
+            status["managedKeys"] = ledger_shown(
+                failure.managed_keys, previous.get("ownershipTracking")
+            )
         return CycleResult(
             status, ok=False, retryable=failure.retryable, retry_after=failure.retry_after
         )

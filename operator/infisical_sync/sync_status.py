@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,21 @@ SUSPENDED_MESSAGE = "suspended: spec.suspend is true"
 # Fields of older versions that moved on every cycle (a heartbeat: an etcd write each time).
 # null removes them from a stored status (merge patch); a status without them is not written.
 RETIRED: dict[str, Any] = {"lastSyncAttemptAt": None}
+# Key names shown per status list: status stays small at any number of keys (etcd's request
+# limit is 1.5 MiB); status.keyCounts has the totals. The ledger (managedKeys) is shown in full
+# where it is what tells ownership (servers without secretMetadata).
+SHOWN_NAMES = 100
+
+
+def shown(names: Iterable[str]) -> list[str]:
+    return sorted(names)[:SHOWN_NAMES]
+
+
+def ledger_shown(keys: Iterable[str], tracking: str | None) -> list[str]:
+    """status.managedKeys: in full unless every key carries its owner (then it only informs)."""
+    return shown(keys) if tracking == "Metadata" else sorted(keys)
+
+
 DESTINATION_READ = Condition("DestinationReady", "True", "DestinationRead", "destination listed")
 
 
@@ -146,27 +161,36 @@ def succeeded_status(
         "conditions": conditions,
         "lastSyncMessage": message[:1024],
         "plan": {
-            "create": sorted(result.create),
-            "update": sorted(result.update),
-            "delete": sorted(result.delete),
+            "create": shown(result.create),
+            "update": shown(result.update),
+            "delete": shown(result.delete),
             "unchanged": len(result.unchanged),
         },
-        "conflicts": sorted(result.conflicts),
+        "conflicts": shown(result.conflicts),
+        "keyCounts": {
+            "create": len(result.create),
+            "update": len(result.update),
+            "delete": len(result.delete),
+            "conflicts": len(result.conflicts),
+            "skipped": len(skipped),
+            "held": len(result.held_deletes),
+        },
         # null clears what an earlier cycle held (status is merge-patched)
         "heldDeletes": (
             {
-                "keys": sorted(result.held_deletes),
+                "keys": shown(result.held_deletes),
                 "reason": result.hold_reason[:1024],
                 **({"id": result.held_id, "since": result.held_since} if result.held_id else {}),
             }
             if result.held_deletes
             else None
         ),
-        "skippedKeys": [f"{k}: {v}" for k, v in sorted(skipped.items())],
+        "skippedKeys": [f"{k}: {v}" for k, v in sorted(skipped.items())][:SHOWN_NAMES],
         **ownership_tracking(
             instance_tracking if result.metadata_tracking is None else result.metadata_tracking
         ),
     }
+    tracking = status.get("ownershipTracking") or previous.get("ownershipTracking")
     if dry_run:
         status["syncStatus"] = previous.get("syncStatus") or "Pending"
         return status
@@ -175,10 +199,11 @@ def succeeded_status(
         {
             "syncStatus": "Failed" if failed else "Succeeded",
             "syncedKeys": result.synced_keys,
-            "managedKeys": result.managed_after,
+            "managedKeys": ledger_shown(result.managed_after, tracking),
             "pendingApproval": None,  # nothing left to write: no request is waited for
         }
     )
+    status["keyCounts"]["managed"] = len(result.managed_after)
     if not previous.get("lastSyncedAt") or (
         not failed and (result.writes > 0 or previous.get("syncStatus") != "Succeeded")
     ):
@@ -263,9 +288,9 @@ def approval_status(
     )
     status["pendingApproval"] = pending.status()
     status["plan"] = {
-        "create": sorted(result.create),
-        "update": sorted(result.update),
-        "delete": sorted(result.delete),
+        "create": shown(result.create),
+        "update": shown(result.update),
+        "delete": shown(result.delete),
         "unchanged": len(result.unchanged),
     }
     return status

@@ -270,3 +270,35 @@ def test_a_failure_that_repeats_itself_writes_nothing() -> None:
     assert "lastSyncAttemptAt" not in first  # cleared from a status an older version wrote
     assert status_patch(first, failure(LATER, first)) == {}
     assert status_patch(first, suspended_status(first, 1, LATER, {})) != {}
+
+
+@pytest.mark.parametrize("tracking", [True, False])
+def test_status_stays_small_at_ten_thousand_keys(tracking: bool) -> None:
+    """Name lists are capped with totals in keyCounts; only the ledger a server without
+    secretMetadata depends on stays whole."""
+    import json
+
+    names = [f"SERVICE_{i:05d}_DATABASE_PASSWORD" for i in range(10_000)]
+    result = Plan(
+        create={name: "v" for name in names[:4000]},
+        update={name: "v" for name in names[4000:8000]},
+        conflicts={name: "owned by SecretSync ns/other" for name in names[8000:9000]},
+        managed_after=names[:8000],
+        metadata_tracking=tracking,
+    )
+    status = succeeded_status({}, 1, NOW, result, READ, dry_run=False)
+    assert status["keyCounts"] == {
+        "create": 4000,
+        "update": 4000,
+        "delete": 0,
+        "conflicts": 1000,
+        "skipped": 0,
+        "held": 0,
+        "managed": 8000,
+    }
+    assert len(status["plan"]["create"]) == len(status["conflicts"]) == 100
+    size = len(json.dumps(status))
+    if tracking:
+        assert len(status["managedKeys"]) == 100 and size <= 64 * 1024
+    else:
+        assert status["managedKeys"] == names[:8000]  # the ledger: ownership depends on it
