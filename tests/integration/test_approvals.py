@@ -3,16 +3,13 @@ operator process, the real control plane, the fake Infisical."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from tests.conftest import wait_for
-from tests.integration import test_secretsync as base
+from tests.integration import test_server_generations as generations
 from tests.integration.test_secretsync import (
     CANARY_VALUE,
-    CLIENT_ID,
-    CLIENT_SECRET,
     PROJECT,
     SYNCS,
     next_cycle,
@@ -22,21 +19,11 @@ from tests.integration.test_secretsync import (
 )
 from tests.kube_helpers import condition, create, event_reasons, put_secret, status
 
-from infisical_sync.testing.fake_infisical import BackgroundFake, FakeInfisical
-from infisical_sync.testing.fake_profiles import PROFILES
+from infisical_sync.testing.fake_infisical import FakeInfisical
 
 pytestmark = pytest.mark.controlplane
 Env = tuple[Any, str, FakeInfisical]
-env = base.env  # the SecretSync suite's fixture: a Ready connection to `fake`
-
-
-@pytest.fixture(params=sorted(PROFILES))
-def fake(request: pytest.FixtureRequest) -> Iterator[FakeInfisical]:
-    """Approval policies hold writes on every server generation."""
-    with BackgroundFake(FakeInfisical(profile=request.param)) as server:
-        server.state.add_project("payments", project_id=PROJECT)
-        server.state.add_identity(CLIENT_ID, CLIENT_SECRET, projects={PROJECT: {}})
-        yield server
+fake, env = generations.fake, generations.env  # on every server generation
 
 
 def synced(kube: Any, namespace: str) -> tuple[str, str] | None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from tests.conftest import OperatorProcess, wait_for
+from tests.integration import test_secretsync as base
 from tests.integration.test_secretsync import (
     CLIENT_ID,
     CLIENT_SECRET,
@@ -34,17 +35,15 @@ SLUG = "payments"
 
 
 @pytest.fixture(params=sorted(PROFILES))
-def server(request: pytest.FixtureRequest) -> Iterator[FakeInfisical]:
-    with BackgroundFake(FakeInfisical(profile=request.param)) as fake:
-        fake.state.add_project(SLUG, project_id=PROJECT)
-        fake.state.add_identity(CLIENT_ID, CLIENT_SECRET, projects={PROJECT: {}})
-        yield fake
+def fake(request: pytest.FixtureRequest) -> Iterator[FakeInfisical]:
+    """The fake answering as each server generation (the SecretSync suite's `env` uses it)."""
+    with BackgroundFake(FakeInfisical(profile=request.param)) as server:
+        server.state.add_project(SLUG, project_id=PROJECT)
+        server.state.add_identity(CLIENT_ID, CLIENT_SECRET, projects={PROJECT: {}})
+        yield server
 
 
-@pytest.fixture
-def env(operator: OperatorProcess, kube: Any, namespace: str, server: FakeInfisical) -> Env:
-    ready_connection(kube, namespace, server)
-    return kube, namespace, server
+env = base.env  # a Ready connection to `fake`
 
 
 def remote(fake: FakeInfisical, path: str) -> dict[str, str]:
