@@ -957,23 +957,28 @@ async def test_retryable_statuses(
 
 
 async def test_resets_and_hangs_are_retried_then_unreachable(fake: FakeInfisical) -> None:
-    transport = InstanceTransport(
-        fake.url,
-        allow_http=True,
-        options=TransportOptions(
-            max_attempts=2, backoff_base=0.01, request_timeout=0.3, connect_timeout=0.3
-        ),
+    # A reset is retried under a timeout generous enough for a loaded CI host (a 0.3 s read
+    # timeout once failed the retry itself); the hang needs the short one to end quickly.
+    patient = TransportOptions(max_attempts=2, backoff_base=0.01, request_timeout=5)
+    hasty = TransportOptions(
+        max_attempts=2, backoff_base=0.01, request_timeout=0.3, connect_timeout=0.3
     )
-    try:
-        session = InfisicalSession(transport, credentials())
-        await session.validate(force_login=True)
-        fake.inject(Fault("reset", r"/api/v4/secrets$", times=1))
-        await session.list_secrets(LOCATION)  # one reset, then success
-        fake.inject(Fault("hang", r"/api/v4/secrets$", times=2, delay=5))
-        with pytest.raises(Unreachable):
-            await session.list_secrets(LOCATION)
-    finally:
-        await transport.aclose()
+    for options in (patient, hasty):
+        transport = InstanceTransport(fake.url, allow_http=True, options=options)
+        try:
+            session = InfisicalSession(transport, credentials())
+            await session.validate(force_login=True)
+            if options is patient:
+                fake.inject(Fault("reset", r"/api/v4/secrets$", times=1))
+                await session.list_secrets(LOCATION)  # one reset, then success
+                statuses = [r.status for r in fake.log if r.path == "/api/v4/secrets"]
+                assert statuses[-1] == 200 and len(statuses) == 2
+            else:
+                fake.inject(Fault("hang", r"/api/v4/secrets$", times=2, delay=5))
+                with pytest.raises(Unreachable):
+                    await session.list_secrets(LOCATION)
+        finally:
+            await transport.aclose()
 
 
 async def test_unreachable_instance() -> None:
