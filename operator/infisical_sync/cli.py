@@ -8,6 +8,8 @@ import contextlib
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from infisical_sync.config import Settings
 from infisical_sync.instance_urls import parse_entry
 
@@ -85,18 +87,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         from infisical_sync.app import run_operator
 
-        settings = Settings.from_env(
-            namespaces=args.namespaces,
-            all_namespaces=args.all_namespaces,
-            log_format=args.log_format,
-            log_level=args.log_level,
-            metrics_port=args.metrics_port,
-            health_port=args.health_port,
-            concurrency_per_connection=args.concurrency_per_connection,
-            peering=args.peering,
-            cluster_id=args.cluster_id,
-            allowed_instance_urls=args.allowed_instance_urls,
-        )
+        try:
+            settings = Settings.from_env(
+                namespaces=args.namespaces,
+                all_namespaces=args.all_namespaces,
+                log_format=args.log_format,
+                log_level=args.log_level,
+                metrics_port=args.metrics_port,
+                health_port=args.health_port,
+                concurrency_per_connection=args.concurrency_per_connection,
+                peering=args.peering,
+                cluster_id=args.cluster_id,
+                allowed_instance_urls=args.allowed_instance_urls,
+            )
+        except ValidationError as exc:
+            for error in exc.errors():
+                where = ".".join(str(part) for part in error["loc"])
+                print(f"infisical-sync: {where}: {error['msg']}", file=sys.stderr)
+            return 2
         return run_operator(settings)
     if args.command in ("fake-infisical", "controlplane") and not _has_testing_extra():
         print(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
@@ -10,6 +11,7 @@ from pydantic import BaseModel, Field, field_validator
 from infisical_sync.instance_urls import AllowedInstances, parse_entry
 
 ENV_PREFIX = "INFISICAL_SYNC_"
+NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 class Settings(BaseModel):
@@ -50,6 +52,19 @@ class Settings(BaseModel):
     allowed_instance_urls: list[str] = Field(
         default_factory=list, description="Infisical instances connections may use; empty: any"
     )
+
+    @field_validator("namespaces")
+    @classmethod
+    def _namespace_names(cls, namespaces: list[str]) -> list[str]:
+        # Names only: the Secret watch and the chart's Roles are per namespace, so a kopf-style
+        # pattern (`team-*`, `!kube-system`) would be watched by kopf but not by them.
+        for namespace in namespaces:
+            if not NAMESPACE_NAME.fullmatch(namespace):
+                raise ValueError(
+                    f"{namespace!r} is not a namespace name (lowercase letters, digits and "
+                    "'-', at most 63 characters; patterns are not supported)"
+                )
+        return namespaces
 
     @field_validator("allowed_instance_urls")
     @classmethod

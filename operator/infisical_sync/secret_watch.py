@@ -86,13 +86,24 @@ class _ConfigurationAuth(httpx.Auth):
 
 
 def transport_for(configuration: client.Configuration) -> httpx.AsyncHTTPTransport:
-    """TLS as the kubernetes client is configured (kubeconfig or in-cluster): CA, client cert."""
-    verify: ssl.SSLContext | bool = False
-    if configuration.verify_ssl:
-        verify = ssl.create_default_context(cafile=configuration.ssl_ca_cert or None)
-        if configuration.cert_file:
-            verify.load_cert_chain(configuration.cert_file, configuration.key_file or None)
-    return httpx.AsyncHTTPTransport(verify=verify, proxy=configuration.proxy or None)
+    """TLS as the kubernetes client is configured (kubeconfig or in-cluster): CA, client cert.
+    `insecure-skip-tls-verify` skips checking the server only: the client cert is still sent."""
+    context = ssl.create_default_context(cafile=configuration.ssl_ca_cert or None)
+    if not configuration.verify_ssl:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if configuration.cert_file:
+        context.load_cert_chain(configuration.cert_file, configuration.key_file or None)
+    return httpx.AsyncHTTPTransport(verify=context, proxy=configuration.proxy or None)
+
+
+def _server_name_hook(name: str) -> Callable[[httpx.Request], Awaitable[None]]:
+    """kubeconfig's `tls-server-name`: the name sent in SNI and checked in the certificate."""
+
+    async def name_the_server(request: httpx.Request) -> None:
+        request.extensions["sni_hostname"] = name
+
+    return name_the_server
 
 
 def http_client_for(
@@ -102,12 +113,14 @@ def http_client_for(
 ) -> httpx.AsyncClient:
     """An HTTP client for the API server the kubernetes client is configured for: its URL,
     TLS and token (`transport`: a wrapper around transport_for's, in tests)."""
+    server_name = getattr(configuration, "tls_server_name", None)
     return httpx.AsyncClient(
         base_url=str(configuration.host),
         transport=transport or transport_for(configuration),
         auth=_ConfigurationAuth(configuration),
         trust_env=False,  # like the kubernetes client: only the configured proxy
         timeout=httpx.Timeout(timeouts.request, connect=timeouts.connect),
+        event_hooks={"request": [_server_name_hook(server_name)]} if server_name else None,
     )
 
 

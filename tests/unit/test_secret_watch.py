@@ -300,3 +300,87 @@ def test_differences() -> None:
     listed = [SecretMeta("ns", "a", {}, "1"), SecretMeta("ns", "c", {}, "3")]
     found = [(c, s.name) for c, s in differences(known, listed)]
     assert found == [("ADDED", "c"), ("DELETED", "b")]
+
+
+# --- TLS as the kubeconfig says -------------------------------------------------------------------
+
+
+@pytest.fixture
+async def mtls_server(tmp_path: Any) -> AsyncIterator[tuple[str, Any]]:
+    """An HTTPS server on loopback that requires a client certificate from its CA and presents
+    a certificate for the name `kube.test` only (not for 127.0.0.1)."""
+    import ssl
+
+    from aiohttp import web
+
+    from infisical_sync.testing.certs import CertificateAuthority
+
+    authority = CertificateAuthority()
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_bytes(authority.cert_pem)
+    server_cert, server_key = authority.issue_server(["kube.test"]).write(tmp_path, "server")
+    client_cert, client_key = authority.issue_client("operator").write(tmp_path, "client")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca_file))
+    context.load_cert_chain(server_cert, server_key)
+    context.verify_mode = ssl.CERT_REQUIRED
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response({"kind": "Status", "status": "Success"})
+
+    app = web.Application()
+    app.router.add_get("/version", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    files = {"ca": str(ca_file), "cert": str(client_cert), "key": str(client_key)}
+    try:
+        yield f"https://127.0.0.1:{port}", files
+    finally:
+        await runner.cleanup()
+
+
+def _configuration(host: str, **settings: Any) -> Any:
+    from kubernetes import client
+
+    configuration = client.Configuration()
+    configuration.host = host
+    for name, value in settings.items():
+        setattr(configuration, name, value)
+    return configuration
+
+
+async def _status(configuration: Any) -> int:
+    from infisical_sync.secret_watch import http_client_for
+
+    async with http_client_for(configuration, WatchTimeouts(request=5, connect=5)) as http:
+        return (await http.get("/version")).status_code
+
+
+async def test_client_certificate_is_sent_with_insecure_skip_tls_verify(
+    mtls_server: tuple[str, Any],
+) -> None:
+    host, files = mtls_server
+    configuration = _configuration(
+        host, verify_ssl=False, cert_file=files["cert"], key_file=files["key"]
+    )
+    assert await _status(configuration) == 200
+
+
+async def test_tls_server_name_is_the_name_checked(mtls_server: tuple[str, Any]) -> None:
+    host, files = mtls_server
+    checked = _configuration(
+        host,
+        ssl_ca_cert=files["ca"],
+        cert_file=files["cert"],
+        key_file=files["key"],
+        tls_server_name="kube.test",
+    )
+    assert await _status(checked) == 200
+    # Without it the certificate does not name 127.0.0.1: refused, as the kubernetes client would.
+    unnamed = _configuration(
+        host, ssl_ca_cert=files["ca"], cert_file=files["cert"], key_file=files["key"]
+    )
+    with pytest.raises(httpx.ConnectError):
+        await _status(unnamed)

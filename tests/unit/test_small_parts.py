@@ -137,3 +137,21 @@ def test_conditions_keep_transition_time_until_status_changes() -> None:
 )
 def test_retry_delay(failures: int, retry_after: float | None, expected: float) -> None:
     assert retry_delay(60, failures, retry_after) == expected
+
+
+def test_namespaces_are_names_not_patterns(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from infisical_sync import cli
+
+    assert Settings(namespaces=["team-a", "b2"]).namespaces == ["team-a", "b2"]
+    for wrong in ("team-*", "!kube-system", "Team-A", "-a", "a" * 64, ""):
+        with pytest.raises(ValidationError, match="not a namespace name"):
+            Settings(namespaces=[wrong])
+    with pytest.raises(ValidationError, match="not a namespace name"):
+        Settings.from_env({"INFISICAL_SYNC_NAMESPACES": "team-a,team-*"})
+    # The command line says what is wrong in one line instead of a traceback.
+    monkeypatch.setattr("infisical_sync.app.run_operator", lambda settings: 0)
+    assert cli.main(["run", "--namespace", "team-*"]) == 2
+    error = capsys.readouterr().err
+    assert "'team-*' is not a namespace name" in error and "Traceback" not in error
