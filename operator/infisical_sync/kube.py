@@ -191,6 +191,53 @@ class Kube:
 
         await self._call(f"writing Secret {namespace}/{name}", write)
 
+    async def read_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The ConfigMap's body as the API server sent it, or None when it does not exist."""
+
+        def read() -> dict[str, Any] | None:
+            try:
+                response = self.core.read_namespaced_config_map(
+                    name, namespace, _preload_content=False, _request_timeout=self._timeout
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+            body: dict[str, Any] = json.loads(cast(Any, response).data)
+            return body
+
+        return await self._call(f"reading ConfigMap {namespace}/{name}", read)
+
+    async def write_configmap(
+        self, namespace: str, body: dict[str, Any], resource_version: str | None
+    ) -> str:
+        """Create the ConfigMap (`resource_version` None) or replace the version read; returns
+        the new resourceVersion. A 409 (exists, or changed since) stays an ApiException."""
+        name = body["metadata"]["name"]
+        sent: Any = body  # the client takes plain dicts as well as its models
+
+        def write() -> str:
+            if resource_version is None:
+                response = self.core.create_namespaced_config_map(
+                    namespace, sent, _preload_content=False, _request_timeout=self._timeout
+                )
+            else:
+                versioned: Any = {
+                    **body,
+                    "metadata": {**body["metadata"], "resourceVersion": resource_version},
+                }
+                response = self.core.replace_namespaced_config_map(
+                    name,
+                    namespace,
+                    versioned,
+                    _preload_content=False,
+                    _request_timeout=self._timeout,
+                )
+            written: dict[str, Any] = json.loads(cast(Any, response).data)
+            return str(written["metadata"]["resourceVersion"])
+
+        return await self._call(f"writing ConfigMap {namespace}/{name}", write)
+
     async def namespace_uid(self, name: str) -> str:
         def read() -> str:
             namespace = self.core.read_namespace(name, _request_timeout=self._timeout)

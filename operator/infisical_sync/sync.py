@@ -14,8 +14,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
 from pydantic import SecretStr, ValidationError
 
+from infisical_sync import ledger as ledgers
 from infisical_sync import metrics
 from infisical_sync.approvals import (
     PendingApproval,
@@ -41,7 +43,8 @@ from infisical_sync.infisical.models import (
     SecretLocation,
     SecretWrite,
 )
-from infisical_sync.kube import Kube, WriteForbidden
+from infisical_sync.kube import Kube, KubeUnavailable, WriteForbidden
+from infisical_sync.ledger import LEDGER_UNAVAILABLE, LedgerRef, shown_ref
 from infisical_sync.planner import (
     ALLOW_MASS_DELETE,
     DestinationKey,
@@ -113,6 +116,10 @@ class SyncFailed(Exception):
         self.managed_keys = managed_keys
 
 
+class LedgerNameTaken(Exception):
+    """The ledger's ConfigMap name is taken by a ConfigMap that is not this SecretSync's."""
+
+
 class _Unchanged(Exception):
     """The destination answered 304 to the ETag status recorded, and nothing else the outcome
     depends on changed: the outcome is the last one."""
@@ -130,6 +137,10 @@ class _Cache:
     source: dict[str, str] | None = None
     source_at: tuple[str, str] | None = None  # (instance URL, the source spec)
     approval: PendingApproval | None = None  # the change request the current plan waits for
+    # The ledger last read from or written to its ConfigMap (digest, keys): not read again
+    # while status names the same digest. And the ConfigMap's (name, resourceVersion) then.
+    ledger: tuple[str, frozenset[str]] | None = None
+    ledger_version: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -332,10 +343,12 @@ class SyncEngine:
         except SyncFailed as failure:
             metrics.SYNCS.labels("failed").inc()
             result = self._failed(previous, generation, now, failure, described, known)
+            await self._keep_ledger(namespace, owner, previous, result.status)
             self._post_transitions(namespace, name, body, previous, result.status)
             return result
         finally:
             metrics.SYNC_DURATION.observe(time.monotonic() - started)
+        await self._keep_ledger(namespace, owner, previous, status)
         status.update(described if spec.dry_run else wrote_here)
         metrics.SYNCS.labels("dry_run" if spec.dry_run else "succeeded").inc()
         self._post_transitions(namespace, name, body, previous, status)
@@ -420,7 +433,7 @@ class SyncEngine:
             _other_instance(previous, session)
         )
         initial = moved or not previous.get("lastSyncedAt")
-        ledger = frozenset() if moved else frozenset(previous.get("managedKeys") or [])
+        ledger = frozenset() if moved else await self._vouched_ledger(namespace, previous, cache)
         ledger_tracked = not moved and previous.get("ownershipTracking") == "Ledger"
         pending = None if moved else cache.approval or shown_approval(previous)
 
@@ -898,7 +911,8 @@ class SyncEngine:
         # The ledger names keys on the instance it was written on: on another (the connection's
         # URL changed since) a key of the same name is not ours.
         other = _other_instance(status, session)
-        ledger = frozenset() if other else frozenset(status.get("managedKeys") or [])
+        cache = self._caches.get((namespace, name)) or _Cache()
+        ledger = frozenset() if other else await self._vouched_ledger(namespace, status, cache)
         tracked = status.get("ownershipTracking") == "Ledger"
         owned = {
             key: entry
@@ -956,6 +970,119 @@ class SyncEngine:
                 raise self._remote_failure("Synced", exc) from None
         self.forget(namespace, name)
         return len(items)
+
+    # --- the ledger ----------------------------------------------------------------------------
+
+    async def _vouched_ledger(
+        self, namespace: str, status: Mapping[str, Any], cache: _Cache
+    ) -> frozenset[str]:
+        """The ledger status vouches for: managedKeys whole, or the ConfigMap status.ledger
+        names with the list of its digest. SyncFailed (LedgerUnavailable) when that cannot be
+        had: no key may then be taken for ours."""
+        ref = shown_ref(status)
+        if ref is None:
+            return frozenset(status.get("managedKeys") or [])
+        if cache.ledger is not None and cache.ledger[0] == ref.digest:
+            return cache.ledger[1]
+        try:
+            body = await self.kube.read_configmap(namespace, ref.config_map)
+        except ApiException as exc:  # e.g. 403: the operator's RBAC lacks configmaps
+            problem = f"reading ConfigMap {ref.config_map} was refused ({exc.status})"
+            raise SyncFailed(
+                "Synced", LEDGER_UNAVAILABLE, ledgers.unavailable_message(problem)
+            ) from None
+        found = ledgers.read(ref, body)
+        if found.keys is None or body is None:
+            raise SyncFailed(
+                "Synced", LEDGER_UNAVAILABLE, ledgers.unavailable_message(found.problem)
+            )
+        cache.ledger = (ref.digest, found.keys)
+        cache.ledger_version = (ref.config_map, str(body["metadata"].get("resourceVersion")))
+        return found.keys
+
+    async def _keep_ledger(
+        self,
+        namespace: str,
+        owner: Owner,
+        previous: Mapping[str, Any],
+        status: dict[str, Any],
+    ) -> None:
+        """A ledger status would show whole (ownership depends on it) past SHOWN_NAMES keys goes
+        to its ConfigMap, written before the status that names it; status then shows the first
+        names and status.ledger. Written only when the list changed. Should the ConfigMap not
+        take it, the list stays whole in status, as before ConfigMaps."""
+        keys = status.get("managedKeys")
+        if keys is None:
+            return
+        tracking = status.get("ownershipTracking") or previous.get("ownershipTracking")
+        if not ledgers.kept_apart(keys, tracking):
+            status["ledger"] = None  # managedKeys is whole, or every key carries its owner
+            return
+        cache = self._caches.setdefault((owner.namespace, owner.name), _Cache())
+        wanted = LedgerRef(ledgers.configmap_name(owner.name), len(keys), ledgers.digest(keys))
+        if shown_ref(previous) != wanted:
+            try:
+                await self._write_ledger(namespace, owner, keys, previous, status, cache)
+            except (ApiException, KubeUnavailable, LedgerNameTaken) as exc:
+                problem = exc.status if isinstance(exc, ApiException) else exc
+                log.warning(
+                    "%s/%s: the ownership ledger stays whole in status: writing ConfigMap %s "
+                    "failed (%s)",
+                    owner.namespace,
+                    owner.name,
+                    wanted.config_map,
+                    problem,
+                )
+                status.update(ledgers.status_fields(keys, None))
+                return
+        cache.ledger = (wanted.digest, frozenset(keys))
+        status.update(ledgers.status_fields(keys, wanted))
+
+    async def _write_ledger(
+        self,
+        namespace: str,
+        owner: Owner,
+        keys: Sequence[str],
+        previous: Mapping[str, Any],
+        status: Mapping[str, Any],
+        cache: _Cache,
+    ) -> None:
+        ref = shown_ref(previous)
+        vouched = (
+            cache.ledger[1]
+            if ref is not None and cache.ledger is not None and cache.ledger[0] == ref.digest
+            else None
+        )
+        where = status.get("destinationLocation") or previous.get("destinationLocation") or {}
+        body = ledgers.configmap(
+            namespace=namespace,
+            secretsync=owner.name,
+            uid=owner.uid,
+            keys=keys,
+            vouched=vouched,
+            belongs_to=" ".join(
+                str(where.get(field, ""))
+                for field in ("instanceUrl", "connection", "projectId", "environment", "secretPath")
+            ),
+        )
+        name = body["metadata"]["name"]
+        known = cache.ledger_version
+        version = known[1] if known is not None and known[0] == name else None
+        try:
+            written = await self.kube.write_configmap(namespace, body, version)
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
+            # Created by an earlier process, changed or deleted since it was read: read it, and
+            # replace it only if it is ours.
+            existing = await self.kube.read_configmap(namespace, name)
+            if existing is not None and not ledgers.owned_by_us(existing, owner.uid):
+                raise LedgerNameTaken(
+                    f"ConfigMap {name} exists and is not this SecretSync's"
+                ) from None
+            version = None if existing is None else str(existing["metadata"]["resourceVersion"])
+            written = await self.kube.write_configmap(namespace, body, version)
+        cache.ledger_version = (name, written)
 
     # --- status --------------------------------------------------------------------------------
 

@@ -287,6 +287,11 @@ def approval_status(
         known=known,
     )
     status["pendingApproval"] = pending.status()
+    if previous.get("ownershipTracking") == "Metadata":
+        # Every key carries its owner: the request's keys only inform. Without metadata they
+        # make a merged request's keys ours after a restart, so they stay whole.
+        status["pendingApproval"]["keys"] = shown(pending.keys)
+    status["pendingApproval"]["keyCount"] = len(pending.keys)
     status["plan"] = {
         "create": shown(result.create),
         "update": shown(result.update),

@@ -123,3 +123,25 @@ def test_pending_approval_names_one_or_more_requests() -> None:
     assert PendingApproval(ids=("a", "b"), keys=(), since="", plan_id="p").named() == (
         "change requests a, b"
     )
+
+
+def test_pending_approval_keys_are_capped_where_every_key_carries_its_owner() -> None:
+    """10,000 keys held for approval: where keys carry their owner the request's key list only
+    informs (first 100, with the total); without metadata it is what makes a merged request's
+    keys ours, so it stays whole."""
+    import json
+
+    names = [f"SERVICE_{i:05d}_" + "X" * 46 for i in range(10_000)]
+    result = Plan(create={name: "v" for name in names})
+    pending = PendingApproval(ids=("cr-1",), keys=tuple(names), since="t", plan_id="p")
+    args = (2, NOW, result, pending)
+    metadata = approval_status(
+        {"ownershipTracking": "Metadata"}, *args, waiting=False, replaced=None, described={}
+    )
+    assert metadata["pendingApproval"]["keys"] == names[:100]
+    assert metadata["pendingApproval"]["keyCount"] == 10_000
+    assert len(json.dumps(metadata)) <= 64 * 1024
+    ledger = approval_status(
+        {"ownershipTracking": "Ledger"}, *args, waiting=False, replaced=None, described={}
+    )
+    assert ledger["pendingApproval"]["keys"] == names

@@ -62,6 +62,8 @@ def test_rbac_rules_are_least_privilege() -> None:
     assert verbs[("", "secrets")] == {"get", "list", "watch"}  # Secret writes are opt-in
     assert "delete" not in verbs[("infisical-sync.dev", "secretsyncs")]
     assert verbs[("infisical-sync.dev", "secretsyncs/status")] == {"get", "patch"}
+    # The ledger's ConfigMap: read, created, replaced; never listed, watched or deleted.
+    assert verbs[("", "configmaps")] == {"get", "create", "update"}
 
 
 def test_secret_writes_are_opt_in_and_only_patch() -> None:
