@@ -65,16 +65,19 @@ class LeaseRecord:
 class Observed:
     record: LeaseRecord | None  # None: there is no Lease
     since: float  # our clock when this record was first seen; -inf: no Lease seen, ever
+    version: str = ""  # its resourceVersion: every write changes it, even one of equal content
 
 
-def observe(previous: Observed | None, record: LeaseRecord | None, now: float) -> Observed:
+def observe(
+    previous: Observed | None, record: LeaseRecord | None, now: float, version: str = ""
+) -> Observed:
     """The same record as before keeps its time; any change (a renewal, a new holder, a
     deletion) restarts it. No Lease on the first look has never been held as far as we know."""
-    if previous is not None and previous.record == record:
+    if previous is not None and (previous.record, previous.version) == (record, version):
         return previous
     if previous is None and record is None:
         return Observed(None, -math.inf)
-    return Observed(record, now)
+    return Observed(record, now, version)
 
 
 class Step(Enum):

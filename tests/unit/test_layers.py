@@ -17,6 +17,8 @@ PURE = [
     "instance_urls.py",
     "sync_status.py",
     "approvals.py",
+    "lease.py",
+    "fence.py",
 ]
 IO_LIBRARIES = {
     "kopf",

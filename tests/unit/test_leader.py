@@ -15,7 +15,8 @@ from infisical_sync.config import Settings
 from infisical_sync.fence import Fence
 from infisical_sync.infisical.errors import Fenced
 from infisical_sync.infisical.transport import InstanceTransport, TransportOptions
-from infisical_sync.kube import Kube, KubeFenced, KubeTimeouts
+from infisical_sync.kube import Kube, KubeFenced, KubeTimeouts, KubeUnavailable
+from infisical_sync.leader import LeaderElector
 from infisical_sync.lease import (
     LeaseRecord,
     LeaseTimings,
@@ -68,6 +69,13 @@ def test_an_unchanged_record_keeps_the_time_it_was_first_seen() -> None:
 def test_any_change_restarts_the_clock(change: LeaseRecord | None) -> None:
     first = observe(None, held(OTHER), now=100)
     assert observe(first, change, now=105) == Observed(change, 105)
+
+
+def test_a_write_of_equal_content_is_a_change_too() -> None:
+    """Two renewals in the same microsecond (or a clock standing still) differ in version."""
+    first = observe(None, held(OTHER), now=100, version="7")
+    assert observe(first, held(OTHER), now=105, version="7") is first
+    assert observe(first, held(OTHER), now=105, version="8").since == 105
 
 
 def test_no_lease_at_the_first_look_was_never_held_as_far_as_we_know() -> None:
@@ -280,3 +288,83 @@ async def test_kubernetes_writes_are_fenced_and_reads_are_not(silent_port: int) 
         assert not isinstance(raised.value, KubeFenced)
     finally:
         kube.close()
+
+
+# --- the elector against an in-memory Lease (resourceVersion concurrency) --------------------
+
+
+class MemoryLease:
+    def __init__(self) -> None:
+        self.record: LeaseRecord | None = None
+        self.version = 0
+        self.down = False
+
+    async def read(self) -> tuple[LeaseRecord | None, str]:
+        if self.down:
+            raise KubeUnavailable("the Kubernetes API server refused the connection (test)")
+        return self.record, str(self.version) if self.record else ""
+
+    async def write(self, record: LeaseRecord, resource_version: str) -> bool:
+        if self.down:
+            raise KubeUnavailable("the Kubernetes API server refused the connection (test)")
+        if resource_version != (str(self.version) if self.record else ""):
+            return False  # 409
+        self.record, self.version = record, self.version + 1
+        return True
+
+
+def elector(store: MemoryLease, name: str, clock: Clock) -> LeaderElector:
+    fence = Fence(closed=True, margin=TIMINGS.fence_margin, clock=clock)
+    return LeaderElector(
+        store, identity=name, timings=TIMINGS, fence=fence, clock=clock, wall=lambda: AT
+    )
+
+
+async def test_a_standby_takes_over_only_after_the_dead_leaders_fence_closed() -> None:
+    clock, lease = Clock(100), MemoryLease()
+    first, second = elector(lease, "first", clock), elector(lease, "second", clock)
+    assert await first.attempt() is Step.CREATE and first.fence.allows()
+    assert await second.attempt() is Step.WAIT and not second.fence.allows()
+    clock.now = 102
+    assert await first.attempt() is Step.RENEW  # its last renewal: then it dies
+    assert await second.attempt() is Step.WAIT  # sees that renewal at 102
+    clock.now = 111.99
+    assert await second.attempt() is Step.WAIT
+    clock.now = 112
+    assert not first.fence.allows()  # closed since 102 + 7 - 1.0
+    assert await second.attempt() is Step.TAKE_EXPIRED and second.fence.allows()
+    assert lease.record is not None and (lease.record.holder, lease.record.transitions) == (
+        "second",
+        1,
+    )
+    assert await first.attempt() is Step.LOST  # were it alive after all
+
+
+async def test_a_leader_that_cannot_renew_loses_at_its_renew_deadline() -> None:
+    clock, lease = Clock(100), MemoryLease()
+    leader = elector(lease, "leader", clock)
+    await leader.attempt()
+    lease.down = True
+    clock.now = 105
+    assert await leader.attempt() is Step.WAIT and leader.fence.allows()
+    clock.now = 106  # 107 less the margin: no more writes, still trying to renew
+    assert not leader.fence.allows()
+    assert await leader.attempt() is Step.WAIT
+    clock.now = 107
+    assert await leader.attempt() is Step.LOST
+
+
+async def test_a_release_is_taken_at_once_and_a_race_has_one_winner() -> None:
+    clock, lease = Clock(100), MemoryLease()
+    leader = elector(lease, "leader", clock)
+    a, b = elector(lease, "a", clock), elector(lease, "b", clock)
+    await leader.attempt()
+    assert await a.attempt() is Step.WAIT
+    await leader.release()
+    assert not leader.fence.allows()
+    assert lease.record is not None and lease.record.holder == ""
+    # Both read the released Lease; the first write wins, the other's version is stale.
+    read_by_b = await lease.read()
+    assert await a.attempt() is Step.TAKE_RELEASED
+    assert await lease.write(LeaseRecord(holder="b"), read_by_b[1]) is False
+    assert await b.attempt() is Step.WAIT and not b.leading
