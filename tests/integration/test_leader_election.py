@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,6 +136,13 @@ def secret_writes(fake: FakeInfisical) -> list[Any]:
     return [r for r in fake.log if r.method != "GET" and "/secrets" in r.path]
 
 
+def healthz(process: OperatorProcess) -> str:
+    url = f"http://127.0.0.1:{process.health_port}/healthz"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        assert response.status == 200
+        return str(response.read().decode())
+
+
 def leader_and_standby(
     kube: Any, namespace: str, processes: dict[str, OperatorProcess]
 ) -> tuple[str, str]:
@@ -157,6 +165,7 @@ def test_one_replica_writes_and_the_standby_converges_after_the_leader_is_killed
         leader, standby = leader_and_standby(kube, namespace, processes)
         assert processes[leader].metric("infisical_sync_leader") == 1
         assert processes[standby].metric("infisical_sync_leader") == 0
+        assert "standby" in healthz(processes[standby])  # the liveness probe passes
         # Slow batch writes (five of them at 16 KiB): the kill lands between two.
         fake.inject(Fault("latency", r"/secrets/batch$", method="POST", delay=0.5))
         start_syncing(kube, namespace, fake, keys)
@@ -172,6 +181,7 @@ def test_one_replica_writes_and_the_standby_converges_after_the_leader_is_killed
         processes[standby].logged.wait_for_line(STARTED)
         assert "(expired)" in processes[standby].log()
         assert processes[standby].metric("infisical_sync_leader") == 1
+        assert "standby" not in healthz(processes[standby])  # kopf's probe took the port over
         wait_for(lambda: stored(fake) == keys, timeout=60, message="converged")
         # None lost, none written twice: a second create of a key is refused (400). (The write
         # in flight when the leader was killed may be logged 500: its client went away.)
