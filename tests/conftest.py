@@ -104,10 +104,15 @@ class OperatorProcess:
 
 @contextlib.contextmanager
 def operator_process(
-    kubeconfig: Path, log_path: Path, env: dict[str, str] | None = None
+    kubeconfig: Path,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    args: list[str] | None = None,
+    ready: str = "infisical-sync operator started",
 ) -> Iterator[OperatorProcess]:
     """`infisical-sync run -A` at DEBUG with JSON logs, metrics and health endpoints, as the
-    user of `kubeconfig`; `env` adds or overrides INFISICAL_SYNC_* settings."""
+    user of `kubeconfig`; `env` adds or overrides INFISICAL_SYNC_* settings, `args` adds flags;
+    returns once `ready` is in its log."""
     environ = {
         **os.environ,
         "KUBECONFIG": str(kubeconfig),
@@ -132,9 +137,10 @@ def operator_process(
         str(metrics_port),
         "--health-port",
         str(health_port),
+        *(args or []),
     ]
     with logged_process(argv, log_path, environ) as handle:
-        handle.wait_for_line("infisical-sync operator started")
+        handle.wait_for_line(ready)
         yield OperatorProcess(handle, metrics_port, health_port)
 
 

@@ -21,8 +21,10 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
+from infisical_sync import leader, metrics
 from infisical_sync.config import Settings
 from infisical_sync.connection import ConnectionReconciler
+from infisical_sync.fence import Fence
 from infisical_sync.infisical.client import ClientPool
 from infisical_sync.infisical.transport import TransportOptions
 from infisical_sync.kube import (
@@ -53,6 +55,7 @@ registry = kopf.OperatorRegistry()
 
 class OperatorMemo(kopf.Memo):
     settings: Settings  # set by run_operator before kopf starts
+    fence: Fence  # likewise: closed when leader election says this replica may not write
     pool: ClientPool
     kube: Kube
     scheduler: Scheduler
@@ -93,13 +96,12 @@ async def startup(
     settings.background.instant_exit_timeout = 1.0
 
     config: Settings = memo.settings
-    if config.metrics_port:
-        start_http_server(config.metrics_port)
     api_client = await asyncio.to_thread(load_api_client, config.kube_concurrency)
     kube = Kube(
         api_client,
         KubeTimeouts(config.kube_connect_timeout, config.kube_request_timeout),
         concurrency=config.kube_concurrency,
+        fence=memo.fence,
     )
     pool = ClientPool(
         TransportOptions(
@@ -109,6 +111,7 @@ async def startup(
             max_attempts=config.max_attempts,
             backoff_base=config.backoff_base,
             backoff_cap=config.backoff_cap,
+            fence=memo.fence,
         ),
         batch_max_bytes=config.batch_max_bytes,
         batch_max_keys=config.batch_chunk_size,
@@ -378,15 +381,23 @@ def run_operator(settings: Settings) -> int:
     # outage that is three lines a call; the scheduler reports outages once per object.
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     logging.getLogger("kopf.objects").addFilter(_NoNewsAtDebug(["secretsync_event"]))
+    if settings.metrics_port:  # before leader election: a standby reports its gauge too
+        start_http_server(settings.metrics_port)
     liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
-    asyncio.run(
-        kopf.operator(
+
+    async def operate(fence: Fence, stop_flag: asyncio.Event | None) -> None:
+        await kopf.operator(
             registry=registry,
             clusterwide=_clusterwide(settings),
             namespaces=settings.namespaces,
             standalone=not settings.peering,
             liveness_endpoint=liveness,
-            memo=OperatorMemo(settings=settings),
+            stop_flag=stop_flag,
+            memo=OperatorMemo(settings=settings, fence=fence),
         )
-    )
+
+    if settings.leader_election:
+        return asyncio.run(leader.run_elected(settings, operate))
+    metrics.LEADER.set(1)
+    asyncio.run(operate(Fence(), None))
     return 0

@@ -46,6 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--peering", action="store_true", default=None, help="kopf peering for several replicas"
     )
     run.add_argument(
+        "--leader-election",
+        action="store_true",
+        default=None,
+        help="run only while holding a Lease (several replicas: one leads, the others wait)",
+    )
+    run.add_argument("--lease-name", help="the leader election Lease (default infisical-sync)")
+    run.add_argument("--lease-namespace", help="its namespace (default: the pod's own)")
+    run.add_argument("--lease-duration", type=int, help="seconds a standby waits (default 10)")
+    run.add_argument(
+        "--lease-renew-deadline", type=float, help="seconds the leader writes after a renewal (7)"
+    )
+    run.add_argument("--lease-retry-period", type=float, help="seconds between tries (2)")
+    run.add_argument(
         "--cluster-id",
         help="this cluster's identity in the ownership metadata of written keys "
         "(default: the UID of the kube-system namespace)",
@@ -97,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
                 health_port=args.health_port,
                 concurrency_per_connection=args.concurrency_per_connection,
                 peering=args.peering,
+                leader_election=args.leader_election,
+                lease_name=args.lease_name,
+                lease_namespace=args.lease_namespace,
+                lease_duration=args.lease_duration,
+                lease_renew_deadline=args.lease_renew_deadline,
+                lease_retry_period=args.lease_retry_period,
                 cluster_id=args.cluster_id,
                 allowed_instance_urls=args.allowed_instance_urls,
             )

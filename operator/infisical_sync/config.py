@@ -6,9 +6,10 @@ import os
 import re
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from infisical_sync.instance_urls import AllowedInstances, parse_entry
+from infisical_sync.lease import LeaseTimings
 
 ENV_PREFIX = "INFISICAL_SYNC_"
 NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -44,6 +45,20 @@ class Settings(BaseModel):
         default=32, ge=1, le=256, description="Kubernetes API calls the operator makes at once"
     )
     peering: bool = Field(default=False, description="use kopf peering (several replicas)")
+    leader_election: bool = Field(
+        default=False, description="run only while holding a coordination.k8s.io Lease"
+    )
+    # A setting, not a constant: one Lease per shard later.
+    lease_name: str = Field(default="infisical-sync", min_length=1, max_length=253)
+    lease_namespace: str = Field(
+        default="", max_length=63, description="empty: the pod's own namespace"
+    )
+    # After a SIGKILL the standby sees the last renewal within a retry period and takes the
+    # Lease a duration later: within 12 s. The leader writes until 7 s after its last renewal
+    # began, 3 s before any standby may take over.
+    lease_duration: int = Field(default=10, ge=1, le=300, description="seconds")
+    lease_renew_deadline: float = Field(default=7.0, gt=0, description="seconds")
+    lease_retry_period: float = Field(default=2.0, gt=0, description="seconds")
     cluster_id: str = Field(
         default="",
         max_length=128,
@@ -70,6 +85,24 @@ class Settings(BaseModel):
     @classmethod
     def _plain_urls(cls, urls: list[str]) -> list[str]:
         return [str(parse_entry(url)) for url in urls]
+
+    @model_validator(mode="after")
+    def _one_way_to_run_replicas(self) -> Settings:
+        if self.peering and self.leader_election:
+            raise ValueError(
+                "--peering and --leader-election exclude each other: use leader election "
+                "(a Lease with write fencing) for several replicas"
+            )
+        self.lease_timings  # noqa: B018 - raises for timings that would let two replicas write
+        return self
+
+    @property
+    def lease_timings(self) -> LeaseTimings:
+        return LeaseTimings(
+            duration=self.lease_duration,
+            renew_deadline=self.lease_renew_deadline,
+            retry_period=self.lease_retry_period,
+        )
 
     @property
     def allowed_instances(self) -> AllowedInstances:

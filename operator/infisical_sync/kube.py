@@ -25,6 +25,8 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from infisical_sync.fence import Fence
+
 log = logging.getLogger(__name__)
 GROUP = "infisical-sync.dev"
 VERSION = "v1alpha1"
@@ -59,6 +61,11 @@ def _unavailable(what: str, exc: Exception, timeouts: KubeTimeouts) -> KubeUnava
     else:
         problem = f"failed ({type(cause).__name__})"
     return KubeUnavailable(f"the Kubernetes API server {problem} ({what})")
+
+
+class KubeFenced(KubeUnavailable):
+    """A write not sent: this replica may have lost the leader Lease (fence.py). Handled like
+    an outage (one WARNING per object); the process is stopping anyway."""
 
 
 class WriteForbidden(Exception):
@@ -114,8 +121,11 @@ class Kube:
         api_client: client.ApiClient,
         timeouts: KubeTimeouts | None = None,
         concurrency: int = DEFAULT_KUBE_CONCURRENCY,
+        fence: Fence | None = None,
     ) -> None:
         self.core = client.CoreV1Api(api_client)
+        self.coordination = client.CoordinationV1Api(api_client)
+        self.fence = fence or Fence()
         self.custom = client.CustomObjectsApi(api_client)
         self.timeouts = timeouts or KubeTimeouts()
         self._timeout = (self.timeouts.connect, self.timeouts.read)  # per call: _request_timeout
@@ -127,9 +137,19 @@ class Kube:
         """At shutdown: no new calls; the ones under way end within their timeouts."""
         self._workers.shutdown(wait=False, cancel_futures=True)
 
-    async def _call(self, what: str, call: Callable[[], _T]) -> _T:
+    async def _call(self, what: str, call: Callable[[], _T], *, write: bool = False) -> _T:
+        """`write`: refused when the fence is closed, checked in the worker right before the
+        request (a call may have queued for a worker meanwhile)."""
+
+        def fenced() -> _T:
+            if not self.fence.allows():
+                raise KubeFenced(self.fence.refusal(what))
+            return call()
+
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._workers, call)
+            return await asyncio.get_running_loop().run_in_executor(
+                self._workers, fenced if write else call
+            )
         except ApiException as exc:
             if exc.status is not None and (exc.status >= 500 or exc.status == 429):
                 raise _unavailable(what, exc, self.timeouts) from None
@@ -189,7 +209,7 @@ class Kube:
                     ) from None
                 raise
 
-        await self._call(f"writing Secret {namespace}/{name}", write)
+        await self._call(f"writing Secret {namespace}/{name}", write, write=True)
 
     async def read_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The ConfigMap's body as the API server sent it, or None when it does not exist."""
@@ -257,7 +277,9 @@ class Kube:
                 GROUP, VERSION, namespace, plural, name, patch, _request_timeout=self._timeout
             )
 
-        await self._call(f"removing annotation {key} of {plural} {namespace}/{name}", remove)
+        await self._call(
+            f"removing annotation {key} of {plural} {namespace}/{name}", remove, write=True
+        )
 
     async def patch_status(
         self, plural: str, namespace: str, name: str, status: dict[str, Any]
@@ -281,7 +303,61 @@ class Kube:
                 raise
             return True
 
-        return await self._call(f"patching the status of {plural} {namespace}/{name}", patch)
+        return await self._call(
+            f"patching the status of {plural} {namespace}/{name}", patch, write=True
+        )
+
+    # --- the leader election Lease (leader.py); never fenced: renewing it is what opens the fence
+
+    async def read_lease(self, namespace: str, name: str) -> tuple[dict[str, Any], str] | None:
+        """(spec, resourceVersion), or None when there is no such Lease."""
+
+        def read() -> tuple[dict[str, Any], str] | None:
+            try:
+                response = self.coordination.read_namespaced_lease(
+                    name, namespace, _preload_content=False, _request_timeout=self._timeout
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+            body: dict[str, Any] = json.loads(cast(Any, response).data)
+            return dict(body.get("spec") or {}), str(body["metadata"].get("resourceVersion", ""))
+
+        return await self._call(f"reading Lease {namespace}/{name}", read)
+
+    async def write_lease(
+        self, namespace: str, name: str, spec: dict[str, Any], resource_version: str | None
+    ) -> bool:
+        """Create the Lease (`resource_version` None) or replace the version read. False when
+        another wrote first (409): optimistic concurrency decides who holds it."""
+        metadata: dict[str, Any] = {"name": name, "namespace": namespace}
+        if resource_version is not None:
+            metadata["resourceVersion"] = resource_version
+        body: Any = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": metadata,
+            "spec": spec,
+        }
+
+        def write() -> bool:
+            try:
+                if resource_version is None:
+                    self.coordination.create_namespaced_lease(
+                        namespace, body, _request_timeout=self._timeout
+                    )
+                else:
+                    self.coordination.replace_namespaced_lease(
+                        name, namespace, body, _request_timeout=self._timeout
+                    )
+            except ApiException as exc:
+                if exc.status == 409:
+                    return False
+                raise
+            return True
+
+        return await self._call(f"writing Lease {namespace}/{name}", write)
 
 
 class EventPoster:

@@ -24,6 +24,11 @@ CONNECTION_READY = Gauge(
     "1 when an InfisicalConnection is Ready.",
     ["namespace", "name"],
 )
+LEADER = Gauge(
+    "infisical_sync_leader",
+    "1 while this replica runs the operator (holds the leader Lease, or leader election is "
+    "off); 0 on a standby.",
+)
 SYNCS = Counter("infisical_sync_syncs_total", "SecretSync runs by result.", ["result"])
 SYNC_DURATION = Histogram(
     "infisical_sync_sync_duration_seconds",

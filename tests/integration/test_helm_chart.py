@@ -49,6 +49,9 @@ def test_cluster_wide_defaults(helm: str) -> None:
         "ClusterRoleBinding",
         "ClusterRoleBinding",
         "Deployment",
+        "PodDisruptionBudget",
+        "Role",
+        "RoleBinding",
         "Service",
         "ServiceAccount",
     ]
@@ -59,7 +62,9 @@ def test_cluster_wide_defaults(helm: str) -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
     # Longer than the daemons' stop grace plus kopf's cancellation timeout (10 s).
     from infisical_sync.app import STOP_GRACE
 
@@ -82,9 +87,9 @@ def test_cluster_identity_from_a_value_needs_no_cluster_read(helm: str) -> None:
 
 
 def _operator_role(doc: dict[str, Any]) -> bool:
-    """The operator's (Cluster)Roles, less the one for reading the cluster identity."""
+    """The operator's (Cluster)Roles, less the ones for the cluster identity and the Lease."""
     return doc["kind"] in ("Role", "ClusterRole") and not doc["metadata"]["name"].endswith(
-        "-cluster-identity"
+        ("-cluster-identity", "-leader-election")
     )
 
 
@@ -123,7 +128,7 @@ def test_namespaced_install(helm: str) -> None:
         "watchNamespaces={team-a,team-b}",
         "metrics.serviceMonitor.enabled=true",
     )
-    roles = [doc for doc in docs if doc["kind"] == "Role"]
+    roles = [doc for doc in docs if _operator_role(doc)]
     assert sorted(role["metadata"]["namespace"] for role in roles) == ["team-a", "team-b"]
     # Cluster-scoped: only `get` on the kube-system namespace, for the cluster's identity.
     cluster_scoped = [doc for doc in docs if doc["kind"].startswith("Cluster")]
@@ -135,6 +140,53 @@ def test_namespaced_install(helm: str) -> None:
     ][0]["args"]
     assert "--namespace=team-a" in args and "--namespace=team-b" in args
     assert any(doc["kind"] == "ServiceMonitor" for doc in docs)
+
+
+def test_two_replicas_with_leader_election_by_default(helm: str) -> None:
+    docs = render(helm)
+    deployment = next(doc for doc in docs if doc["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert {"--leader-election", "--lease-name=sync-infisical-sync"} <= set(container["args"])
+    assert "--lease-namespace=infisical-sync" in container["args"]
+    pod_name = next(env for env in container["env"] if env["name"] == "POD_NAME")
+    assert pod_name["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    # The Lease in the release namespace: a Role there, whatever the RBAC mode.
+    leases = yaml.safe_load((CHART / "files" / "rbac-leader-election.yaml").read_text())
+    for values in ([], ["rbac.clusterWide=false", "watchNamespaces={team-a}"]):
+        role = next(
+            doc
+            for doc in render(helm, *values)
+            if doc["kind"] == "Role" and doc["metadata"]["name"].endswith("-leader-election")
+        )
+        assert role["metadata"]["namespace"] == "infisical-sync" and role["rules"] == leases
+    budget = next(doc for doc in docs if doc["kind"] == "PodDisruptionBudget")
+    assert budget["spec"] == {
+        "minAvailable": 1,
+        "selector": deployment["spec"]["selector"],
+    }
+    one = render(helm, "replicas=1")
+    assert next(d for d in one if d["kind"] == "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    assert not any(
+        d["kind"] == "PodDisruptionBudget"
+        for d in render(helm, "podDisruptionBudget.enabled=false")
+    )
+
+
+def test_without_leader_election_one_replica_and_recreate(helm: str) -> None:
+    docs = render(helm, "leaderElection.enabled=false", "replicas=1")
+    deployment = next(doc for doc in docs if doc["kind"] == "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert (
+        "--leader-election" not in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    )
+    assert not any(doc["metadata"]["name"].endswith("-leader-election") for doc in docs)
+    result = subprocess.run(
+        [helm, "template", "sync", str(CHART), "--set", "leaderElection.enabled=false"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0 and "replicas > 1 needs leaderElection" in result.stderr
 
 
 def test_allowed_instance_urls(helm: str) -> None:

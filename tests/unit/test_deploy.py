@@ -91,3 +91,12 @@ def test_dockerfile_is_multi_stage_and_non_root() -> None:
     assert "USER 10001" in text
     final_stage = text.rsplit("FROM ", 1)[1]
     assert "pip install" not in final_stage and "gcc" not in final_stage
+
+
+def test_leader_election_rbac_is_only_the_lease_verbs() -> None:
+    assert _verbs("rbac-leader-election.yaml") == {
+        ("coordination.k8s.io", "leases"): {"get", "create", "update"}
+    }
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["replicas"] == 2 and values["leaderElection"]["enabled"] is True
+    assert values["podDisruptionBudget"]["enabled"] is True

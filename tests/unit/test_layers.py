@@ -18,6 +18,8 @@ PURE = [
     "sync_status.py",
     "approvals.py",
     "ledger.py",
+    "lease.py",
+    "fence.py",
 ]
 IO_LIBRARIES = {
     "kopf",

@@ -37,6 +37,12 @@ class InfisicalError(Exception):
         super().__init__(detail)
 
 
+class Fenced(InfisicalError):
+    """A write not sent: this replica may have lost the leader Lease (fence.py)."""
+
+    reason = "NotLeader"
+
+
 class InvalidCredentials(InfisicalError):
     """401 at login or after a fresh login: wrong/expired/revoked client secret, locked identity."""
 

@@ -14,14 +14,16 @@ import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
 import httpx
 
 from infisical_sync import metrics
+from infisical_sync.fence import Fence
 from infisical_sync.infisical.errors import (
+    Fenced,
     InfisicalError,
     InsecureUrl,
     RateLimited,
@@ -49,6 +51,8 @@ class TransportOptions:
     # A 429 gate shorter than this is waited out inside the call; a longer one fails the call
     # with RateLimited at once (the caller reschedules), so no request is sent before it ends.
     max_gate_wait: float = 5.0
+    # Leader election: no write (any method but GET) is sent once the fence closed.
+    fence: Fence = field(default_factory=Fence)
 
 
 def retry_after_seconds(response: httpx.Response) -> float:
@@ -248,6 +252,9 @@ class InstanceTransport:
                             f"the client for {self.instance} was closed: "
                             "the connection's instanceUrl or CA changed"
                         )
+                    if method.upper() != "GET" and not self.options.fence.allows():
+                        what = f"{method} {endpoint} to {self.instance}"
+                        raise Fenced(self.options.fence.refusal(what))
                     started = self._clock()
                     self.in_flight += 1
                     self.max_in_flight = max(self.max_in_flight, self.in_flight)

@@ -45,6 +45,7 @@ RBAC_RULES = REPO_ROOT / "deploy" / "helm" / "infisical-sync" / "files" / "rbac-
 CLUSTER_IDENTITY_RULES = RBAC_RULES.with_name("cluster-identity-rules.yaml")
 # Added by the chart only with rbac.secretWrites=true (the import modes).
 RBAC_SECRET_WRITES = RBAC_RULES.with_name("rbac-secret-writes.yaml")
+RBAC_LEASES = RBAC_RULES.with_name("rbac-leader-election.yaml")
 OPERATOR_USER = "infisical-sync-operator"
 STATE_FILE_NAME = "controlplane.json"
 SERVICE_CIDR = "10.0.0.0/24"
@@ -602,6 +603,24 @@ def grant_secret_writes(kubeconfig: Path, namespace: str, user: str = OPERATOR_U
         if time.monotonic() > deadline:
             raise ControlPlaneError(f"patch on Secrets in {namespace} not granted to {user}")
         time.sleep(0.05)
+
+
+def grant_leader_election(kubeconfig: Path, namespace: str, user: str = OPERATOR_USER) -> str:
+    """What the chart's leader election adds: a Role on Leases in `namespace`. Returns the
+    RoleBinding's name (delete it to cut the access)."""
+    from kubernetes import client
+
+    rbac = client.RbacAuthorizationV1Api(api_client(kubeconfig))
+    name = f"{user}-leader-election"
+    role: Any = {"metadata": {"name": name}, "rules": yaml.safe_load(RBAC_LEASES.read_text())}
+    binding: Any = {
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    }
+    rbac.create_namespaced_role(namespace, role)
+    rbac.create_namespaced_role_binding(namespace, binding)
+    return name
 
 
 def _allowed(review: Any) -> bool:
