@@ -80,24 +80,55 @@ def helm_install(env: NodeEnv, *values: str, upgrade: bool = False) -> None:
     env.h(*args)
 
 
-def operator_pod(env: NodeEnv) -> dict[str, Any]:
+def operator_pods(env: NodeEnv) -> list[dict[str, Any]]:
     pods = env.get_json(
         "pods", "-n", OPERATOR_NAMESPACE, "-l", f"app.kubernetes.io/instance={RELEASE}"
     )
-    running = [p for p in pods["items"] if not p["metadata"].get("deletionTimestamp")]
-    assert len(running) == 1, [p["metadata"]["name"] for p in pods["items"]]
-    return dict(running[0])
+    return [p for p in pods["items"] if not p["metadata"].get("deletionTimestamp")]
+
+
+def lease_holder(env: NodeEnv) -> str:
+    """The identity in the release's Lease ("" when nobody holds it or there is none)."""
+    found = env.k("get", "lease", RELEASE, "-n", OPERATOR_NAMESPACE, "-o", "json", check=False)
+    return str((json.loads(found or "{}").get("spec") or {}).get("holderIdentity") or "")
+
+
+def pod_of(holder: str, pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The pod whose name the lease identity starts with (identities are the pod name and a
+    per-process suffix)."""
+    named = [p for p in pods if holder.startswith(p["metadata"]["name"])]
+    return max(named, key=lambda p: len(p["metadata"]["name"]), default=None)
+
+
+def operator_pod(env: NodeEnv) -> dict[str, Any]:
+    """The pod doing the work: the lease holder's, or the only one when there is no lease."""
+    pods = operator_pods(env)
+    leader = pod_of(lease_holder(env), pods)
+    if leader is not None:
+        return dict(leader)
+    assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
+    return dict(pods[0])
+
+
+def ready(pod: dict[str, Any]) -> bool:
+    conditions = {c["type"]: c["status"] for c in pod["status"].get("conditions", [])}
+    return conditions.get("Ready") == "True"
 
 
 def pod_ready(env: NodeEnv) -> dict[str, Any] | None:
-    pods = env.get_json(
-        "pods", "-n", OPERATOR_NAMESPACE, "-l", f"app.kubernetes.io/instance={RELEASE}"
-    )
-    for pod in pods["items"]:
-        conditions = {c["type"]: c["status"] for c in pod["status"].get("conditions", [])}
-        if conditions.get("Ready") == "True" and not pod["metadata"].get("deletionTimestamp"):
+    for pod in operator_pods(env):
+        if ready(pod):
             return dict(pod)
     return None
+
+
+def all_pods_ready(env: NodeEnv, replicas: int) -> list[dict[str, Any]] | None:
+    pods = operator_pods(env)
+    return pods if len(pods) == replicas and all(map(ready, pods)) else None
+
+
+def container_id(pod: dict[str, Any]) -> str:
+    return str(pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1])
 
 
 def assert_runs_as_installed(env: NodeEnv) -> None:
@@ -182,13 +213,17 @@ def edit_source(env: NodeEnv, namespace: str, key: str, value: str) -> None:
 
 
 def assert_logs_clean(env: NodeEnv) -> None:
-    pod = operator_pod(env)["metadata"]["name"]
-    logs = env.k("logs", "-n", OPERATOR_NAMESPACE, pod)
-    assert "infisical-sync operator started" in logs, logs[-2000:]
-    assert "Traceback" not in logs, logs[-4000:]
-    for line in filter(None, logs.splitlines()):
-        record = json.loads(line)  # the chart asks for JSON logs: every line is one
-        assert record.get("severity") not in ("error", "critical", "fatal"), line
+    """The working replica says it started; no replica logged an error or a traceback."""
+    leader = operator_pod(env)["metadata"]["name"]
+    for pod in operator_pods(env):
+        name = pod["metadata"]["name"]
+        logs = env.k("logs", "-n", OPERATOR_NAMESPACE, name)
+        if name == leader:
+            assert "infisical-sync operator started" in logs, logs[-2000:]
+        assert "Traceback" not in logs, logs[-4000:]
+        for line in filter(None, logs.splitlines()):
+            record = json.loads(line)  # the chart asks for JSON logs: every line is one
+            assert record.get("severity") not in ("error", "critical", "fatal"), line
 
 
 def remove_samples(env: NodeEnv, namespace: str) -> None:
@@ -235,11 +270,16 @@ def run_scenario(env: NodeEnv, scenario: Callable[[NodeEnv], None]) -> None:
 
 
 def scenario_cluster_wide(env: NodeEnv) -> None:
-    """Install cluster-wide, sync the samples, edit, kill mid-sync, upgrade, uninstall."""
+    """Install cluster-wide (the chart's defaults: two replicas, one leader), sync the samples,
+    edit, kill the leader mid-sync, hand over on a pod deletion, upgrade, uninstall."""
     namespace = "demo"
     env.k("create", "namespace", namespace)
     helm_install(env)
-    assert pod_ready(env), "the operator's pod is not Ready through its own probes"
+    assert all_pods_ready(env, 2), "both replicas Ready through their own probes (--wait)"
+    holder = wait_for(lambda: lease_holder(env), 60, "a leader")
+    assert pod_of(holder, operator_pods(env)), f"the lease names no pod: {holder}"
+    budgets = env.get_json("poddisruptionbudget", "-n", OPERATOR_NAMESPACE)["items"]
+    assert [b["metadata"]["name"] for b in budgets] == [RELEASE], budgets
     assert_runs_as_installed(env)
 
     apply_samples(env, namespace)
@@ -250,10 +290,40 @@ def scenario_cluster_wide(env: NodeEnv) -> None:
     wait_synced(env, namespace, {**SAMPLE_KEYS, "API_KEY": "rotated-api-key"})
     assert_logs_clean(env)
 
-    # Killed mid-sync: writes hang at the fake, the container dies while one is in flight.
-    pod = operator_pod(env)
-    container_id = pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
-    # A hung write never lands: what arrives later can only come from the replacement.
+    leader_killed_mid_sync(env, namespace)
+    leader_pod_deleted(env, namespace)
+
+    # An upgrade with changed values rolls both pods; a new one leads and syncs.
+    helm_install(env, "operator.logLevel=DEBUG", "resources.limits.memory=300Mi", upgrade=True)
+
+    def upgraded() -> list[dict[str, Any]] | None:
+        pods = all_pods_ready(env, 2)
+        limits = [p["spec"]["containers"][0]["resources"]["limits"]["memory"] for p in pods or []]
+        leader = pod_of(lease_holder(env), pods or [])
+        return pods if leader and limits == ["300Mi", "300Mi"] else None
+
+    wait_for(upgraded, 240, "the upgraded pods, one of them leading")
+    assert "--log-level=DEBUG" in operator_pod(env)["spec"]["containers"][0]["args"]
+    assert memory_limit_bytes(env) == 300 * 1024 * 1024  # enforced by the kernel, not only spec
+    edit_source(env, namespace, "DB_PASSWORD", "after-upgrade")
+    expected = {"DB_PASSWORD": "after-upgrade", "API_KEY": "rotated-api-key", "LOG_LEVEL": "debug"}
+    wait_synced(env, namespace, expected)
+    assert_logs_clean(env)
+
+    namespace_deletion_removes_keys_first(env)
+    remove_samples(env, namespace)
+    uninstall_leaves_nothing(env, [namespace])
+
+
+def leader_killed_mid_sync(env: NodeEnv, namespace: str) -> None:
+    """SIGKILL the leader's container while a write is in flight: the standby takes the lease
+    once it runs out and finishes the sync; no key is lost or left behind."""
+    leader = operator_pod(env)
+    holder = lease_holder(env)
+    standby = next(
+        p for p in operator_pods(env) if p["metadata"]["uid"] != leader["metadata"]["uid"]
+    )
+    # A hung write never lands: what arrives later can only come from the new leader.
     writes = env.fake.inject(Fault(kind="hang", path_pattern=r"/secrets/batch"))
     edit_source(env, namespace, "LOG_LEVEL", "debug")
     wait_for(
@@ -264,39 +334,51 @@ def scenario_cluster_wide(env: NodeEnv) -> None:
         "a write in flight",
     )
     landed_before = env.fake.count(r"/secrets/batch", status=200)
-    env.kill_container(container_id)
+    killed_at = time.monotonic()
+    env.kill_container(container_id(leader))
     env.fake.faults.remove(writes)
-    wait_for(
-        lambda: (p := pod_ready(env)) and p["status"]["containerStatuses"][0]["restartCount"] >= 1,
-        120,
-        "the restarted container to be Ready",
+    new_holder = wait_for(
+        lambda: (h := lease_holder(env)) != holder and h, 60, "the standby to take the lease"
     )
-    wait_synced(env, namespace, {**SAMPLE_KEYS, "API_KEY": "rotated-api-key", "LOG_LEVEL": "debug"})
+    # A figure for the record (the goal is 15 s), not an assertion: times vary with the host.
+    print(f"leader killed: the standby led {time.monotonic() - killed_at:.1f}s later")
+    new_leader = pod_of(new_holder, operator_pods(env))
+    assert new_leader and new_leader["metadata"]["uid"] == standby["metadata"]["uid"], new_holder
+    expected = {**SAMPLE_KEYS, "API_KEY": "rotated-api-key", "LOG_LEVEL": "debug"}
+    wait_synced(env, namespace, expected)
     assert env.fake.count(r"/secrets/batch", status=200) > landed_before
     assert sync_status(env, namespace)["managedKeys"] == ["API_KEY", "DB_PASSWORD", "LOG_LEVEL"]
+
+    def killed_back_as_standby() -> bool:
+        pods = all_pods_ready(env, 2) or []
+        again = [p for p in pods if p["metadata"]["uid"] == leader["metadata"]["uid"]]
+        return bool(again) and again[0]["status"]["containerStatuses"][0]["restartCount"] >= 1
+
+    wait_for(killed_back_as_standby, 120, "the killed container back (as a standby)")
+    assert operator_pod(env)["metadata"]["uid"] == standby["metadata"]["uid"], "still leads"
     assert_logs_clean(env)
 
-    # An upgrade with changed values replaces the pod; the new one syncs too.
-    helm_install(env, "operator.logLevel=DEBUG", "resources.limits.memory=300Mi", upgrade=True)
-    pod = wait_for(
-        lambda: (
-            (p := pod_ready(env))
-            and p["spec"]["containers"][0]["resources"]["limits"]["memory"] == "300Mi"
-            and p
-        ),
-        180,
-        "the upgraded pod",
+
+def leader_pod_deleted(env: NodeEnv, namespace: str) -> None:
+    """`kubectl delete pod` of the leader (a drain, a rolling update): it releases the lease on
+    SIGTERM and the other replica leads without waiting for the lease to run out."""
+    leader = operator_pod(env)
+    holder = lease_holder(env)
+    other = next(p for p in operator_pods(env) if p["metadata"]["uid"] != leader["metadata"]["uid"])
+    deleted_at = time.monotonic()
+    env.k("delete", "pod", "-n", OPERATOR_NAMESPACE, leader["metadata"]["name"], "--wait=false")
+    new_holder = wait_for(
+        lambda: (h := lease_holder(env)) != holder and h, 60, "the other replica to lead"
     )
-    assert "--log-level=DEBUG" in pod["spec"]["containers"][0]["args"]
-    assert memory_limit_bytes(env) == 300 * 1024 * 1024  # enforced by the kernel, not only spec
-    edit_source(env, namespace, "DB_PASSWORD", "after-upgrade")
-    expected = {"DB_PASSWORD": "after-upgrade", "API_KEY": "rotated-api-key", "LOG_LEVEL": "debug"}
-    wait_synced(env, namespace, expected)
+    print(f"leader deleted: the other replica led {time.monotonic() - deleted_at:.1f}s later")
+    new_leader = pod_of(new_holder, operator_pods(env))
+    assert new_leader and new_leader["metadata"]["uid"] == other["metadata"]["uid"], new_holder
+    edit_source(env, namespace, "API_KEY", "after-handover")
+    wait_synced(env, namespace, {**SAMPLE_KEYS, "API_KEY": "after-handover", "LOG_LEVEL": "debug"})
+    edit_source(env, namespace, "API_KEY", "rotated-api-key")
+    wait_synced(env, namespace, {**SAMPLE_KEYS, "API_KEY": "rotated-api-key", "LOG_LEVEL": "debug"})
+    wait_for(lambda: all_pods_ready(env, 2), 120, "the Deployment's replacement pod")
     assert_logs_clean(env)
-
-    namespace_deletion_removes_keys_first(env)
-    remove_samples(env, namespace)
-    uninstall_leaves_nothing(env, [namespace])
 
 
 def namespace_deletion_removes_keys_first(env: NodeEnv) -> None:
@@ -331,7 +413,8 @@ def scenario_namespaced(env: NodeEnv) -> None:
     """Install for one namespace only (Role + RoleBinding there, no cluster-wide access)."""
     namespace = "team-a"
     env.k("create", "namespace", namespace)
-    helm_install(env, "rbac.clusterWide=false", f"watchNamespaces={{{namespace}}}")
+    # One replica: leader election on by default, and nobody to hand over to.
+    helm_install(env, "rbac.clusterWide=false", f"watchNamespaces={{{namespace}}}", "replicas=1")
     # Cluster-scoped: only the read of the kube-system namespace (the cluster's identity).
     roles = env.k("get", "clusterrole,clusterrolebinding", "-o", "name").split()
     ours = [role for role in roles if RELEASE in role]
