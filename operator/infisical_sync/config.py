@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator
 
 from infisical_sync.instance_urls import AllowedInstances, parse_entry
+from infisical_sync.shards import Shard
 
 ENV_PREFIX = "INFISICAL_SYNC_"
 NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -52,6 +53,9 @@ class Settings(BaseModel):
     allowed_instance_urls: list[str] = Field(
         default_factory=list, description="Infisical instances connections may use; empty: any"
     )
+    shard: Shard = Field(
+        default_factory=Shard, description="i/N: this replica owns the i-th of N hash slices"
+    )
 
     @field_validator("namespaces")
     @classmethod
@@ -70,6 +74,11 @@ class Settings(BaseModel):
     @classmethod
     def _plain_urls(cls, urls: list[str]) -> list[str]:
         return [str(parse_entry(url)) for url in urls]
+
+    @field_validator("shard", mode="before")
+    @classmethod
+    def _shard(cls, value: object) -> object:
+        return Shard.parse(value) if isinstance(value, str) else value
 
     @property
     def allowed_instances(self) -> AllowedInstances:

@@ -17,6 +17,7 @@ PURE = [
     "instance_urls.py",
     "sync_status.py",
     "approvals.py",
+    "shards.py",
 ]
 IO_LIBRARIES = {
     "kopf",

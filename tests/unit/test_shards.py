@@ -7,7 +7,10 @@ from collections import Counter
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
+from infisical_sync import cli
+from infisical_sync.config import Settings
 from infisical_sync.shards import LEGACY_FINALIZER, Shard, ShardSpecError, _jump, slot_of
 
 names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=63)
@@ -104,3 +107,23 @@ def test_stale_finalizers_are_ours_and_of_no_shard_of_this_configuration(
     found = Shard.parse(shard).stale_finalizers(finalizers)
     assert len(found) == len(stale)
     assert all(f in finalizers and hint in f for f, hint in zip(found, stale, strict=True))
+
+
+# --- configuration: flag, environment ----------------------------------------------------------
+
+
+def test_the_shard_comes_from_the_environment_or_the_flag(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert Settings.from_env({}).shard == Shard(0, 1)
+    assert Settings.from_env({"INFISICAL_SYNC_SHARD": "1/3"}).shard == Shard(1, 3)
+    with pytest.raises(ValidationError, match="i/N"):
+        Settings.from_env({"INFISICAL_SYNC_SHARD": "3/3"})
+
+    seen: list[Settings] = []
+    monkeypatch.setattr("infisical_sync.app.run_operator", lambda s: seen.append(s) or 0)
+    monkeypatch.setenv("INFISICAL_SYNC_SHARD", "0/2")
+    assert cli.main(["run", "--shard", "1/2"]) == 0
+    assert seen[0].shard == Shard(1, 2)  # the flag wins over the environment
+    assert cli.main(["run", "--shard", "2/2"]) == 2
+    assert "shard" in capsys.readouterr().err
