@@ -21,6 +21,7 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
+from infisical_sync import metrics
 from infisical_sync.config import Settings
 from infisical_sync.connection import ConnectionReconciler
 from infisical_sync.infisical.client import ClientPool
@@ -33,6 +34,7 @@ from infisical_sync.kube import (
     KubeTimeouts,
     load_api_client,
 )
+from infisical_sync.resharding import Resharding
 from infisical_sync.scheduler import RetryLater, Scheduler
 from infisical_sync.secret_watch import (
     SecretEvent,
@@ -43,7 +45,6 @@ from infisical_sync.secret_watch import (
 )
 from infisical_sync.sync import SyncEngine
 
-PREFIX = "infisical-sync.dev"
 CONNECTIONS = "infisicalconnections"
 SYNCS = "secretsyncs"
 STOP_GRACE = 20.0  # seconds a stopping daemon may take to finish the cycle in flight
@@ -58,6 +59,7 @@ class OperatorMemo(kopf.Memo):
     scheduler: Scheduler
     events: EventPoster
     secret_watches: SecretWatches
+    resharding: Resharding
 
 
 # --- lifecycle ----------------------------------------------------------------------------------
@@ -72,13 +74,19 @@ async def startup(
     connections_by_secret: kopf.Index[tuple[str, str], str],
     syncs_by_secret: kopf.Index[tuple[str, str], str],
     syncs_by_selector: kopf.Index[str, tuple[str, dict[str, Any]]],
+    syncs_by_connection: kopf.Index[tuple[str, str], str],
     **_: Any,
 ) -> None:
-    # Fixed on day one: changing these later makes every object look unhandled.
-    settings.persistence.finalizer = f"{PREFIX}/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX, v1=False)
+    config: Settings = memo.settings
+    # Fixed on day one: changing these later makes every object look unhandled. Unsharded they
+    # are what they always were; each shard has its own (shards.py says why).
+    shard = config.shard
+    settings.persistence.finalizer = shard.finalizer
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=shard.annotation_prefix, v1=False
+    )
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=PREFIX, key="last-handled-configuration"
+        prefix=shard.annotation_prefix, key="last-handled-configuration"
     )
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 310
@@ -92,7 +100,7 @@ async def startup(
     # (a revoke on a deleted connection) before kopf falls back to polling them every backoff.
     settings.background.instant_exit_timeout = 1.0
 
-    config: Settings = memo.settings
+    metrics.SHARD.labels(str(shard.index), str(shard.count)).set(1)
     if config.metrics_port:
         start_http_server(config.metrics_port)
     api_client = await asyncio.to_thread(load_api_client, config.kube_concurrency)
@@ -115,7 +123,7 @@ async def startup(
     )
     events = EventPoster(kube)
     connections = ConnectionReconciler(
-        kube, pool, post_event=events, allowed_instances=config.allowed_instances
+        kube, pool, post_event=events, allowed_instances=config.allowed_instances, shard=shard
     )
     engine = SyncEngine(
         kube, connections, post_event=events, cluster_id=await _cluster_id(config, kube)
@@ -123,7 +131,20 @@ async def startup(
     memo.pool = pool
     memo.kube = kube
     memo.events = events
-    memo.scheduler = Scheduler(engine=engine, connections=connections, status=kube)
+    memo.scheduler = scheduler = Scheduler(
+        engine=engine, connections=connections, status=kube, shard=shard
+    )
+
+    async def connection_released(namespace: str, name: str, _body: Any) -> None:
+        await scheduler.remove_connection(
+            namespace, name, lambda: list(syncs_by_connection.get((namespace, name), []))
+        )
+
+    memo.resharding = Resharding(
+        shard,
+        kube,
+        finish={SYNCS: scheduler.remove_secretsync, CONNECTIONS: connection_released},
+    )
     # Secrets are not watched by kopf (it would hold every Secret's data): our own watch sees
     # their metadata only, and the indexes (filled by kopf, live) name who reads each one.
     memo.secret_watches = SecretWatches.start(
@@ -134,7 +155,7 @@ async def startup(
         None if _clusterwide(config) else config.namespaces,
         _secret_changed(memo.scheduler, connections_by_secret, syncs_by_secret, syncs_by_selector),
     )
-    log.info("infisical-sync operator started")
+    log.info("infisical-sync operator started (shard %s)", shard)
 
 
 def _secret_changed(
@@ -183,6 +204,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     watches: SecretWatches | None = getattr(memo, "secret_watches", None)
     if watches is not None:
         await watches.stop()
+    resharding: Resharding | None = getattr(memo, "resharding", None)
+    if resharding is not None:
+        await resharding.stop()
     events: EventPoster | None = getattr(memo, "events", None)
     if events is not None:
         await events.settle()
@@ -199,6 +223,16 @@ async def probe_now(**_: Any) -> str:
     return dt.datetime.now(dt.UTC).isoformat()
 
 
+# --- shards -------------------------------------------------------------------------------------
+
+
+def _owned(*, namespace: str | None, name: str, memo: Any, **_: Any) -> bool:
+    """This replica's SecretSyncs (all of them unsharded). Every shard handles every
+    InfisicalConnection (its SecretSyncs need a session); the owner of one writes its status."""
+    settings: Settings = memo.settings
+    return settings.shard.owns(namespace or "", name)
+
+
 # --- indexes ------------------------------------------------------------------------------------
 
 
@@ -213,7 +247,7 @@ async def connections_by_secret(
     return {(namespace, str(secret)): name for secret in keys}
 
 
-@kopf.index(GROUP, VERSION, SYNCS, registry=registry)  # type: ignore[arg-type]
+@kopf.index(GROUP, VERSION, SYNCS, when=_owned, registry=registry)  # type: ignore[arg-type]
 async def syncs_by_connection(
     namespace: str, name: str, spec: kopf.Spec, **_: Any
 ) -> dict[tuple[str, str], str]:
@@ -227,7 +261,7 @@ async def syncs_by_connection(
     return {(namespace, str(ref)): name for ref in refs if ref}
 
 
-@kopf.index(GROUP, VERSION, SYNCS, registry=registry)  # type: ignore[arg-type]
+@kopf.index(GROUP, VERSION, SYNCS, when=_owned, registry=registry)  # type: ignore[arg-type]
 async def syncs_by_secret(
     namespace: str, name: str, spec: kopf.Spec, **_: Any
 ) -> dict[tuple[str, str], str]:
@@ -236,7 +270,7 @@ async def syncs_by_secret(
     return {(namespace, str(item["name"])): name for item in listed if item.get("name")}
 
 
-@kopf.index(GROUP, VERSION, SYNCS, registry=registry)  # type: ignore[arg-type]
+@kopf.index(GROUP, VERSION, SYNCS, when=_owned, registry=registry)  # type: ignore[arg-type]
 async def syncs_by_selector(
     namespace: str, name: str, spec: kopf.Spec, **_: Any
 ) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -246,6 +280,13 @@ async def syncs_by_selector(
 
 
 # --- InfisicalConnection ------------------------------------------------------------------------
+
+
+@kopf.on.event(GROUP, VERSION, CONNECTIONS, when=_owned, registry=registry)  # type: ignore[arg-type]
+async def connection_event(
+    type: str, namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
+    memo.resharding.on_event(type, CONNECTIONS, namespace, name, body)
 
 
 @kopf.on.update(GROUP, VERSION, CONNECTIONS, field="spec", registry=registry)  # type: ignore[arg-type]
@@ -295,6 +336,8 @@ async def connection_deleted(
     def users() -> list[str]:
         return list(syncs_by_connection.get((namespace, name), []))
 
+    if memo.settings.shard.owns(namespace, name):
+        await memo.resharding.on_deleting(CONNECTIONS, namespace, name)
     try:
         await memo.scheduler.remove_connection(namespace, name, users)
     except RetryLater as retry:
@@ -304,10 +347,11 @@ async def connection_deleted(
 # --- SecretSync ---------------------------------------------------------------------------------
 
 
-@kopf.on.event(GROUP, VERSION, SYNCS, registry=registry)  # type: ignore[arg-type]
+@kopf.on.event(GROUP, VERSION, SYNCS, when=_owned, registry=registry)  # type: ignore[arg-type]
 async def secretsync_event(
     type: str, namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
+    memo.resharding.on_event(type, SYNCS, namespace, name, body)
     memo.scheduler.on_secretsync_event(type, namespace, name, body)
 
 
@@ -317,6 +361,7 @@ async def secretsync_event(
     SYNCS,
     cancellation_backoff=STOP_GRACE,
     cancellation_timeout=10,
+    when=_owned,
     registry=registry,
 )
 async def secretsync_daemon(
@@ -330,10 +375,11 @@ async def secretsync_daemon(
     await memo.scheduler.run_secretsync(namespace, name, body, stopped)
 
 
-@kopf.on.delete(GROUP, VERSION, SYNCS, registry=registry)  # type: ignore[arg-type]
+@kopf.on.delete(GROUP, VERSION, SYNCS, when=_owned, registry=registry)  # type: ignore[arg-type]
 async def secretsync_deleted(
     namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
+    await memo.resharding.on_deleting(SYNCS, namespace, name)
     try:
         await memo.scheduler.remove_secretsync(namespace, name, body)
     except RetryLater as retry:
@@ -377,7 +423,9 @@ def run_operator(settings: Settings) -> int:
     # urllib3 (the Kubernetes client's) WARNs on every retried connection: during an API server
     # outage that is three lines a call; the scheduler reports outages once per object.
     logging.getLogger("urllib3").setLevel(logging.ERROR)
-    logging.getLogger("kopf.objects").addFilter(_NoNewsAtDebug(["secretsync_event"]))
+    logging.getLogger("kopf.objects").addFilter(
+        _NoNewsAtDebug(["secretsync_event", "connection_event"])
+    )
     liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
     asyncio.run(
         kopf.operator(
