@@ -35,6 +35,7 @@ from infisical_sync.kube import (
     KubeTimeouts,
     load_api_client,
 )
+from infisical_sync.resharding import Resharding
 from infisical_sync.scheduler import RetryLater, Scheduler
 from infisical_sync.secret_watch import (
     SecretEvent,
@@ -45,7 +46,6 @@ from infisical_sync.secret_watch import (
 )
 from infisical_sync.sync import SyncEngine
 
-PREFIX = "infisical-sync.dev"
 CONNECTIONS = "infisicalconnections"
 SYNCS = "secretsyncs"
 STOP_GRACE = 20.0  # seconds a stopping daemon may take to finish the cycle in flight
@@ -61,6 +61,7 @@ class OperatorMemo(kopf.Memo):
     scheduler: Scheduler
     events: EventPoster
     secret_watches: SecretWatches
+    resharding: Resharding
 
 
 # --- lifecycle ----------------------------------------------------------------------------------
@@ -75,13 +76,19 @@ async def startup(
     connections_by_secret: kopf.Index[tuple[str, str], str],
     syncs_by_secret: kopf.Index[tuple[str, str], str],
     syncs_by_selector: kopf.Index[str, tuple[str, dict[str, Any]]],
+    syncs_by_connection: kopf.Index[tuple[str, str], str],
     **_: Any,
 ) -> None:
-    # Fixed on day one: changing these later makes every object look unhandled.
-    settings.persistence.finalizer = f"{PREFIX}/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX, v1=False)
+    config: Settings = memo.settings
+    # Fixed on day one: changing these later makes every object look unhandled. Unsharded they
+    # are what they always were; each shard has its own (shards.py says why).
+    shard = config.shard
+    settings.persistence.finalizer = shard.finalizer
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=shard.annotation_prefix, v1=False
+    )
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=PREFIX, key="last-handled-configuration"
+        prefix=shard.annotation_prefix, key="last-handled-configuration"
     )
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 310
@@ -95,7 +102,6 @@ async def startup(
     # (a revoke on a deleted connection) before kopf falls back to polling them every backoff.
     settings.background.instant_exit_timeout = 1.0
 
-    config: Settings = memo.settings
     api_client = await asyncio.to_thread(load_api_client, config.kube_concurrency)
     kube = Kube(
         api_client,
@@ -118,7 +124,7 @@ async def startup(
     )
     events = EventPoster(kube)
     connections = ConnectionReconciler(
-        kube, pool, post_event=events, allowed_instances=config.allowed_instances
+        kube, pool, post_event=events, allowed_instances=config.allowed_instances, shard=shard
     )
     engine = SyncEngine(
         kube, connections, post_event=events, cluster_id=await _cluster_id(config, kube)
@@ -126,7 +132,20 @@ async def startup(
     memo.pool = pool
     memo.kube = kube
     memo.events = events
-    memo.scheduler = Scheduler(engine=engine, connections=connections, status=kube)
+    memo.scheduler = scheduler = Scheduler(
+        engine=engine, connections=connections, status=kube, shard=shard
+    )
+
+    async def connection_released(namespace: str, name: str, _body: Any) -> None:
+        await scheduler.remove_connection(
+            namespace, name, lambda: list(syncs_by_connection.get((namespace, name), []))
+        )
+
+    memo.resharding = Resharding(
+        shard,
+        kube,
+        finish={SYNCS: scheduler.remove_secretsync, CONNECTIONS: connection_released},
+    )
     # Secrets are not watched by kopf (it would hold every Secret's data): our own watch sees
     # their metadata only, and the indexes (filled by kopf, live) name who reads each one.
     memo.secret_watches = SecretWatches.start(
@@ -137,7 +156,7 @@ async def startup(
         None if _clusterwide(config) else config.namespaces,
         _secret_changed(memo.scheduler, connections_by_secret, syncs_by_secret, syncs_by_selector),
     )
-    log.info("infisical-sync operator started")
+    log.info("infisical-sync operator started (shard %s)", shard)
 
 
 def _secret_changed(
@@ -186,6 +205,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     watches: SecretWatches | None = getattr(memo, "secret_watches", None)
     if watches is not None:
         await watches.stop()
+    resharding: Resharding | None = getattr(memo, "resharding", None)
+    if resharding is not None:
+        await resharding.stop()
     events: EventPoster | None = getattr(memo, "events", None)
     if events is not None:
         await events.settle()
@@ -202,6 +224,16 @@ async def probe_now(**_: Any) -> str:
     return dt.datetime.now(dt.UTC).isoformat()
 
 
+# --- shards -------------------------------------------------------------------------------------
+
+
+def _owned(*, namespace: str | None, name: str, memo: Any, **_: Any) -> bool:
+    """This replica's SecretSyncs (all of them unsharded). Every shard handles every
+    InfisicalConnection (its SecretSyncs need a session); the owner of one writes its status."""
+    settings: Settings = memo.settings
+    return settings.shard.owns(namespace or "", name)
+
+
 # --- indexes ------------------------------------------------------------------------------------
 
 
@@ -216,7 +248,7 @@ async def connections_by_secret(
     return {(namespace, str(secret)): name for secret in keys}
 
 
-@kopf.index(GROUP, VERSION, SYNCS, registry=registry)  # type: ignore[arg-type]
+@kopf.index(GROUP, VERSION, SYNCS, when=_owned, registry=registry)  # type: ignore[arg-type]
 async def syncs_by_connection(
     namespace: str, name: str, spec: kopf.Spec, **_: Any
 ) -> dict[tuple[str, str], str]:
@@ -230,7 +262,7 @@ async def syncs_by_connection(
     return {(namespace, str(ref)): name for ref in refs if ref}
 
 
-@kopf.index(GROUP, VERSION, SYNCS, registry=registry)  # type: ignore[arg-type]
+@kopf.index(GROUP, VERSION, SYNCS, when=_owned, registry=registry)  # type: ignore[arg-type]
 async def syncs_by_secret(
     namespace: str, name: str, spec: kopf.Spec, **_: Any
 ) -> dict[tuple[str, str], str]:
@@ -239,7 +271,7 @@ async def syncs_by_secret(
     return {(namespace, str(item["name"])): name for item in listed if item.get("name")}
 
 
-@kopf.index(GROUP, VERSION, SYNCS, registry=registry)  # type: ignore[arg-type]
+@kopf.index(GROUP, VERSION, SYNCS, when=_owned, registry=registry)  # type: ignore[arg-type]
 async def syncs_by_selector(
     namespace: str, name: str, spec: kopf.Spec, **_: Any
 ) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -249,6 +281,13 @@ async def syncs_by_selector(
 
 
 # --- InfisicalConnection ------------------------------------------------------------------------
+
+
+@kopf.on.event(GROUP, VERSION, CONNECTIONS, when=_owned, registry=registry)  # type: ignore[arg-type]
+async def connection_event(
+    type: str, namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
+    memo.resharding.on_event(type, CONNECTIONS, namespace, name, body)
 
 
 @kopf.on.update(GROUP, VERSION, CONNECTIONS, field="spec", registry=registry)  # type: ignore[arg-type]
@@ -298,6 +337,8 @@ async def connection_deleted(
     def users() -> list[str]:
         return list(syncs_by_connection.get((namespace, name), []))
 
+    if memo.settings.shard.owns(namespace, name):
+        await memo.resharding.on_deleting(CONNECTIONS, namespace, name)
     try:
         await memo.scheduler.remove_connection(namespace, name, users)
     except RetryLater as retry:
@@ -307,10 +348,11 @@ async def connection_deleted(
 # --- SecretSync ---------------------------------------------------------------------------------
 
 
-@kopf.on.event(GROUP, VERSION, SYNCS, registry=registry)  # type: ignore[arg-type]
+@kopf.on.event(GROUP, VERSION, SYNCS, when=_owned, registry=registry)  # type: ignore[arg-type]
 async def secretsync_event(
     type: str, namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
+    memo.resharding.on_event(type, SYNCS, namespace, name, body)
     memo.scheduler.on_secretsync_event(type, namespace, name, body)
 
 
@@ -320,6 +362,7 @@ async def secretsync_event(
     SYNCS,
     cancellation_backoff=STOP_GRACE,
     cancellation_timeout=10,
+    when=_owned,
     registry=registry,
 )
 async def secretsync_daemon(
@@ -333,10 +376,11 @@ async def secretsync_daemon(
     await memo.scheduler.run_secretsync(namespace, name, body, stopped)
 
 
-@kopf.on.delete(GROUP, VERSION, SYNCS, registry=registry)  # type: ignore[arg-type]
+@kopf.on.delete(GROUP, VERSION, SYNCS, when=_owned, registry=registry)  # type: ignore[arg-type]
 async def secretsync_deleted(
     namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
+    await memo.resharding.on_deleting(SYNCS, namespace, name)
     try:
         await memo.scheduler.remove_secretsync(namespace, name, body)
     except RetryLater as retry:
@@ -380,8 +424,11 @@ def run_operator(settings: Settings) -> int:
     # urllib3 (the Kubernetes client's) WARNs on every retried connection: during an API server
     # outage that is three lines a call; the scheduler reports outages once per object.
     logging.getLogger("urllib3").setLevel(logging.ERROR)
-    logging.getLogger("kopf.objects").addFilter(_NoNewsAtDebug(["secretsync_event"]))
-    if settings.metrics_port:  # before leader election: a standby reports its gauge too
+    logging.getLogger("kopf.objects").addFilter(
+        _NoNewsAtDebug(["secretsync_event", "connection_event"])
+    )
+    metrics.SHARD.labels(str(settings.shard.index), str(settings.shard.count)).set(1)
+    if settings.metrics_port:  # before leader election: a standby reports its gauges too
         start_http_server(settings.metrics_port)
     liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
 

@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="an Infisical instance connections may use (repeat); none given: any",
     )
+    run.add_argument(
+        "--shard",
+        metavar="i/N",
+        help="own the i-th of N hash slices of the SecretSyncs (default 0/1: all of them)",
+    )
 
     fake = commands.add_parser("fake-infisical", help="serve the fake Infisical (tests, demo)")
     fake.add_argument("--seed", type=Path, required=True, help="seed file (YAML or JSON)")
@@ -118,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                 lease_retry_period=args.lease_retry_period,
                 cluster_id=args.cluster_id,
                 allowed_instance_urls=args.allowed_instance_urls,
+                shard=args.shard,
             )
         except ValidationError as exc:
             for error in exc.errors():

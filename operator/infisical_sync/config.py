@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from infisical_sync.instance_urls import AllowedInstances, parse_entry
 from infisical_sync.lease import LeaseTimings
+from infisical_sync.shards import Shard
 
 ENV_PREFIX = "INFISICAL_SYNC_"
 NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -67,6 +68,9 @@ class Settings(BaseModel):
     allowed_instance_urls: list[str] = Field(
         default_factory=list, description="Infisical instances connections may use; empty: any"
     )
+    shard: Shard = Field(
+        default_factory=Shard, description="i/N: this replica owns the i-th of N hash slices"
+    )
 
     @field_validator("namespaces")
     @classmethod
@@ -97,12 +101,22 @@ class Settings(BaseModel):
         return self
 
     @property
+    def lease(self) -> str:
+        """The Lease this replica competes for: one per shard index (`<lease_name>-shard-i`)."""
+        return self.lease_name + self.shard.lease_suffix
+
+    @property
     def lease_timings(self) -> LeaseTimings:
         return LeaseTimings(
             duration=self.lease_duration,
             renew_deadline=self.lease_renew_deadline,
             retry_period=self.lease_retry_period,
         )
+
+    @field_validator("shard", mode="before")
+    @classmethod
+    def _shard(cls, value: object) -> object:
+        return Shard.parse(value) if isinstance(value, str) else value
 
     @property
     def allowed_instances(self) -> AllowedInstances:

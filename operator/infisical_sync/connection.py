@@ -23,6 +23,7 @@ from infisical_sync.infisical.errors import InfisicalError, RateLimited
 from infisical_sync.instance_urls import AllowedInstances
 from infisical_sync.kube import Kube
 from infisical_sync.resources import ConnectionSpec
+from infisical_sync.shards import Shard
 from infisical_sync.status_patch import merge_patch, status_patch
 
 log = logging.getLogger(__name__)
@@ -135,11 +136,14 @@ class ConnectionReconciler:
         *,
         post_event: EventPoster,
         allowed_instances: AllowedInstances,
+        shard: Shard | None = None,
     ) -> None:
         self.kube = kube
         self.pool = pool
         self.post_event = post_event
         self.allowed_instances = allowed_instances
+        # Every shard validates (its SecretSyncs need their own session); one writes status.
+        self.shard = shard or Shard()
         self.states: dict[tuple[str, str], ConnectionState] = {}
         # The status last written per connection: the watched body can lag behind it.
         self.written: dict[tuple[str, str], dict[str, Any]] = {}
@@ -254,15 +258,18 @@ class ConnectionReconciler:
             namespace, name, body.get("spec") or {}, force_login=force_login
         )
         key = (namespace, name)
+        writes = self.writes_status(namespace, name)
         # Our own last result wins over the watched body, which can lag behind our status patch.
         previous = self.written.get(key)
         if previous is None:
             previous = dict(body.get("status") or {})
         known = self.states.get(key)
+        # A shard that does not write the status goes by its own session only: the status says
+        # what the owner's session saw.
         was_ready = (
             known.ready
             if known is not None
-            else condition_status(previous.get("conditions"), "Ready") == "True"
+            else writes and condition_status(previous.get("conditions"), "Ready") == "True"
         )
         # Deferred only for what was validated before: a 429 at the login for new credentials,
         # a new URL or CA, or a changed spec leaves them unvalidated, so not Ready.
@@ -280,6 +287,8 @@ class ConnectionReconciler:
             outcome.ready, outcome.reason, outcome.message
         )
         metrics.CONNECTION_READY.labels(namespace, name).set(1 if outcome.ready else 0)
+        if not writes:
+            return outcome, outcome.ready and (not was_ready or force_login)
         # A re-validation that changes nothing writes nothing. After a patch that failed (one
         # that timed out may still have been applied) the whole status is written.
         changes = dict(status) if key in self._unsure else status_patch(previous, status)
@@ -295,6 +304,10 @@ class ConnectionReconciler:
             self.post_event(body, "Warning", outcome.reason, outcome.message)
             log.warning("connection %s/%s lost Ready: %s", namespace, name, outcome.message)
         return outcome, outcome.ready and (not was_ready or force_login)
+
+    def writes_status(self, namespace: str, name: str) -> bool:
+        """Whether this shard writes the connection's status and posts its Events."""
+        return self.shard.owns(namespace, name)
 
     async def forget(self, namespace: str, name: str) -> None:
         self.states.pop((namespace, name), None)

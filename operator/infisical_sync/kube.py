@@ -281,6 +281,57 @@ class Kube:
             f"removing annotation {key} of {plural} {namespace}/{name}", remove, write=True
         )
 
+    async def remove_finalizers(
+        self, plural: str, namespace: str, name: str, which: Callable[[list[str]], list[str]]
+    ) -> list[str]:
+        """Remove the finalizers `which` picks from our resource's current list; the removed
+        ones. A JSON patch that tests the list it read: kopf adding or removing its own
+        finalizer meanwhile makes it read and decide again, never overwrite."""
+
+        def remove() -> list[str]:
+            for _attempt in range(5):
+                try:
+                    found = cast(
+                        dict[str, Any],
+                        self.custom.get_namespaced_custom_object(
+                            GROUP, VERSION, namespace, plural, name, _request_timeout=self._timeout
+                        ),
+                    )
+                except ApiException as exc:
+                    if exc.status == 404:
+                        return []
+                    raise
+                current = list((found.get("metadata") or {}).get("finalizers") or [])
+                drop = which(current)
+                if not drop:
+                    return []
+                kept = [f for f in current if f not in drop]
+                operations = [
+                    {"op": "test", "path": "/metadata/finalizers", "value": current},
+                    {"op": "replace", "path": "/metadata/finalizers", "value": kept},
+                ]
+                try:
+                    self.custom.patch_namespaced_custom_object(
+                        GROUP,
+                        VERSION,
+                        namespace,
+                        plural,
+                        name,
+                        operations,
+                        _content_type="application/json-patch+json",
+                        _request_timeout=self._timeout,
+                    )
+                except ApiException as exc:
+                    if exc.status == 404:
+                        return []
+                    if exc.status in (409, 422):  # the list changed since it was read
+                        continue
+                    raise
+                return drop
+            return []
+
+        return await self._call(f"removing finalizers of {plural} {namespace}/{name}", remove)
+
     async def patch_status(
         self, plural: str, namespace: str, name: str, status: dict[str, Any]
     ) -> bool:

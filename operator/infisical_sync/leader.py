@@ -266,7 +266,7 @@ async def run_elected(
     """Wait for the Lease, then `operate(fence, stop_flag)` while holding it. Exit status:
     0 after a signal (Lease released), 1 when the Lease was lost (not released)."""
     timings = settings.lease_timings
-    where = f"{lease_namespace(settings)}/{settings.lease_name}"
+    where = f"{lease_namespace(settings)}/{settings.lease}"
     fence = Fence(closed=True, margin=timings.fence_margin)
     call_timeout = max(1.0, timings.renew_deadline / 2)  # a hung call leaves time to retry
     api_client = await asyncio.to_thread(load_api_client, 2)
@@ -279,7 +279,7 @@ async def run_elected(
         concurrency=2,
     )
     elector = LeaderElector(
-        KubeLeaseStore(kube, lease_namespace(settings), settings.lease_name),
+        KubeLeaseStore(kube, lease_namespace(settings), settings.lease),
         identity=identity(),
         timings=timings,
         fence=fence,

@@ -55,6 +55,12 @@ LAST_SUCCESS = Gauge(
     ["kind", "namespace", "name"],
 )
 
+SHARD = Gauge(
+    "infisical_sync_shard_info",
+    "1, labelled with this replica's shard: the i-th (shard) of N (shards) hash slices.",
+    ["shard", "shards"],
+)
+
 
 def cycle_ended(kind: str, namespace: str, name: str, *, succeeded: bool) -> None:
     LAST_CYCLE.labels(kind, namespace, name).set_to_current_time()

@@ -29,6 +29,7 @@ from infisical_sync.kube import KubeUnavailable
 from infisical_sync.planner import ALLOW_MASS_DELETE
 from infisical_sync.runtime import Key, Kicks, Slot
 from infisical_sync.selectors import selector_matches
+from infisical_sync.shards import Shard
 from infisical_sync.status_patch import merge_patch, status_patch
 from infisical_sync.sync import (
     ABANDON,
@@ -300,6 +301,8 @@ class Scheduler:
     # ConnectionNotReady; a manual request owed). Not one waiting out its restart spread, nor
     # one in sync: after a restart, the first validation would otherwise end every spread.
     awaiting_ready: set[Key] = field(default_factory=set)
+    # Which InfisicalConnections' status this replica writes (every shard validates them all).
+    shard: Shard = field(default_factory=Shard)
 
     def lock(self, key: Key) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -412,7 +415,7 @@ class Scheduler:
         waited, told = 0.0, None
         while current := sorted(users()):
             message = in_use_message(current)
-            if message != told:
+            if message != told and self.shard.owns(namespace, name):
                 told = message
                 try:
                     await self.status.patch_status(

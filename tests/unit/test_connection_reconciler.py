@@ -13,6 +13,7 @@ from infisical_sync.infisical.client import ClientPool
 from infisical_sync.infisical.transport import TransportOptions
 from infisical_sync.instance_urls import AllowedInstances
 from infisical_sync.kube import Kube, SecretData
+from infisical_sync.shards import Shard, slot_of
 from infisical_sync.status_patch import merge_patch
 from infisical_sync.testing.fake_infisical import FakeInfisical, Fault
 
@@ -267,3 +268,47 @@ async def test_a_cached_token_refused_by_trusted_ips_ends_ready(harness: Harness
     assert not outcome.ready
     assert harness.condition("Ready")[:2] == ("False", "Forbidden")
     assert harness.events == [("Normal", "Ready"), ("Warning", "Forbidden")]
+
+
+# --- shards (issue 10): one shard writes a connection's status, every shard logs in -----------
+
+
+def _other_shard(namespace: str, name: str) -> Shard:
+    """A shard of 2 that does not own namespace/name."""
+    return Shard(1 - slot_of(namespace, name, 2), 2)
+
+
+async def test_a_shard_not_owning_the_connection_logs_in_but_writes_no_status_or_event(
+    harness: Harness,
+) -> None:
+    reconciler = ConnectionReconciler(
+        cast(Kube, harness.kube),
+        harness.pool,
+        post_event=lambda _body, type_, reason, _message: harness.events.append((type_, reason)),
+        allowed_instances=AllowedInstances.from_urls([]),
+        shard=_other_shard(NAMESPACE, NAME),
+    )
+    # The owner already wrote Ready: this shard's own session decides, not that status.
+    body = {**harness.body(), "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+    outcome, notify = await reconciler.reconcile(NAMESPACE, NAME, body, force_login=True)
+    assert outcome.ready and notify  # its own waiting SecretSyncs are kicked
+    assert reconciler.session(NAMESPACE, NAME) is not None
+    harness.kube.put("identity", {"clientId": CLIENT_ID, "clientSecret": "wrong"})
+    outcome, _ = await reconciler.reconcile(NAMESPACE, NAME, body, force_login=True)
+    assert not outcome.ready and reconciler.session(NAMESPACE, NAME) is None
+    assert harness.kube.statuses == [] and harness.events == []
+    assert harness.fake.count(LOGIN) == 2
+
+
+async def test_the_shard_owning_the_connection_writes_its_status(harness: Harness) -> None:
+    owner = Shard(slot_of(NAMESPACE, NAME, 2), 2)
+    reconciler = ConnectionReconciler(
+        cast(Kube, harness.kube),
+        harness.pool,
+        post_event=lambda _body, type_, reason, _message: harness.events.append((type_, reason)),
+        allowed_instances=AllowedInstances.from_urls([]),
+        shard=owner,
+    )
+    outcome, _ = await reconciler.reconcile(NAMESPACE, NAME, harness.body(), force_login=True)
+    assert outcome.ready and harness.condition("Ready")[:2] == ("True", "Validated")
+    assert harness.events == [("Normal", "Ready")]

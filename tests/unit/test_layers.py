@@ -20,6 +20,7 @@ PURE = [
     "ledger.py",
     "lease.py",
     "fence.py",
+    "shards.py",
 ]
 IO_LIBRARIES = {
     "kopf",

@@ -24,6 +24,7 @@ from infisical_sync.scheduler import (
     kick_reason,
     observe,
 )
+from infisical_sync.shards import Shard, slot_of
 from infisical_sync.sync import SYNC_REQUESTED_AT, CycleResult, SyncFailed
 
 SYNC = ("SecretSync", "ns", "sync")
@@ -891,3 +892,18 @@ async def test_a_removal_after_a_sync_acts_on_what_that_sync_wrote(harness: Harn
     await task
     removed = harness.engine.removal_bodies[0]["status"]
     assert removed["destinationLocation"]["secretPath"] == "/new"
+
+
+async def test_a_shard_not_writing_the_connections_status_waits_for_its_users_silently(
+    harness: Harness,
+) -> None:
+    harness.scheduler.shard = Shard(1 - slot_of("ns", "conn", 2), 2)
+    users = ["a"]
+    task = harness.start(harness.scheduler.remove_connection("ns", "conn", lambda: users))
+    await harness.sleeping(1)
+    assert harness.connections.forgotten == []  # its own SecretSyncs still use it
+    users.clear()
+    harness.clock.advance(1)
+    await task
+    assert harness.connections.forgotten == ["conn"]
+    assert harness.status.patches == []  # the owning shard says it in status
