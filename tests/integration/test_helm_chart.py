@@ -14,6 +14,7 @@ from infisical_sync.testing.controlplane import ControlPlane, ensure_helm, ensur
 
 pytestmark = pytest.mark.controlplane
 CHART = Path(__file__).parents[2] / "deploy" / "helm" / "infisical-sync"
+STDIN = ("-f", "-")
 CLUSTER_IDENTITY_RULE = {
     "apiGroups": [""],
     "resources": ["namespaces"],
@@ -189,6 +190,41 @@ def test_without_leader_election_one_replica_and_recreate(helm: str) -> None:
     assert result.returncode != 0 and "replicas > 1 needs leaderElection" in result.stderr
 
 
+def test_shards_run_one_deployment_each_with_its_own_lease_and_budget(helm: str) -> None:
+    unsharded = [d for d in render(helm) if d["kind"] == "Deployment"]
+    assert [d["metadata"]["name"] for d in unsharded] == ["sync-infisical-sync"]
+    assert unsharded[0]["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "infisical-sync",
+        "app.kubernetes.io/instance": "sync",
+    }  # unchanged: a Deployment's selector cannot change on upgrade
+    assert not any(a.startswith("--shard") for a in container_args(unsharded[0]))
+
+    docs = render(helm, "shards=3")
+    deployments = [d for d in docs if d["kind"] == "Deployment"]
+    budgets = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    names = [f"sync-infisical-sync-shard-{i}" for i in range(3)]
+    assert [d["metadata"]["name"] for d in deployments] == names
+    assert [b["metadata"]["name"] for b in budgets] == names
+    for index, (deployment, budget) in enumerate(zip(deployments, budgets, strict=True)):
+        args = container_args(deployment)
+        assert f"--shard={index}/3" in args
+        # The operator appends -shard-<i>: each shard's replicas compete for their own Lease.
+        assert "--lease-name=sync-infisical-sync" in args
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        assert selector["infisical-sync.dev/shard"] == str(index)
+        assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+        assert budget["spec"]["selector"]["matchLabels"] == selector
+        assert deployment["spec"]["replicas"] == 2
+    failed = subprocess.run(
+        [helm, "template", "sync", str(CHART), "--set", "shards=0"], capture_output=True, text=True
+    )
+    assert failed.returncode != 0 and "shards must be at least 1" in failed.stderr
+
+
+def container_args(deployment: dict[str, Any]) -> list[str]:
+    return list(deployment["spec"]["template"]["spec"]["containers"][0]["args"])
+
+
 def test_allowed_instance_urls(helm: str) -> None:
     def args(*values: str) -> list[str]:
         deployment = next(doc for doc in render(helm, *values) if doc["kind"] == "Deployment")
@@ -242,6 +278,42 @@ def test_manifests_pass_server_side_validation(
     )
     assert result.returncode == 0, result.stderr
     assert "deployment.apps/sync-infisical-sync created (server dry run)" in result.stdout
+    # Sharded: the Deployments and budgets per shard (the CRDs and RBAC are the same).
+    sharded = subprocess.run(
+        [
+            helm,
+            "template",
+            "sync",
+            str(CHART),
+            "--namespace",
+            "infisical-sync",
+            "--set",
+            "shards=2",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    result = subprocess.run(
+        [
+            kubectl,
+            "--kubeconfig",
+            str(control_plane.kubeconfig),
+            "apply",
+            "--dry-run=server",
+            *STDIN,
+        ],
+        input=sharded,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    for index in (0, 1):
+        assert f"deployment.apps/sync-infisical-sync-shard-{index} created" in result.stdout
+        assert f"poddisruptionbudget.policy/sync-infisical-sync-shard-{index} created" in (
+            result.stdout
+        )
 
 
 def _dockerfile_exec_form(instruction: str) -> list[str]:
