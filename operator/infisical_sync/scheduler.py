@@ -98,6 +98,8 @@ class SyncCycles(Protocol):
 
     async def release_owned(self, namespace: str, name: str, body: Mapping[str, Any]) -> int: ...
 
+    async def let_go_of_ledger(self, namespace: str, name: str, uid: str) -> None: ...
+
     def forget(self, namespace: str, name: str) -> None: ...
 
     def readers_of(self, namespace: str, secret: str) -> set[str]: ...
@@ -530,12 +532,20 @@ class Scheduler:
         self.written[key] = state.written
         return result
 
+    async def _let_go_of_ledger(self, namespace: str, name: str, uid: str) -> None:
+        try:
+            await self.engine.let_go_of_ledger(namespace, name, uid)
+        except SyncFailed as failure:
+            raise RetryLater(f"{failure.message}; retrying", REMOVAL_RETRY_DELAY) from None
+
     async def remove_secretsync(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
         """A SecretSync is being deleted: remove (Delete) or release (Retain) its keys, raising
         RetryLater while that fails; or just let go (abandoned)."""
         key = ("SecretSync", namespace, name)
         action = deletion_action(body)
+        uid = str((body.get("metadata") or {}).get("uid", ""))
         if action == "let go":
+            await self._let_go_of_ledger(namespace, name, uid)
             self.engine.forget(namespace, name)
             self.locks.pop(key, None)
             self.written.pop(key, None)
@@ -562,6 +572,7 @@ class Scheduler:
                         name,
                         failure.message,
                     )
+                    await self._let_go_of_ledger(namespace, name, uid)
                     self.engine.forget(namespace, name)
                     self.locks.pop(key, None)
                     return

@@ -10,8 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -120,6 +120,11 @@ class LedgerNameTaken(Exception):
     """The ledger's ConfigMap name is taken by a ConfigMap that is not this SecretSync's."""
 
 
+class LedgerListMissing(Exception):
+    """A list status names (and keeps naming) could be had neither from memory nor from the
+    ConfigMap: it cannot be written back next to a changed one."""
+
+
 class _Unchanged(Exception):
     """The destination answered 304 to the ETag status recorded, and nothing else the outcome
     depends on changed: the outcome is the last one."""
@@ -141,6 +146,8 @@ class _Cache:
     # while status names the same digest. And the ConfigMap's (name, resourceVersion) then.
     ledger: tuple[str, frozenset[str]] | None = None
     ledger_version: tuple[str, str] | None = None
+    # The held plan's keys last read from or written to the ConfigMap (digest, keys).
+    approval_keys: tuple[str, frozenset[str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -205,6 +212,28 @@ def _merged_request_keys(
     return frozenset(
         key for key in pending.keys if key in destination and destination[key].metadata is None
     )
+
+
+def _refuse_unknown_request_keys(
+    result: Plan,
+    destination: Mapping[str, DestinationKey],
+    pending: PendingApproval | None,
+    problem: str,
+) -> None:
+    """The held plan's whole key list could not be had (`problem`): keys the plan leaves as
+    conflicts and that carry no owner may be ones its request created once merged. None is
+    taken for ours; rather than reporting them as someone else's, the cycle stops, saying why."""
+    if not problem or pending is None:
+        return
+    suspects = [
+        key for key in result.conflicts if key in destination and destination[key].metadata is None
+    ]
+    if suspects:
+        raise SyncFailed(
+            "Synced",
+            LEDGER_UNAVAILABLE,
+            ledgers.approval_unavailable_message(pending.named(), problem, suspects),
+        )
 
 
 def _other_instance(status: Mapping[str, Any], session: InfisicalSession) -> bool:
@@ -435,7 +464,7 @@ class SyncEngine:
         initial = moved or not previous.get("lastSyncedAt")
         ledger = frozenset() if moved else await self._vouched_ledger(namespace, previous, cache)
         ledger_tracked = not moved and previous.get("ownershipTracking") == "Ledger"
-        pending = None if moved else cache.approval or shown_approval(previous)
+        pending, unknown = (None, "") if moved else await self._pending(namespace, previous, cache)
 
         def plan_input(current: Mapping[str, DestinationKey]) -> PlanInput:
             return PlanInput(
@@ -460,6 +489,7 @@ class SyncEngine:
             )
 
         result = plan(plan_input(destination))
+        _refuse_unknown_request_keys(result, destination, pending, unknown)
         import_status: dict[str, Any] = {}
         if spec.dry_run:
             return succeeded_status(
@@ -511,6 +541,7 @@ class SyncEngine:
             again = plan_input(destination)
             result = plan(again)
             try:
+                _refuse_unknown_request_keys(result, destination, pending, unknown)
                 await self._apply(session, location, result, written, removed)
             except ApprovalRequired as held_again:
                 planned = fingerprint(where, result)
@@ -518,6 +549,8 @@ class SyncEngine:
                     cache, previous, generation, now, result, planned, held_again, known
                 )
                 raise partly_written(held_failure) from None
+            except SyncFailed as refused:
+                raise partly_written(refused) from None
             except InfisicalError as second:
                 raise partly_written(self._remote_failure("Synced", second)) from None
         except InfisicalError as exc:
@@ -940,6 +973,26 @@ class SyncEngine:
                 )
             except InfisicalError as exc:
                 raise self._remote_failure("Synced", exc) from None
+        uid = str((body.get("metadata") or {}).get("uid", ""))
+        if shown_ref(body.get("status") or {}) is not None:
+            # Done: a removal run again (the process stops before the SecretSync's finalizer
+            # goes) must find nothing to remove, not need the ConfigMap released below.
+            try:
+                await self.kube.patch_status(
+                    PLURAL,
+                    namespace,
+                    name,
+                    {"managedKeys": [], "ledger": None, "keyCounts": {"managed": 0}},
+                )
+            except (ApiException, KubeUnavailable) as exc:
+                problem = f"answered {exc.status}" if isinstance(exc, ApiException) else str(exc)
+                raise SyncFailed(
+                    "Synced",
+                    "LedgerNotReleased",
+                    f"recording the removal in status failed ({problem})",
+                    retryable=True,
+                ) from None
+        await self.let_go_of_ledger(namespace, name, uid)
         self.forget(namespace, name)
         return len(owned)
 
@@ -968,6 +1021,9 @@ class SyncEngine:
                 )
             except InfisicalError as exc:
                 raise self._remote_failure("Synced", exc) from None
+        await self.let_go_of_ledger(
+            namespace, name, str((body.get("metadata") or {}).get("uid", ""))
+        )
         self.forget(namespace, name)
         return len(items)
 
@@ -997,8 +1053,35 @@ class SyncEngine:
                 "Synced", LEDGER_UNAVAILABLE, ledgers.unavailable_message(found.problem)
             )
         cache.ledger = (ref.digest, found.keys)
-        cache.ledger_version = (ref.config_map, str(body["metadata"].get("resourceVersion")))
+        # A replace must keep others' finalizers: with some, the next write reads it first.
+        version = str(body["metadata"].get("resourceVersion"))
+        keep = not ledgers.others_finalizers(body)
+        cache.ledger_version = (ref.config_map, version) if keep else None
         return found.keys
+
+    async def _pending(
+        self, namespace: str, previous: Mapping[str, Any], cache: _Cache
+    ) -> tuple[PendingApproval | None, str]:
+        """The change request the last plan waits for, with all the plan's keys; and why they
+        could not all be had ("" when they were). Past SHOWN_NAMES keys on a server without
+        secretMetadata they are in the ConfigMap, believed only with status's digest; without
+        them only those status shows are."""
+        if cache.approval is not None:
+            return cache.approval, ""
+        shown = shown_approval(previous)
+        ref = ledgers.approval_ref(previous)
+        if shown is None or ref is None:
+            return shown, ""
+        if cache.approval_keys is None or cache.approval_keys[0] != ref.digest:
+            try:
+                body = await self.kube.read_configmap(namespace, ref.config_map)
+            except ApiException as exc:
+                return shown, f"reading ConfigMap {ref.config_map} was refused ({exc.status})"
+            found = ledgers.read(ref, body, ledgers.APPROVAL)
+            if found.keys is None:
+                return shown, found.problem
+            cache.approval_keys = (ref.digest, found.keys)
+        return replace(shown, keys=tuple(sorted(cache.approval_keys[1]))), ""
 
     async def _keep_ledger(
         self,
@@ -1007,82 +1090,201 @@ class SyncEngine:
         previous: Mapping[str, Any],
         status: dict[str, Any],
     ) -> None:
-        """A ledger status would show whole (ownership depends on it) past SHOWN_NAMES keys goes
-        to its ConfigMap, written before the status that names it; status then shows the first
-        names and status.ledger. Written only when the list changed. Should the ConfigMap not
-        take it, the list stays whole in status, as before ConfigMaps."""
-        keys = status.get("managedKeys")
-        if keys is None:
-            return
+        """Lists status would show whole because ownership depends on them (the ledger, and the
+        keys of a plan held for approval) go to the ConfigMap past SHOWN_NAMES keys, written
+        before the status that names it; status then shows the first names and the reference.
+        Written only when a list changed. Should the ConfigMap not take them, they stay whole in
+        status, as before ConfigMaps. A ConfigMap status stops naming is let go."""
         tracking = status.get("ownershipTracking") or previous.get("ownershipTracking")
-        if not ledgers.kept_apart(keys, tracking):
-            status["ledger"] = None  # managedKeys is whole, or every key carries its owner
-            return
+        name = ledgers.configmap_name(owner.name)
         cache = self._caches.setdefault((owner.namespace, owner.name), _Cache())
-        wanted = LedgerRef(ledgers.configmap_name(owner.name), len(keys), ledgers.digest(keys))
-        if shown_ref(previous) != wanted:
+        managed = status.get("managedKeys")  # None: the ledger is not changed by this status
+        ledger_before = shown_ref(previous)
+        ledger = ledger_before if managed is None else ledgers.wanted_ref(name, managed, tracking)
+        # pendingApproval absent: unchanged; null: no request is waited for any more.
+        pending = status.get("pendingApproval")
+        approval_before = ledgers.approval_ref(previous)
+        held = None if pending is None else list(pending.get("keys") or [])
+        if "pendingApproval" not in status:
+            approval = approval_before
+        else:
+            approval = None if held is None else ledgers.wanted_ref(name, held, tracking)
+        if (ledger is not None and ledger != ledger_before) or (
+            approval is not None and approval != approval_before
+        ):
             try:
-                await self._write_ledger(namespace, owner, keys, previous, status, cache)
-            except (ApiException, KubeUnavailable, LedgerNameTaken) as exc:
+                await self._write_lists(
+                    namespace,
+                    owner,
+                    previous,
+                    status,
+                    cache,
+                    ledger=(ledger_before, ledger, managed),
+                    approval=(approval_before, approval, held),
+                )
+            except (ApiException, KubeUnavailable, LedgerNameTaken, LedgerListMissing) as exc:
                 problem = exc.status if isinstance(exc, ApiException) else exc
                 log.warning(
-                    "%s/%s: the ownership ledger stays whole in status: writing ConfigMap %s "
-                    "failed (%s)",
+                    "%s/%s: key lists stay whole in status: writing ConfigMap %s failed (%s)",
                     owner.namespace,
                     owner.name,
-                    wanted.config_map,
+                    name,
                     problem,
                 )
-                status.update(ledgers.status_fields(keys, None))
-                return
-        cache.ledger = (wanted.digest, frozenset(keys))
-        status.update(ledgers.status_fields(keys, wanted))
+                ledger = ledger if ledger == ledger_before else None
+                approval = approval if approval == approval_before else None
+        elif ledger is None and approval is None and (ledger_before or approval_before):
+            # Status stops naming the ConfigMap: nothing needs it to outlive the SecretSync.
+            # Its lists stay (never believed without status's digest); it goes with the
+            # SecretSync, or is written again should a list grow past SHOWN_NAMES.
+            try:
+                await self._release(namespace, owner.uid, name, cache)
+            except (ApiException, KubeUnavailable) as exc:
+                log.warning(
+                    "%s/%s: our finalizer stays on ConfigMap %s (%s); it goes when the "
+                    "SecretSync is deleted",
+                    owner.namespace,
+                    owner.name,
+                    name,
+                    exc.status if isinstance(exc, ApiException) else exc,
+                )
+        if managed is not None:
+            status.update(ledgers.status_fields(managed, ledger))
+            if ledger is not None:
+                cache.ledger = (ledger.digest, frozenset(managed))
+        if pending is not None and held is not None:
+            status["pendingApproval"] = ledgers.approval_fields(pending, approval)
+            if approval is not None:
+                cache.approval_keys = (approval.digest, frozenset(held))
 
-    async def _write_ledger(
+    async def _write_lists(
         self,
         namespace: str,
         owner: Owner,
-        keys: Sequence[str],
         previous: Mapping[str, Any],
         status: Mapping[str, Any],
         cache: _Cache,
+        *,
+        ledger: tuple[LedgerRef | None, LedgerRef | None, Sequence[str] | None],
+        approval: tuple[LedgerRef | None, LedgerRef | None, Sequence[str] | None],
     ) -> None:
-        ref = shown_ref(previous)
-        vouched = (
-            cache.ledger[1]
-            if ref is not None and cache.ledger is not None and cache.ledger[0] == ref.digest
-            else None
-        )
+        """Write the ConfigMap with both lists. Each is (what status names now, what it will
+        name, the list it will name when this status gives it). A list status names now is kept
+        (as the list, or as the change from it) so that a crash before the new status is written
+        loses nothing; one that status names now and keeps naming must be had (from memory or
+        the ConfigMap), else LedgerListMissing: nothing is written."""
+        name = ledgers.configmap_name(owner.name)
+        stored: list[Mapping[str, Any] | None] = []  # the ConfigMap, once read
+
+        async def known(ref: LedgerRef | None, entries: ledgers.Entries) -> frozenset[str] | None:
+            if ref is None:
+                return None
+            memory = cache.ledger if entries == ledgers.LEDGER else cache.approval_keys
+            if memory is not None and memory[0] == ref.digest:
+                return memory[1]
+            if not stored:
+                stored.append(await self.kube.read_configmap(namespace, ref.config_map))
+            return ledgers.read(ref, stored[0], entries).keys
+
+        async def content(
+            lists: tuple[LedgerRef | None, LedgerRef | None, Sequence[str] | None],
+            entries: ledgers.Entries,
+        ) -> tuple[Collection[str] | None, Collection[str] | None]:
+            before, after, given = lists
+            if after is None:
+                return await known(before, entries), None  # status names it until replaced
+            if after == before:
+                keys = given if given is not None else await known(before, entries)
+                if keys is None:
+                    raise LedgerListMissing(f"the list status names is not in ConfigMap {name}")
+                return keys, keys
+            vouched = None if before is None else await known(before, entries)
+            return given, vouched
+
+        keys, vouched = await content(ledger, ledgers.LEDGER)
+        held, held_vouched = await content(approval, ledgers.APPROVAL)
         where = status.get("destinationLocation") or previous.get("destinationLocation") or {}
-        body = ledgers.configmap(
-            namespace=namespace,
-            secretsync=owner.name,
-            uid=owner.uid,
-            keys=keys,
-            vouched=vouched,
-            belongs_to=" ".join(
-                str(where.get(field, ""))
-                for field in ("instanceUrl", "connection", "projectId", "environment", "secretPath")
-            ),
-        )
-        name = body["metadata"]["name"]
-        known = cache.ledger_version
-        version = known[1] if known is not None and known[0] == name else None
+
+        def body(finalizers: Collection[str] = ()) -> dict[str, Any]:
+            return ledgers.configmap(
+                namespace=namespace,
+                secretsync=owner.name,
+                uid=owner.uid,
+                keys=keys,
+                vouched=vouched,
+                approval=held,
+                approval_vouched=held_vouched,
+                finalizers=finalizers,
+                belongs_to=" ".join(
+                    str(where.get(field, ""))
+                    for field in (
+                        "instanceUrl",
+                        "connection",
+                        "projectId",
+                        "environment",
+                        "secretPath",
+                    )
+                ),
+            )
+
+        known_version = cache.ledger_version
+        version = known_version[1] if known_version and known_version[0] == name else None
         try:
-            written = await self.kube.write_configmap(namespace, body, version)
+            written = await self.kube.write_configmap(namespace, body(), version)
         except ApiException as exc:
             if exc.status not in (404, 409):
                 raise
             # Created by an earlier process, changed or deleted since it was read: read it, and
-            # replace it only if it is ours.
+            # replace it only if it is ours (keeping others' finalizers).
             existing = await self.kube.read_configmap(namespace, name)
             if existing is not None and not ledgers.owned_by_us(existing, owner.uid):
                 raise LedgerNameTaken(
                     f"ConfigMap {name} exists and is not this SecretSync's"
                 ) from None
             version = None if existing is None else str(existing["metadata"]["resourceVersion"])
-            written = await self.kube.write_configmap(namespace, body, version)
+            others = [] if existing is None else ledgers.others_finalizers(existing)
+            written = await self.kube.write_configmap(namespace, body(others), version)
         cache.ledger_version = (name, written)
+
+    async def _release(self, namespace: str, uid: str, name: str, cache: _Cache | None) -> None:
+        """Remove our finalizer from the ConfigMap `name`, when it is this SecretSync's and
+        carries it. ApiException (409 after retries, 403) and KubeUnavailable are raised."""
+        for attempt in range(3):
+            body = await self.kube.read_configmap(namespace, name)
+            if body is None or not ledgers.owned_by_us(body, uid):
+                return
+            without = ledgers.released(body)
+            if without is None:
+                return
+            try:
+                written = await self.kube.write_configmap(
+                    namespace, without, str(body["metadata"]["resourceVersion"])
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    return
+                if exc.status != 409 or attempt == 2:
+                    raise
+                continue  # changed since read: read it again
+            if cache is not None:
+                cache.ledger_version = (name, written)
+            return
+
+    async def let_go_of_ledger(self, namespace: str, name: str, uid: str) -> None:
+        """The SecretSync is going (removed, released or abandoned): our finalizer leaves its
+        ConfigMap, which then goes with it. SyncFailed (retryable) when that could not be done:
+        the SecretSync's own finalizer stays until it is."""
+        configmap = ledgers.configmap_name(name)
+        try:
+            await self._release(namespace, uid, configmap, None)
+        except (ApiException, KubeUnavailable) as exc:
+            problem = f"answered {exc.status}" if isinstance(exc, ApiException) else str(exc)
+            raise SyncFailed(
+                "Synced",
+                "LedgerNotReleased",
+                f"removing our finalizer from ConfigMap {configmap} failed ({problem})",
+                retryable=True,
+            ) from None
 
     # --- status --------------------------------------------------------------------------------
 

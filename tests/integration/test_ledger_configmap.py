@@ -19,9 +19,21 @@ from typing import Any
 import pytest
 from kubernetes import client
 from tests.conftest import operator_process, wait_for
-from tests.kube_helpers import GROUP, VERSION, condition, create, delete, patch, put_secret, status
+from tests.integration.test_secretsync import resource_version
+from tests.kube_helpers import (
+    GROUP,
+    VERSION,
+    condition,
+    create,
+    delete,
+    get,
+    patch,
+    put_secret,
+    status,
+)
 
 from infisical_sync import ledger
+from infisical_sync.sync import ABANDON
 from infisical_sync.testing.controlplane import (
     OPERATOR_USER,
     ControlPlane,
@@ -89,7 +101,7 @@ def listed(cm: Any) -> list[str]:
     return names
 
 
-def start(kube: Any, namespace: str, fake: FakeInfisical) -> None:
+def start(kube: Any, namespace: str, fake: FakeInfisical, names: list[str] = NAMES) -> None:
     put_secret(kube, namespace, "identity", {"clientId": CLIENT_ID, "clientSecret": CLIENT_SECRET})
     connection = {
         "instanceUrl": fake.url,
@@ -98,7 +110,7 @@ def start(kube: Any, namespace: str, fake: FakeInfisical) -> None:
         "validationInterval": "1h",
     }
     create(kube, namespace, CONNECTIONS, "InfisicalConnection", "dest", connection)
-    put_secret(kube, namespace, "app", source(NAMES))
+    put_secret(kube, namespace, "app", source(names))
     sync = {
         "source": {"kubernetes": {"secrets": [{"name": "app"}]}},
         "destination": {
@@ -169,8 +181,12 @@ def test_a_large_ledger_lives_in_a_configmap_and_is_only_believed_with_its_diges
         message = status(kube, namespace, SYNCS, "sync")["lastSyncMessage"]
         assert "ConfigMap sync-ledger does not hold the list" in message
         assert remote(fake) == {**source(kept), "THEIRS": "t"}  # nothing deleted
-        # Deleted instead: the same, with its reason.
+        # Deleted instead (and our finalizer, which keeps it for the removal, taken off by
+        # hand): the same, with its reason.
         client.CoreV1Api(kube).delete_namespaced_config_map("sync-ledger", namespace)
+        client.CoreV1Api(kube).patch_namespaced_config_map(
+            "sync-ledger", namespace, {"metadata": {"finalizers": None}}
+        )
         wait_for(
             lambda: (
                 "sync-ledger does not exist"
@@ -196,3 +212,175 @@ def test_a_large_ledger_lives_in_a_configmap_and_is_only_believed_with_its_diges
         found = status(kube, namespace, SYNCS, "sync")
         assert found["managedKeys"] == fewer[:100] and found["syncStatus"] == "Succeeded"
         assert listed(configmap(kube, namespace)) == fewer
+
+
+def held_listed(cm: Any) -> list[str]:
+    packed = base64.b64decode(cm.binary_data[ledger.APPROVAL_KEYS])
+    names: list[str] = json.loads(gzip.decompress(packed))
+    return names
+
+
+def merge_all(fake: FakeInfisical) -> None:
+    for request in fake.open_approvals():
+        fake.merge_approval(request.id)
+
+
+def test_a_large_plan_held_for_approval_keeps_its_keys_in_the_configmap(
+    plane: ControlPlane, fake: FakeInfisical, namespace: str, tmp_path: Path
+) -> None:
+    """1,500 keys held by a change-approval policy: status shows the first 100 and the digest
+    of the whole list, kept in the ConfigMap; waiting cycles write nothing; after a restart the
+    merged request's keys are ours by that list. A list without status's digest makes none of
+    them ours: the cycle stops with LedgerUnavailable and writes nothing."""
+    kube = api_client(plane.kubeconfig)
+    kubeconfig = plane.kubeconfig_for_user(OPERATOR_USER)
+    fake.state.require_approval(PROJECT, "prod")
+    with operator_process(kubeconfig, tmp_path / "first.log"):
+        start(kube, namespace, fake)
+        wait_for(
+            lambda: (
+                condition(kube, namespace, SYNCS, "sync", "Synced") == ("False", "ApprovalRequired")
+            ),
+            timeout=60,
+        )
+        found = status(kube, namespace, SYNCS, "sync")
+        held = found["pendingApproval"]
+        assert held["keys"] == NAMES[:100] and held["keyCount"] == 1500
+        assert held["keyList"] == {
+            "configMap": "sync-ledger",
+            "count": 1500,
+            "digest": ledger.digest(NAMES),
+        }
+        assert len(json.dumps(found)) < 32 * 1024
+        cm = configmap(kube, namespace)
+        assert held_listed(cm) == NAMES and ledger.FINALIZER in cm.metadata.finalizers
+
+        # Cycles that wait for the request write nothing: neither status nor ConfigMap.
+        def waits() -> int:  # each waiting cycle lists the destination: unchanged, a 304
+            return fake.count(r"secrets", method="GET", status=304)
+
+        wait_for(lambda: waits() >= 1, timeout=30, message="a waiting cycle")
+        versions = (
+            resource_version(kube, namespace, SYNCS, "sync"),
+            configmap(kube, namespace).metadata.resource_version,
+        )
+        seen = waits()
+        wait_for(lambda: waits() >= seen + 2, timeout=40, message="two more waiting cycles")
+        assert (
+            resource_version(kube, namespace, SYNCS, "sync"),
+            configmap(kube, namespace).metadata.resource_version,
+        ) == versions
+        assert len(fake.open_approvals()) == 1
+
+    # Merged while the operator is down: the keys exist without an owner; only the list the
+    # ConfigMap keeps (nothing in memory) makes them ours.
+    merge_all(fake)
+    fake.state.approval_policies.clear()
+    with operator_process(kubeconfig, tmp_path / "second.log"):
+        wait_for(
+            lambda: status(kube, namespace, SYNCS, "sync").get("syncStatus") == "Succeeded",
+            timeout=60,
+        )
+        found = status(kube, namespace, SYNCS, "sync")
+        assert found["conflicts"] == [] and found["ledger"]["count"] == 1500
+        assert found.get("pendingApproval") is None
+        assert remote(fake) == source(NAMES)
+
+    # Another held plan (200 new keys); its list in the ConfigMap is edited, then the request
+    # is merged: those of its keys status does not show cannot be told from someone else's.
+    fake.state.require_approval(PROJECT, "prod")
+    added = [f"N{i:04d}" for i in range(200)]
+    put_secret(kube, namespace, "app", source(NAMES + added))
+    with operator_process(kubeconfig, tmp_path / "third.log"):
+        wait_for(
+            lambda: (
+                (status(kube, namespace, SYNCS, "sync").get("pendingApproval") or {}).get(
+                    "keyCount"
+                )
+                == 200
+            ),
+            timeout=60,
+        )
+    cm = configmap(kube, namespace)
+    forged = gzip.compress(json.dumps(added[:150]).encode())
+    cm.binary_data[ledger.APPROVAL_KEYS] = base64.b64encode(forged).decode()
+    client.CoreV1Api(kube).replace_namespaced_config_map("sync-ledger", namespace, cm)
+    merge_all(fake)
+    fake.state.approval_policies.clear()
+    merged = remote(fake)
+    with operator_process(kubeconfig, tmp_path / "fourth.log"):
+        wait_for(
+            lambda: (
+                condition(kube, namespace, SYNCS, "sync", "Synced")
+                == ("False", "LedgerUnavailable")
+            ),
+            timeout=60,
+        )
+        message = status(kube, namespace, SYNCS, "sync")["lastSyncMessage"]
+        assert "status.pendingApproval" in message and "N0100" in message
+        assert "N0099" not in message  # shown in status: believed
+        assert remote(fake) == merged
+        assert status(kube, namespace, SYNCS, "sync")["ledger"]["count"] == 1500
+
+
+def test_the_configmap_outlives_the_namespace_until_the_keys_are_removed(
+    plane: ControlPlane, fake: FakeInfisical, namespace: str, tmp_path: Path
+) -> None:
+    """Deleting a namespace deletes the SecretSync (held by its finalizer) and its ledger's
+    ConfigMap at once. Our finalizer keeps the ConfigMap readable until the removal (after a
+    restart: nothing in memory) has used it, then lets it go. This control plane runs no
+    namespace controller: the test deletes both, as it would."""
+    kube = api_client(plane.kubeconfig)
+    kubeconfig = plane.kubeconfig_for_user(OPERATOR_USER)
+    with operator_process(kubeconfig, tmp_path / "first.log"):
+        start(kube, namespace, fake)
+        wait_for(lambda: status(kube, namespace, SYNCS, "sync").get("ledger"), timeout=60)
+        assert configmap(kube, namespace).metadata.finalizers == [ledger.FINALIZER]
+    fake.state.put_secret(PROJECT, "prod", PATH, "THEIRS", "t")
+    delete(kube, namespace, SYNCS, "sync")
+    client.CoreV1Api(kube).delete_namespaced_config_map("sync-ledger", namespace)
+    with operator_process(kubeconfig, tmp_path / "second.log"):
+        wait_for(lambda: get(kube, namespace, SYNCS, "sync") is None, timeout=60)
+        assert remote(fake) == {"THEIRS": "t"}
+        wait_for(lambda: not configmap_exists(kube, namespace), message="the ConfigMap gone")
+
+
+def test_a_configmap_no_longer_needed_is_let_go(
+    plane: ControlPlane, fake: FakeInfisical, namespace: str, tmp_path: Path
+) -> None:
+    """A ledger that shrinks to 100 keys is whole in status again: the ConfigMap stays (its
+    list never believed without status's digest) without our finalizer. An abandoned
+    SecretSync lets it go too."""
+    kube = api_client(plane.kubeconfig)
+    kubeconfig = plane.kubeconfig_for_user(OPERATOR_USER)
+    with operator_process(kubeconfig, tmp_path / "first.log"):
+        start(kube, namespace, fake, NAMES[:150])
+        wait_for(lambda: status(kube, namespace, SYNCS, "sync").get("ledger"), timeout=60)
+        put_secret(kube, namespace, "app", source(NAMES[:100]))  # a third goes: not held
+        wait_for(lambda: status(kube, namespace, SYNCS, "sync").get("ledger") is None, timeout=60)
+        assert status(kube, namespace, SYNCS, "sync")["managedKeys"] == NAMES[:100]
+        wait_for(lambda: not configmap(kube, namespace).metadata.finalizers)
+        # Past 100 again: the ConfigMap is written again, with our finalizer.
+        put_secret(kube, namespace, "app", source(NAMES[:300]))
+        wait_for(
+            lambda: (
+                (status(kube, namespace, SYNCS, "sync").get("ledger") or {}).get("count") == 300
+            ),
+            timeout=60,
+        )
+        assert configmap(kube, namespace).metadata.finalizers == [ledger.FINALIZER]
+        patch(kube, namespace, SYNCS, "sync", {"metadata": {"annotations": {ABANDON: "true"}}})
+        delete(kube, namespace, SYNCS, "sync")
+        wait_for(lambda: get(kube, namespace, SYNCS, "sync") is None, timeout=30)
+        assert not configmap(kube, namespace).metadata.finalizers
+        assert remote(fake) == source(NAMES[:300])  # abandoned: left as they are
+
+
+def configmap_exists(kube: Any, namespace: str) -> bool:
+    try:
+        configmap(kube, namespace)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True

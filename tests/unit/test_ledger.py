@@ -157,3 +157,75 @@ def test_ledger_status_stays_small_at_ten_thousand_long_keys() -> None:
     made = body(keys, vouched=names[:5000])
     assert len(json.dumps(made)) < 1024 * 1024
     assert ledger.read(ref, made).keys == frozenset(keys)
+
+
+def test_the_held_plans_keys_are_kept_next_to_the_ledger_and_read_by_their_digest() -> None:
+    held = [f"NEW_{i:04d}" for i in range(150)]
+    made = ledger.configmap(
+        namespace="ns",
+        secretsync="sync",
+        uid="uid-1",
+        keys=KEYS,
+        vouched=None,
+        approval=held,
+        approval_vouched=None,
+        belongs_to="",
+    )
+    ref = ref_of(held)
+    assert ledger.read(ref, made, ledger.APPROVAL).keys == frozenset(held)
+    assert ledger.read(ref_of(KEYS), made).keys == frozenset(KEYS)
+    # The ledger's digest does not open the held list, nor the other way round.
+    assert ledger.read(ref_of(KEYS), made, ledger.APPROVAL).keys is None
+    assert ledger.read(ref, made).keys is None
+    edited = ledger.read(ref_of([*held, "THEIRS"]), made, ledger.APPROVAL)
+    assert edited.keys is None and "pendingApproval.keyList.digest" in edited.problem
+    # Without a ledger kept apart, only the held list is there.
+    alone = body(KEYS)
+    assert ledger.APPROVAL_KEYS not in alone["binaryData"]
+
+
+def test_the_held_plans_keys_in_status_past_what_it_shows() -> None:
+    held = [f"NEW_{i:04d}" for i in range(150)]
+    pending = {"id": "cr-1", "ids": ["cr-1"], "keys": held, "keyCount": 150, "planId": "p"}
+    ref = ledger.wanted_ref("sync-ledger", held, "Ledger")
+    assert ref is not None and ref.count == 150
+    assert ledger.wanted_ref("sync-ledger", held, "Metadata") is None
+    assert ledger.wanted_ref("sync-ledger", held[:100], "Ledger") is None
+    shown = ledger.approval_fields(pending, ref)
+    assert shown["keys"] == held[:100] and shown["keyList"] == ref.status()
+    assert ledger.approval_ref({"pendingApproval": shown}) == ref
+    whole = ledger.approval_fields(pending, None)
+    assert whole["keys"] == held and whole["keyList"] is None
+    assert ledger.approval_ref({"pendingApproval": whole}) is None
+    message = ledger.approval_unavailable_message("change request cr-1", "gone", held)
+    assert "NEW_0099" in message and "and 50 more" in message and "NEW_0100" not in message
+
+
+def test_our_finalizer_is_kept_with_others_and_released_alone() -> None:
+    made = body(KEYS)
+    assert made["metadata"]["finalizers"] == [ledger.FINALIZER]
+    read_back = {
+        **made,
+        "metadata": {
+            **made["metadata"],
+            "finalizers": ["example.com/other", ledger.FINALIZER],
+            "resourceVersion": "7",
+            "managedFields": [{"manager": "x"}],
+        },
+    }
+    assert ledger.others_finalizers(read_back) == ["example.com/other"]
+    again = ledger.configmap(
+        namespace="ns",
+        secretsync="sync",
+        uid="uid-1",
+        keys=KEYS,
+        vouched=None,
+        belongs_to="",
+        finalizers=ledger.others_finalizers(read_back),
+    )
+    assert again["metadata"]["finalizers"] == [ledger.FINALIZER, "example.com/other"]
+    released = ledger.released(read_back)
+    assert released is not None and released["metadata"]["finalizers"] == ["example.com/other"]
+    assert "managedFields" not in released["metadata"]
+    assert released["binaryData"] == made["binaryData"]  # its lists stay
+    assert ledger.released(released) is None  # nothing of ours left: no write

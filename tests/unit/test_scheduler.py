@@ -100,6 +100,7 @@ class FakeEngine:
     removal_bodies: list[Mapping[str, Any]] = field(default_factory=list)
     forgotten: list[str] = field(default_factory=list)
     removal_error: SyncFailed | None = None
+    let_go: list[str] = field(default_factory=list)  # ledger ConfigMaps let go
     writing: bool = False  # whether cycles write (and so mark the status Running first)
 
     async def run(
@@ -130,6 +131,9 @@ class FakeEngine:
             raise self.removal_error
         self.releases.append(name)
         return 1
+
+    async def let_go_of_ledger(self, namespace: str, name: str, uid: str) -> None:
+        self.let_go.append(name)
 
     def forget(self, namespace: str, name: str) -> None:
         self.forgotten.append(name)
@@ -825,6 +829,7 @@ async def test_a_release_that_cannot_be_made_lets_go_and_keeps_the_keys(harness:
     harness.engine.removal_error = SyncFailed("DestinationReady", "ConnectionNotReady", "gone")
     await harness.scheduler.remove_secretsync("ns", "sync", {"spec": {}})
     assert harness.engine.releases == [] and harness.engine.forgotten == ["sync"]
+    assert harness.engine.let_go == ["sync"]  # the ledger's ConfigMap is let go either way
 
 
 async def test_a_failing_release_is_retried_and_abandon_lets_go(harness: Harness) -> None:
@@ -835,6 +840,8 @@ async def test_a_failing_release_is_retried_and_abandon_lets_go(harness: Harness
     body["metadata"]["annotations"]["infisical-sync.dev/abandon"] = "true"
     await harness.scheduler.remove_secretsync("ns", "sync", body)
     assert harness.engine.releases == [] and harness.engine.forgotten == ["sync"]
+    # Abandoned: the ledger's ConfigMap is let go too (else it would outlive the SecretSync).
+    assert harness.engine.let_go == ["sync"]
 
 
 async def test_a_connection_in_use_is_kept_until_its_secretsyncs_are_gone(
