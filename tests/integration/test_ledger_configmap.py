@@ -384,3 +384,36 @@ def configmap_exists(kube: Any, namespace: str) -> bool:
             return False
         raise
     return True
+
+
+def test_a_secretsync_deleted_with_its_namespace_removes_its_keys_and_goes(
+    plane: ControlPlane,
+    fake: FakeInfisical,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    """A namespace deletion (or a foreground cascade) deletes the ledger ConfigMap at once while
+    the SecretSync waits on its finalizer, here with the operator down (a restart or a hand-over:
+    nothing in memory). Our finalizer on the ConfigMap keeps it readable: the keys are removed
+    and the SecretSync goes. The control plane runs no namespace controller: the test deletes."""
+    kube = api_client(plane.kubeconfig)
+    kubeconfig = plane.kubeconfig_for_user(OPERATOR_USER)
+    with operator_process(kubeconfig, tmp_path / "first.log"):
+        start(kube, namespace, fake)
+        wait_for(lambda: status(kube, namespace, SYNCS, "sync").get("ledger"), timeout=60)
+        assert len(remote(fake)) == 1500
+    # The namespace is deleted while the operator is down (or hands over to a standby): the
+    # SecretSync stays (finalizer), its ledger ConfigMap does not.
+    delete(kube, namespace, SYNCS, "sync")
+    client.CoreV1Api(kube).delete_namespaced_config_map("sync-ledger", namespace)
+    with operator_process(kubeconfig, tmp_path / "second.log") as operator:
+        try:
+            wait_for(lambda: get(kube, namespace, SYNCS, "sync") is None, timeout=60)
+        except Exception:
+            found = status(kube, namespace, SYNCS, "sync")
+            raise AssertionError(
+                f"SecretSync never goes: {found.get('lastSyncMessage')}; "
+                f"{len(remote(fake))} keys left"
+            ) from None
+        assert remote(fake) == {}
+        del operator
