@@ -16,6 +16,7 @@ import asyncio
 import datetime as dt
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import kopf
@@ -35,6 +36,7 @@ from infisical_sync.kube import (
     KubeTimeouts,
     load_api_client,
 )
+from infisical_sync.references import Referrers, sync_connections
 from infisical_sync.resharding import Resharding
 from infisical_sync.scheduler import RetryLater, Scheduler
 from infisical_sync.secret_watch import (
@@ -62,23 +64,14 @@ class OperatorMemo(kopf.Memo):
     events: EventPoster
     secret_watches: SecretWatches
     resharding: Resharding
+    referrers: Referrers
 
 
 # --- lifecycle ----------------------------------------------------------------------------------
 
 
-# The indexes arrive as kwargs (kopf creates them before startup, fills them later), which
-# kopf's ActivityFn type does not name.
-@kopf.on.startup(registry=registry)  # type: ignore[arg-type]
-async def startup(
-    settings: kopf.OperatorSettings,
-    memo: kopf.Memo,
-    connections_by_secret: kopf.Index[tuple[str, str], str],
-    syncs_by_secret: kopf.Index[tuple[str, str], str],
-    syncs_by_selector: kopf.Index[str, tuple[str, dict[str, Any]]],
-    syncs_by_connection: kopf.Index[tuple[str, str], str],
-    **_: Any,
-) -> None:
+@kopf.on.startup(registry=registry)
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config: Settings = memo.settings
     # Fixed on day one: changing these later makes every object look unhandled. Unsharded they
     # are what they always were; each shard has its own (shards.py says why).
@@ -136,10 +129,10 @@ async def startup(
         engine=engine, connections=connections, status=kube, shard=shard
     )
 
+    memo.referrers = referrers = Referrers()
+
     async def connection_released(namespace: str, name: str, _body: Any) -> None:
-        await scheduler.remove_connection(
-            namespace, name, lambda: list(syncs_by_connection.get((namespace, name), []))
-        )
+        await scheduler.remove_connection(namespace, name, _users(memo, namespace, name))
 
     memo.resharding = Resharding(
         shard,
@@ -147,24 +140,19 @@ async def startup(
         finish={SYNCS: scheduler.remove_secretsync, CONNECTIONS: connection_released},
     )
     # Secrets are not watched by kopf (it would hold every Secret's data): our own watch sees
-    # their metadata only, and the indexes (filled by kopf, live) name who reads each one.
+    # their metadata only, and the referrers (filled from events, live) name who reads each one.
     memo.secret_watches = SecretWatches.start(
         http_client_for(
             api_client.configuration,
             WatchTimeouts(connect=config.kube_connect_timeout, request=config.kube_request_timeout),
         ),
         None if _clusterwide(config) else config.namespaces,
-        _secret_changed(memo.scheduler, connections_by_secret, syncs_by_secret, syncs_by_selector),
+        _secret_changed(memo.scheduler, referrers),
     )
     log.info("infisical-sync operator started (shard %s)", shard)
 
 
-def _secret_changed(
-    scheduler: Scheduler,
-    connections_by_secret: kopf.Index[tuple[str, str], str],
-    syncs_by_secret: kopf.Index[tuple[str, str], str],
-    syncs_by_selector: kopf.Index[str, tuple[str, dict[str, Any]]],
-) -> SecretEvent:
+def _secret_changed(scheduler: Scheduler, referrers: Referrers) -> SecretEvent:
     def changed(change: str, secret: SecretMeta) -> None:
         key = (secret.namespace, secret.name)
         scheduler.on_secret_event(
@@ -172,12 +160,31 @@ def _secret_changed(
             secret.name,
             change,
             secret.labels,
-            connections=connections_by_secret.get(key, []),
-            syncs=syncs_by_secret.get(key, []),
-            selector_syncs=syncs_by_selector.get(secret.namespace, []),
+            connections=referrers.connections_by_secret.get(key),
+            syncs=referrers.syncs_by_secret.get(key),
+            selector_syncs=referrers.syncs_by_selector.get(secret.namespace),
         )
 
     return changed
+
+
+def _users(memo: Any, namespace: str, name: str) -> Callable[[], Awaitable[list[str]]]:
+    """This replica's SecretSyncs that use a connection. The referrers first; when they name
+    none (they may not have seen every SecretSync yet, right after a start), the API server."""
+
+    async def users() -> list[str]:
+        known = memo.referrers.syncs_by_connection.get((namespace, name))
+        if known:
+            return sorted(known)
+        listed = await memo.kube.list_objects(SYNCS, namespace)
+        return sorted(
+            str(item["metadata"]["name"])
+            for item in listed
+            if memo.settings.shard.owns(namespace, item["metadata"]["name"])
+            and (namespace, name) in sync_connections(namespace, "", item.get("spec") or {})
+        )
+
+    return users
 
 
 async def _cluster_id(config: Settings, kube: Kube) -> str:
@@ -234,60 +241,17 @@ def _owned(*, namespace: str | None, name: str, memo: Any, **_: Any) -> bool:
     return settings.shard.owns(namespace or "", name)
 
 
-# --- indexes ------------------------------------------------------------------------------------
-
-
-@kopf.index(GROUP, VERSION, CONNECTIONS, registry=registry)  # type: ignore[arg-type]
-async def connections_by_secret(
-    namespace: str, name: str, spec: kopf.Spec, **_: Any
-) -> dict[tuple[str, str], str]:
-    """(namespace, Secret name) -> connection name, for the credentials and CA Secrets."""
-    credentials = (spec.get("credentials") or {}).get("secretRef") or {}
-    ca_ref = (spec.get("tls") or {}).get("caSecretRef") or {}
-    keys = {credentials.get("name"), ca_ref.get("name")} - {None}
-    return {(namespace, str(secret)): name for secret in keys}
-
-
-@kopf.index(GROUP, VERSION, SYNCS, when=_owned, registry=registry)  # type: ignore[arg-type]
-async def syncs_by_connection(
-    namespace: str, name: str, spec: kopf.Spec, **_: Any
-) -> dict[tuple[str, str], str]:
-    """(namespace, connection name) -> SecretSync name, for destination and Infisical source."""
-    refs = [
-        ((spec.get("destination") or {}).get("connectionRef") or {}).get("name"),
-        (((spec.get("source") or {}).get("infisical") or {}).get("connectionRef") or {}).get(
-            "name"
-        ),
-    ]
-    return {(namespace, str(ref)): name for ref in refs if ref}
-
-
-@kopf.index(GROUP, VERSION, SYNCS, when=_owned, registry=registry)  # type: ignore[arg-type]
-async def syncs_by_secret(
-    namespace: str, name: str, spec: kopf.Spec, **_: Any
-) -> dict[tuple[str, str], str]:
-    """(namespace, Secret name) -> SecretSync name, for Secrets listed by name."""
-    listed = ((spec.get("source") or {}).get("kubernetes") or {}).get("secrets") or []
-    return {(namespace, str(item["name"])): name for item in listed if item.get("name")}
-
-
-@kopf.index(GROUP, VERSION, SYNCS, when=_owned, registry=registry)  # type: ignore[arg-type]
-async def syncs_by_selector(
-    namespace: str, name: str, spec: kopf.Spec, **_: Any
-) -> dict[str, tuple[str, dict[str, Any]]]:
-    """namespace -> (SecretSync name, label selector), for selector sources."""
-    selector = ((spec.get("source") or {}).get("kubernetes") or {}).get("selector")
-    return {namespace: (name, dict(selector))} if selector else {}
-
-
 # --- InfisicalConnection ------------------------------------------------------------------------
 
 
-@kopf.on.event(GROUP, VERSION, CONNECTIONS, when=_owned, registry=registry)  # type: ignore[arg-type]
+@kopf.on.event(GROUP, VERSION, CONNECTIONS, registry=registry)  # type: ignore[arg-type]
 async def connection_event(
     type: str, namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
-    memo.resharding.on_event(type, CONNECTIONS, namespace, name, body)
+    # Every shard: its SecretSyncs may read this connection's Secrets.
+    memo.referrers.connection_seen(type, namespace, name, body.get("spec") or {})
+    if memo.settings.shard.owns(namespace, name):
+        memo.resharding.on_event(type, CONNECTIONS, namespace, name, body)
 
 
 @kopf.on.update(GROUP, VERSION, CONNECTIONS, field="spec", registry=registry)  # type: ignore[arg-type]
@@ -311,7 +275,6 @@ async def connection_daemon(
     body: kopf.Body,
     memo: kopf.Memo,
     stopped: kopf.DaemonStopped,
-    syncs_by_connection: kopf.Index[tuple[str, str], str],
     **_: Any,
 ) -> None:
     await memo.scheduler.run_connection(
@@ -319,7 +282,7 @@ async def connection_daemon(
         name,
         body,
         stopped,
-        dependents=lambda: syncs_by_connection.get((namespace, name), []),
+        dependents=lambda: memo.referrers.syncs_by_connection.get((namespace, name)),
     )
 
 
@@ -328,19 +291,14 @@ async def connection_deleted(
     namespace: str,
     name: str,
     memo: kopf.Memo,
-    syncs_by_connection: kopf.Index[tuple[str, str], str],
     **_: Any,
 ) -> None:
     """Kept while SecretSyncs use it: deleting a namespace deletes both at once, and theirs
     must finish removing or releasing keys through it first."""
-
-    def users() -> list[str]:
-        return list(syncs_by_connection.get((namespace, name), []))
-
     if memo.settings.shard.owns(namespace, name):
         await memo.resharding.on_deleting(CONNECTIONS, namespace, name)
     try:
-        await memo.scheduler.remove_connection(namespace, name, users)
+        await memo.scheduler.remove_connection(namespace, name, _users(memo, namespace, name))
     except RetryLater as retry:
         raise kopf.TemporaryError(retry.message, delay=retry.delay) from None
 
@@ -352,6 +310,7 @@ async def connection_deleted(
 async def secretsync_event(
     type: str, namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
+    memo.referrers.sync_seen(type, namespace, name, body.get("spec") or {})
     memo.resharding.on_event(type, SYNCS, namespace, name, body)
     memo.scheduler.on_secretsync_event(type, namespace, name, body)
 

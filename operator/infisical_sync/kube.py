@@ -332,6 +332,29 @@ class Kube:
 
         return await self._call(f"removing finalizers of {plural} {namespace}/{name}", remove)
 
+    async def list_objects(self, plural: str, namespace: str) -> list[dict[str, Any]]:
+        """Every object of one of our resources in a namespace (pages of 500)."""
+
+        def read() -> list[dict[str, Any]]:
+            items: list[dict[str, Any]] = []
+            token: str | None = None
+            while True:
+                page: dict[str, Any] = self.custom.list_namespaced_custom_object(  # type: ignore[assignment]
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    plural,
+                    limit=500,
+                    _continue=token,
+                    _request_timeout=self._timeout,
+                )
+                items += page.get("items") or []
+                token = (page.get("metadata") or {}).get("continue") or None
+                if token is None:
+                    return items
+
+        return await self._call(f"listing {plural} in {namespace}", read)
+
     async def patch_status(
         self, plural: str, namespace: str, name: str, status: dict[str, Any]
     ) -> bool:

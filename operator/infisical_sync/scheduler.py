@@ -409,13 +409,13 @@ class Scheduler:
             metrics.forget_object(*key)
 
     async def remove_connection(
-        self, namespace: str, name: str, users: Callable[[], Collection[str]]
+        self, namespace: str, name: str, users: Callable[[], Awaitable[Collection[str]]]
     ) -> None:
-        """An InfisicalConnection is being deleted: kept while SecretSyncs use it (`users` reads
-        kopf's live index), then its session goes (the token is revoked). Waits here a while;
-        RetryLater when they take longer."""
+        """An InfisicalConnection is being deleted: kept while SecretSyncs use it (`users`: the
+        live referrers, or the API server when they name none), then its session goes (the
+        token is revoked). Waits here a while; RetryLater when they take longer."""
         waited, told = 0.0, None
-        while current := sorted(users()):
+        while current := sorted(await users()):
             message = in_use_message(current)
             if message != told and self.shard.owns(namespace, name):
                 told = message

@@ -21,6 +21,7 @@ PURE = [
     "lease.py",
     "fence.py",
     "shards.py",
+    "references.py",
 ]
 IO_LIBRARIES = {
     "kopf",

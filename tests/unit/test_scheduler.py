@@ -848,7 +848,7 @@ async def test_a_connection_in_use_is_kept_until_its_secretsyncs_are_gone(
     harness: Harness,
 ) -> None:
     users = ["b", "a"]
-    task = harness.start(harness.scheduler.remove_connection("ns", "conn", lambda: users))
+    task = harness.start(harness.scheduler.remove_connection("ns", "conn", named(users)))
     await harness.sleeping(1)
     assert harness.connections.forgotten == []  # its session stays usable meanwhile
     assert "SecretSyncs a, b" in harness.status.patches[-1]["message"]
@@ -860,7 +860,7 @@ async def test_a_connection_in_use_is_kept_until_its_secretsyncs_are_gone(
 
 
 async def test_a_connection_in_use_for_long_hands_back_to_kopf(harness: Harness) -> None:
-    task = harness.start(harness.scheduler.remove_connection("ns", "conn", lambda: ["a"]))
+    task = harness.start(harness.scheduler.remove_connection("ns", "conn", named(["a"])))
     for count in range(1, 61):
         harness.clock.advance(await harness.sleeping(count))
     with pytest.raises(RetryLater, match="SecretSyncs a use this connection"):
@@ -906,7 +906,7 @@ async def test_a_shard_not_writing_the_connections_status_waits_for_its_users_si
 ) -> None:
     harness.scheduler.shard = Shard(1 - slot_of("ns", "conn", 2), 2)
     users = ["a"]
-    task = harness.start(harness.scheduler.remove_connection("ns", "conn", lambda: users))
+    task = harness.start(harness.scheduler.remove_connection("ns", "conn", named(users)))
     await harness.sleeping(1)
     assert harness.connections.forgotten == []  # its own SecretSyncs still use it
     users.clear()
@@ -914,3 +914,12 @@ async def test_a_shard_not_writing_the_connections_status_waits_for_its_users_si
     await task
     assert harness.connections.forgotten == ["conn"]
     assert harness.status.patches == []  # the owning shard says it in status
+
+
+def named(users: list[str]) -> Callable[[], Awaitable[list[str]]]:
+    """A connection's users as remove_connection asks for them: read each time it asks."""
+
+    async def read() -> list[str]:
+        return list(users)
+
+    return read
