@@ -126,7 +126,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.kube = kube
     memo.events = events
     memo.scheduler = scheduler = Scheduler(
-        engine=engine, connections=connections, status=kube, shard=shard
+        engine=engine,
+        connections=connections,
+        status=kube,
+        shard=shard,
+        cycle_slots=config.max_concurrent_syncs,
     )
 
     memo.referrers = referrers = Referrers()

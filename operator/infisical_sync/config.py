@@ -42,6 +42,9 @@ class Settings(BaseModel):
         default=30.0, gt=0, description="seconds a Kubernetes API call may wait for its answer"
     )
     kube_connect_timeout: float = Field(default=10.0, gt=0)
+    max_concurrent_syncs: int = Field(
+        default=64, ge=1, le=10000, description="SecretSync cycles the operator runs at once"
+    )
     kube_concurrency: int = Field(
         default=32, ge=1, le=256, description="Kubernetes API calls the operator makes at once"
     )

@@ -305,6 +305,15 @@ class Scheduler:
     awaiting_ready: set[Key] = field(default_factory=set)
     # Which InfisicalConnections' status this replica writes (every shard validates them all).
     shard: Shard = field(default_factory=Shard)
+    # Sync cycles at once, across all SecretSyncs: thousands starting together would each hold
+    # their sources and a plan while queueing for the same instances and API server.
+    cycle_slots: int = 64
+    _cycles: asyncio.Semaphore | None = field(default=None, init=False, repr=False)
+
+    def _cycle_slot(self) -> asyncio.Semaphore:
+        if self._cycles is None:  # made on first use: inside the running loop
+            self._cycles = asyncio.Semaphore(self.cycle_slots)
+        return self._cycles
 
     def lock(self, key: Key) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -509,7 +518,7 @@ class Scheduler:
             await self.status.patch_status(SYNCS, namespace, name, running)
             stored = merge_patch(stored, running)
 
-        async with self.lock(key):
+        async with self._cycle_slot(), self.lock(key):
             try:
                 result = await self.engine.run(
                     namespace, name, body, state.written, on_writing=mark_running

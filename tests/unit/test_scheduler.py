@@ -923,3 +923,35 @@ def named(users: list[str]) -> Callable[[], Awaitable[list[str]]]:
         return list(users)
 
     return read
+
+
+async def test_at_most_cycle_slots_syncs_run_at_once(harness: Harness) -> None:
+    """10,000 SecretSyncs starting together must not all hold a cycle (their sources, plans and
+    a place in every queue) at once: the rest wait for a slot, then each runs."""
+    harness.scheduler.cycle_slots = 3
+    release = asyncio.Event()
+    in_flight: list[str] = []
+    most = 0
+    finished: list[str] = []
+
+    async def run(namespace: str, name: str, *_: Any, **__: Any) -> CycleResult:
+        nonlocal most
+        in_flight.append(name)
+        most = max(most, len(in_flight))
+        await release.wait()
+        in_flight.remove(name)
+        finished.append(name)
+        return ok()
+
+    harness.engine.run = run  # type: ignore[method-assign]
+    for index in range(8):
+        harness.start(
+            harness.scheduler.run_secretsync("ns", f"s{index}", sync_body(), harness.stopped)
+        )
+    await until(lambda: len(in_flight) == 3)
+    for _ in range(20):  # the others stay waiting while the three hold their slots
+        await asyncio.sleep(0)
+    assert len(in_flight) == 3 and most == 3
+    release.set()
+    await until(lambda: len(finished) == 8)
+    assert most == 3
