@@ -137,13 +137,17 @@ class Kube:
         """At shutdown: no new calls; the ones under way end within their timeouts."""
         self._workers.shutdown(wait=False, cancel_futures=True)
 
+    def check_fence(self, what: str) -> None:
+        """Right before a write is sent (in the worker): refused once the fence closed."""
+        if not self.fence.allows():
+            raise KubeFenced(self.fence.refusal(what))
+
     async def _call(self, what: str, call: Callable[[], _T], *, write: bool = False) -> _T:
         """`write`: refused when the fence is closed, checked in the worker right before the
         request (a call may have queued for a worker meanwhile)."""
 
         def fenced() -> _T:
-            if not self.fence.allows():
-                raise KubeFenced(self.fence.refusal(what))
+            self.check_fence(what)
             return call()
 
         try:
@@ -256,7 +260,7 @@ class Kube:
             written: dict[str, Any] = json.loads(cast(Any, response).data)
             return str(written["metadata"]["resourceVersion"])
 
-        return await self._call(f"writing ConfigMap {namespace}/{name}", write)
+        return await self._call(f"writing ConfigMap {namespace}/{name}", write, write=True)
 
     async def namespace_uid(self, name: str) -> str:
         def read() -> str:
@@ -288,6 +292,8 @@ class Kube:
         ones. A JSON patch that tests the list it read: kopf adding or removing its own
         finalizer meanwhile makes it read and decide again, never overwrite."""
 
+        what = f"removing finalizers of {plural} {namespace}/{name}"
+
         def remove() -> list[str]:
             for _attempt in range(5):
                 try:
@@ -305,6 +311,7 @@ class Kube:
                 drop = which(current)
                 if not drop:
                     return []
+                self.check_fence(what)  # the read may have waited: right before the PATCH
                 kept = [f for f in current if f not in drop]
                 operations = [
                     {"op": "test", "path": "/metadata/finalizers", "value": current},
@@ -330,7 +337,7 @@ class Kube:
                 return drop
             return []
 
-        return await self._call(f"removing finalizers of {plural} {namespace}/{name}", remove)
+        return await self._call(what, remove)
 
     async def patch_status(
         self, plural: str, namespace: str, name: str, status: dict[str, Any]
@@ -463,7 +470,10 @@ class EventPoster:
             )
 
         try:
-            await self.kube._call(f"posting an Event for {namespace}/{name}", create)
+            # Fenced too: a replica that lost the Lease would tell of syncs another one runs.
+            await self.kube._call(f"posting an Event for {namespace}/{name}", create, write=True)
+        except KubeFenced:
+            log.debug("Event %s for %s/%s not posted: not the leader", reason, namespace, name)
         except ApiException as exc:
             if exc.status == 404 or (exc.status == 403 and "terminat" in str(exc.body or "")):
                 log.debug("Event %s for %s/%s not posted: %s", reason, namespace, name, exc.status)
