@@ -63,6 +63,14 @@ def _unavailable(what: str, exc: Exception, timeouts: KubeTimeouts) -> KubeUnava
     return KubeUnavailable(f"the Kubernetes API server {problem} ({what})")
 
 
+@dataclass(frozen=True)
+class LeaseFound:
+    name: str
+    spec: dict[str, Any]
+    resource_version: str
+    annotations: dict[str, str]
+
+
 class KubeFenced(KubeUnavailable):
     """A write not sent: this replica may have lost the leader Lease (fence.py). Handled like
     an outage (one WARNING per object); the process is stopping anyway."""
@@ -137,18 +145,13 @@ class Kube:
         """At shutdown: no new calls; the ones under way end within their timeouts."""
         self._workers.shutdown(wait=False, cancel_futures=True)
 
-    def check_fence(self, what: str) -> None:
-        """Right before a write is sent (in the worker): refused once the fence closed."""
-        if not self.fence.allows():
-            raise KubeFenced(self.fence.refusal(what))
-
     async def _call(self, what: str, call: Callable[[], _T], *, write: bool = False) -> _T:
         """`write`: refused when the fence is closed, checked in the worker right before the
         request (a call may have queued for a worker meanwhile)."""
 
         def fenced() -> _T:
-            self.check_fence(what)
-            return call()
+            with self.fence.sending(what, KubeFenced):
+                return call()
 
         try:
             return await asyncio.get_running_loop().run_in_executor(
@@ -311,23 +314,24 @@ class Kube:
                 drop = which(current)
                 if not drop:
                     return []
-                self.check_fence(what)  # the read may have waited: right before the PATCH
                 kept = [f for f in current if f not in drop]
                 operations = [
                     {"op": "test", "path": "/metadata/finalizers", "value": current},
                     {"op": "replace", "path": "/metadata/finalizers", "value": kept},
                 ]
                 try:
-                    self.custom.patch_namespaced_custom_object(
-                        GROUP,
-                        VERSION,
-                        namespace,
-                        plural,
-                        name,
-                        operations,
-                        _content_type="application/json-patch+json",
-                        _request_timeout=self._timeout,
-                    )
+                    # Fenced here, after the read (which may have waited), right before the PATCH.
+                    with self.fence.sending(what, KubeFenced):
+                        self.custom.patch_namespaced_custom_object(
+                            GROUP,
+                            VERSION,
+                            namespace,
+                            plural,
+                            name,
+                            operations,
+                            _content_type="application/json-patch+json",
+                            _request_timeout=self._timeout,
+                        )
                 except ApiException as exc:
                     if exc.status == 404:
                         return []
@@ -384,12 +388,40 @@ class Kube:
 
         return await self._call(f"reading Lease {namespace}/{name}", read)
 
+    async def list_leases(self, namespace: str) -> list[LeaseFound]:
+        def read() -> list[LeaseFound]:
+            response = self.coordination.list_namespaced_lease(
+                namespace, _preload_content=False, _request_timeout=self._timeout
+            )
+            body: dict[str, Any] = json.loads(cast(Any, response).data)
+            return [
+                LeaseFound(
+                    name=str(item["metadata"]["name"]),
+                    spec=dict(item.get("spec") or {}),
+                    resource_version=str(item["metadata"].get("resourceVersion", "")),
+                    annotations=dict(item["metadata"].get("annotations") or {}),
+                )
+                for item in body.get("items", [])
+            ]
+
+        return await self._call(f"listing Leases in {namespace}", read)
+
     async def write_lease(
-        self, namespace: str, name: str, spec: dict[str, Any], resource_version: str | None
+        self,
+        namespace: str,
+        name: str,
+        spec: dict[str, Any],
+        resource_version: str | None,
+        annotations: dict[str, str] | None = None,
     ) -> bool:
-        """Create the Lease (`resource_version` None) or replace the version read. False when
-        another wrote first (409): optimistic concurrency decides who holds it."""
-        metadata: dict[str, Any] = {"name": name, "namespace": namespace}
+        """Create the Lease (`resource_version` None) or replace the version read, with these
+        annotations. False when another wrote first (409): optimistic concurrency decides who
+        holds it."""
+        metadata: dict[str, Any] = {
+            "name": name,
+            "namespace": namespace,
+            "annotations": annotations or {},
+        }
         if resource_version is not None:
             metadata["resourceVersion"] = resource_version
         body: Any = {
