@@ -63,6 +63,14 @@ def _unavailable(what: str, exc: Exception, timeouts: KubeTimeouts) -> KubeUnava
     return KubeUnavailable(f"the Kubernetes API server {problem} ({what})")
 
 
+@dataclass(frozen=True)
+class LeaseFound:
+    name: str
+    spec: dict[str, Any]
+    resource_version: str
+    annotations: dict[str, str]
+
+
 class KubeFenced(KubeUnavailable):
     """A write not sent: this replica may have lost the leader Lease (fence.py). Handled like
     an outage (one WARNING per object); the process is stopping anyway."""
@@ -142,9 +150,8 @@ class Kube:
         request (a call may have queued for a worker meanwhile)."""
 
         def fenced() -> _T:
-            if not self.fence.allows():
-                raise KubeFenced(self.fence.refusal(what))
-            return call()
+            with self.fence.sending(what, KubeFenced):
+                return call()
 
         try:
             return await asyncio.get_running_loop().run_in_executor(
@@ -256,7 +263,7 @@ class Kube:
             written: dict[str, Any] = json.loads(cast(Any, response).data)
             return str(written["metadata"]["resourceVersion"])
 
-        return await self._call(f"writing ConfigMap {namespace}/{name}", write)
+        return await self._call(f"writing ConfigMap {namespace}/{name}", write, write=True)
 
     async def namespace_uid(self, name: str) -> str:
         def read() -> str:
@@ -288,6 +295,8 @@ class Kube:
         ones. A JSON patch that tests the list it read: kopf adding or removing its own
         finalizer meanwhile makes it read and decide again, never overwrite."""
 
+        what = f"removing finalizers of {plural} {namespace}/{name}"
+
         def remove() -> list[str]:
             for _attempt in range(5):
                 try:
@@ -311,16 +320,18 @@ class Kube:
                     {"op": "replace", "path": "/metadata/finalizers", "value": kept},
                 ]
                 try:
-                    self.custom.patch_namespaced_custom_object(
-                        GROUP,
-                        VERSION,
-                        namespace,
-                        plural,
-                        name,
-                        operations,
-                        _content_type="application/json-patch+json",
-                        _request_timeout=self._timeout,
-                    )
+                    # Fenced here, after the read (which may have waited), right before the PATCH.
+                    with self.fence.sending(what, KubeFenced):
+                        self.custom.patch_namespaced_custom_object(
+                            GROUP,
+                            VERSION,
+                            namespace,
+                            plural,
+                            name,
+                            operations,
+                            _content_type="application/json-patch+json",
+                            _request_timeout=self._timeout,
+                        )
                 except ApiException as exc:
                     if exc.status == 404:
                         return []
@@ -330,7 +341,7 @@ class Kube:
                 return drop
             return []
 
-        return await self._call(f"removing finalizers of {plural} {namespace}/{name}", remove)
+        return await self._call(what, remove)
 
     async def list_objects(self, plural: str, namespace: str) -> list[dict[str, Any]]:
         """Every object of one of our resources in a namespace (pages of 500)."""
@@ -400,12 +411,40 @@ class Kube:
 
         return await self._call(f"reading Lease {namespace}/{name}", read)
 
+    async def list_leases(self, namespace: str) -> list[LeaseFound]:
+        def read() -> list[LeaseFound]:
+            response = self.coordination.list_namespaced_lease(
+                namespace, _preload_content=False, _request_timeout=self._timeout
+            )
+            body: dict[str, Any] = json.loads(cast(Any, response).data)
+            return [
+                LeaseFound(
+                    name=str(item["metadata"]["name"]),
+                    spec=dict(item.get("spec") or {}),
+                    resource_version=str(item["metadata"].get("resourceVersion", "")),
+                    annotations=dict(item["metadata"].get("annotations") or {}),
+                )
+                for item in body.get("items", [])
+            ]
+
+        return await self._call(f"listing Leases in {namespace}", read)
+
     async def write_lease(
-        self, namespace: str, name: str, spec: dict[str, Any], resource_version: str | None
+        self,
+        namespace: str,
+        name: str,
+        spec: dict[str, Any],
+        resource_version: str | None,
+        annotations: dict[str, str] | None = None,
     ) -> bool:
-        """Create the Lease (`resource_version` None) or replace the version read. False when
-        another wrote first (409): optimistic concurrency decides who holds it."""
-        metadata: dict[str, Any] = {"name": name, "namespace": namespace}
+        """Create the Lease (`resource_version` None) or replace the version read, with these
+        annotations. False when another wrote first (409): optimistic concurrency decides who
+        holds it."""
+        metadata: dict[str, Any] = {
+            "name": name,
+            "namespace": namespace,
+            "annotations": annotations or {},
+        }
         if resource_version is not None:
             metadata["resourceVersion"] = resource_version
         body: Any = {
@@ -486,7 +525,10 @@ class EventPoster:
             )
 
         try:
-            await self.kube._call(f"posting an Event for {namespace}/{name}", create)
+            # Fenced too: a replica that lost the Lease would tell of syncs another one runs.
+            await self.kube._call(f"posting an Event for {namespace}/{name}", create, write=True)
+        except KubeFenced:
+            log.debug("Event %s for %s/%s not posted: not the leader", reason, namespace, name)
         except ApiException as exc:
             if exc.status == 404 or (exc.status == 403 and "terminat" in str(exc.body or "")):
                 log.debug("Event %s for %s/%s not posted: %s", reason, namespace, name, exc.status)

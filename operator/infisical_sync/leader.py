@@ -5,7 +5,13 @@ A standby runs no watches and no handlers: it polls the Lease (lease.py decides)
 opening the write fence (fence.py) until each renewal's start + the renew deadline. A renewal
 that fails past that deadline, or a Lease found taken or deleted, closes the fence and stops the
 operator; the process exits non-zero (client-go's convention: the pod restarts as a standby).
-On SIGTERM the leader stops the operator, then releases the Lease so a standby takes it at once.
+On SIGTERM the leader stops the operator, closes the fence and waits for the writes under way
+(bounded by the request timeouts), then releases the Lease so a standby takes it at once; writes
+still under way at the bound leave the Lease to expire instead.
+
+Shards: before it starts the operator, a replica holding its Lease waits (renewing it, the fence
+closed) while any Lease of the family is held by another shard configuration (lease.py): during
+a resharding rollout the new configuration starts once the old one's replicas are gone.
 
 Lease calls use their own Kube adapter (own worker threads, short timeouts): renewals never
 queue behind the operator's Kubernetes traffic.
@@ -22,7 +28,8 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -34,12 +41,15 @@ from infisical_sync.config import Settings
 from infisical_sync.fence import Fence
 from infisical_sync.kube import Kube, KubeTimeouts, KubeUnavailable, load_api_client
 from infisical_sync.lease import (
+    SHARDS_ANNOTATION,
     LeaseRecord,
     LeaseTimings,
     Observed,
     Step,
     acquired,
+    configuration_of,
     decide,
+    may_be_held,
     observe,
     released,
     renewed,
@@ -60,9 +70,28 @@ class LeaseStore(Protocol):
         """Create ("" version) or replace that version; False when another wrote first."""
 
 
+@dataclass(frozen=True)
+class FamilyLease:
+    name: str
+    configuration: int | None  # its writer's shard count (lease.configuration_of)
+    record: LeaseRecord
+    version: str
+
+
+class LeaseLister(Protocol):
+    async def family(self) -> list[FamilyLease]:
+        """The Leases of our family in the lease namespace (ours included)."""
+
+
 class KubeLeaseStore:
-    def __init__(self, kube: Kube, namespace: str, name: str) -> None:
+    """Our Lease, written with our configuration (its shard count) on it, and its family."""
+
+    def __init__(
+        self, kube: Kube, namespace: str, name: str, *, base: str = "", shards: int = 1
+    ) -> None:
         self.kube, self.namespace, self.name = kube, namespace, name
+        self.base = base or name
+        self.shards = shards
 
     async def read(self) -> tuple[LeaseRecord | None, str]:
         found = await self.kube.read_lease(self.namespace, self.name)
@@ -73,8 +102,21 @@ class KubeLeaseStore:
 
     async def write(self, record: LeaseRecord, resource_version: str) -> bool:
         return await self.kube.write_lease(
-            self.namespace, self.name, record.to_spec(), resource_version or None
+            self.namespace,
+            self.name,
+            record.to_spec(),
+            resource_version or None,
+            annotations={SHARDS_ANNOTATION: str(self.shards)},
         )
+
+    async def family(self) -> list[FamilyLease]:
+        found = []
+        for lease in await self.kube.list_leases(self.namespace):
+            configuration = configuration_of(lease.name, self.base, lease.annotations)
+            if configuration is not None:
+                record = LeaseRecord.from_spec(lease.spec)
+                found.append(FamilyLease(lease.name, configuration, record, lease.resource_version))
+        return found
 
 
 class LeaderElector:
@@ -100,6 +142,20 @@ class LeaderElector:
         self.leading_until: float | None = None
         self._failing = False
         self._announced_holder: str | None = None
+        self._writes_paused = False
+
+    def pause_writes(self) -> None:
+        """Close the fence and keep it closed through renewals, until resume_writes()."""
+        self._writes_paused = True
+        self.fence.close()
+        metrics.LEADER.set(0)
+
+    def resume_writes(self) -> None:
+        """Renewals open the fence again; so does this one, when leading."""
+        self._writes_paused = False
+        if self.leading_until is not None:
+            self.fence.open_until(self.leading_until)
+            metrics.LEADER.set(1)
 
     @property
     def leading(self) -> bool:
@@ -144,7 +200,8 @@ class LeaderElector:
         # Our write is a change a standby sees no earlier than now: we write until the deadline
         # counted from before the read, standbys wait the longer duration counted from later.
         self.leading_until = started + self.timings.renew_deadline
-        self.fence.open_until(self.leading_until)
+        if not self._writes_paused:
+            self.fence.open_until(self.leading_until)
         return step
 
     def _after_failure(self) -> Step:
@@ -171,7 +228,8 @@ class LeaderElector:
             step = await self.attempt()
             if self.leading:
                 log.info("acquired Lease %s as %s (%s)", self.where, self.identity, step.value)
-                metrics.LEADER.set(1)
+                if not self._writes_paused:
+                    metrics.LEADER.set(1)
                 return True
             delay = (
                 wait_before_next(self.observed, now=self.clock(), timings=self.timings)
@@ -195,6 +253,24 @@ class LeaderElector:
         log.error("lost Lease %s: stopping; writes were fenced at the renew deadline", self.where)
         lost.set()
 
+    async def step_down(self, writes_timeout: float) -> bool:
+        """After the operator stopped, before release(): no new write, and those under way
+        finished (keep() may go on renewing meanwhile; the fence stays closed). False when some
+        are still under way after `writes_timeout` seconds: then do not release, let the Lease
+        expire (a standby waits its duration, and the writes their timeouts)."""
+        self.pause_writes()
+        if not self.fence.writes_under_way:
+            return True
+        if await asyncio.to_thread(self.fence.wait_drained, writes_timeout):
+            return True
+        log.warning(
+            "Lease %s not released: %d write still under way after %g s; it expires instead",
+            self.where,
+            self.fence.writes_under_way,
+            writes_timeout,
+        )
+        return False
+
     async def release(self) -> None:
         """After the operator stopped: clear the holder so a standby takes over at once."""
         self.fence.close()
@@ -213,9 +289,102 @@ class LeaderElector:
                 return
 
 
+class OtherConfigurations:
+    """Leases of the family written by another shard configuration, observed over time on our
+    clock like a standby observes its Lease: `wait` returns once none may still be held."""
+
+    def __init__(
+        self,
+        lister: LeaseLister,
+        *,
+        own: str,
+        shards: int,
+        timings: LeaseTimings,
+        namespace: str = "",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.lister = lister
+        self.own = own  # our Lease's name: never waited for
+        self.shards = shards
+        self.timings = timings
+        self.namespace = namespace  # for logs
+        self.clock = clock
+        self.seen: dict[str, tuple[int | None, Observed]] = {}
+        self._failing = False
+        self._announced: tuple[str, int | None] | None = None
+
+    async def blocker(self) -> tuple[str, int | None, Observed] | None:
+        """One look: a Lease of another configuration that may still be held (its name, its
+        configuration, how we saw it), or None. Raises KubeUnavailable and ApiException."""
+        listed = {lease.name: lease for lease in await self.lister.family()}
+        now = self.clock()
+        for name in set(self.seen) | set(listed):
+            previous = self.seen.get(name)
+            lease = listed.get(name)
+            configuration = lease.configuration if lease else previous[0] if previous else None
+            observed = observe(
+                previous[1] if previous else None,
+                lease.record if lease else None,
+                now,
+                lease.version if lease else "",
+            )
+            self.seen[name] = (configuration, observed)
+        found = None
+        for name, (configuration, observed) in sorted(self.seen.items()):
+            if name == self.own or configuration == self.shards:
+                continue
+            if may_be_held(observed, now=now, timings=self.timings):
+                found = found or (name, configuration, observed)
+            elif observed.record is None:
+                del self.seen[name]  # deleted and waited out: forgotten
+        return found
+
+    async def wait(self, interrupted: Sequence[asyncio.Event]) -> bool:
+        """Until no other configuration may hold a Lease of the family (True), or one of
+        `interrupted` is set (False). A failed look counts as held: we cannot know."""
+        while not any(event.is_set() for event in interrupted):
+            try:
+                found = await self.blocker()
+            except (KubeUnavailable, ApiException) as exc:
+                what = str(exc) if isinstance(exc, KubeUnavailable) else f"answered {exc.status}"
+                hint = " (grant list on leases)" if isinstance(exc, ApiException) else ""
+                level = logging.DEBUG if self._failing else logging.WARNING
+                log.log(level, "listing Leases in %s failed: %s%s", self.namespace, what, hint)
+                self._failing = True
+                await _wait_any(interrupted, self.timings.retry_period)
+                continue
+            self._failing = False
+            if found is None:
+                return True
+            name, configuration, observed = found
+            if (name, configuration) != self._announced:
+                self._announced = (name, configuration)
+                log.info(
+                    "this replica (shards=%d) waits for Lease %s/%s of configuration shards=%s "
+                    "(held by %s): it starts once that is released or expires",
+                    self.shards,
+                    self.namespace,
+                    name,
+                    configuration or "unknown",
+                    observed.record.holder if observed.record else "nobody, deleted",
+                )
+            delay = wait_before_next(observed, now=self.clock(), timings=self.timings)
+            await _wait_any(interrupted, max(delay, 0.05))
+        return False
+
+
 async def _wait(event: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(event.wait(), seconds)
+
+
+async def _wait_any(events: Sequence[asyncio.Event], seconds: float) -> None:
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 def identity() -> str:
@@ -260,13 +429,22 @@ def _on_signals(handler: Callable[[], None]) -> None:
         loop.add_signal_handler(number, handler)
 
 
+def writes_timeout(settings: Settings) -> float:
+    """How long a write under way may still take: a Kubernetes call (connection retried twice,
+    then its answer) or one Infisical attempt (a retry would be fenced)."""
+    kube = 3 * settings.kube_connect_timeout + settings.kube_request_timeout
+    return max(kube, settings.connect_timeout + settings.request_timeout)
+
+
 async def run_elected(
     settings: Settings, operate: Callable[[Fence, asyncio.Event], Awaitable[None]]
 ) -> int:
-    """Wait for the Lease, then `operate(fence, stop_flag)` while holding it. Exit status:
-    0 after a signal (Lease released), 1 when the Lease was lost (not released)."""
+    """Wait for the Lease (and for other shard configurations to be gone), then
+    `operate(fence, stop_flag)` while holding it. Exit status: 0 after a signal (Lease released,
+    or left to expire when writes were still under way), 1 when the Lease was lost."""
     timings = settings.lease_timings
-    where = f"{lease_namespace(settings)}/{settings.lease}"
+    namespace = lease_namespace(settings)
+    where = f"{namespace}/{settings.lease}"
     fence = Fence(closed=True, margin=timings.fence_margin)
     call_timeout = max(1.0, timings.renew_deadline / 2)  # a hung call leaves time to retry
     api_client = await asyncio.to_thread(load_api_client, 2)
@@ -278,35 +456,44 @@ async def run_elected(
         ),
         concurrency=2,
     )
-    elector = LeaderElector(
-        KubeLeaseStore(kube, lease_namespace(settings), settings.lease),
-        identity=identity(),
+    store = KubeLeaseStore(
+        kube, namespace, settings.lease, base=settings.lease_name, shards=settings.shard.count
+    )
+    elector = LeaderElector(store, identity=identity(), timings=timings, fence=fence, where=where)
+    others = OtherConfigurations(
+        store,
+        own=settings.lease,
+        shards=settings.shard.count,
         timings=timings,
-        fence=fence,
-        where=where,
+        namespace=namespace,
     )
     metrics.LEADER.set(0)
     stopping = asyncio.Event()
+    lost = asyncio.Event()  # kopf's stop flag
     _on_signals(stopping.set)
+    elector.pause_writes()  # opened once no other configuration may be writing
+    keeper: asyncio.Task[None] | None = None
     try:
         async with standby_health(settings.health_port, where):
             if not await elector.acquire(stopping):
                 return 0
-        lost = asyncio.Event()  # kopf's stop flag
-        if stopping.is_set():  # a signal came while taking the Lease
-            await elector.release()
-            return 0
-        # Created before kopf starts: kopf leaves tasks that existed before it alone.
-        keeper = asyncio.create_task(elector.keep(lost), name="lease renewal")
-        try:
-            await operate(fence, lost)  # kopf stops on SIGTERM (its own handler) or on `lost`
-        finally:
-            _on_signals(stopping.set)  # kopf's handlers would answer a second signal with errors
+            # Renewing from now on, also while waiting for other configurations. Created
+            # before kopf starts: kopf leaves tasks that existed before it alone.
+            keeper = asyncio.create_task(elector.keep(lost), name="lease renewal")
+            ready = await others.wait([stopping, lost])
+        if ready and not stopping.is_set():  # else a signal came while taking the Lease
+            elector.resume_writes()
+            try:
+                await operate(fence, lost)  # kopf stops on SIGTERM (its own handler) or `lost`
+            finally:
+                _on_signals(stopping.set)  # kopf's handlers would answer a 2nd signal with errors
+        return EXIT_LOST if lost.is_set() else 0
+    finally:
+        if keeper is not None:
+            drained = lost.is_set() or await elector.step_down(writes_timeout(settings))
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
-            if not lost.is_set():
+            if drained and not lost.is_set():
                 await elector.release()
-        return EXIT_LOST if lost.is_set() else 0
-    finally:
         kube.close()

@@ -5,12 +5,18 @@ monotonic clock), now, and whether it leads, decide what to do. Clocks of differ
 never compared: a standby considers a Lease expired only when `leaseDurationSeconds` have passed
 on its clock since it last saw the record change. A released Lease (empty holder) may be taken
 at once. The wall-clock times written into the record are for people (`kubectl get lease`).
+
+Shard configurations: every Lease we write names the configuration of its writer (its shard
+count, SHARDS_ANNOTATION). A replica starts its operator only once no Lease of the family
+(`<lease>`, `<lease>-shard-i`) written by another configuration may still be held, by the same
+rule a standby uses to take one: a resharding rollout never runs two configurations at once.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -154,3 +160,33 @@ def released(record: LeaseRecord, at: dt.datetime) -> LeaseRecord:
         renew_time=micro_time(at),
         transitions=record.transitions,
     )
+
+
+# --- shard configurations sharing a family of Leases ------------------------------------------
+
+SHARDS_ANNOTATION = "infisical-sync.dev/shards"  # on the Lease: its writer's shard count
+UNKNOWN_CONFIGURATION = 0
+
+
+def configuration_of(name: str, base: str, annotations: Mapping[str, str]) -> int | None:
+    """The shard count of the configuration that wrote the Lease `name`, when it belongs to the
+    family of `base`; None when it does not. A Lease written before the annotation existed: the
+    unsharded name is configuration 1, a shard's is UNKNOWN_CONFIGURATION (never taken for
+    ours, so waited out like any other configuration's)."""
+    if name == base:
+        default = 1
+    elif re.fullmatch(rf"{re.escape(base)}-shard-\d+", name):
+        default = UNKNOWN_CONFIGURATION
+    else:
+        return None
+    raw = annotations.get(SHARDS_ANNOTATION)
+    if raw is None:
+        return default
+    return int(raw) if re.fullmatch(r"[0-9]{1,6}", raw) and int(raw) >= 1 else UNKNOWN_CONFIGURATION
+
+
+def may_be_held(observed: Observed, *, now: float, timings: LeaseTimings) -> bool:
+    """Whether another configuration's Lease may still have a live holder: a standby could not
+    take it yet (held and changed less than its duration ago on our clock, or deleted less than
+    a duration ago). A released one is not held."""
+    return decide(observed, identity="", now=now, timings=timings, leading_until=None) is Step.WAIT

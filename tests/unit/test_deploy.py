@@ -94,8 +94,9 @@ def test_dockerfile_is_multi_stage_and_non_root() -> None:
 
 
 def test_leader_election_rbac_is_only_the_lease_verbs() -> None:
+    # list: a replica starts only once no other shard configuration holds a Lease of the family
     assert _verbs("rbac-leader-election.yaml") == {
-        ("coordination.k8s.io", "leases"): {"get", "create", "update"}
+        ("coordination.k8s.io", "leases"): {"get", "list", "create", "update"}
     }
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert values["replicas"] == 2 and values["leaderElection"]["enabled"] is True

@@ -6,15 +6,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.server
+import json
+import logging
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from infisical_sync.kube import Kube, KubeTimeouts, KubeUnavailable
+from infisical_sync.fence import Fence
+from infisical_sync.kube import EventPoster, Kube, KubeFenced, KubeTimeouts, KubeUnavailable
 
 TIMEOUTS = KubeTimeouts(connect=0.5, read=0.5)
 
@@ -108,3 +111,100 @@ async def test_kubernetes_calls_run_many_at_once() -> None:
     finally:
         kube.close()
     assert not [r for r in results if isinstance(r, BaseException)]
+
+
+class Recording:
+    """A fake API server: answers every GET with an object carrying a finalizer, and records
+    (and accepts) every other request, which must never arrive when fenced."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[str, str]] = []
+        self.reads = 0
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[tuple[int, Recording]]:
+    seen = Recording()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self, body: dict[str, object]) -> None:
+            raw = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def do_GET(self) -> None:
+            seen.reads += 1
+            self._answer(
+                {"metadata": {"name": "app", "finalizers": ["a/b"], "resourceVersion": "7"}}
+            )
+
+        def _write(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            seen.writes.append((self.command, self.path))
+            self._answer({"metadata": {"name": "app", "resourceVersion": "8"}})
+
+        do_PATCH = do_POST = do_PUT = _write
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1], seen
+    finally:
+        server.shutdown()
+
+
+LEDGER = {"metadata": {"name": "app-ledger", "namespace": "ns"}, "data": {}}
+FENCED_WRITES: dict[str, Callable[[Kube], Awaitable[object]]] = {
+    "ledger ConfigMap create": lambda kube: kube.write_configmap("ns", LEDGER, None),
+    # Also how our finalizer goes on and off the ledger ConfigMap: a replace of the version read.
+    "ledger ConfigMap replace": lambda kube: kube.write_configmap("ns", LEDGER, "7"),
+    "finalizer removal": lambda kube: kube.remove_finalizers(
+        "secretsyncs", "ns", "app", lambda found: found
+    ),
+}
+
+
+@pytest.mark.parametrize("which", sorted(FENCED_WRITES))
+async def test_ledger_and_finalizer_writes_are_fenced(which: str) -> None:
+    """README (High availability): every Kubernetes write of the operator is refused once the
+    fence closed. The finalizer removal still reads the object (reads are not fenced); the
+    PATCH it would send is refused."""
+    with recording() as (port, seen):
+        kube = kube_at(port)
+        kube.fence = Fence(closed=True)
+        try:
+            with pytest.raises(KubeFenced, match="not the leader"):
+                await FENCED_WRITES[which](kube)
+            # The same call with the fence open is sent: the refusal was the fence's.
+            kube.fence = Fence()
+            await FENCED_WRITES[which](kube)
+        finally:
+            kube.close()
+    assert len(seen.writes) == 1, seen.writes
+
+
+async def test_events_are_fenced_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    """An Event from a replica that lost the Lease would tell of a sync another replica now
+    runs: not posted, and no WARNING for it (the stop is logged once, by the elector)."""
+    body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"namespace": "ns", "name": "app"}}
+    with recording() as (port, seen):
+        kube = kube_at(port)
+        kube.fence = Fence(closed=True)
+        events = EventPoster(kube)
+        try:
+            events(body, "Normal", "Synced", "synced")
+            await events.settle()
+            assert seen.writes == []
+            assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+            kube.fence = Fence()
+            events(body, "Normal", "Synced", "synced")
+            await events.settle()
+        finally:
+            kube.close()
+    assert [method for method, _ in seen.writes] == ["POST"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import math
 import socket
@@ -16,20 +17,24 @@ from infisical_sync.fence import Fence
 from infisical_sync.infisical.errors import Fenced
 from infisical_sync.infisical.transport import InstanceTransport, TransportOptions
 from infisical_sync.kube import Kube, KubeFenced, KubeTimeouts, KubeUnavailable
-from infisical_sync.leader import LeaderElector
+from infisical_sync.leader import FamilyLease, LeaderElector, OtherConfigurations
 from infisical_sync.lease import (
+    SHARDS_ANNOTATION,
+    UNKNOWN_CONFIGURATION,
     LeaseRecord,
     LeaseTimings,
     Observed,
     Step,
     acquired,
+    configuration_of,
     decide,
+    may_be_held,
     observe,
     released,
     renewed,
     wait_before_next,
 )
-from infisical_sync.testing.fake_infisical import FakeInfisical
+from infisical_sync.testing.fake_infisical import FakeInfisical, Fault
 
 TIMINGS = LeaseTimings(duration=10, renew_deadline=7, retry_period=2)
 ME, OTHER = "me_1", "other_2"
@@ -368,3 +373,229 @@ async def test_a_release_is_taken_at_once_and_a_race_has_one_winner() -> None:
     assert await a.attempt() is Step.TAKE_RELEASED
     assert await lease.write(LeaseRecord(holder="b"), read_by_b[1]) is False
     assert await b.attempt() is Step.WAIT and not b.leading
+
+
+# --- stepping down: the Lease is released only once no write is under way ------------------
+
+
+async def test_a_leader_releases_only_after_the_writes_under_way_finished() -> None:
+    clock, lease = Clock(100), MemoryLease()
+    leader = elector(lease, "leader", clock)
+    await leader.attempt()
+    with leader.fence.sending("a write sent before the signal", KubeFenced):
+        stepping_down = asyncio.create_task(leader.step_down(writes_timeout=30))
+        await asyncio.sleep(0)  # it runs until it waits for that write
+        assert not leader.fence.allows()
+        with pytest.raises(KubeFenced), leader.fence.sending("a new write", KubeFenced):
+            pass
+        # The renewals go on meanwhile (no standby takes over), the fence stays closed.
+        clock.now = 102
+        assert await leader.attempt() is Step.RENEW and not leader.fence.allows()
+        assert not stepping_down.done()
+    assert await stepping_down is True
+    await leader.release()
+    assert lease.record is not None and lease.record.holder == ""
+
+
+async def test_a_write_still_under_way_at_the_bound_leaves_the_lease_to_expire(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock, lease = Clock(100), MemoryLease()
+    leader = elector(lease, "leader", clock)
+    await leader.attempt()
+    with leader.fence.sending("a write that hangs", KubeFenced):
+        assert await leader.step_down(writes_timeout=0.05) is False
+    assert "1 write still under way" in caplog.text and "not released" in caplog.text
+
+
+async def wait_until_sending(fence: Fence, count: int) -> None:
+    for _ in range(1000):  # a deadlock guard, not a timing
+        if fence.writes_under_way == count:
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail(f"never {count} writes under way")
+
+
+async def test_kubernetes_writes_in_the_workers_count_as_under_way(silent_port: int) -> None:
+    """Kube.close() does not wait for its workers: the fence does, for the writes."""
+    configuration = client.Configuration()
+    configuration.host = f"http://127.0.0.1:{silent_port}"
+    configuration.retries = 0
+    fence = Fence()
+    kube = Kube(client.ApiClient(configuration), KubeTimeouts(connect=0.5, read=0.5), fence=fence)
+    try:
+        write = asyncio.create_task(kube.patch_status("secretsyncs", "ns", "app", {}))
+        await wait_until_sending(fence, 1)
+        fence.close()
+        assert fence.wait_drained(0.01) is False
+        with pytest.raises(KubeUnavailable, match="did not answer"):
+            await write
+        assert fence.wait_drained(0) is True
+    finally:
+        kube.close()
+
+
+async def test_infisical_writes_count_as_under_way(fake: FakeInfisical) -> None:
+    fence = Fence()
+    fake.inject(Fault("latency", r"/revoke$", method="POST", delay=0.5))
+    options = TransportOptions(max_attempts=1, request_timeout=5, fence=fence)
+    transport = InstanceTransport(fake.url, allow_http=True, options=options)
+    try:
+        write = asyncio.create_task(
+            transport.send("POST", "/api/v1/auth/token/revoke", endpoint="revoke", json={})
+        )
+        await wait_until_sending(fence, 1)
+        fence.close()
+        assert fence.wait_drained(0.01) is False
+        await write
+        assert fence.wait_drained(0) is True
+    finally:
+        await transport.aclose()
+
+
+# --- shard configurations: a resharding rollout never runs two at once -----------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "annotations", "configuration"),
+    [
+        ("sync", {}, 1),  # written before the annotation existed: the unsharded operator
+        ("sync", {SHARDS_ANNOTATION: "1"}, 1),
+        ("sync-shard-1", {SHARDS_ANNOTATION: "3"}, 3),
+        ("sync-shard-0", {}, UNKNOWN_CONFIGURATION),  # some earlier shard count
+        ("sync-shard-0", {SHARDS_ANNOTATION: "two"}, UNKNOWN_CONFIGURATION),
+        ("sync-shard-0", {SHARDS_ANNOTATION: "0"}, UNKNOWN_CONFIGURATION),
+        ("sync-other", {SHARDS_ANNOTATION: "2"}, None),  # not of the family
+        ("sync-shard-x", {}, None),
+        ("syncs-shard-1", {}, None),
+        ("other", {}, None),
+    ],
+)
+def test_the_configuration_that_wrote_a_lease(
+    name: str, annotations: dict[str, str], configuration: int | None
+) -> None:
+    assert configuration_of(name, "sync", annotations) == configuration
+
+
+def test_another_configurations_lease_is_held_until_released_or_expired_on_our_clock() -> None:
+    seen = observe(None, held(OTHER), now=100)
+    assert may_be_held(seen, now=109.99, timings=TIMINGS)
+    assert not may_be_held(seen, now=110, timings=TIMINGS)
+    assert not may_be_held(observe(seen, LeaseRecord(), now=101), now=101, timings=TIMINGS)
+    deleted = observe(seen, None, now=105)
+    assert may_be_held(deleted, now=114.99, timings=TIMINGS)
+    assert not may_be_held(deleted, now=115, timings=TIMINGS)
+
+
+class MemoryFamily:
+    def __init__(self) -> None:
+        self.leases: dict[str, FamilyLease] = {}
+        self.versions = 0
+
+    def put(self, name: str, configuration: int | None, record: LeaseRecord) -> None:
+        self.versions += 1
+        self.leases[name] = FamilyLease(name, configuration, record, str(self.versions))
+
+    async def family(self) -> list[FamilyLease]:
+        return list(self.leases.values())
+
+
+def others_of(family: MemoryFamily, clock: Clock, shards: int = 2) -> OtherConfigurations:
+    return OtherConfigurations(
+        family, own="sync-shard-0", shards=shards, timings=TIMINGS, namespace="ops", clock=clock
+    )
+
+
+async def test_a_new_configuration_waits_for_the_old_ones_lease_to_be_released() -> None:
+    clock, family = Clock(100), MemoryFamily()
+    family.put("sync", 1, held("old_1"))
+    family.put("sync-shard-0", 2, held(ME))  # ours
+    family.put("sync-shard-1", 2, held("sibling_2"))  # our configuration's other shard
+    others = others_of(family, clock)
+    found = await others.blocker()
+    assert found is not None and found[:2] == ("sync", 1)
+    clock.now = 108
+    family.put("sync", 1, held("old_1", renewed_at="t2"))  # the old leader renews
+    assert await others.blocker() is not None
+    clock.now = 117.99  # unchanged since 108, not yet its duration on our clock
+    assert await others.blocker() is not None
+    family.put("sync", 1, LeaseRecord())  # SIGTERM: released
+    assert await others.blocker() is None
+
+
+async def test_another_configurations_lease_expires_on_our_clock() -> None:
+    clock, family = Clock(100), MemoryFamily()
+    family.put("sync-shard-2", 3, held("old_1"))
+    others = others_of(family, clock)
+    assert await others.blocker() is not None
+    clock.now = 109.99
+    assert await others.blocker() is not None
+    clock.now = 110  # killed: not renewed for its duration since we first saw it
+    assert await others.blocker() is None
+
+
+async def test_unknown_configurations_are_waited_for_and_deletions_waited_out() -> None:
+    clock, family = Clock(100), MemoryFamily()
+    family.put("sync-shard-1", UNKNOWN_CONFIGURATION, held("older_1"))
+    others = others_of(family, clock)
+    assert await others.blocker() is not None
+    del family.leases["sync-shard-1"]  # deleted by hand under its holder
+    clock.now = 101
+    assert await others.blocker() is not None
+    clock.now = 111
+    assert await others.blocker() is None
+    assert others.seen == {}
+
+
+async def test_waiting_says_once_which_lease_it_waits_for_and_ends_on_release(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("INFO", logger="infisical_sync.leader")
+    family = MemoryFamily()
+    family.put("sync", 1, held("old_1"))
+    others = OtherConfigurations(
+        family,
+        own="sync-shard-0",
+        shards=2,
+        timings=LeaseTimings(duration=10, renew_deadline=0.2, retry_period=0.01),
+        namespace="ops",
+    )
+    stopping = asyncio.Event()
+    waiting = asyncio.create_task(others.wait([stopping]))
+    while len([r for r in caplog.records if "waits for Lease" in r.getMessage()]) < 1:
+        await asyncio.sleep(0.01)
+    family.put("sync", 1, held("old_1", renewed_at="t2"))
+    family.put("sync", 1, LeaseRecord())
+    assert await waiting is True
+    lines = [r.getMessage() for r in caplog.records if "waits for Lease" in r.getMessage()]
+    assert lines == [
+        "this replica (shards=2) waits for Lease ops/sync of configuration shards=1 "
+        "(held by old_1): it starts once that is released or expires"
+    ]
+
+
+async def test_waiting_ends_without_starting_on_a_signal() -> None:
+    family = MemoryFamily()
+    family.put("sync", 1, held("old_1"))
+    stopping = asyncio.Event()
+    others = others_of(family, Clock(100))
+    waiting = asyncio.create_task(others.wait([stopping]))
+    stopping.set()
+    assert await waiting is False
+
+
+async def test_a_paused_leader_renews_with_its_fence_closed() -> None:
+    """Holding its Lease while another configuration runs: no replica of its own
+    configuration takes it, and it writes nothing until resumed."""
+    clock, lease = Clock(100), MemoryLease()
+    leader = elector(lease, "leader", clock)
+    leader.pause_writes()
+    assert await leader.attempt() is Step.CREATE and leader.leading
+    assert not leader.fence.allows()
+    clock.now = 102
+    assert await leader.attempt() is Step.RENEW and not leader.fence.allows()
+    leader.resume_writes()
+    assert leader.fence.allows()
+    clock.now = 108.5  # past 102 + 7 - 1: renewals still open it when it is due
+    assert not leader.fence.allows()
+    assert await leader.attempt() is Step.RENEW and leader.fence.allows()

@@ -252,26 +252,30 @@ class InstanceTransport:
                             f"the client for {self.instance} was closed: "
                             "the connection's instanceUrl or CA changed"
                         )
-                    if method.upper() != "GET" and not self.options.fence.allows():
-                        what = f"{method} {endpoint} to {self.instance}"
-                        raise Fenced(self.options.fence.refusal(what))
-                    started = self._clock()
-                    self.in_flight += 1
-                    self.max_in_flight = max(self.max_in_flight, self.in_flight)
-                    try:
-                        response = await asyncio.wait_for(
-                            self._http.request(
-                                method,
-                                path,
-                                json=json,
-                                content=content,
-                                params=params,
-                                headers=headers,
-                            ),
-                            timeout=self.options.request_timeout + self.options.connect_timeout,
-                        )
-                    finally:
-                        self.in_flight -= 1
+                    what = f"{method} {endpoint} to {self.instance}"
+                    fenced = (
+                        self.options.fence.sending(what, Fenced)
+                        if method.upper() != "GET"
+                        else contextlib.nullcontext()
+                    )
+                    with fenced:
+                        started = self._clock()
+                        self.in_flight += 1
+                        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+                        try:
+                            response = await asyncio.wait_for(
+                                self._http.request(
+                                    method,
+                                    path,
+                                    json=json,
+                                    content=content,
+                                    params=params,
+                                    headers=headers,
+                                ),
+                                timeout=self.options.request_timeout + self.options.connect_timeout,
+                            )
+                        finally:
+                            self.in_flight -= 1
             except _RedirectAnswer as answer:
                 self._count(endpoint, str(answer.response.status_code))
                 raise Redirected(

@@ -110,6 +110,7 @@ class Fault:
     path_pattern: str = ".*"  # regex searched in the request path
     method: str | None = None
     times: int | None = None  # None = until cleared
+    skip: int = 0  # the first `skip` matching requests pass untouched (not counted in `times`)
     status: int = 503  # a 3xx redirects to `location`
     delay: float = 0.0
     retry_after: int = 60  # for status 429
@@ -385,6 +386,9 @@ class FakeInfisical:
             # Checked again on every step: while this request waited on an earlier fault, a
             # concurrent one may have used up (and removed) a later counted fault.
             if not any(f is fault for f in self.faults) or not fault.matches(request):
+                continue
+            if fault.skip > 0:
+                fault.skip -= 1
                 continue
             if fault.times is not None:
                 fault.times -= 1
