@@ -8,9 +8,9 @@ creates `--syncs` Secrets of `--keys` keys with one SecretSync each (its own des
 BEFORE the operator starts. Then, with the operator (`run -A`, INFO, JSON logs) as a subprocess:
 
 1. cold: seconds until every SecretSync is Succeeded, and the peak RSS meanwhile;
-2. steady: CPU (% of one core) and settled RSS over `--window` seconds, with what that window
-   cost: Infisical requests by answer (304 = conditional list, no change) and how many
-   SecretSyncs Kubernetes stored a new version of (status writes);
+2. steady (after one interval to settle): CPU (% of one core) and RSS over `--window` seconds,
+   with what that window cost: Infisical requests by answer (304 = conditional list, no change)
+   and how many SecretSyncs Kubernetes stored a new version of (status writes);
 3. burst: `--burst` source Secrets edited at once, seconds from each edit to the new value at
    the destination (p50/p99/max, polled every 10 ms);
 4. restart (unless --no-restart): the operator stopped and started again; when the first list of
@@ -322,6 +322,10 @@ def main() -> None:
         started = time.monotonic()
         with operators(plane, source, args.shards, run=1) as processes:
             cold(kube, processes, args.syncs, started)
+            # The interval after the first sync is not steady yet: each SecretSync lists in full
+            # once more (its first listing predates its own writes) and records lastRead.
+            print(f"settling for one interval ({interval:.0f} s) before measuring steady state")
+            time.sleep(interval)
             steady(kube, fake, processes, args.window or interval)
             burst(kube, fake, args.syncs, args.keys, args.burst)
             if not args.no_restart:
