@@ -358,14 +358,14 @@ def _clusterwide(settings: Settings) -> bool:
 
 
 class _NoNewsAtDebug(logging.Filter):
-    """kopf logs every successful run of an event handler or indexer at INFO, i.e. a line per
+    """kopf logs every successful run of an event handler at INFO, i.e. a line per
     watch event (thousands an hour at 1000 SecretSyncs) saying nothing happened: DEBUG here.
     Failures, change handlers (update, delete), daemons and activities keep their levels."""
 
     def __init__(self, event_handlers: list[str]) -> None:
         super().__init__()
         handlers = "|".join(re.escape(name) for name in event_handlers)
-        self.no_news = re.compile(rf"^(Indexer '[^']+'|Handler '(?:{handlers})') succeeded\.$")
+        self.no_news = re.compile(rf"^Handler '(?:{handlers})' succeeded\.$")
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno == logging.INFO and self.no_news.match(record.getMessage()):

@@ -110,8 +110,8 @@ class Referrers:
     ) -> None:
         obj = (namespace, name)
         if change == "DELETED":
-            for references in (self.syncs_by_connection, self.syncs_by_secret):
-                references.drop(obj)
+            self.syncs_by_connection.drop(obj)
+            self.syncs_by_secret.drop(obj)
             self.syncs_by_selector.drop(obj)
             return
         self.syncs_by_connection.put(obj, sync_connections(namespace, name, spec))
