@@ -668,14 +668,15 @@ def test_no_secret_values_anywhere(
 def test_destination_race_is_replanned_once(env: tuple[Any, str, FakeInfisical]) -> None:
     kube, namespace, fake = env
     put_secret(kube, namespace, "app", {"A": "ours", "B": "b"})
-    # Hold the batch create for a moment and let someone else create A meanwhile.
-    fake.inject(Fault("latency", r"/api/v4/secrets/batch$", method="POST", delay=2, times=1))
+    # Hold the batch create for a moment and let someone else create A meanwhile. Running
+    # shows once the writes have taken a second (scheduler.RUNNING_AFTER), until they end.
+    fake.inject(Fault("latency", r"/api/v4/secrets/batch$", method="POST", delay=3, times=1))
     create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec())
     wait_for(
         lambda: fake.count(r"/api/v4/secrets/batch$", "POST") >= 1 or fake.in_flight > 0, timeout=10
     )
     fake.state.put_secret(PROJECT, "prod", "/apps/payments", "A", "theirs")
-    assert wait_for(lambda: sync_status(kube, namespace) == "Running", timeout=2)  # while writing
+    assert wait_for(lambda: sync_status(kube, namespace) == "Running", timeout=3)  # while writing
     wait_for(lambda: sync_status(kube, namespace) == "Succeeded", timeout=20)
     assert fake.count(r"/api/v4/secrets/batch$", "POST", status=400) == 1
     assert remote(fake) == {"A": "ours", "B": "b"}  # first sync: the fresh read adopts A

@@ -17,6 +17,7 @@ from infisical_sync.connection import Outcome
 from infisical_sync.kube import KubeUnavailable
 from infisical_sync.runtime import Kicks
 from infisical_sync.scheduler import (
+    RUNNING_AFTER,
     Observed,
     RetryLater,
     Scheduler,
@@ -28,6 +29,7 @@ from infisical_sync.shards import Shard, slot_of
 from infisical_sync.sync import SYNC_REQUESTED_AT, CycleResult, SyncFailed
 
 SYNC = ("SecretSync", "ns", "sync")
+RUNNING = {"syncStatus": "Running"}
 CONNECTION = ("InfisicalConnection", "ns", "conn")
 
 
@@ -101,7 +103,10 @@ class FakeEngine:
     forgotten: list[str] = field(default_factory=list)
     removal_error: SyncFailed | None = None
     let_go: list[str] = field(default_factory=list)  # ledger ConfigMaps let go
-    writing: bool = False  # whether cycles write (and so mark the status Running first)
+    writing: bool = False  # whether cycles write (and so call on_writing before their writes)
+    # A cycle's writes last until this is set; None: a moment (a step of the loop, no time).
+    writes_done: asyncio.Event | None = None
+    returned: int = 0  # runs that returned or raised
 
     async def run(
         self,
@@ -112,12 +117,19 @@ class FakeEngine:
         on_writing: Callable[[], Awaitable[None]] | None = None,
     ) -> CycleResult:
         self.runs.append(previous_status)
-        if self.writing and on_writing is not None:
-            await on_writing()
-        result = self.results.pop(0) if self.results else ok()
-        if isinstance(result, Exception):
-            raise result
-        return result
+        try:
+            if self.writing and on_writing is not None:
+                await on_writing()
+                if self.writes_done is not None:
+                    await self.writes_done.wait()
+                else:
+                    await asyncio.sleep(0)
+            result = self.results.pop(0) if self.results else ok()
+            if isinstance(result, Exception):
+                raise result
+            return result
+        finally:
+            self.returned += 1
 
     async def remove_owned(self, namespace: str, name: str, body: Mapping[str, Any]) -> int:
         if self.removal_error is not None:
@@ -164,13 +176,29 @@ class FakeConnections:
 
 @dataclass
 class FakeStatus:
-    patches: list[dict[str, Any]] = field(default_factory=list)
+    patches: list[dict[str, Any]] = field(default_factory=list)  # as sent, answered or not
+    # A Running patch is answered once this is set (None: at once), with this error if any.
+    running_answered: asyncio.Event | None = None
+    running_error: Exception | None = None
+    unanswered: int = 0
+    overlapping: list[dict[str, Any]] = field(default_factory=list)  # sent while one was open
 
     async def patch_status(
         self, plural: str, namespace: str, name: str, status: dict[str, Any]
     ) -> bool:
         self.patches.append(status)
-        return True
+        if self.unanswered:
+            self.overlapping.append(status)
+        self.unanswered += 1
+        try:
+            if status == RUNNING:
+                if self.running_answered is not None:
+                    await self.running_answered.wait()
+                if self.running_error is not None:
+                    raise self.running_error
+            return True
+        finally:
+            self.unanswered -= 1
 
 
 @dataclass
@@ -417,29 +445,172 @@ async def test_a_restart_that_finds_the_status_as_it_was_writes_nothing(harness:
     assert harness.status.patches == []
 
 
-async def test_a_writing_cycle_is_running_then_shows_its_outcome(harness: Harness) -> None:
+# --- syncStatus Running only for slow writes (issue 10) -------------------------------------------
+
+
+def running_marks() -> list[asyncio.Task[Any]]:
+    """The tasks that post a cycle's Running mark and are still there."""
+    return [task for task in asyncio.all_tasks() if task.get_name().startswith("running mark")]
+
+
+def synced_status() -> dict[str, Any]:
+    return {"syncStatus": "Succeeded", "managedKeys": ["A"]}
+
+
+async def slow_writes(harness: Harness, body: dict[str, Any] | None = None) -> asyncio.Task[None]:
+    """Start a loop whose first cycle writes until `harness.engine.writes_done` is set, and
+    let the Running delay pass while it does."""
+    harness.engine.writing = True
+    harness.engine.writes_done = asyncio.Event()
+    task = harness.start(
+        harness.scheduler.run_secretsync("ns", "sync", body or sync_body(), harness.stopped)
+    )
+    await until(lambda: harness.clock.pending == 1)  # the cycle's Running delay, nothing else
+    assert harness.status.patches == []  # not before the delay
+    harness.clock.advance(RUNNING_AFTER)
+    await until(lambda: len(harness.status.patches) == 1)
+    assert harness.status.patches == [RUNNING] and harness.engine.returned == 0  # while writing
+    return task
+
+
+async def test_a_quick_writing_cycle_writes_no_running(harness: Harness) -> None:
     harness.engine.writing = True
     body = sync_body()
-    body["status"] = {"syncStatus": "Succeeded"}
-    await cycles(harness, body, 2)
-    assert harness.status.patches == [{"syncStatus": "Running"}, {"syncStatus": "Succeeded"}] * 2
+    body["status"] = synced_status()
+    harness.engine.results = [ok(managedKeys=["A"]), ok(managedKeys=["B"])]
+    harness.start(harness.scheduler.run_secretsync("ns", "sync", body, harness.stopped))
+    assert await harness.sleeping(2) == 60  # the cycle's Running delay, then the loop's pause
+    assert harness.clock.sleeps[0] == RUNNING_AFTER
+    assert harness.status.patches == []  # same outcome as stored: no write at all
+    harness.clock.advance(60)
+    await harness.sleeping(4)
+    assert harness.status.patches == [{"managedKeys": ["B"]}]  # only what changed
+    assert harness.clock.pending == 1 and running_marks() == []  # the delays went with the cycles
 
 
-async def test_after_a_cycle_cut_short_the_next_writes_its_whole_status(
+async def test_a_slow_writing_cycle_writes_running_then_its_outcome(harness: Harness) -> None:
+    body = sync_body()
+    body["status"] = synced_status()
+    harness.engine.results = [ok(managedKeys=["A"])]
+    await slow_writes(harness, body)
+    assert harness.engine.writes_done is not None
+    harness.engine.writes_done.set()
+    assert await harness.sleeping(2) == 60
+    # Running is stored now: the outcome puts syncStatus back, and only that.
+    assert harness.status.patches == [RUNNING, {"syncStatus": "Succeeded"}]
+    assert harness.status.overlapping == [] and running_marks() == []
+    harness.engine.writes_done = None  # the next cycle writes quickly: no Running
+    harness.clock.advance(60)
+    await harness.sleeping(4)
+    assert harness.status.patches == [RUNNING, {"syncStatus": "Succeeded"}]
+
+
+async def test_after_running_the_engine_raising_leaves_it_to_the_next_cycle(
     harness: Harness,
 ) -> None:
-    """The stored status is not known then (a patch that timed out may have been applied)."""
-    harness.engine.writing = True
-    harness.engine.results = [RuntimeError("boom"), ok(), ok()]
+    """The stored status is not known after a failed cycle (a patch that timed out may have
+    been applied): the next cycle writes its whole status, Running or not."""
     body = sync_body()
-    body["status"] = {"syncStatus": "Succeeded"}
-    task = await cycles(harness, body, 1)
+    body["status"] = synced_status()
+    harness.engine.results = [RuntimeError("boom"), ok(managedKeys=["A"])]
+    task = await slow_writes(harness, body)
+    assert harness.engine.writes_done is not None
+    harness.engine.writes_done.set()
+    assert await harness.sleeping(2) == 5  # a failure's back-off
+    assert harness.status.patches == [RUNNING] and running_marks() == []
     harness.engine.writing = False
-    harness.clock.advance(await harness.sleeping(1))  # a failure's back-off
-    harness.clock.advance(await harness.sleeping(2))
+    harness.clock.advance(5)
     await harness.sleeping(3)
-    assert harness.status.patches == [{"syncStatus": "Running"}, {"syncStatus": "Succeeded"}]
+    assert harness.status.patches == [RUNNING, synced_status()]  # all of it, not a diff
     assert not task.done()
+
+
+async def test_the_outcome_waits_for_a_running_patch_still_in_flight(harness: Harness) -> None:
+    harness.status.running_answered = asyncio.Event()
+    body = sync_body()
+    body["status"] = synced_status()
+    await slow_writes(harness, body)
+    assert harness.engine.writes_done is not None
+    harness.engine.writes_done.set()
+    await until(lambda: harness.engine.returned == 1)  # the writes ended; Running is unanswered
+    assert harness.status.patches == [RUNNING]
+    harness.status.running_answered.set()
+    assert await harness.sleeping(2) == 60
+    assert harness.status.patches == [RUNNING, {"syncStatus": "Succeeded"}]
+    assert harness.status.overlapping == [] and running_marks() == []
+
+
+async def test_the_engine_raising_waits_for_a_running_patch_still_in_flight(
+    harness: Harness,
+) -> None:
+    harness.status.running_answered = asyncio.Event()
+    harness.engine.results = [RuntimeError("boom")]
+    await slow_writes(harness)
+    assert harness.engine.writes_done is not None
+    harness.engine.writes_done.set()
+    await until(lambda: harness.engine.returned == 1)
+    assert len(running_marks()) == 1  # not left behind: the cycle waits for it
+    harness.status.running_answered.set()
+    assert await harness.sleeping(2) == 5
+    assert harness.status.patches == [RUNNING] and running_marks() == []
+
+
+@pytest.mark.parametrize(
+    "problem", [KubeUnavailable("the Kubernetes API server did not answer"), RuntimeError("x")]
+)
+async def test_a_failed_running_patch_makes_the_outcome_write_its_sync_status(
+    harness: Harness, problem: Exception
+) -> None:
+    """It may have been applied (a timeout) or not: syncStatus is written whatever was stored,
+    and the writes go on."""
+    harness.status.running_error = problem
+    body = sync_body()
+    body["status"] = synced_status()
+    harness.engine.results = [ok(managedKeys=["A"]), ok(managedKeys=["A"])]
+    await slow_writes(harness, body)
+    assert harness.engine.writes_done is not None
+    harness.engine.writes_done.set()
+    assert await harness.sleeping(2) == 60  # the cycle succeeded: no back-off
+    assert harness.status.patches == [RUNNING, {"syncStatus": "Succeeded"}]
+    assert harness.scheduler.written[SYNC] == synced_status()
+    harness.engine.writing = False
+    harness.clock.advance(60)
+    await harness.sleeping(3)
+    assert len(harness.status.patches) == 2  # and the bookkeeping is right again
+
+
+async def test_stopping_during_slow_writes_finishes_the_cycle_in_order(harness: Harness) -> None:
+    task = await slow_writes(harness)
+    harness.stopped.set()
+    assert harness.engine.writes_done is not None
+    harness.engine.writes_done.set()
+    await until(task.done)
+    assert task.result() is None
+    assert harness.status.patches == [RUNNING, {"syncStatus": "Succeeded"}]
+    assert running_marks() == [] and harness.clock.pending == 0
+
+
+@pytest.mark.parametrize("posting", [False, True])
+async def test_a_cancelled_cycle_leaves_no_running_mark_behind(
+    harness: Harness, posting: bool
+) -> None:
+    """kopf cancels a daemon still busy long after it was told to stop."""
+    harness.engine.writing = True
+    harness.engine.writes_done = asyncio.Event()
+    harness.status.running_answered = asyncio.Event()  # never answered
+    task = harness.start(
+        harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped)
+    )
+    await until(lambda: harness.clock.pending == 1)
+    if posting:
+        harness.clock.advance(RUNNING_AFTER)
+        await until(lambda: harness.status.unanswered == 1)
+    assert len(running_marks()) == 1
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled()
+    assert running_marks() == [] and harness.clock.pending == 0
+    assert harness.status.patches == ([RUNNING] if posting else [])
 
 
 async def test_a_sync_request_is_acknowledged_in_status_once(harness: Harness) -> None:
