@@ -149,6 +149,9 @@ class _Cache:
     # The held plan's keys last read from or written to the ConfigMap (digest, keys).
     approval_keys: tuple[str, frozenset[str]] | None = None
 
+    def forget_destination(self) -> None:
+        self.destination_at, self.destination_etag, self.destination = None, None, {}
+
 
 @dataclass(frozen=True)
 class CycleResult:
@@ -430,8 +433,9 @@ class SyncEngine:
             location = await self._destination_location(session, spec)
             resume = None
             if inputs is not None and cache.destination_at != (instance, location):
-                # Nothing in memory (a restart): the ETag status recorded, when a 304 to it
-                # would mean the outcome is the last one.
+                # Nothing in memory (a restart, or the last outcome was clean and recorded in
+                # status.lastRead): the ETag status recorded, when a 304 to it would mean the
+                # outcome is the last one.
                 resume = etag_to_resume(
                     previous,
                     instance_url=instance,
@@ -593,6 +597,10 @@ class SyncEngine:
             inputs=inputs,
             wrote=writing,
         )
+        if status["lastRead"] is not None:
+            # Its outcome is recorded with the ETag: the next cycle asks with that one, and a
+            # 304 ends it without planning. The listing (values included) need not stay in memory.
+            cache.forget_destination()
         status["destinationLocation"] = {
             "connection": destination_ref,
             "projectId": location.project_id,

@@ -191,8 +191,13 @@ def test_a_cycle_that_changes_nothing_writes_nothing_to_kubernetes(
     validated = resource_version(kube, namespace, CONNECTIONS, "dest")
     events = event_reasons(kube, namespace, "sync")
     seen = idle_cycles()
+    unchanged = operator.metric("infisical_sync_syncs_total", result="unchanged") or 0.0
     wait_for(lambda: idle_cycles() >= seen + 3, timeout=40, message="three more idle cycles")
     assert resource_version(kube, namespace, SYNCS, "sync") == synced
+    # Each ended at the 304: the outcome recorded in status.lastRead stands, nothing is planned
+    # (and the listing's values were not kept in memory to plan with).
+    ended_unchanged = operator.metric("infisical_sync_syncs_total", result="unchanged") or 0.0
+    assert ended_unchanged - unchanged >= 2
     assert event_reasons(kube, namespace, "sync") == events  # no new Event either
     # The connection's timer re-validation (a probe with the cached token) is over when its
     # liveness metric moves; it wrote nothing either.
