@@ -153,6 +153,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         None if _clusterwide(config) else config.namespaces,
         _secret_changed(memo.scheduler, referrers),
     )
+    # Quiet cycles take the source's resourceVersions from it instead of reading the Secrets.
+    engine.watched_version = memo.secret_watches.version
     log.info("infisical-sync operator started (shard %s)", shard)
 
 

@@ -178,6 +178,9 @@ class SecretWatch:
     # The first list failed at least once: changes made meanwhile were never announced.
     _missed_start: bool = False
     _lines: int = 0  # lines the current stream delivered
+    # The versions in _known are current up to the watch's lag: listed, and no failure or
+    # expired history since the last stream opened. Cleared the moment that stops being so.
+    _current: bool = False
 
     @property
     def path(self) -> str:
@@ -204,12 +207,14 @@ class SecretWatch:
                 if cut and not self._lines:
                     # Ended at once with nothing said: a proxy cutting watches. Back off as
                     # for a failure rather than reconnect in a tight loop.
+                    self._current = False
                     failures += 1
                     await self.sleep(min(self.timeouts.backoff_cap, 0.5 * 2 ** (failures - 1)))
                     continue
                 failures = 0
                 self._recovered()
             except WatchGone:
+                self._current = False
                 log.debug("Secret watch %s: history expired (410), listing again", self.scope)
                 version = None
             except asyncio.CancelledError:
@@ -224,6 +229,7 @@ class SecretWatch:
     def _failed(self, exc: Exception) -> None:
         """An outage is DEBUG (every object reports it once already); a refusal is a WARNING
         once (RBAC or credentials: nobody else would say why Secret changes go unnoticed)."""
+        self._current = False
         problem = _describe(exc)
         if not self.listed.is_set():
             self._missed_start = True
@@ -293,6 +299,7 @@ class SecretWatch:
             if response.status_code != 200:
                 raise WatchFailed(response.status_code)
             self._recovered()
+            self._current = True
             self._lines = 0
             async for line in response.aiter_lines():
                 self._lines += 1
@@ -300,6 +307,14 @@ class SecretWatch:
                     version = self._handle(json.loads(line)) or version
                     self._seen_version = version
         return version
+
+    def version(self, namespace: str, name: str) -> str | None:
+        """The Secret's resourceVersion as the open stream last told it; None when the watch
+        cannot vouch for it now (not listed yet, failing, between a 410 and its list) or does
+        not know the Secret."""
+        if not self._current:
+            return None
+        return self._known.get((namespace, name))
 
     def _handle(self, event: Mapping[str, Any]) -> str | None:
         change, obj = event.get("type"), event.get("object") or {}
@@ -365,6 +380,13 @@ class SecretWatches:
             for watch in watches
         ]
         return cls(http, watches, tasks)
+
+    def version(self, namespace: str, name: str) -> str | None:
+        """A Secret's resourceVersion from the watch of its namespace, when it can vouch for it."""
+        for watch in self.watches:
+            if watch.namespace in (None, namespace):
+                return watch.version(namespace, name)
+        return None
 
     async def stop(self) -> None:
         for task in self.tasks:

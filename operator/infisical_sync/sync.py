@@ -125,6 +125,12 @@ class LedgerListMissing(Exception):
     ConfigMap: it cannot be written back next to a changed one."""
 
 
+# A Kubernetes source is read in full at least this often even while the Secret watch vouches
+# that nothing changed: the safety net for an event the watch never delivered.
+SOURCE_REREAD_AFTER = 30 * 60.0
+WatchedVersion = Callable[[str, str], str | None]  # (namespace, Secret) -> resourceVersion
+
+
 class _Unchanged(Exception):
     """The destination answered 304 to the ETag status recorded, and nothing else the outcome
     depends on changed: the outcome is the last one."""
@@ -148,6 +154,10 @@ class _Cache:
     ledger_version: tuple[str, str] | None = None
     # The held plan's keys last read from or written to the ConfigMap (digest, keys).
     approval_keys: tuple[str, frozenset[str]] | None = None
+
+    # When the Kubernetes source was last read in full (monotonic): quiet cycles in between
+    # may take its resourceVersions from the Secret watch instead.
+    source_read_at: float | None = None
 
     def forget_destination(self) -> None:
         self.destination_at, self.destination_etag, self.destination = None, None, {}
@@ -284,8 +294,11 @@ class SyncEngine:
         *,
         post_event: EventPoster,
         cluster_id: str,
+        watched_version: WatchedVersion | None = None,
     ) -> None:
         self.kube = kube
+        # A Secret's resourceVersion as the metadata watch knows it (None: cannot vouch).
+        self.watched_version = watched_version
         self.connections = connections
         self.post_event = post_event
         self.cluster_id = cluster_id  # part of every key's ownership metadata
@@ -407,6 +420,9 @@ class SyncEngine:
             raise self._connection_not_ready(namespace, destination_ref)
 
         instance = session.transport.base_url
+        prefetched = await self._probe_unchanged(
+            namespace, spec, session, cache, previous, generation, annotations, owner
+        )
         source = await self._read_source(namespace, name, spec, cache)
         unreadable = None
         if not source.certain and not source.values:
@@ -451,6 +467,7 @@ class SyncEngine:
                 # A missing folder is made only for a cycle that will write into it.
                 create_missing=unreadable is None and not spec.dry_run,
                 resume_etag=resume,
+                prefetched=prefetched,
             )
         except SyncFailed as failure:
             if unreadable is None:
@@ -718,12 +735,80 @@ class SyncEngine:
             owner_uid=owner_uid,
         )
 
+    async def _probe_unchanged(
+        self,
+        namespace: str,
+        spec: SecretSyncSpec,
+        session: InfisicalSession,
+        cache: _Cache,
+        previous: Mapping[str, Any],
+        generation: int | None,
+        annotations: Mapping[str, str],
+        owner: Owner,
+    ) -> bool:
+        """A quiet cycle without reading the source: when the Secret watch vouches for every
+        named Secret's resourceVersion and those, with the rest of the inputs, are the ones of
+        the outcome status.lastRead recorded, the destination is asked with that ETag; a 304
+        ends the cycle (_Unchanged). A 200 fills the cache (True: the cycle goes on with that
+        listing). Anything else (a selector, a failure, nothing to compare with) leaves it to
+        the full cycle, which reads and reports as usual. The full read still happens at least
+        every SOURCE_REREAD_AFTER, so a change the watch never announced is found anyway."""
+        source = spec.source.kubernetes
+        if (
+            source is None
+            or source.selector is not None
+            or spec.dry_run
+            or self.watched_version is None
+            or cache.source_read_at is None
+            or time.monotonic() - cache.source_read_at > SOURCE_REREAD_AFTER
+            or not previous.get("lastRead")
+        ):
+            return False
+        versions: dict[str, str] = {}
+        for selection in source.secrets:
+            version = self.watched_version(namespace, selection.name)
+            if version is None:
+                return False
+            versions[selection.name] = version
+        inputs = inputs_digest(
+            generation=generation,
+            requested_at=annotations.get(SYNC_REQUESTED_AT),
+            source_versions=kubernetes_versions(versions),
+            cluster_id=self.cluster_id,
+            owner_uid=owner.uid,
+        )
+        try:
+            location = await self._destination_location(session, spec)
+        except SyncFailed:
+            return False
+        instance = session.transport.base_url
+        etag = etag_to_resume(
+            previous,
+            instance_url=instance,
+            location=location,
+            inputs=inputs,
+            mass_delete_confirmation=annotations.get(ALLOW_MASS_DELETE),
+        )
+        if etag is None:
+            return False
+        try:
+            listing = await session.list_secrets(location, etag=etag)
+        except InfisicalError:
+            return False
+        if listing.not_modified:
+            raise _Unchanged
+        self._remember_keeps_metadata(session, listing.secrets)
+        cache.destination_at, cache.destination_etag = (instance, location), listing.etag
+        cache.destination = _destination_map(listing.secrets)
+        return True
+
     async def _read_source(
         self, namespace: str, name: str, spec: SecretSyncSpec, cache: _Cache
     ) -> SourceResult:
         if spec.source.kubernetes is not None:
             result = await read_kubernetes(self.kube, namespace, spec.source.kubernetes)
             self._remember_reads(namespace, name, result.secret_names)
+            cache.source_read_at = time.monotonic() if result.certain else None
             return result
         assert spec.source.infisical is not None
         ref = spec.source.infisical.connection_ref.name
@@ -770,10 +855,14 @@ class SyncEngine:
         fresh: bool,
         create_missing: bool = True,
         resume_etag: str | None = None,
+        prefetched: bool = False,
     ) -> dict[str, DestinationKey]:
         """The destination's keys. `resume_etag`: with nothing in memory for this place, the ETag
-        status recorded; a 304 to it raises _Unchanged."""
+        status recorded; a 304 to it raises _Unchanged. `prefetched`: this cycle's probe listed
+        it in full a moment ago (into the cache)."""
         at = (session.transport.base_url, location)
+        if prefetched and not fresh and cache.destination_at == at:
+            return dict(cache.destination)
         if fresh:
             etag = None
         elif cache.destination_at == at:

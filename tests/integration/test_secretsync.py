@@ -217,6 +217,44 @@ def test_a_cycle_that_changes_nothing_writes_nothing_to_kubernetes(
     assert operator.metric("infisical_sync_last_success_timestamp_seconds", **sync_labels)
 
 
+def apiserver_secret_reads(kube: Any) -> float:
+    """Single-Secret GETs the API server has answered so far, from its own metrics."""
+    request = kube.param_serialize("GET", "/metrics", auth_settings=["BearerToken"])
+    response = kube.call_api(*request)
+    response.read()
+    total = 0.0
+    for line in response.data.decode().splitlines():
+        if line.startswith("apiserver_request_total{") and all(
+            label in line for label in ('resource="secrets"', 'verb="GET"')
+        ):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_quiet_cycles_take_the_source_version_from_the_secret_watch(
+    env: tuple[Any, str, FakeInfisical],
+) -> None:
+    """A cycle with nothing changed reads no Secret: the metadata watch vouches for its
+    resourceVersion, and the destination answers 304. An edit still syncs at once (the watch's
+    kick, then a full read)."""
+    kube, namespace, fake = env
+    put_secret(kube, namespace, "app", {"A": "1"})
+    create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec(syncInterval="10s"))
+    wait_for(lambda: sync_status(kube, namespace) == "Succeeded" and remote(fake) == {"A": "1"})
+
+    def idle_cycles() -> int:
+        return fake.count(r"/api/v4/secrets$", status=304)
+
+    # The cycle after the writing one reads in full and records lastRead; from then on, quiet.
+    wait_for(lambda: idle_cycles() >= 2, timeout=40, message="two idle cycles")
+    reads, seen = apiserver_secret_reads(kube), idle_cycles()
+    wait_for(lambda: idle_cycles() >= seen + 3, timeout=45, message="three more idle cycles")
+    assert apiserver_secret_reads(kube) == reads
+    put_secret(kube, namespace, "app", {"A": "2"})
+    wait_for(lambda: remote(fake) == {"A": "2"}, timeout=10)
+    assert apiserver_secret_reads(kube) > reads
+
+
 def test_drift_is_corrected_by_the_timer(env: tuple[Any, str, FakeInfisical]) -> None:
     kube, namespace, fake = env
     put_secret(kube, namespace, "app", {"A": "1"})

@@ -384,3 +384,82 @@ async def test_tls_server_name_is_the_name_checked(mtls_server: tuple[str, Any])
     )
     with pytest.raises(httpx.ConnectError):
         await _status(unnamed)
+
+
+def watch_of(server: ScriptedServer, sleep: Callable[[float], Awaitable[None]]) -> SecretWatch:
+    http = httpx.AsyncClient(transport=httpx.MockTransport(server), base_url="https://api")
+    return SecretWatch(
+        http, lambda change, secret: None, "ns", WatchTimeouts(server=5), sleep=sleep
+    )
+
+
+async def stopped(task: asyncio.Task[None], watch: SecretWatch) -> None:
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await watch.http.aclose()
+
+
+async def test_an_open_stream_vouches_for_the_versions_it_delivered() -> None:
+    server = ScriptedServer(
+        pages=[listing(item("a", "1"), item("b", "2"), version="10")],
+        streams=[[event("MODIFIED", item("a", "11")), event("DELETED", item("b", "12"))]],
+    )
+    watch = watch_of(server, no_sleep)
+    assert watch.version("ns", "a") is None  # not listed yet
+    task = asyncio.create_task(watch.run())
+    await asyncio.wait_for(server.exhausted.wait(), timeout=5)  # the next stream is open
+    assert watch.version("ns", "a") == "11"
+    assert watch.version("ns", "b") is None  # deleted: nothing to vouch for
+    assert watch.version("ns", "unknown") is None
+    await stopped(task, watch)
+
+
+async def test_a_failing_watch_vouches_for_nothing_until_a_stream_is_open_again() -> None:
+    backing_off, resume = asyncio.Event(), asyncio.Event()
+
+    async def sleep(_: float) -> None:
+        backing_off.set()
+        await resume.wait()
+
+    server = ScriptedServer(
+        pages=[listing(item("a", "1"), version="10")],
+        streams=[
+            [event("MODIFIED", item("a", "11"))],
+            httpx.ConnectError("down"),
+            [event("BOOKMARK", item("", "40"))],  # open again
+        ],
+    )
+    watch = watch_of(server, sleep)
+    task = asyncio.create_task(watch.run())
+    await asyncio.wait_for(backing_off.wait(), timeout=5)
+    # Changes made now would not be announced until it reconnects: versions are not current.
+    assert watch.version("ns", "a") is None
+    resume.set()
+    await asyncio.wait_for(server.exhausted.wait(), timeout=5)
+    assert watch.version("ns", "a") == "11"
+    await stopped(task, watch)
+
+
+async def test_an_expired_history_vouches_for_nothing_until_listed_again() -> None:
+    relisting, answer = asyncio.Event(), asyncio.Event()
+    pages = [listing(item("a", "1"), version="10"), listing(item("a", "30"), version="30")]
+
+    async def scripted(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("watch") != "true" and len(server.lists()) == 1:
+            relisting.set()
+            await answer.wait()
+        return await server(request)
+
+    server = ScriptedServer(
+        pages=pages, streams=[[event("ERROR", GONE)], [event("BOOKMARK", item("", "40"))]]
+    )
+    http = httpx.AsyncClient(transport=httpx.MockTransport(scripted), base_url="https://api")
+    watch = SecretWatch(http, lambda change, secret: None, "ns", WatchTimeouts(server=5))
+    task = asyncio.create_task(watch.run())
+    await asyncio.wait_for(relisting.wait(), timeout=5)
+    assert watch.version("ns", "a") is None  # the list that follows the 410 is not in yet
+    answer.set()
+    await asyncio.wait_for(server.exhausted.wait(), timeout=5)
+    assert watch.version("ns", "a") == "30"
+    await stopped(task, watch)
