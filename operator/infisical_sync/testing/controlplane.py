@@ -324,11 +324,53 @@ class ControlPlane:
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--allow-privileged=true",
                 "--v=0",
+                *self._audit_flags(),
                 *(self._node_flags(pki) if self.node_ip else self._standalone_flags()),
             ],
         )
         self._wait_for(f"{self.url}/readyz", "kube-apiserver", timeout=90)
         self._write_kubeconfig(self.kubeconfig, "admin", self._admin.cert_pem, self._admin.key_pem)
+
+    @property
+    def audit_log(self) -> Path:
+        return self.workdir / "audit.log"
+
+    def _audit_flags(self) -> list[str]:
+        # Single-Secret reads only, at Metadata level (who read which Secret, never its data):
+        # tests count what the operator reads.
+        policy = self.workdir / "audit-policy.yaml"
+        policy.write_text(
+            "apiVersion: audit.k8s.io/v1\n"
+            "kind: Policy\n"
+            "omitStages: [RequestReceived]\n"
+            "rules:\n"
+            "- level: Metadata\n"
+            "  verbs: [get]\n"
+            '  resources: [{group: "", resources: [secrets]}]\n'
+            "- level: None\n"
+        )
+        return [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-mode=blocking",
+        ]
+
+    def secret_reads(self, namespace: str, name: str, user: str) -> int:
+        """How many times `user` has read (GET) the Secret so far, per the audit log."""
+        if not self.audit_log.exists():
+            return 0
+        count = 0
+        for line in self.audit_log.read_text().splitlines():
+            event = json.loads(line)
+            ref = event.get("objectRef") or {}
+            if (
+                event.get("verb") == "get"
+                and (event.get("user") or {}).get("username") == user
+                and (ref.get("namespace"), ref.get("name")) == (namespace, name)
+            ):
+                count += 1
+        return count
 
     @staticmethod
     def _standalone_flags() -> list[str]:
