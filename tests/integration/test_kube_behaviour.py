@@ -27,16 +27,15 @@ from tests.kube_helpers import (
     put_secret,
     status,
 )
+from tests.own_plane import own_plane, scratch_namespace, seeded_fake
 from tests.tcp_proxy import TcpProxy
 
 from infisical_sync.testing.controlplane import (
     OPERATOR_USER,
     ControlPlane,
     api_client,
-    grant_operator_rbac,
-    install_crds,
 )
-from infisical_sync.testing.fake_infisical import BackgroundFake, FakeInfisical
+from infisical_sync.testing.fake_infisical import FakeInfisical
 
 pytestmark = pytest.mark.controlplane
 CONNECTIONS, SYNCS = "infisicalconnections", "secretsyncs"
@@ -47,9 +46,7 @@ PROJECT = "p-kube"
 
 @pytest.fixture
 def fake() -> Iterator[FakeInfisical]:
-    with BackgroundFake() as server:
-        server.state.add_project("kube", project_id=PROJECT)
-        server.state.add_identity(CLIENT_ID, CLIENT_SECRET, projects={PROJECT: {}})
+    with seeded_fake("kube", PROJECT, CLIENT_ID, CLIENT_SECRET) as server:
         yield server
 
 
@@ -183,9 +180,7 @@ def test_deleted_objects_stop_their_daemons_without_cancellation(
 @pytest.fixture(scope="module")
 def plane(control_plane: ControlPlane) -> Iterator[ControlPlane]:
     """Operators started here must not share objects with the session's operator."""
-    with ControlPlane() as own:
-        install_crds(own.kubeconfig)
-        grant_operator_rbac(own.kubeconfig)
+    with own_plane() as own:
         yield own
 
 
@@ -196,22 +191,8 @@ def plane_kube(plane: ControlPlane) -> Any:
 
 @pytest.fixture
 def plane_namespace(plane_kube: Any) -> Iterator[str]:
-    """A namespace whose objects are gone afterwards: the next test's operator must not find
-    them (their fake Infisical is gone)."""
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    client.CoreV1Api(plane_kube).create_namespace({"metadata": {"name": name}})
-    yield name
-    custom = client.CustomObjectsApi(plane_kube)
-
-    def left(plural: str) -> list[str]:
-        found = custom.list_namespaced_custom_object(GROUP, VERSION, name, plural)["items"]
-        return [item["metadata"]["name"] for item in found]
-
-    for plural in (SYNCS, CONNECTIONS):
-        for item in left(plural):
-            delete(plane_kube, name, plural, item)
-            patch(plane_kube, name, plural, item, {"metadata": {"finalizers": None}})
-    wait_for(lambda: not left(SYNCS) and not left(CONNECTIONS))
+    with scratch_namespace(plane_kube) as name:
+        yield name
 
 
 @pytest.fixture

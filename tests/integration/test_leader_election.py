@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 from tests.conftest import OperatorProcess, operator_process, wait_for
-from tests.kube_helpers import GROUP, VERSION, create, delete, get, patch, put_secret, status
+from tests.kube_helpers import create, get, put_secret, status
+from tests.own_plane import own_plane, scratch_namespace, seeded_fake
 
 from infisical_sync.lease import SHARDS_ANNOTATION
 from infisical_sync.shards import Shard, slot_of
@@ -25,10 +25,8 @@ from infisical_sync.testing.controlplane import (
     ControlPlane,
     api_client,
     grant_leader_election,
-    grant_operator_rbac,
-    install_crds,
 )
-from infisical_sync.testing.fake_infisical import BackgroundFake, FakeInfisical, Fault
+from infisical_sync.testing.fake_infisical import FakeInfisical, Fault
 
 pytestmark = pytest.mark.controlplane
 CONNECTIONS, SYNCS = "infisicalconnections", "secretsyncs"
@@ -43,37 +41,22 @@ STARTED = "infisical-sync operator started"
 
 @pytest.fixture(scope="module")
 def plane(control_plane: ControlPlane) -> Iterator[ControlPlane]:
-    """Operators started and stopped here must not share objects with the session's one."""
-    with ControlPlane() as own:
-        install_crds(own.kubeconfig)
-        grant_operator_rbac(own.kubeconfig)
+    with own_plane() as own:
         yield own
 
 
 @pytest.fixture
 def fake() -> Iterator[FakeInfisical]:
-    with BackgroundFake() as server:
-        server.state.add_project("leader", project_id=PROJECT)
-        server.state.add_identity(CLIENT_ID, CLIENT_SECRET, projects={PROJECT: {}})
+    with seeded_fake("leader", PROJECT, CLIENT_ID, CLIENT_SECRET) as server:
         yield server
 
 
 @pytest.fixture
 def namespace(plane: ControlPlane) -> Iterator[str]:
-    """Holds the Lease too; its objects are gone afterwards (the next test's operators must not
-    find them)."""
-    kube = api_client(plane.kubeconfig)
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    client.CoreV1Api(kube).create_namespace({"metadata": {"name": name}})
-    grant_leader_election(plane.kubeconfig, name)
-    yield name
-    for plural in (SYNCS, CONNECTIONS):
-        found = client.CustomObjectsApi(kube).list_namespaced_custom_object(
-            GROUP, VERSION, name, plural
-        )["items"]
-        for item in found:
-            delete(kube, name, plural, item["metadata"]["name"])
-            patch(kube, name, plural, item["metadata"]["name"], {"metadata": {"finalizers": None}})
+    """Holds the Lease too."""
+    with scratch_namespace(api_client(plane.kubeconfig)) as name:
+        grant_leader_election(plane.kubeconfig, name)
+        yield name
 
 
 @contextlib.contextmanager

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from tests.kube_helpers import (
     put_secret,
     status,
 )
+from tests.own_plane import own_plane, scratch_namespace, seeded_fake
 
 from infisical_sync import ledger
 from infisical_sync.sync import ABANDON
@@ -38,10 +38,8 @@ from infisical_sync.testing.controlplane import (
     OPERATOR_USER,
     ControlPlane,
     api_client,
-    grant_operator_rbac,
-    install_crds,
 )
-from infisical_sync.testing.fake_infisical import BackgroundFake, FakeInfisical
+from infisical_sync.testing.fake_infisical import FakeInfisical
 
 pytestmark = pytest.mark.controlplane
 CONNECTIONS, SYNCS = "infisicalconnections", "secretsyncs"
@@ -55,33 +53,20 @@ NAMES = [f"K{i:04d}_" + "X" * 54 for i in range(1500)]
 
 @pytest.fixture(scope="module")
 def plane(control_plane: ControlPlane) -> Iterator[ControlPlane]:
-    with ControlPlane() as own:
-        install_crds(own.kubeconfig)
-        grant_operator_rbac(own.kubeconfig)  # the chart's rules: configmaps included
+    with own_plane() as own:
         yield own
 
 
 @pytest.fixture
 def fake() -> Iterator[FakeInfisical]:
-    with BackgroundFake(FakeInfisical(profile="2024")) as server:
-        server.state.add_project("ledger", project_id=PROJECT)
-        server.state.add_identity(CLIENT_ID, CLIENT_SECRET, projects={PROJECT: {}})
+    with seeded_fake("ledger", PROJECT, CLIENT_ID, CLIENT_SECRET, profile="2024") as server:
         yield server
 
 
 @pytest.fixture
 def namespace(plane: ControlPlane) -> Iterator[str]:
-    kube = api_client(plane.kubeconfig)
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    client.CoreV1Api(kube).create_namespace({"metadata": {"name": name}})
-    yield name
-    for plural in (SYNCS, CONNECTIONS):
-        found = client.CustomObjectsApi(kube).list_namespaced_custom_object(
-            GROUP, VERSION, name, plural
-        )["items"]
-        for item in found:
-            delete(kube, name, plural, item["metadata"]["name"])
-            patch(kube, name, plural, item["metadata"]["name"], {"metadata": {"finalizers": None}})
+    with scratch_namespace(api_client(plane.kubeconfig)) as name:
+        yield name
 
 
 def remote(fake: FakeInfisical) -> dict[str, str]:

@@ -3,24 +3,21 @@ nothing else, from what the status recorded (ETags are not kept only in memory).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client
 from tests.conftest import operator_process, wait_for
-from tests.kube_helpers import GROUP, VERSION, create, delete, patch, put_secret, status
+from tests.kube_helpers import create, patch, put_secret, status
+from tests.own_plane import own_plane, scratch_namespace, seeded_fake
 
 from infisical_sync.testing.controlplane import (
     OPERATOR_USER,
     ControlPlane,
     api_client,
-    grant_operator_rbac,
-    install_crds,
 )
-from infisical_sync.testing.fake_infisical import BackgroundFake, FakeInfisical, RequestRecord
+from infisical_sync.testing.fake_infisical import FakeInfisical, RequestRecord
 
 pytestmark = pytest.mark.controlplane
 CONNECTIONS, SYNCS = "infisicalconnections", "secretsyncs"
@@ -32,18 +29,13 @@ REQUESTED = "infisical-sync.dev/sync-requested-at"
 
 @pytest.fixture(scope="module")
 def plane(control_plane: ControlPlane) -> Iterator[ControlPlane]:
-    """Operators started and stopped here must not share objects with the session's one."""
-    with ControlPlane() as own:
-        install_crds(own.kubeconfig)
-        grant_operator_rbac(own.kubeconfig)
+    with own_plane() as own:
         yield own
 
 
 @pytest.fixture
 def fake() -> Iterator[FakeInfisical]:
-    with BackgroundFake() as server:
-        server.state.add_project("restart", project_id=PROJECT)
-        server.state.add_identity(CLIENT_ID, CLIENT_SECRET, projects={PROJECT: {}})
+    with seeded_fake("restart", PROJECT, CLIENT_ID, CLIENT_SECRET) as server:
         yield server
 
 
@@ -69,19 +61,8 @@ def writes_to(fake: FakeInfisical, path: str) -> list[RequestRecord]:
 
 @pytest.fixture
 def namespace(plane: ControlPlane) -> Iterator[str]:
-    """A namespace whose objects are gone afterwards: the next test's operator must not find
-    them (their fake Infisical is gone)."""
-    kube = api_client(plane.kubeconfig)
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    client.CoreV1Api(kube).create_namespace({"metadata": {"name": name}})
-    yield name
-    for plural in (SYNCS, CONNECTIONS):
-        found = client.CustomObjectsApi(kube).list_namespaced_custom_object(
-            GROUP, VERSION, name, plural
-        )["items"]
-        for item in found:
-            delete(kube, name, plural, item["metadata"]["name"])
-            patch(kube, name, plural, item["metadata"]["name"], {"metadata": {"finalizers": None}})
+    with scratch_namespace(api_client(plane.kubeconfig)) as name:
+        yield name
 
 
 def start_syncing(kube: Any, namespace: str, fake: FakeInfisical, syncs: dict[str, str]) -> None:

@@ -5,35 +5,29 @@ and a change from 1 shard to 2 leaves no object undeletable."""
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client
 from tests.conftest import OperatorProcess, operator_process, wait_for
 from tests.kube_helpers import (
-    GROUP,
-    VERSION,
     create,
     delete,
     event_reasons,
     get,
-    patch,
     put_secret,
     status,
 )
+from tests.own_plane import own_plane, scratch_namespace, seeded_fake
 
 from infisical_sync.shards import LEGACY_FINALIZER, Shard, slot_of
 from infisical_sync.testing.controlplane import (
     OPERATOR_USER,
     ControlPlane,
     api_client,
-    grant_operator_rbac,
-    install_crds,
 )
-from infisical_sync.testing.fake_infisical import BackgroundFake, FakeInfisical
+from infisical_sync.testing.fake_infisical import FakeInfisical
 
 pytestmark = pytest.mark.controlplane
 CONNECTIONS, SYNCS = "infisicalconnections", "secretsyncs"
@@ -46,37 +40,20 @@ KEYS_CHANGED = "infisical_sync_keys_changed_total"
 
 @pytest.fixture(scope="module")
 def plane(control_plane: ControlPlane) -> Iterator[ControlPlane]:
-    """Operators started and stopped here must not share objects with the session's one."""
-    with ControlPlane() as own:
-        install_crds(own.kubeconfig)
-        grant_operator_rbac(own.kubeconfig)
+    with own_plane() as own:
         yield own
 
 
 @pytest.fixture
 def fake() -> Iterator[FakeInfisical]:
-    with BackgroundFake() as server:
-        server.state.add_project("shards", project_id=PROJECT)
-        server.state.add_identity(CLIENT_ID, CLIENT_SECRET, projects={PROJECT: {}})
+    with seeded_fake("shards", PROJECT, CLIENT_ID, CLIENT_SECRET) as server:
         yield server
 
 
 @pytest.fixture
 def namespace(plane: ControlPlane) -> Iterator[str]:
-    kube = api_client(plane.kubeconfig)
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    client.CoreV1Api(kube).create_namespace({"metadata": {"name": name}})
-    yield name
-    for plural in (SYNCS, CONNECTIONS):
-        found = client.CustomObjectsApi(kube).list_namespaced_custom_object(
-            GROUP, VERSION, name, plural
-        )["items"]
-        for item in found:
-            with contextlib.suppress(client.exceptions.ApiException):
-                delete(kube, name, plural, item["metadata"]["name"])
-                patch(
-                    kube, name, plural, item["metadata"]["name"], {"metadata": {"finalizers": None}}
-                )
+    with scratch_namespace(api_client(plane.kubeconfig)) as name:
+        yield name
 
 
 @contextlib.contextmanager
