@@ -22,7 +22,7 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
-from infisical_sync import leader, metrics
+from infisical_sync import kopf_trim, leader, metrics
 from infisical_sync.config import Settings
 from infisical_sync.connection import ConnectionReconciler
 from infisical_sync.fence import Fence
@@ -392,6 +392,7 @@ def run_operator(settings: Settings) -> int:
     logging.getLogger("kopf.objects").addFilter(
         _NoNewsAtDebug(["secretsync_event", "connection_event"])
     )
+    kopf_trim.trim_watched_bodies()  # half of what kopf holds per object
     metrics.SHARD.labels(str(settings.shard.index), str(settings.shard.count)).set(1)
     if settings.metrics_port:  # before leader election: a standby reports its gauges too
         start_http_server(settings.metrics_port)
