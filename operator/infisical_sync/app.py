@@ -376,6 +376,16 @@ class _NoNewsAtDebug(logging.Filter):
         return True
 
 
+def _trim_kopf_bodies() -> None:
+    """Half of what kopf holds per object: see kopf_trim."""
+    try:
+        from kopf._cogs.clients import watching
+    except ImportError:
+        log.debug("kopf's watch stream moved: bodies keep their managedFields")
+        return
+    kopf_trim.trim_watched_bodies(watching)
+
+
 def run_operator(settings: Settings) -> int:
     kopf.configure(
         debug=settings.log_level == "DEBUG",
@@ -392,7 +402,7 @@ def run_operator(settings: Settings) -> int:
     logging.getLogger("kopf.objects").addFilter(
         _NoNewsAtDebug(["secretsync_event", "connection_event"])
     )
-    kopf_trim.trim_watched_bodies()  # half of what kopf holds per object
+    _trim_kopf_bodies()
     metrics.SHARD.labels(str(settings.shard.index), str(settings.shard.count)).set(1)
     if settings.metrics_port:  # before leader election: a standby reports its gauges too
         start_http_server(settings.metrics_port)

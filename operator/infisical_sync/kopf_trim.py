@@ -7,8 +7,9 @@ which neither kopf nor this operator reads. Dropping it as each event arrives ha
 holds per object.
 
 kopf has no hook for that, so its watch stream is wrapped where its queueing calls it (through
-the module attribute). If a kopf release moves that function, nothing breaks: the wrap is
-skipped with a DEBUG line and the bodies stay whole; a unit test pins the assumption.
+the module attribute; app.py hands the module in, being the one place that imports kopf). If a
+kopf release moves that function, nothing breaks: the wrap is skipped with a DEBUG line and the
+bodies stay whole; a unit test pins the assumption.
 """
 
 from __future__ import annotations
@@ -35,13 +36,9 @@ def trimmed(event: Any) -> Any:
     return event
 
 
-def trim_watched_bodies() -> bool:
-    """Wrap kopf's watch stream once. False when kopf no longer has it where expected."""
-    try:
-        from kopf._cogs.clients import watching
-    except ImportError:
-        log.debug("kopf's watch stream moved: bodies keep their managedFields")
-        return False
+def trim_watched_bodies(watching: Any) -> bool:
+    """Wrap the watch stream of kopf's `watching` module (kopf._cogs.clients.watching, which
+    the composition root imports) once. False when it has no stream where expected."""
     original: Stream | None = getattr(watching, "infinite_watch", None)
     if original is None:
         log.debug("kopf's watch stream moved: bodies keep their managedFields")

@@ -49,8 +49,8 @@ async def test_the_wrapped_stream_yields_trimmed_events_and_closes_the_original(
             closed.append(True)
 
     monkeypatch.setattr(watching, "infinite_watch", original)
-    assert kopf_trim.trim_watched_bodies()
-    assert kopf_trim.trim_watched_bodies()  # once: not wrapped twice
+    assert kopf_trim.trim_watched_bodies(watching)
+    assert kopf_trim.trim_watched_bodies(watching)  # once: not wrapped twice
     stream = watching.infinite_watch(resource="r", namespace=None)
     seen = []
     async for item in stream:
@@ -64,6 +64,13 @@ async def test_the_wrapped_stream_yields_trimmed_events_and_closes_the_original(
     ]
     assert seen[1] is watching.Bookmark.LISTED
     assert closed == [True]
+
+
+def test_a_module_without_the_stream_is_left_alone() -> None:
+    class Moved:
+        pass
+
+    assert not kopf_trim.trim_watched_bodies(Moved)
 
 
 def test_kopf_still_calls_its_watch_stream_through_the_module_attribute() -> None:
