@@ -13,6 +13,7 @@ daemon loops and decides when the reconcilers (connection.py, sync.py) run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import re
@@ -378,11 +379,9 @@ class _NoNewsAtDebug(logging.Filter):
 
 def _trim_kopf_bodies() -> None:
     """Half of what kopf holds per object: see kopf_trim."""
-    try:
+    watching: Any = None
+    with contextlib.suppress(ImportError):  # moved: kopf_trim says so and leaves bodies whole
         from kopf._cogs.clients import watching
-    except ImportError:
-        log.debug("kopf's watch stream moved: bodies keep their managedFields")
-        return
     kopf_trim.trim_watched_bodies(watching)
 
 

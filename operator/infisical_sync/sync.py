@@ -40,6 +40,7 @@ from infisical_sync.infisical.errors import (
 from infisical_sync.infisical.models import (
     MetadataEntry,
     RemoteSecret,
+    SecretListing,
     SecretLocation,
     SecretWrite,
 )
@@ -169,6 +170,24 @@ class CycleResult:
     ok: bool
     retryable: bool = False
     retry_after: float | None = None
+
+
+def _recorded_etag(
+    previous: Mapping[str, Any],
+    instance: str,
+    location: SecretLocation,
+    inputs: str,
+    annotations: Mapping[str, str],
+) -> str | None:
+    """The ETag status.lastRead recorded for this place and these inputs (a 304 to it means
+    the outcome is the last one), else None."""
+    return etag_to_resume(
+        previous,
+        instance_url=instance,
+        location=location,
+        inputs=inputs,
+        mass_delete_confirmation=annotations.get(ALLOW_MASS_DELETE),
+    )
 
 
 def _keeps_metadata(secrets: Sequence[RemoteSecret]) -> bool | None:
@@ -452,13 +471,7 @@ class SyncEngine:
                 # Nothing in memory (a restart, or the last outcome was clean and recorded in
                 # status.lastRead): the ETag status recorded, when a 304 to it would mean the
                 # outcome is the last one.
-                resume = etag_to_resume(
-                    previous,
-                    instance_url=instance,
-                    location=location,
-                    inputs=inputs,
-                    mass_delete_confirmation=annotations.get(ALLOW_MASS_DELETE),
-                )
+                resume = _recorded_etag(previous, instance, location, inputs, annotations)
             destination = await self._read_destination(
                 session,
                 location,
@@ -727,10 +740,19 @@ class SyncEngine:
             versions = None
         if versions is None:
             return None
+        return self._digest(versions, meta_generation, annotations, owner_uid)
+
+    def _digest(
+        self,
+        source_versions: Mapping[str, str],
+        generation: int | None,
+        annotations: Mapping[str, str],
+        owner_uid: str,
+    ) -> str:
         return inputs_digest(
-            generation=meta_generation,
+            generation=generation,
             requested_at=annotations.get(SYNC_REQUESTED_AT),
-            source_versions=versions,
+            source_versions=source_versions,
             cluster_id=self.cluster_id,
             owner_uid=owner_uid,
         )
@@ -770,25 +792,12 @@ class SyncEngine:
             if version is None:
                 return False
             versions[selection.name] = version
-        inputs = inputs_digest(
-            generation=generation,
-            requested_at=annotations.get(SYNC_REQUESTED_AT),
-            source_versions=kubernetes_versions(versions),
-            cluster_id=self.cluster_id,
-            owner_uid=owner.uid,
-        )
+        inputs = self._digest(kubernetes_versions(versions), generation, annotations, owner.uid)
         try:
             location = await self._destination_location(session, spec)
         except SyncFailed:
             return False
-        instance = session.transport.base_url
-        etag = etag_to_resume(
-            previous,
-            instance_url=instance,
-            location=location,
-            inputs=inputs,
-            mass_delete_confirmation=annotations.get(ALLOW_MASS_DELETE),
-        )
+        etag = _recorded_etag(previous, session.transport.base_url, location, inputs, annotations)
         if etag is None:
             return False
         try:
@@ -797,9 +806,7 @@ class SyncEngine:
             return False
         if listing.not_modified:
             raise _Unchanged
-        self._remember_keeps_metadata(session, listing.secrets)
-        cache.destination_at, cache.destination_etag = (instance, location), listing.etag
-        cache.destination = _destination_map(listing.secrets)
+        self._keep_listing(session, location, cache, listing)
         return True
 
     async def _read_source(
@@ -887,10 +894,21 @@ class SyncEngine:
             if cache.destination_at != at:
                 raise _Unchanged
             return dict(cache.destination)
-        self._remember_keeps_metadata(session, listing.secrets)
-        cache.destination_at, cache.destination_etag = at, listing.etag
-        cache.destination = _destination_map(listing.secrets)
+        self._keep_listing(session, location, cache, listing)
         return dict(cache.destination)
+
+    def _keep_listing(
+        self,
+        session: InfisicalSession,
+        location: SecretLocation,
+        cache: _Cache,
+        listing: SecretListing,
+    ) -> None:
+        """A full listing becomes the cache: the next cycle sends its ETag, and a 304 reuses it."""
+        self._remember_keeps_metadata(session, listing.secrets)
+        cache.destination_at = (session.transport.base_url, location)
+        cache.destination_etag = listing.etag
+        cache.destination = _destination_map(listing.secrets)
 
     def _remember_keeps_metadata(
         self, session: InfisicalSession, secrets: Sequence[RemoteSecret]
@@ -911,10 +929,7 @@ class SyncEngine:
         except InfisicalError as exc:  # only the status's wording depends on it
             log.debug("listing %s to learn about secretMetadata failed: %s", location, exc)
             return
-        self._remember_keeps_metadata(session, listing.secrets)
-        cache.destination_at = (session.transport.base_url, location)
-        cache.destination_etag = listing.etag
-        cache.destination = _destination_map(listing.secrets)
+        self._keep_listing(session, location, cache, listing)
 
     # --- writes --------------------------------------------------------------------------------
 
