@@ -56,6 +56,20 @@ class FakeClock:
         finally:
             self._sleepers.remove(entry)
 
+    def call_later(self, seconds: float, callback: Callable[[], object]) -> asyncio.Future[None]:
+        self.sleeps.append(seconds)
+        wake = asyncio.get_running_loop().create_future()
+        entry = (self.now + seconds, wake)
+        self._sleepers.append(entry)
+
+        def woken(done: asyncio.Future[None]) -> None:
+            self._sleepers.remove(entry)
+            if not done.cancelled():
+                callback()
+
+        wake.add_done_callback(woken)
+        return wake
+
     def uniform(self, low: float, high: float) -> float:
         self.draws.append((low, high))
         value = self.rng.uniform(low, high) if self.rng else low + (high - low) * self.point
@@ -249,6 +263,27 @@ async def test_failures_back_off_from_five_seconds_up_to_the_interval(harness: H
         harness.clock.advance(delays[-1])
     assert delays == [5, 10, 20, 40, 60, 60]  # the sixth follows a success
     assert len(harness.engine.runs) == 6
+
+
+async def test_a_waiting_daemon_holds_one_helper_task_and_wakes_on_each_cause(
+    harness: Harness,
+) -> None:
+    """10,000 daemons spend their life pausing: the pause must not cost a task per cause."""
+    before = len(asyncio.all_tasks())
+    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped))
+    await harness.sleeping(1)
+    assert len(asyncio.all_tasks()) == before + 2  # the daemon and its stop-flag watcher
+    harness.clock.advance(60)  # the timer
+    await harness.sleeping(2)
+    assert len(harness.engine.runs) == 2
+    harness.scheduler.kicks.kick(("SecretSync", "ns", "sync"), "secret s modified")  # a kick
+    await harness.sleeping(3)
+    assert len(harness.engine.runs) == 3
+    await until(lambda: len(asyncio.all_tasks()) == before + 2)  # the old pause's watcher ends
+    harness.stopped.set()  # the stop flag
+    await asyncio.wait_for(harness.tasks[0], 1)
+    assert len(harness.engine.runs) == 3
+    assert harness.clock.pending == 0  # no timer left behind
 
 
 async def test_retry_after_and_permanent_failures(harness: Harness) -> None:

@@ -262,18 +262,19 @@ class InstanceTransport:
                         started = self._clock()
                         self.in_flight += 1
                         self.max_in_flight = max(self.max_in_flight, self.in_flight)
+                        # A deadline for the whole call (httpx's timeouts are per phase);
+                        # asyncio.timeout, unlike wait_for on 3.11, runs it in this task.
+                        deadline = self.options.request_timeout + self.options.connect_timeout
                         try:
-                            response = await asyncio.wait_for(
-                                self._http.request(
+                            async with asyncio.timeout(deadline):
+                                response = await self._http.request(
                                     method,
                                     path,
                                     json=json,
                                     content=content,
                                     params=params,
                                     headers=headers,
-                                ),
-                                timeout=self.options.request_timeout + self.options.connect_timeout,
-                            )
+                                )
                         finally:
                             self.in_flight -= 1
             except _RedirectAnswer as answer:
