@@ -591,9 +591,13 @@ class Scheduler:
         mark = _RunningMark(self.clock, mark_running, f"running mark {namespace}/{name}")
         async with self._cycle_slot(), self.lock(key):
             try:
+                previous = state.written
+                if state.unsure:  # what the API server holds is unknown: no 304 may end this
+                    held = state.written if state.written is not None else body.get("status")
+                    previous = {k: v for k, v in (held or {}).items() if k != "lastRead"}
                 async with mark as on_writing:
                     result = await self.engine.run(
-                        namespace, name, body, state.written, on_writing=on_writing
+                        namespace, name, body, previous, on_writing=on_writing
                     )
                 wanted = {**result.status, **acknowledged(requested)}
                 changes = dict(wanted) if state.unsure else status_patch(stored, wanted)

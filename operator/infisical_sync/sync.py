@@ -772,9 +772,10 @@ class SyncEngine:
         named Secret's resourceVersion and those, with the rest of the inputs, are the ones of
         the outcome status.lastRead recorded, the destination is asked with that ETag; a 304
         ends the cycle (_Unchanged). A 200 fills the cache (True: the cycle goes on with that
-        listing). Anything else (a selector, a failure, nothing to compare with) leaves it to
-        the full cycle, which reads and reports as usual. The full read still happens at least
-        every SOURCE_REREAD_AFTER, so a change the watch never announced is found anyway."""
+        listing); a failed list fails the cycle (SyncFailed), as the full cycle's would.
+        Anything else (a selector, nothing to compare with) leaves it to the full cycle. The full
+        read still happens at least every SOURCE_REREAD_AFTER, so a change the watch never
+        announced is found anyway."""
         source = spec.source.kubernetes
         if (
             source is None
@@ -802,8 +803,10 @@ class SyncEngine:
             return False
         try:
             listing = await session.list_secrets(location, etag=etag)
-        except InfisicalError:
+        except NotFound:  # the folder went: the full cycle makes it again
             return False
+        except InfisicalError as exc:  # this cycle's destination read: listing again cannot help
+            raise self._remote_failure("DestinationReady", exc) from None
         if listing.not_modified:
             raise _Unchanged
         self._keep_listing(session, location, cache, listing)

@@ -247,6 +247,31 @@ def test_quiet_cycles_take_the_source_version_from_the_secret_watch(
     assert reads() > before
 
 
+def test_a_quiet_cycle_that_cannot_list_fails_without_reading_the_source(
+    env: tuple[Any, str, FakeInfisical], control_plane: ControlPlane
+) -> None:
+    """The quiet cycle's conditional list is the destination read of that cycle: when it fails
+    (an outage, a 429), the cycle fails with it, instead of reading the Secrets and listing
+    once more into the same failure."""
+    kube, namespace, fake = env
+    put_secret(kube, namespace, "app", {"A": "1"})
+    create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec(syncInterval="10s"))
+    wait_for(lambda: sync_status(kube, namespace) == "Succeeded" and remote(fake) == {"A": "1"})
+    wait_for(lambda: fake.count(r"/api/v4/secrets$", status=304) >= 2, timeout=40, message="quiet")
+    before = control_plane.secret_reads(namespace, "app", OPERATOR_USER)
+    fake.inject(Fault("status", r"^/api/v4/secrets$", method="GET", status=503))
+    wait_for(
+        lambda: (
+            (condition(kube, namespace, SYNCS, "sync", "DestinationReady") or ("",))[0] == "False"
+        ),
+        timeout=60,
+        message="the failed cycle's status",
+    )
+    assert control_plane.secret_reads(namespace, "app", OPERATOR_USER) == before
+    fake.clear_faults()
+    wait_for(lambda: sync_status(kube, namespace) == "Succeeded", timeout=60)
+
+
 def test_drift_is_corrected_by_the_timer(env: tuple[Any, str, FakeInfisical]) -> None:
     kube, namespace, fake = env
     put_secret(kube, namespace, "app", {"A": "1"})

@@ -472,6 +472,23 @@ async def test_a_cycle_with_the_same_outcome_writes_no_status(harness: Harness) 
     ]
 
 
+async def test_after_a_cycle_that_may_have_written_no_304_can_end_the_next(
+    harness: Harness,
+) -> None:
+    """A failed cycle leaves the stored status unknown: the next gets no status.lastRead, so
+    neither its quiet probe nor a resume can end it at a 304 before its status is written."""
+    read = {"etag": "e1", "inputs": "i1"}
+    harness.engine.results = [
+        ok(lastRead=read),
+        KubeUnavailable("the Kubernetes API server did not answer"),
+        ok(lastRead=read),
+    ]
+    await cycles(harness, sync_body(), 3)
+    assert (harness.engine.runs[1] or {}).get("lastRead") == read
+    assert "lastRead" not in (harness.engine.runs[2] or {})
+    assert harness.status.patches[-1] == {"syncStatus": "Succeeded", "lastRead": read}  # whole
+
+
 async def test_a_restart_that_finds_the_status_as_it_was_writes_nothing(harness: Harness) -> None:
     body = sync_body()
     body["status"] = {"syncStatus": "Succeeded", "managedKeys": ["A"], "observedGeneration": 1}
