@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import logging
 from collections.abc import Callable
 
@@ -23,14 +22,13 @@ TRIM_EVERY = 60.0
 
 
 def _find_malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
     try:
-        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
+        trim = ctypes.CDLL(None).malloc_trim  # the C library the process already runs on
     except (OSError, AttributeError):  # not glibc
         return None
-    return trim
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    found: Callable[[int], int] = trim
+    return found
 
 
 _malloc_trim = _find_malloc_trim()
@@ -55,4 +53,7 @@ async def release_periodically(every: float = TRIM_EVERY) -> None:
         return
     while True:
         await asyncio.sleep(every)
-        await asyncio.to_thread(release_free_heap)
+        try:
+            await asyncio.to_thread(release_free_heap)
+        except Exception:  # e.g. the thread pool shut down: this round is lost, not the loop
+            log.exception("releasing free heap memory failed")

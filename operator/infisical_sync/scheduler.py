@@ -376,8 +376,8 @@ class Scheduler:
         """Until `delay` seconds pass, the slot is kicked or the daemon is told to stop.
 
         The timer and the stop flag wake the slot's event; the daemon waits on that alone.
-        10,000 daemons spend most of their life here: one task each (kopf's flag is only
-        awaitable), not one per thing awaited."""
+        10,000 daemons spend most of their life here: the stop flag is only awaitable, so its
+        watcher is the one task of ours (kopf's flag adds one inside); the timer is a handle."""
         if slot.event.is_set() or stopped.is_set():
             return
         timer = self.clock.call_later(max(0.0, delay), slot.event.set)

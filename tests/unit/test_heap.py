@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -34,8 +36,13 @@ FRAGMENTED = textwrap.dedent(
 
 @pytest.mark.skipif(not heap.can_release(), reason="the C library has no malloc_trim (not glibc)")
 def test_free_pages_in_the_middle_of_the_heap_go_back_to_the_system() -> None:
+    source_root = str(Path(heap.__file__).parents[1])  # this checkout's, not an installed one
     out = subprocess.run(
-        [sys.executable, "-c", FRAGMENTED], capture_output=True, text=True, check=True
+        [sys.executable, "-c", FRAGMENTED],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": source_root},
     ).stdout.split()
     released, before, after = out[0], int(out[1]), int(out[2])
     assert released == "True"
@@ -57,4 +64,4 @@ async def test_the_periodic_release_runs_until_cancelled(monkeypatch: pytest.Mon
 async def test_without_malloc_trim_nothing_is_scheduled(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(heap, "_malloc_trim", None)
     assert heap.release_free_heap() is False
-    await heap.release_periodically(every=0.01)  # returns at once instead of looping
+    await asyncio.wait_for(heap.release_periodically(every=0.01), 5)  # returns, not loops

@@ -33,6 +33,16 @@ RUNNING = {"syncStatus": "Running"}
 CONNECTION = ("InfisicalConnection", "ns", "conn")
 
 
+@dataclass
+class FakeTimer:
+    wake: asyncio.Future[None]
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.wake.cancel()
+
+
 class FakeClock:
     """Sleeps end only when the test advances time; `uniform` picks a fixed point of its range
     (0.5: the middle, i.e. no jitter)."""
@@ -56,19 +66,20 @@ class FakeClock:
         finally:
             self._sleepers.remove(entry)
 
-    def call_later(self, seconds: float, callback: Callable[[], object]) -> asyncio.Future[None]:
+    def call_later(self, seconds: float, callback: Callable[[], object]) -> FakeTimer:
         self.sleeps.append(seconds)
         wake = asyncio.get_running_loop().create_future()
         entry = (self.now + seconds, wake)
         self._sleepers.append(entry)
+        timer = FakeTimer(wake)
 
-        def woken(done: asyncio.Future[None]) -> None:
+        def woken(_: asyncio.Future[None]) -> None:
             self._sleepers.remove(entry)
-            if not done.cancelled():
+            if not timer.cancelled:  # as the loop's: a timer cancelled before it ran never runs
                 callback()
 
         wake.add_done_callback(woken)
-        return wake
+        return timer
 
     def uniform(self, low: float, high: float) -> float:
         self.draws.append((low, high))
