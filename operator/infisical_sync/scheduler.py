@@ -593,8 +593,7 @@ class Scheduler:
             try:
                 previous = state.written
                 if state.unsure:  # what the API server holds is unknown: no 304 may end this
-                    held = state.written if state.written is not None else body.get("status")
-                    previous = {k: v for k, v in (held or {}).items() if k != "lastRead"}
+                    previous = {k: v for k, v in stored.items() if k != "lastRead"}
                 async with mark as on_writing:
                     result = await self.engine.run(
                         namespace, name, body, previous, on_writing=on_writing
