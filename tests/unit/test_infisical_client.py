@@ -297,6 +297,31 @@ async def test_a_replaced_token_is_revoked_off_the_login_path(fake: FakeInfisica
     assert first.revoked and fake.count(REVOKE, status=200) == 2
 
 
+@pytest.mark.timeout(10)  # the bug was a loop that never yielded: only a signal ends it
+async def test_settle_returns_when_a_revocation_ended_in_the_same_loop_pass(
+    transport: InstanceTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answered = asyncio.get_running_loop().create_future()
+
+    async def held_send(*_args: object, **_kwargs: object) -> httpx.Response:
+        await answered
+        return httpx.Response(200)
+
+    monkeypatch.setattr(transport, "send", held_send)
+    session = InfisicalSession(transport, credentials())
+    session._revoke_later(SecretStr("a-replaced-token"))
+    await asyncio.sleep(0)  # the revocation waits for its answer
+    answered.set_result(None)
+    # One loop pass: the revocation ends in it, and its done callback is only queued for the
+    # next pass when settle() starts. On Python >= 3.12 gather() of done tasks completes
+    # without yielding, so a settle() that looped on gather() spun forever here (CI saw it).
+    await asyncio.sleep(0)
+    await session.settle()
+    assert session._revocations and all(task.done() for task in session._revocations)
+    await asyncio.sleep(0)  # the done callback's pass: the client is no longer held
+    assert not session._revocations and transport._users == 0
+
+
 async def test_a_refused_token_leads_to_a_login_without_revoking_it(
     fake: FakeInfisical, session: InfisicalSession
 ) -> None:

@@ -545,9 +545,12 @@ class InfisicalSession:
         self.transport.release()
 
     async def settle(self) -> None:
-        """Wait for the revocations under way."""
-        while self._revocations:
-            await asyncio.gather(*self._revocations, return_exceptions=True)
+        """Wait for the revocations under way, and for any started meanwhile."""
+        # Only the unfinished ones: a finished task stays in the set until its done callback
+        # runs in a later loop pass, and on Python >= 3.12 gather() of finished tasks returns
+        # without yielding, so waiting for "the set is empty" would spin and never let it run.
+        while pending := [task for task in self._revocations if not task.done()]:
+            await asyncio.wait(pending)
 
     async def _revoke_value(self, value: SecretStr) -> None:
         with contextlib.suppress(InfisicalError, httpx.HTTPError):
