@@ -7,7 +7,9 @@ kopf types `namespace` as optional (cluster-scoped resources); ours are all name
 the `type: ignore[arg-type]` on the decorators.
 
 Handlers only translate kopf events into calls on the scheduler (scheduler.py), which owns the
-daemon loops and decides when the reconcilers (connection.py, sync.py) run.
+connections' daemon loops and the SecretSyncs' timetable, and decides when the reconcilers
+(connection.py, sync.py) run. SecretSyncs have no kopf daemon: at 10,000 of them, kopf's
+per-object daemon (a task, its stopper, the body it keeps) cost more than the syncs themselves.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from infisical_sync.sync import SyncEngine
 
 CONNECTIONS = "infisicalconnections"
 SYNCS = "secretsyncs"
-STOP_GRACE = 20.0  # seconds a stopping daemon may take to finish the cycle in flight
+STOP_GRACE = 20.0  # seconds a stopping daemon or SecretSync may take to finish its cycle
 log = logging.getLogger("infisical_sync")
 registry = kopf.OperatorRegistry()
 
@@ -96,8 +98,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.posting.loggers = False
     settings.posting.level = logging.INFO
     settings.scanning.disabled = True  # our resources are known: no CRD discovery RBAC needed
-    # Our daemons return as soon as they are told to stop; give them the time to get there
-    # (a revoke on a deleted connection) before kopf falls back to polling them every backoff.
+    # The connection daemons return as soon as they are told to stop; give them the time to get
+    # there (a revoke on a deleted connection) before kopf falls back to polling them.
     settings.background.instant_exit_timeout = 1.0
 
     api_client = await asyncio.to_thread(load_api_client, config.kube_concurrency)
@@ -224,6 +226,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     heap_release: asyncio.Task[None] | None = getattr(memo, "heap_release", None)
     if heap_release is not None:
         heap_release.cancel()
+    scheduler: Scheduler | None = getattr(memo, "scheduler", None)
+    if scheduler is not None:  # first: its cycles in flight still use everything below
+        await scheduler.shutdown(STOP_GRACE)
     watches: SecretWatches | None = getattr(memo, "secret_watches", None)
     if watches is not None:
         await watches.stop()
@@ -328,26 +333,6 @@ async def secretsync_event(
     memo.referrers.sync_seen(type, namespace, name, body.get("spec") or {})
     memo.resharding.on_event(type, SYNCS, namespace, name, body)
     memo.scheduler.on_secretsync_event(type, namespace, name, body)
-
-
-@kopf.daemon(  # type: ignore[arg-type]
-    GROUP,
-    VERSION,
-    SYNCS,
-    cancellation_backoff=STOP_GRACE,
-    cancellation_timeout=10,
-    when=_owned,
-    registry=registry,
-)
-async def secretsync_daemon(
-    namespace: str,
-    name: str,
-    body: kopf.Body,
-    memo: kopf.Memo,
-    stopped: kopf.DaemonStopped,
-    **_: Any,
-) -> None:
-    await memo.scheduler.run_secretsync(namespace, name, body, stopped)
 
 
 @kopf.on.delete(GROUP, VERSION, SYNCS, when=_owned, registry=registry)  # type: ignore[arg-type]

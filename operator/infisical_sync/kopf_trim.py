@@ -1,10 +1,10 @@
 """Bodies without metadata.managedFields in kopf's memory.
 
-kopf keeps the latest body of every object it watches for as long as the object's daemon runs:
-at 10,000 SecretSyncs that is 10,000 bodies, all the time. About half of each body's JSON is
-`metadata.managedFields` (the API server's record of which field manager set which field),
-which neither kopf nor this operator reads. Dropping it as each event arrives halves what kopf
-holds per object.
+kopf keeps the latest body of every object whose daemon runs (the InfisicalConnections), and
+every event's body while its handlers run (10,000 at once when the SecretSyncs are first
+listed). About half of each body's JSON is `metadata.managedFields` (the API server's record of
+which field manager set which field), which neither kopf nor this operator reads. Dropping it as
+each event arrives halves what kopf holds per object.
 
 kopf has no hook for that, so its watch stream is wrapped where its queueing calls it (through
 the module attribute; app.py hands the module in, being the one place that imports kopf). If a

@@ -1,4 +1,5 @@
-"""Kicks: how triggers (watch events, spec changes, requests) wake an object's daemon loop."""
+"""Kicks: how triggers (watch events, spec changes, requests) wake an InfisicalConnection's
+daemon loop (a SecretSync's are handled by the scheduler's timetable)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,15 @@
-"""When each object is reconciled: the daemon loops of InfisicalConnections and SecretSyncs.
+"""When each object is reconciled: the InfisicalConnection daemon loops, and the SecretSync
+timetable.
 
-A loop runs one cycle, then pauses until its interval passes (jittered, backed off after
-failures), a kick arrives (a watched Secret changed, the spec changed, a sync was requested) or
-kopf asks it to stop (object deleted, operator exiting): then it returns at once, so kopf never
-has to cancel it. A cycle in flight is finished first.
+A SecretSync runs one cycle at first sight (at once, or spread after a restart when it was
+already in sync), then again when its interval passes (jittered, backed off after failures) or
+a kick arrives (a watched Secret changed, the spec changed, a sync was requested). Between
+cycles it holds no task: a loop timer makes it due, and one dispatcher runs the due ones, at
+most `cycle_slots` at once. It stops on deletion, when the operator exits (`shutdown`) and, as
+kopf's handlers only see the SecretSyncs of this shard, never runs elsewhere; a cycle in flight
+is finished first.
+An InfisicalConnection (a few per cluster) keeps a kopf daemon: it validates at start, on kicks
+and every validationInterval, and returns as soon as kopf asks it to stop.
 app.py registers the kopf handlers that call in here; there is no kopf in this module, and time
 comes from an injectable `Clock`, so the policy is unit-tested without waiting.
 
@@ -17,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol
@@ -336,17 +343,55 @@ class _SyncState:
     unsure: bool = False
 
 
+# kubectl's client-side apply stores the whole object again in this annotation: not read here.
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+KEPT_METADATA = ("namespace", "name", "uid", "generation", "resourceVersion", "deletionTimestamp")
+
+
+def kept_body(body: Mapping[str, Any], *, with_status: bool = True) -> dict[str, Any]:
+    """What a SecretSync's cycles read of its watched body. `with_status`: only until a cycle
+    has written one (`_SyncState.written` is what the next cycle starts from then)."""
+    meta = body.get("metadata") or {}
+    kept_meta = {item: meta[item] for item in KEPT_METADATA if item in meta}
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k != LAST_APPLIED}
+    if annotations:
+        kept_meta["annotations"] = annotations
+    kept: dict[str, Any] = {"metadata": kept_meta, "spec": body.get("spec") or {}}
+    if with_status and body.get("status") is not None:
+        kept["status"] = body.get("status")
+    return kept
+
+
+@dataclass(eq=False)
+class _Sync:
+    """One SecretSync of this shard as the timetable keeps it: between cycles no task, a timer
+    at most."""
+
+    key: Key
+    body: Mapping[str, Any]  # the latest watched body (kept_body)
+    observed: Observed  # what of its watch events decides a kick
+    state: _SyncState = field(default_factory=_SyncState)
+    # Kicks since its last cycle began ("created" until the first one).
+    reasons: set[str] = field(default_factory=lambda: {"created"})
+    # A run it should have made did not get through (e.g. its connection was not Ready).
+    owed: bool = False
+    timer: Cancellable | None = None  # makes it due when its pause ends
+    queued: bool = False  # due, waiting for a cycle slot
+    cycle: asyncio.Task[None] | None = None
+    stopped: bool = False  # deleted, or the operator exits: no cycle starts any more
+
+
 @dataclass
 class Scheduler:
     engine: SyncCycles
     connections: Validations
     status: StatusWriter
     clock: Clock = field(default_factory=SystemClock)
-    kicks: Kicks = field(default_factory=Kicks)
+    kicks: Kicks = field(default_factory=Kicks)  # the InfisicalConnection daemons' wake-ups
+    # The SecretSyncs of this shard, from first sight to deletion or exit.
+    syncs: dict[Key, _Sync] = field(default_factory=dict)
     # One lock per SecretSync: a sync and a removal never run at once.
     locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
-    # What the SecretSync event handler last saw, to tell spec changes and requests apart.
-    seen: dict[Key, Observed] = field(default_factory=dict)
     outages: Outages = field(default_factory=Outages)
     # The status each SecretSync's daemon last wrote: a removal that waited for a sync in
     # flight acts on what that sync recorded (where it wrote, what it owns), not on the older
@@ -363,6 +408,11 @@ class Scheduler:
     # their sources and a plan while queueing for the same instances and API server.
     cycle_slots: int = 64
     _cycles: asyncio.Semaphore | None = field(default=None, init=False, repr=False)
+    # Due SecretSyncs in the order they became due, and the one task that starts their cycles.
+    _due: deque[_Sync] = field(default_factory=deque, init=False, repr=False)
+    _wake: asyncio.Event | None = field(default=None, init=False, repr=False)
+    _dispatcher: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    _shut_down: bool = field(default=False, init=False, repr=False)
 
     def _cycle_slot(self) -> asyncio.Semaphore:
         if self._cycles is None:  # made on first use: inside the running loop
@@ -375,9 +425,8 @@ class Scheduler:
     async def _pause(self, slot: Slot, delay: float, stopped: StopSignal) -> None:
         """Until `delay` seconds pass, the slot is kicked or the daemon is told to stop.
 
-        The timer and the stop flag wake the slot's event; the daemon waits on that alone.
-        10,000 daemons spend most of their life here: the stop flag is only awaitable, so its
-        watcher is the one task of ours (kopf's flag adds one inside); the timer is a handle."""
+        The timer and the stop flag wake the slot's event; the daemon waits on that alone. The
+        stop flag is only awaitable, so its watcher is a task; the timer is a handle."""
         if slot.event.is_set() or stopped.is_set():
             return
         timer = self.clock.call_later(max(0.0, delay), slot.event.set)
@@ -413,32 +462,53 @@ class Scheduler:
         come from kopf's indexes, so an event never scans all resources."""
         reason = f"secret {name} {change.lower()}"
         for connection in connections:
-            self.kicks.kick(("InfisicalConnection", namespace, connection), reason)
+            self.kick(("InfisicalConnection", namespace, connection), reason)
         for sync in syncs:
-            self.kicks.kick(("SecretSync", namespace, sync), reason)
+            self.kick(("SecretSync", namespace, sync), reason)
         for sync, selector in selector_syncs:
             if selector_matches(dict(selector), dict(labels)):
-                self.kicks.kick(("SecretSync", namespace, sync), reason)
+                self.kick(("SecretSync", namespace, sync), reason)
         for sync in self.engine.readers_of(namespace, name):  # e.g. its label was just removed
-            self.kicks.kick(("SecretSync", namespace, sync), reason)
+            self.kick(("SecretSync", namespace, sync), reason)
+
+    def kick(self, key: Key, reason: str, *, force: bool = False) -> None:
+        """Wake an object before its pause ends. A SecretSync's next cycle runs now, or right
+        after the one in flight. One not seen yet has nothing to wake: its first cycle, at first
+        sight, reads everything as it is then."""
+        if key[0] != "SecretSync":
+            self.kicks.kick(key, reason, force=force)
+            return
+        entry = self.syncs.get(key)
+        if entry is not None and not entry.stopped:
+            entry.reasons.add(reason)
+            self._make_due(entry)
 
     def on_connection_spec_changed(self, namespace: str, name: str) -> None:
-        self.kicks.kick(("InfisicalConnection", namespace, name), "spec changed", force=True)
+        self.kick(("InfisicalConnection", namespace, name), "spec changed", force=True)
 
     def on_secretsync_event(
         self, change: str, namespace: str, name: str, body: Mapping[str, Any]
     ) -> None:
-        """Spec changes and the sync-requested-at / allow-mass-delete annotations wake the
-        daemon."""
+        """A watch event of a SecretSync of this shard (kopf lists them all at start). The first
+        sight schedules its first cycle; spec changes and the sync-requested-at /
+        allow-mass-delete annotations kick it; its deletion stops it."""
         key = ("SecretSync", namespace, name)
-        if change == "DELETED":
-            self.seen.pop(key, None)
+        entry = self.syncs.get(key)
+        if change == "DELETED" or (body.get("metadata") or {}).get("deletionTimestamp"):
+            self.stop_secretsync(namespace, name)
             return
         current = observe(body)
-        reason = kick_reason(self.seen.get(key), current)
-        self.seen[key] = current
+        if self._shut_down:
+            return
+        if entry is None or entry.stopped:  # stopped: a new object of a deleted one's name
+            self._first_sight(key, body, current)
+            return
+        entry.body = kept_body(body, with_status=entry.state.written is None)
+        reason = kick_reason(entry.observed, current)
+        entry.observed = current
         if reason is not None:
-            self.kicks.kick(key, reason)
+            entry.reasons.add(reason)
+            self._make_due(entry)
 
     # --- InfisicalConnection ------------------------------------------------------------------
 
@@ -465,7 +535,7 @@ class Scheduler:
                 if notify:
                     for sync in dependents():
                         if ("SecretSync", namespace, sync) in self.awaiting_ready:
-                            self.kicks.kick(("SecretSync", namespace, sync), connection_ready(name))
+                            self.kick(("SecretSync", namespace, sync), connection_ready(name))
                 failures = 0 if outcome is not None and outcome.ready else failures + 1
                 retry_after = outcome.retry_after if outcome is not None else None
                 delay = self._jittered(next_delay(interval, failures, retry_after))
@@ -518,52 +588,148 @@ class Scheduler:
 
     # --- SecretSync ---------------------------------------------------------------------------
 
-    async def run_secretsync(
-        self, namespace: str, name: str, body: Mapping[str, Any], stopped: StopSignal
-    ) -> None:
-        """Runs every sync of one SecretSync: at start, on kicks, and every syncInterval, until
-        stopped."""
-        key = ("SecretSync", namespace, name)
-        slot = self.kicks.slot(key)
-        state = _SyncState()
-        try:
-            if in_sync_before_start(body):
-                # Already in sync before a restart: spread the first runs so they do not all
-                # fire at once.
-                spread = min(sync_interval(body.get("spec") or {}), RESTART_SPREAD)
-                await self._pause(slot, self.clock.uniform(0.0, spread), stopped)
-                slot.take()  # the first run covers whatever kicked meanwhile
-            reasons: set[str] = {"created"}
-            owed = False
+    def _first_sight(self, key: Key, body: Mapping[str, Any], observed: Observed) -> None:
+        entry = _Sync(key, kept_body(body), observed)
+        self.syncs[key] = entry
+        if in_sync_before_start(body):
+            # Already in sync before a restart: spread the first cycles so they do not all run
+            # at once. A kick (a change) ends the spread; a connection becoming Ready does not.
+            spread = min(sync_interval(body.get("spec") or {}), RESTART_SPREAD)
+            self._pause_until_due(entry, self.clock.uniform(0.0, spread))
+        else:
             self.awaiting_ready.add(key)
-            while not stopped.is_set():
-                spec = body.get("spec") or {}
-                interval = sync_interval(spec)
-                delay = interval
-                if follows(spec, reasons, owed=owed):
-                    # Waiting for Ready while the cycle runs: a connection that becomes Ready
-                    # meanwhile kicks it (at worst one more cycle), never silently passes it by.
+            self._make_due(entry)
+
+    def _pause_until_due(self, entry: _Sync, delay: float) -> None:
+        entry.timer = self.clock.call_later(max(0.0, delay), lambda: self._make_due(entry))
+
+    def _make_due(self, entry: _Sync) -> None:
+        if entry.stopped or entry.queued or entry.cycle is not None:
+            return  # a cycle in flight looks at the kicks it missed when it ends
+        if entry.timer is not None:
+            entry.timer.cancel()
+            entry.timer = None
+        entry.queued = True
+        self._due.append(entry)
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        self._wake.set()
+        if self._dispatcher is None or self._dispatcher.done():
+            self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
+
+    async def _dispatch(self) -> None:
+        """Starts the cycles of due SecretSyncs in the order they became due, at most
+        cycle_slots at once: 10,000 starting together must not each hold their sources and a
+        plan while queueing for the same instances and API server."""
+        assert self._wake is not None
+        slots = self._cycle_slot()
+        while True:
+            while not self._due:
+                self._wake.clear()
+                await self._wake.wait()
+            await slots.acquire()
+            entry = self._due.popleft()
+            entry.queued = False
+            if entry.stopped:
+                slots.release()
+                continue
+            entry.cycle = asyncio.get_running_loop().create_task(self._cycle(entry))
+
+    async def _cycle(self, entry: _Sync) -> None:
+        """One cycle of a due SecretSync (holding a cycle slot), then its next pause."""
+        key, state = entry.key, entry.state
+        body = entry.body
+        spec = body.get("spec") or {}
+        interval = sync_interval(spec)
+        delay = interval
+        try:
+            reasons, entry.reasons = entry.reasons or {"timer"}, set()
+            if follows(spec, reasons, owed=entry.owed):
+                # Waiting for Ready while the cycle runs: a connection that becomes Ready
+                # meanwhile kicks it (at worst one more cycle), never silently passes it by.
+                self.awaiting_ready.add(key)
+                result = await self._sync(key, body, state)
+                metrics.cycle_ended(*key, succeeded=in_sync(result, state.written))
+                entry.owed = result is None or not result.ok
+                if entry.owed:
                     self.awaiting_ready.add(key)
-                    result = await self._sync(key, body, state)
-                    metrics.cycle_ended(*key, succeeded=in_sync(result, state.written))
-                    owed = result is None or not result.ok
-                    if owed:
-                        self.awaiting_ready.add(key)
-                    else:
-                        self.awaiting_ready.discard(key)
-                    if result is not None and (result.ok or not result.retryable):
-                        state.failures = 0
-                    else:
-                        state.failures += 1
-                    retry_after = result.retry_after if result is not None else None
-                    delay = next_delay(interval, state.failures, retry_after)
-                await self._pause(slot, self._jittered(delay), stopped)
-                _force, reasons = slot.take()
+                else:
+                    self.awaiting_ready.discard(key)
+                if result is not None and (result.ok or not result.retryable):
+                    state.failures = 0
+                else:
+                    state.failures += 1
+                retry_after = result.retry_after if result is not None else None
+                delay = next_delay(interval, state.failures, retry_after)
+        except Exception:  # bookkeeping only: _sync reports the cycle's own failures
+            log.exception("scheduling %s/%s failed unexpectedly", key[1], key[2])
+            state.failures += 1
+            delay = next_delay(interval, state.failures, None)
         finally:
-            self.awaiting_ready.discard(key)
-            self.kicks.discard(key)
-            self.outages.forget(key)
-            metrics.forget_object(*key)
+            self._cycle_slot().release()
+            entry.cycle = None
+            if state.written is not None and "status" in entry.body:
+                entry.body = {item: v for item, v in entry.body.items() if item != "status"}
+            if entry.stopped:  # also when shutdown() cancelled it
+                self._forget_sync(entry)
+        if entry.stopped:
+            return
+        if entry.reasons:  # kicked while it ran
+            self._make_due(entry)
+        else:
+            self._pause_until_due(entry, self._jittered(delay))
+
+    def stop_secretsync(self, namespace: str, name: str) -> None:
+        """No cycle of this SecretSync starts any more (it is being deleted); one in flight
+        finishes, and the removal waits for it (the lock)."""
+        entry = self.syncs.get(("SecretSync", namespace, name))
+        if entry is None or entry.stopped:
+            return
+        entry.stopped = True
+        if entry.timer is not None:
+            entry.timer.cancel()
+            entry.timer = None
+        if entry.cycle is None:
+            self._forget_sync(entry)
+
+    def _forget_sync(self, entry: _Sync) -> None:
+        key = entry.key
+        if self.syncs.get(key) is not entry:  # a new object of that name took its place
+            return
+        del self.syncs[key]
+        self.awaiting_ready.discard(key)
+        self.outages.forget(key)
+        metrics.forget_object(*key)
+
+    async def shutdown(self, grace: float, cancelled_within: float = 10.0) -> None:
+        """The operator exits: no SecretSync cycle starts any more; those in flight get `grace`
+        seconds to finish, then are cancelled."""
+        self._shut_down = True
+        count = len(self.syncs)
+        for _kind, namespace, name in list(self.syncs):
+            self.stop_secretsync(namespace, name)
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            await asyncio.gather(self._dispatcher, return_exceptions=True)
+        running = [entry.cycle for entry in self.syncs.values() if entry.cycle is not None]
+        late: set[asyncio.Task[None]] = set()
+        if running:
+            _done, late = await asyncio.wait(running, timeout=grace)
+        if late:
+            log.warning(
+                "cancelling %d SecretSync cycles still running %.0fs after the stop",
+                len(late),
+                grace,
+            )
+            for cycle in late:
+                cycle.cancel()
+            await asyncio.wait(late, timeout=cancelled_within)
+        log.info(
+            "stopped %d SecretSyncs: %d cycles in flight finished first, %d cancelled",
+            count,
+            len(running) - len(late),
+            len(late),
+        )
 
     async def _sync(
         self, key: Key, body: Mapping[str, Any], state: _SyncState
@@ -589,7 +755,7 @@ class Scheduler:
             stored = merge_patch(stored, RUNNING)
 
         mark = _RunningMark(self.clock, mark_running, f"running mark {namespace}/{name}")
-        async with self._cycle_slot(), self.lock(key):
+        async with self.lock(key):
             try:
                 previous = state.written
                 if state.unsure:  # what the API server holds is unknown: no 304 may end this
@@ -626,6 +792,7 @@ class Scheduler:
         """A SecretSync is being deleted: remove (Delete) or release (Retain) its keys, raising
         RetryLater while that fails; or just let go (abandoned)."""
         key = ("SecretSync", namespace, name)
+        self.stop_secretsync(namespace, name)  # its watch event may not have been handled yet
         action = deletion_action(body)
         uid = str((body.get("metadata") or {}).get("uid", ""))
         if action == "let go":

@@ -155,10 +155,10 @@ def stopped_by_force(process: OperatorProcess, namespace: str, name: str) -> lis
     ]
 
 
-# --- 14: daemons stop when asked ------------------------------------------------------------------
+# --- 14: daemons and SecretSyncs stop when asked --------------------------------------------------
 
 
-def test_deleted_objects_stop_their_daemons_without_cancellation(
+def test_deleted_objects_stop_without_cancellation(
     operator: OperatorProcess, kube: Any, namespace: str, fake: FakeInfisical
 ) -> None:
     ready_connection_and_sync(kube, namespace, fake)
@@ -166,12 +166,15 @@ def test_deleted_objects_stop_their_daemons_without_cancellation(
     wait_for(lambda: get(kube, namespace, SYNCS, "sync") is None)
     delete(kube, namespace, CONNECTIONS, "dest")
     wait_for(lambda: get(kube, namespace, CONNECTIONS, "dest") is None)
+    messages = [r["message"] for r in about(operator, namespace, "dest")]
+    assert any("has exited on request" in m for m in messages), messages
+    # Gone at once: kopf did not have to wait for the daemon and come back later.
+    assert not [m for m in messages if "signalled to exit gracefully" in m]
+    # A SecretSync has no daemon (the scheduler's timetable): its deletion handler ran once.
+    messages = [r["message"] for r in about(operator, namespace, "sync")]
+    assert sum("Handler 'secretsync_deleted' succeeded" in m for m in messages) == 1, messages
     for name in ("sync", "dest"):
-        messages = [r["message"] for r in about(operator, namespace, name)]
-        assert any("has exited on request" in m for m in messages), messages
         assert stopped_by_force(operator, namespace, name) == []
-        # Gone at once: kopf did not have to wait for the daemon and come back later.
-        assert not [m for m in messages if "signalled to exit gracefully" in m]
 
 
 # --- an operator of its own, on a control plane of its own ------------------------------------
@@ -221,7 +224,7 @@ def proxied_operator(
         yield process
 
 
-def test_operator_shutdown_stops_daemons_without_cancellation(
+def test_operator_shutdown_stops_without_cancellation(
     plane: ControlPlane, plane_kube: Any, plane_namespace: str, fake: FakeInfisical, tmp_path: Path
 ) -> None:
     kube, namespace = plane_kube, plane_namespace
@@ -230,10 +233,13 @@ def test_operator_shutdown_stops_daemons_without_cancellation(
         ready_connection_and_sync(kube, namespace, fake)
         process.logged.process.terminate()
         process.logged.process.wait(timeout=30)
-        assert "Activity 'cleanup' succeeded" in process.log()
+        log = process.log()
+        assert "Activity 'cleanup' succeeded" in log
+        stopped = [line for line in log.splitlines() if "stopped 1 SecretSyncs:" in line]
+        assert len(stopped) == 1 and ", 0 cancelled" in stopped[0], stopped
+        messages = [r["message"] for r in about(process, namespace, "dest")]
+        assert any("has exited gracefully" in m for m in messages), messages
         for name in ("sync", "dest"):
-            messages = [r["message"] for r in about(process, namespace, name)]
-            assert any("has exited gracefully" in m for m in messages), messages
             assert stopped_by_force(process, namespace, name) == []
 
 

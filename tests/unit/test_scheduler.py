@@ -22,6 +22,7 @@ from infisical_sync.scheduler import (
     RetryLater,
     Scheduler,
     deletion_action,
+    kept_body,
     kick_reason,
     observe,
 )
@@ -236,6 +237,10 @@ class Harness:
     stopped: asyncio.Event = field(default_factory=asyncio.Event)  # kopf's `stopped`
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
+    def sync(self, name: str, body: dict[str, Any]) -> None:
+        """A SecretSync seen for the first time (kopf's listing, or its creation)."""
+        self.scheduler.on_secretsync_event("ADDED", "ns", name, body)
+
     def start(self, loop: Awaitable[None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(loop)
         self.tasks.append(task)
@@ -253,6 +258,7 @@ async def harness() -> AsyncIterator[Harness]:
     scheduler = Scheduler(engine=engine, connections=connections, status=status, clock=clock)
     harness = Harness(clock, engine, connections, status, scheduler)
     yield harness
+    await scheduler.shutdown(0)
     for task in harness.tasks:
         task.cancel()
     await asyncio.gather(*harness.tasks, return_exceptions=True)
@@ -267,7 +273,7 @@ def sync_body(**spec: Any) -> dict[str, Any]:
 
 async def test_failures_back_off_from_five_seconds_up_to_the_interval(harness: Harness) -> None:
     harness.engine.results = [failed(), failed(), failed(), failed(), failed()]
-    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped))
+    harness.sync("sync", sync_body())
     delays = []
     for count in range(1, 7):
         delays.append(await harness.sleeping(count))
@@ -276,30 +282,35 @@ async def test_failures_back_off_from_five_seconds_up_to_the_interval(harness: H
     assert len(harness.engine.runs) == 6
 
 
-async def test_a_waiting_daemon_holds_one_helper_task_and_wakes_on_each_cause(
+async def test_waiting_secretsyncs_hold_no_task_and_wake_on_each_cause(
     harness: Harness,
 ) -> None:
-    """10,000 daemons spend their life pausing: the pause must not cost a task per cause."""
+    """10,000 SecretSyncs spend their life between cycles: that must not cost a task each."""
     before = len(asyncio.all_tasks())
-    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped))
-    await harness.sleeping(1)
-    assert len(asyncio.all_tasks()) == before + 2  # the daemon and its stop-flag watcher
-    harness.clock.advance(60)  # the timer
-    await harness.sleeping(2)
-    assert len(harness.engine.runs) == 2
-    harness.scheduler.kicks.kick(("SecretSync", "ns", "sync"), "secret s modified")  # a kick
-    await harness.sleeping(3)
-    assert len(harness.engine.runs) == 3
-    await until(lambda: len(asyncio.all_tasks()) == before + 2)  # the old pause's watcher ends
-    harness.stopped.set()  # the stop flag
-    await asyncio.wait_for(harness.tasks[0], 1)
-    assert len(harness.engine.runs) == 3
-    assert harness.clock.pending == 0  # no timer left behind
+    for index in range(100):
+        harness.sync(f"other-{index}", sync_body())
+    harness.sync("sync", sync_body())
+    await harness.sleeping(101)
+    await until(lambda: len(asyncio.all_tasks()) == before + 1)  # the dispatcher, for all
+    assert len(harness.engine.runs) == 101 and harness.clock.pending == 101  # a timer each
+    harness.clock.advance(60)  # the timers
+    await harness.sleeping(202)
+    assert len(harness.engine.runs) == 202
+    harness.scheduler.kick(SYNC, "secret s modified")  # a kick
+    await harness.sleeping(203)
+    assert len(harness.engine.runs) == 203
+    await until(lambda: len(asyncio.all_tasks()) == before + 1)  # its cycle's task ended
+    harness.scheduler.stop_secretsync("ns", "sync")  # deleted
+    assert SYNC not in harness.scheduler.syncs and harness.clock.pending == 100  # its timer went
+    await harness.scheduler.shutdown(0)  # the operator exits
+    assert harness.clock.pending == 0 and harness.scheduler.syncs == {}
+    await until(lambda: len(asyncio.all_tasks()) == before)
+    assert len(harness.engine.runs) == 203
 
 
 async def test_retry_after_and_permanent_failures(harness: Harness) -> None:
     harness.engine.results = [failed(retry_after=45), failed(retryable=False)]
-    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped))
+    harness.sync("sync", sync_body())
     assert await harness.sleeping(1) == 45  # never before the instance's Retry-After
     harness.clock.advance(45)
     assert await harness.sleeping(2) == 60  # retrying cannot help: the next interval
@@ -307,14 +318,14 @@ async def test_retry_after_and_permanent_failures(harness: Harness) -> None:
 
 async def test_an_unexpected_error_is_retried_like_a_failure(harness: Harness) -> None:
     harness.engine.results = [RuntimeError("boom")]
-    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped))
+    harness.sync("sync", sync_body())
     assert await harness.sleeping(1) == 5
     assert harness.status.patches == []
 
 
 async def test_every_pause_is_jittered_by_ten_percent(harness: Harness) -> None:
     harness.clock.point = 0.0  # the low end of every draw
-    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped))
+    harness.sync("sync", sync_body())
     assert await harness.sleeping(1) == pytest.approx(54)
     assert harness.clock.draws == [(-6, 6)]
 
@@ -322,17 +333,75 @@ async def test_every_pause_is_jittered_by_ten_percent(harness: Harness) -> None:
 async def test_a_restart_spreads_the_first_run_of_synced_objects(harness: Harness) -> None:
     body = sync_body(syncInterval="1h")
     body["status"] = {"lastSyncedAt": "2026-01-01T00:00:00Z", "observedGeneration": 1}
-    harness.start(harness.scheduler.run_secretsync("ns", "sync", body, harness.stopped))
+    harness.sync("sync", body)
     assert await harness.sleeping(1) == 15  # uniform(0, 30): at most 30 s, whatever the interval
     assert harness.clock.draws == [(0.0, 30.0)] and harness.engine.runs == []
     harness.clock.advance(15)
     await until(lambda: len(harness.engine.runs) == 1)
 
 
+async def test_a_change_during_the_restart_spread_ends_it(harness: Harness) -> None:
+    harness.sync("sync", synced_body())
+    assert await harness.sleeping(1) == 15 and harness.engine.runs == []
+    harness.scheduler.kick(SYNC, "secret app modified")
+    await harness.sleeping(2)
+    assert len(harness.engine.runs) == 1 and harness.clock.now == 0
+    assert harness.clock.pending == 1  # the spread's timer went with it
+
+
+def test_what_is_kept_of_a_body_between_cycles() -> None:
+    body = {
+        "apiVersion": "infisical-sync.dev/v1alpha1",
+        "metadata": {
+            "name": "sync",
+            "namespace": "ns",
+            "uid": "u-1",
+            "generation": 3,
+            "labels": {"team": "a"},
+            "finalizers": ["f"],
+            "managedFields": [{"manager": "kubectl"}],
+            "annotations": {
+                "kubectl.kubernetes.io/last-applied-configuration": "{...the whole object...}",
+                SYNC_REQUESTED_AT: "r1",
+            },
+        },
+        "spec": {"syncInterval": "60s"},
+        "status": {"syncStatus": "Succeeded"},
+    }
+    kept = kept_body(body)
+    assert kept == {
+        "metadata": {
+            "name": "sync",
+            "namespace": "ns",
+            "uid": "u-1",
+            "generation": 3,
+            "annotations": {SYNC_REQUESTED_AT: "r1"},
+        },
+        "spec": {"syncInterval": "60s"},
+        "status": {"syncStatus": "Succeeded"},
+    }
+    assert "status" not in kept_body(body, with_status=False)
+    assert observe(kept) == observe(body)
+
+
+async def test_once_a_cycle_wrote_its_status_the_body_kept_has_none(harness: Harness) -> None:
+    harness.engine.results = [ok(managedKeys=["A"])]
+    body = sync_body()
+    body["status"] = {"syncStatus": "Failed", "managedKeys": ["A"]}
+    harness.sync("sync", body)
+    assert "status" in harness.scheduler.syncs[SYNC].body
+    await harness.sleeping(1)
+    assert "status" not in harness.scheduler.syncs[SYNC].body  # the written one is the truth
+    echo = sync_body()
+    echo["status"] = {"syncStatus": "Succeeded", "managedKeys": ["A"]}
+    harness.scheduler.on_secretsync_event("MODIFIED", "ns", "sync", echo)  # the patch's echo
+    assert "status" not in harness.scheduler.syncs[SYNC].body
+
+
 async def test_an_unsynced_object_runs_at_once(harness: Harness) -> None:
     body = sync_body()
     body["status"] = {"lastSyncedAt": "2026-01-01T00:00:00Z", "observedGeneration": 0}
-    harness.start(harness.scheduler.run_secretsync("ns", "sync", body, harness.stopped))
+    harness.sync("sync", body)
     await harness.sleeping(1)
     assert len(harness.engine.runs) == 1
 
@@ -368,7 +437,7 @@ async def test_a_restart_spreads_1000_synced_objects_although_their_connection_b
     names = [f"sync-{i}" for i in range(1000)]
     runs = runs_by_name(harness, {})
     for name in names:
-        harness.start(harness.scheduler.run_secretsync("ns", name, synced_body(), harness.stopped))
+        harness.sync(name, synced_body())
     harness.start(
         harness.scheduler.run_connection(
             "ns", "conn", connection_body(), harness.stopped, dependents=lambda: names
@@ -404,7 +473,7 @@ async def test_a_connection_becoming_ready_kicks_only_the_objects_waiting_for_it
         "synced": synced_body(),
     }
     for name, body in bodies.items():
-        harness.start(harness.scheduler.run_secretsync("ns", name, body, harness.stopped))
+        harness.sync(name, body)
     await harness.sleeping(4)
     assert sorted(runs) == ["changed", "new", "steady"]  # the synced one waits out its spread
     harness.connections.notify = True
@@ -435,7 +504,7 @@ async def test_a_connection_ready_during_a_cycle_is_not_passed_by(harness: Harne
 
     harness.engine.run = watched_run  # type: ignore[method-assign]
     harness.engine.results = [ok(), CycleResult({"syncStatus": "Failed"}, ok=False)]
-    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped))
+    harness.sync("sync", sync_body())
     harness.clock.advance(await harness.sleeping(1))
     await harness.sleeping(2)
     assert seen == [True, True]  # also during the cycle after a success
@@ -443,16 +512,16 @@ async def test_a_connection_ready_during_a_cycle_is_not_passed_by(harness: Harne
 
 
 async def test_a_kick_wakes_the_loop_before_its_interval(harness: Harness) -> None:
-    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped))
+    harness.sync("sync", sync_body())
     await harness.sleeping(1)
-    harness.scheduler.kicks.kick(SYNC, "secret app modified")
+    harness.scheduler.kick(SYNC, "secret app modified")
     await harness.sleeping(2)
     assert len(harness.engine.runs) == 2 and harness.clock.now == 0
 
 
 async def test_the_status_last_written_is_passed_to_the_next_cycle(harness: Harness) -> None:
     harness.engine.results = [ok(managedKeys=["A"]), ok()]
-    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped))
+    harness.sync("sync", sync_body())
     harness.clock.advance(await harness.sleeping(1))
     await harness.sleeping(2)
     assert harness.engine.runs[0] is None
@@ -463,15 +532,14 @@ async def test_the_status_last_written_is_passed_to_the_next_cycle(harness: Harn
 # --- quiet status (issue 10) --------------------------------------------------------------------
 
 
-async def cycles(harness: Harness, body: dict[str, Any], count: int) -> asyncio.Task[None]:
-    """Start the loop and let `count` timer cycles run."""
-    task = harness.start(harness.scheduler.run_secretsync("ns", "sync", body, harness.stopped))
+async def cycles(harness: Harness, body: dict[str, Any], count: int) -> None:
+    """A first sight, and `count` timer cycles."""
+    harness.sync("sync", body)
     for number in range(1, count + 1):
         delay = await harness.sleeping(number)
         if number < count:
             harness.clock.advance(delay)
     assert len(harness.engine.runs) == count
-    return task
 
 
 async def test_a_cycle_with_the_same_outcome_writes_no_status(harness: Harness) -> None:
@@ -521,19 +589,19 @@ def synced_status() -> dict[str, Any]:
 
 
 async def slow_writes(harness: Harness, body: dict[str, Any] | None = None) -> asyncio.Task[None]:
-    """Start a loop whose first cycle writes until `harness.engine.writes_done` is set, and
-    let the Running delay pass while it does."""
+    """A SecretSync whose first cycle writes until `harness.engine.writes_done` is set; the
+    Running delay passes while it does. Returns that cycle's task."""
     harness.engine.writing = True
     harness.engine.writes_done = asyncio.Event()
-    task = harness.start(
-        harness.scheduler.run_secretsync("ns", "sync", body or sync_body(), harness.stopped)
-    )
+    harness.sync("sync", body or sync_body())
     await until(lambda: harness.clock.pending == 1)  # the cycle's Running delay, nothing else
     assert harness.status.patches == []  # not before the delay
     harness.clock.advance(RUNNING_AFTER)
     await until(lambda: len(harness.status.patches) == 1)
     assert harness.status.patches == [RUNNING] and harness.engine.returned == 0  # while writing
-    return task
+    cycle = harness.scheduler.syncs[SYNC].cycle
+    assert cycle is not None
+    return cycle
 
 
 async def test_a_quick_writing_cycle_writes_no_running(harness: Harness) -> None:
@@ -541,7 +609,7 @@ async def test_a_quick_writing_cycle_writes_no_running(harness: Harness) -> None
     body = sync_body()
     body["status"] = synced_status()
     harness.engine.results = [ok(managedKeys=["A"]), ok(managedKeys=["B"])]
-    harness.start(harness.scheduler.run_secretsync("ns", "sync", body, harness.stopped))
+    harness.sync("sync", body)
     assert await harness.sleeping(2) == 60  # the cycle's Running delay, then the loop's pause
     assert harness.clock.sleeps[0] == RUNNING_AFTER
     assert harness.status.patches == []  # same outcome as stored: no write at all
@@ -576,7 +644,7 @@ async def test_after_running_the_engine_raising_leaves_it_to_the_next_cycle(
     body = sync_body()
     body["status"] = synced_status()
     harness.engine.results = [RuntimeError("boom"), ok(managedKeys=["A"])]
-    task = await slow_writes(harness, body)
+    await slow_writes(harness, body)
     assert harness.engine.writes_done is not None
     harness.engine.writes_done.set()
     assert await harness.sleeping(2) == 5  # a failure's back-off
@@ -585,7 +653,6 @@ async def test_after_running_the_engine_raising_leaves_it_to_the_next_cycle(
     harness.clock.advance(5)
     await harness.sleeping(3)
     assert harness.status.patches == [RUNNING, synced_status()]  # all of it, not a diff
-    assert not task.done()
 
 
 async def test_the_outcome_waits_for_a_running_patch_still_in_flight(harness: Harness) -> None:
@@ -644,11 +711,11 @@ async def test_a_failed_running_patch_makes_the_outcome_write_its_sync_status(
 
 async def test_stopping_during_slow_writes_finishes_the_cycle_in_order(harness: Harness) -> None:
     task = await slow_writes(harness)
-    harness.stopped.set()
+    harness.scheduler.stop_secretsync("ns", "sync")  # deleted
     assert harness.engine.writes_done is not None
     harness.engine.writes_done.set()
     await until(task.done)
-    assert task.result() is None
+    assert task.result() is None and SYNC not in harness.scheduler.syncs
     assert harness.status.patches == [RUNNING, {"syncStatus": "Succeeded"}]
     assert running_marks() == [] and harness.clock.pending == 0
 
@@ -657,21 +724,22 @@ async def test_stopping_during_slow_writes_finishes_the_cycle_in_order(harness: 
 async def test_a_cancelled_cycle_leaves_no_running_mark_behind(
     harness: Harness, posting: bool
 ) -> None:
-    """kopf cancels a daemon still busy long after it was told to stop."""
+    """The operator exiting cancels a cycle still busy after the grace it gives."""
     harness.engine.writing = True
     harness.engine.writes_done = asyncio.Event()
     harness.status.running_answered = asyncio.Event()  # never answered
-    task = harness.start(
-        harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped)
-    )
+    harness.sync("sync", sync_body())
     await until(lambda: harness.clock.pending == 1)
     if posting:
         harness.clock.advance(RUNNING_AFTER)
         await until(lambda: harness.status.unanswered == 1)
     assert len(running_marks()) == 1
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    assert task.cancelled()
+    task = harness.scheduler.syncs[SYNC].cycle
+    assert task is not None
+    await harness.scheduler.shutdown(0)
+    assert task.cancelled() and harness.scheduler.syncs == {}
+    harness.sync("late", sync_body())  # an event handled after the stop starts nothing
+    assert harness.scheduler.syncs == {}
     assert running_marks() == [] and harness.clock.pending == 0
     assert harness.status.patches == ([RUNNING] if posting else [])
 
@@ -700,7 +768,7 @@ LAST_SUCCESS = "infisical_sync_last_success_timestamp_seconds"
 async def test_every_cycle_shows_in_the_metrics_until_the_object_goes(harness: Harness) -> None:
     synced = [{"type": "Synced", "status": "True"}]
     harness.engine.results = [ok(conditions=synced), failed()]
-    task = await cycles(harness, sync_body(), 1)
+    await cycles(harness, sync_body(), 1)
     first_cycle = sample(LAST_CYCLE, "SecretSync", "sync")
     succeeded = sample(LAST_SUCCESS, "SecretSync", "sync")
     assert first_cycle is not None and succeeded is not None
@@ -710,8 +778,7 @@ async def test_every_cycle_shows_in_the_metrics_until_the_object_goes(harness: H
     await harness.sleeping(2)
     assert sample(LAST_SUCCESS, "SecretSync", "sync") == succeeded  # a failure is no success
     assert (sample(LAST_CYCLE, "SecretSync", "sync") or 0) >= first_cycle > 0
-    harness.stopped.set()  # deleted (or the operator stops): its series go
-    await task
+    harness.scheduler.on_secretsync_event("DELETED", "ns", "sync", sync_body())  # its series go
     assert sample(LAST_CYCLE, "SecretSync", "sync") is None
     assert sample(LAST_SUCCESS, "SecretSync", "sync") is None
 
@@ -751,17 +818,13 @@ async def test_every_validation_shows_in_the_metrics_until_the_connection_goes(
 
 
 async def test_manual_sync_runs_at_start_and_on_request_only(harness: Harness) -> None:
-    harness.start(
-        harness.scheduler.run_secretsync(
-            "ns", "sync", sync_body(autoSyncEnabled=False), harness.stopped
-        )
-    )
+    harness.sync("sync", sync_body(autoSyncEnabled=False))
     harness.clock.advance(await harness.sleeping(1))  # ran once: created
     harness.clock.advance(await harness.sleeping(2))  # the timer: no run
-    harness.scheduler.kicks.kick(SYNC, "secret app modified")
+    harness.scheduler.kick(SYNC, "secret app modified")
     await harness.sleeping(3)  # a Secret change: no run
     assert len(harness.engine.runs) == 1
-    harness.scheduler.kicks.kick(SYNC, "sync requested")
+    harness.scheduler.kick(SYNC, "sync requested")
     await harness.sleeping(4)
     assert len(harness.engine.runs) == 2
 
@@ -770,56 +833,87 @@ async def test_a_manual_sync_that_could_not_run_runs_once_its_connection_is_read
     harness: Harness,
 ) -> None:
     harness.engine.results = [failed(retryable=False), ok()]
-    harness.start(
-        harness.scheduler.run_secretsync(
-            "ns", "sync", sync_body(autoSyncEnabled=False), harness.stopped
-        )
-    )
+    harness.sync("sync", sync_body(autoSyncEnabled=False))
     await harness.sleeping(1)  # created: the connection was not Ready
-    harness.scheduler.kicks.kick(SYNC, "connection dest ready")
+    harness.scheduler.kick(SYNC, "connection dest ready")
     await harness.sleeping(2)
     assert len(harness.engine.runs) == 2  # the run it owed
-    harness.scheduler.kicks.kick(SYNC, "connection dest ready")
+    harness.scheduler.kick(SYNC, "connection dest ready")
     await harness.sleeping(3)
     assert len(harness.engine.runs) == 2  # nothing owed any more: manual again
 
 
 async def test_auto_sync_runs_on_the_timer_and_every_kick(harness: Harness) -> None:
-    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped))
+    harness.sync("sync", sync_body())
     harness.clock.advance(await harness.sleeping(1))
     await harness.sleeping(2)
-    harness.scheduler.kicks.kick(SYNC, "secret app modified")
+    harness.scheduler.kick(SYNC, "secret app modified")
     await harness.sleeping(3)
     assert len(harness.engine.runs) == 3
 
 
 async def test_a_kick_before_the_daemon_starts_is_not_lost() -> None:
     kicks = Kicks()
-    kicks.kick(SYNC, "secret app modified")
-    kicks.kick(SYNC, "spec changed", force=True)
-    assert kicks.slot(SYNC).take() == (True, {"secret app modified", "spec changed"})
-    assert kicks.slot(SYNC).take() == (False, {"timer"})
+    kicks.kick(CONNECTION, "secret app modified")
+    kicks.kick(CONNECTION, "spec changed", force=True)
+    assert kicks.slot(CONNECTION).take() == (True, {"secret app modified", "spec changed"})
+    assert kicks.slot(CONNECTION).take() == (False, {"timer"})
 
 
-async def test_stopping_ends_a_pause_at_once(harness: Harness) -> None:
-    task = harness.start(
-        harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped)
-    )
+@pytest.mark.parametrize("change", ["MODIFIED", "DELETED"])
+async def test_a_deletion_ends_a_pause_at_once(harness: Harness, change: str) -> None:
+    harness.sync("sync", sync_body())
     await harness.sleeping(1)
-    harness.stopped.set()
-    await until(task.done)
-    assert task.result() is None and harness.clock.now == 0  # returned, not cancelled
-    assert len(harness.engine.runs) == 1 and SYNC not in harness.scheduler.kicks._slots
+    deleting = sync_body()
+    deleting["metadata"]["deletionTimestamp"] = "2026-11-29T00:00:00Z"
+    harness.scheduler.on_secretsync_event(change, "ns", "sync", deleting)
+    assert SYNC not in harness.scheduler.syncs and harness.clock.pending == 0
+    harness.scheduler.kick(SYNC, "secret app modified")  # too late: nothing runs
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert len(harness.engine.runs) == 1 and SYNC not in harness.scheduler.syncs
 
 
 async def test_stopping_during_the_restart_spread_runs_nothing(harness: Harness) -> None:
     body = sync_body()
     body["status"] = {"lastSyncedAt": "2026-01-01T00:00:00Z", "observedGeneration": 1}
-    task = harness.start(harness.scheduler.run_secretsync("ns", "sync", body, harness.stopped))
+    harness.sync("sync", body)
     await harness.sleeping(1)
-    harness.stopped.set()
-    await until(task.done)
-    assert harness.engine.runs == []
+    await harness.scheduler.shutdown(20)
+    harness.clock.advance(30)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert harness.engine.runs == [] and harness.clock.pending == 0
+
+
+async def test_a_new_object_of_a_deleted_ones_name_starts_after_its_last_cycle(
+    harness: Harness,
+) -> None:
+    release = asyncio.Event()
+    original = harness.engine.run
+    names: list[object] = []
+
+    async def slow_run(namespace: str, name: str, body: Any, *args: Any, **kwargs: Any) -> Any:
+        names.append(body["metadata"].get("uid"))
+        await release.wait()
+        return await original(namespace, name, body, *args, **kwargs)
+
+    harness.engine.run = slow_run  # type: ignore[method-assign]
+    old, new = sync_body(), sync_body()
+    old["metadata"]["uid"], new["metadata"]["uid"] = "old", "new"
+    harness.sync("sync", old)
+    await until(lambda: names == ["old"])
+    harness.scheduler.on_secretsync_event("DELETED", "ns", "sync", old)
+    harness.sync("sync", new)  # while the old one's cycle is still in flight
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert names == ["old"]  # the lock: one cycle of that name at a time
+    release.set()
+    await harness.sleeping(1)
+    assert (
+        names == ["old", "new"] and harness.scheduler.syncs[SYNC].body["metadata"]["uid"] == "new"
+    )
+    assert harness.clock.pending == 1  # only the new one pauses
 
 
 async def test_a_cycle_in_flight_finishes_before_the_loop_stops(harness: Harness) -> None:
@@ -832,14 +926,16 @@ async def test_a_cycle_in_flight_finishes_before_the_loop_stops(harness: Harness
         return await original(*args, **kwargs)
 
     harness.engine.run = slow_run  # type: ignore[method-assign]
-    task = harness.start(
-        harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped)
-    )
+    harness.sync("sync", sync_body())
     await until(lambda: SYNC in harness.scheduler.locks and harness.scheduler.locks[SYNC].locked())
-    harness.stopped.set()
+    stopping = asyncio.ensure_future(harness.scheduler.shutdown(20))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not stopping.done()  # waiting for the cycle in flight
     release.set()
-    await until(task.done)
+    await stopping
     assert len(harness.status.patches) == 1 and harness.clock.sleeps == []
+    assert harness.scheduler.syncs == {}
 
 
 # --- watch events -----------------------------------------------------------------------------
@@ -872,17 +968,34 @@ def test_kick_reason(before: Any, after: Any, reason: str | None) -> None:
 
 async def test_secretsync_events_kick_on_changes_only(harness: Harness) -> None:
     scheduler = harness.scheduler
-    scheduler.on_secretsync_event("ADDED", "ns", "sync", annotated(1))
-    assert not scheduler.kicks.slot(SYNC).event.is_set()
-    scheduler.on_secretsync_event("MODIFIED", "ns", "sync", annotated(1, "now"))
-    assert scheduler.kicks.slot(SYNC).take() == (False, {"sync requested"})
-    scheduler.on_secretsync_event("DELETED", "ns", "sync", annotated(1, "now"))
-    scheduler.on_secretsync_event("ADDED", "ns", "sync", annotated(5))  # recreated: first sight
-    assert not scheduler.kicks.slot(SYNC).event.is_set()
+    runs = runs_by_name(harness, {})
+
+    def event(change: str, body: Any) -> None:
+        scheduler.on_secretsync_event(change, "ns", "sync", {**body, "spec": {}})
+
+    event("ADDED", annotated(1))
+    await harness.sleeping(1)
+    event("MODIFIED", annotated(1))  # e.g. its status patch
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert len(runs["sync"]) == 1 and harness.clock.pending == 1
+    event("MODIFIED", annotated(1, "now"))
+    await harness.sleeping(2)
+    assert len(runs["sync"]) == 2
+    event("DELETED", annotated(1, "now"))
+    assert harness.clock.pending == 0
+    event("ADDED", annotated(5))  # recreated: a first sight, not a change
+    await harness.sleeping(3)
+    assert len(runs["sync"]) == 3 and scheduler.syncs[SYNC].observed.generation == 5
 
 
 async def test_secret_events_kick_their_readers(harness: Harness) -> None:
     scheduler = harness.scheduler
+    candidates = ("named", "matching", "other", "reader")
+    runs = runs_by_name(harness, {})
+    for name in candidates:
+        harness.sync(name, sync_body())
+    await harness.sleeping(4)
     scheduler.on_secret_event(
         "ns",
         "read-before",
@@ -895,9 +1008,8 @@ async def test_secret_events_kick_their_readers(harness: Harness) -> None:
             ("other", {"matchLabels": {"team": "b"}}),
         ],
     )
-    candidates = ("named", "matching", "other", "reader")
-    woken = {n for n in candidates if scheduler.kicks.slot(("SecretSync", "ns", n)).event.is_set()}
-    assert woken == {"named", "matching", "reader"}
+    await harness.sleeping(7)
+    assert {name for name in candidates if len(runs[name]) == 2} == {"named", "matching", "reader"}
     assert scheduler.kicks.slot(CONNECTION).take() == (False, {"secret read-before modified"})
 
 
@@ -926,6 +1038,9 @@ async def test_connection_logs_in_at_start_and_on_forced_kicks_only(harness: Har
 async def test_connection_failures_back_off_and_readiness_kicks_dependents(
     harness: Harness,
 ) -> None:
+    runs = runs_by_name(harness, {"a": [failed(retry_after=10_000)]})
+    harness.sync("a", sync_body())  # its first run fails: it waits for the connection
+    assert await harness.sleeping(1) == 10_000
     harness.connections.outcomes = [
         Outcome(False, "Unreachable", "down"),
         Outcome(False, "RateLimited", "slow down", retry_after=120),
@@ -935,19 +1050,14 @@ async def test_connection_failures_back_off_and_readiness_kicks_dependents(
             "ns", "conn", connection_body(), harness.stopped, dependents=lambda: ["a", "b"]
         )
     )
-    assert await harness.sleeping(1) == 5
+    assert await harness.sleeping(2) == 5
     harness.clock.advance(5)
-    assert await harness.sleeping(2) == 120
+    assert await harness.sleeping(3) == 120
     harness.connections.notify = True
-    harness.scheduler.awaiting_ready.add(("SecretSync", "ns", "a"))  # its last run failed
     harness.clock.advance(120)
-    assert await harness.sleeping(3) == 300
-    assert harness.scheduler.kicks.slot(("SecretSync", "ns", "a")).take() == (
-        False,
-        {"connection conn ready"},
-    )
-    # b's daemon did not run (not started, or waiting out a restart spread): not kicked.
-    assert not harness.scheduler.kicks.slot(("SecretSync", "ns", "b")).event.is_set()
+    await harness.sleeping(5)  # the connection's next pause, and a's after its run
+    assert sorted(harness.clock.sleeps[3:5]) == [60, 300]
+    assert runs == {"a": [0, 125]}  # kicked by Ready; b (not seen yet) had nothing to wake
 
 
 # --- API server outages ----------------------------------------------------------------------
@@ -968,7 +1078,7 @@ async def test_an_outage_is_one_warning_per_object_then_quiet_then_one_info(
     down = KubeUnavailable("the Kubernetes API server refused the connection (reading Secret)")
     harness.engine.results = [down, down, down]
     harness.connections.outcomes = [down, down]
-    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped))
+    harness.sync("sync", sync_body())
     harness.start(
         harness.scheduler.run_connection(
             "ns", "conn", connection_body(), harness.stopped, dependents=list
@@ -996,7 +1106,7 @@ async def test_a_second_outage_warns_again(
     caplog.set_level(logging.DEBUG, logger="infisical_sync")
     down = KubeUnavailable("the Kubernetes API server dropped the connection (x)")
     harness.engine.results = [down, ok(), down]
-    harness.start(harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped))
+    harness.sync("sync", sync_body())
     for count in (1, 2, 3):
         harness.clock.advance(await harness.sleeping(count))
     await harness.sleeping(4)
@@ -1119,9 +1229,7 @@ async def test_a_removal_after_a_sync_acts_on_what_that_sync_wrote(harness: Harn
     """kopf's body for the deletion can predate a sync that finished while it waited."""
     moved = {"destinationLocation": {"connection": "c", "secretPath": "/new"}}
     harness.engine.results = [ok(**moved)]
-    task = harness.start(
-        harness.scheduler.run_secretsync("ns", "sync", sync_body(), harness.stopped)
-    )
+    harness.sync("sync", sync_body())
     await harness.sleeping(1)
     stale = {
         "metadata": {},
@@ -1129,8 +1237,7 @@ async def test_a_removal_after_a_sync_acts_on_what_that_sync_wrote(harness: Harn
         "status": {"destinationLocation": {"connection": "c", "secretPath": "/old"}},
     }
     await harness.scheduler.remove_secretsync("ns", "sync", stale)
-    harness.stopped.set()
-    await task
+    assert SYNC not in harness.scheduler.syncs and harness.clock.pending == 0  # stopped first
     removed = harness.engine.removal_bodies[0]["status"]
     assert removed["destinationLocation"]["secretPath"] == "/new"
 
@@ -1179,9 +1286,7 @@ async def test_at_most_cycle_slots_syncs_run_at_once(harness: Harness) -> None:
 
     harness.engine.run = run  # type: ignore[method-assign]
     for index in range(8):
-        harness.start(
-            harness.scheduler.run_secretsync("ns", f"s{index}", sync_body(), harness.stopped)
-        )
+        harness.sync(f"s{index}", sync_body())
     await until(lambda: len(in_flight) == 3)
     for _ in range(20):  # the others stay waiting while the three hold their slots
         await asyncio.sleep(0)
