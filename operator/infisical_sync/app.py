@@ -53,7 +53,13 @@ from infisical_sync.sync import SyncEngine
 
 CONNECTIONS = "infisicalconnections"
 SYNCS = "secretsyncs"
-STOP_GRACE = 20.0  # seconds a stopping daemon or SecretSync may take to finish its cycle
+# Stopping: kopf stops the connection daemons first (a validation only reads: cut soon), then
+# runs cleanup, which lets the SecretSync cycles in flight finish (they write) before cancelling
+# them. All of it must fit in the pod's terminationGracePeriodSeconds (the chart: 45).
+CONNECTION_STOP_GRACE = 5.0
+STOP_GRACE = 20.0  # seconds a SecretSync cycle in flight may take to finish
+CANCELLATION_TIMEOUT = 5.0
+STOP_BUDGET = CONNECTION_STOP_GRACE + STOP_GRACE + 2 * CANCELLATION_TIMEOUT
 log = logging.getLogger("infisical_sync")
 registry = kopf.OperatorRegistry()
 
@@ -228,7 +234,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         heap_release.cancel()
     scheduler: Scheduler | None = getattr(memo, "scheduler", None)
     if scheduler is not None:  # first: its cycles in flight still use everything below
-        await scheduler.shutdown(STOP_GRACE)
+        await scheduler.shutdown(STOP_GRACE, cancelled_within=CANCELLATION_TIMEOUT)
     watches: SecretWatches | None = getattr(memo, "secret_watches", None)
     if watches is not None:
         await watches.stop()
@@ -280,13 +286,13 @@ async def connection_spec_changed(namespace: str, name: str, memo: kopf.Memo, **
 
 
 # The daemons stop on `stopped`: kopf only cancels one (and says so in a WARNING) that is still
-# busy after cancellation_backoff, e.g. a cycle stuck behind a slow instance.
+# busy after cancellation_backoff, e.g. a validation stuck behind a slow instance.
 @kopf.daemon(  # type: ignore[arg-type]
     GROUP,
     VERSION,
     CONNECTIONS,
-    cancellation_backoff=STOP_GRACE,
-    cancellation_timeout=10,
+    cancellation_backoff=CONNECTION_STOP_GRACE,
+    cancellation_timeout=CANCELLATION_TIMEOUT,
     registry=registry,
 )
 async def connection_daemon(
@@ -330,7 +336,8 @@ async def connection_deleted(
 async def secretsync_event(
     type: str, namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
-    memo.referrers.sync_seen(type, namespace, name, body.get("spec") or {})
+    uid = (body.get("metadata") or {}).get("uid")
+    memo.referrers.sync_seen(type, namespace, name, body.get("spec") or {}, uid)
     memo.resharding.on_event(type, SYNCS, namespace, name, body)
     memo.scheduler.on_secretsync_event(type, namespace, name, body)
 
@@ -405,7 +412,7 @@ def run_operator(settings: Settings) -> int:
             registry=registry,
             clusterwide=_clusterwide(settings),
             namespaces=settings.namespaces,
-            standalone=not settings.peering,
+            standalone=True,  # several replicas: leader election (leader.py), not kopf peering
             liveness_endpoint=liveness,
             stop_flag=stop_flag,
             memo=OperatorMemo(settings=settings, fence=fence),

@@ -43,7 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--concurrency-per-connection", type=int, help="parallel requests per Infisical instance"
     )
     run.add_argument(
-        "--peering", action="store_true", default=None, help="kopf peering for several replicas"
+        "--peering",
+        action="store_true",
+        default=None,
+        help="no longer supported: see --leader-election",
     )
     run.add_argument(
         "--leader-election",

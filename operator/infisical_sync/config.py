@@ -48,7 +48,8 @@ class Settings(BaseModel):
     kube_concurrency: int = Field(
         default=32, ge=1, le=256, description="Kubernetes API calls the operator makes at once"
     )
-    peering: bool = Field(default=False, description="use kopf peering (several replicas)")
+    # Refused (see the validator); kept so that a configuration still setting it says why.
+    peering: bool = Field(default=False, description="kopf peering: no longer supported")
     leader_election: bool = Field(
         default=False, description="run only while holding a coordination.k8s.io Lease"
     )
@@ -95,10 +96,11 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _one_way_to_run_replicas(self) -> Settings:
-        if self.peering and self.leader_election:
+        if self.peering:
             raise ValueError(
-                "--peering and --leader-election exclude each other: use leader election "
-                "(a Lease with write fencing) for several replicas"
+                "--peering is no longer supported: kopf peering pauses kopf's handlers, not the "
+                "SecretSync timetable, and never fenced writes; run several replicas with "
+                "--leader-election (a Lease with write fencing; the chart's default)"
             )
         self.lease_timings  # noqa: B018 - raises for timings that would let two replicas write
         return self

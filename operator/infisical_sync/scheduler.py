@@ -185,7 +185,7 @@ def follows(spec: Mapping[str, Any], reasons: Collection[str], *, owed: bool = F
 
 
 class Observed(NamedTuple):
-    """What of a SecretSync's watch events decides whether its daemon is kicked."""
+    """What of a SecretSync's watch events decides whether it is kicked."""
 
     generation: object
     sync_requested_at: str | None
@@ -203,8 +203,8 @@ def observe(body: Mapping[str, Any]) -> Observed:
 
 
 def kick_reason(before: Observed | None, current: Observed) -> str | None:
-    """The kick a SecretSync's watch event calls for, if any. At first sight none: the daemon's
-    first run covers it."""
+    """The kick a SecretSync's watch event calls for, if any. At first sight none: its first
+    cycle covers it."""
     if before is None or before == current:
         return None
     if before.generation != current.generation:
@@ -332,10 +332,14 @@ class _RunningMark:
             raise
 
 
+class _Stopped(Exception):
+    """A cycle whose SecretSync stopped before the cycle got its lock."""
+
+
 @dataclass
 class _SyncState:
     failures: int = 0
-    # The status this daemon last wrote: the watched body can lag behind it, and a stale
+    # The status its cycles last wrote: the watched body can lag behind it, and a stale
     # lastSyncedAt or managedKeys must never make a later cycle look like the initial one.
     written: dict[str, Any] | None = None
     # A cycle failed after it may have written (a timed-out patch can still have been applied):
@@ -343,9 +347,10 @@ class _SyncState:
     unsure: bool = False
 
 
-# kubectl's client-side apply stores the whole object again in this annotation: not read here.
-LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 KEPT_METADATA = ("namespace", "name", "uid", "generation", "resourceVersion", "deletionTimestamp")
+# The annotations a cycle reads. Not the others: kubectl's last-applied-configuration and kopf's
+# last-handled-configuration are each a whole copy of the spec.
+KEPT_ANNOTATIONS = (SYNC_REQUESTED_AT, ALLOW_MASS_DELETE, ABANDON)
 
 
 def kept_body(body: Mapping[str, Any], *, with_status: bool = True) -> dict[str, Any]:
@@ -353,7 +358,8 @@ def kept_body(body: Mapping[str, Any], *, with_status: bool = True) -> dict[str,
     has written one (`_SyncState.written` is what the next cycle starts from then)."""
     meta = body.get("metadata") or {}
     kept_meta = {item: meta[item] for item in KEPT_METADATA if item in meta}
-    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k != LAST_APPLIED}
+    found = meta.get("annotations") or {}
+    annotations = {item: found[item] for item in KEPT_ANNOTATIONS if item in found}
     if annotations:
         kept_meta["annotations"] = annotations
     kept: dict[str, Any] = {"metadata": kept_meta, "spec": body.get("spec") or {}}
@@ -379,6 +385,11 @@ class _Sync:
     queued: bool = False  # due, waiting for a cycle slot
     cycle: asyncio.Task[None] | None = None
     stopped: bool = False  # deleted, or the operator exits: no cycle starts any more
+    gone: bool = False  # the object no longer exists: nothing of it stays once its cycle ends
+
+    @property
+    def uid(self) -> object:
+        return (self.body.get("metadata") or {}).get("uid")
 
 
 @dataclass
@@ -393,12 +404,12 @@ class Scheduler:
     # One lock per SecretSync: a sync and a removal never run at once.
     locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     outages: Outages = field(default_factory=Outages)
-    # The status each SecretSync's daemon last wrote: a removal that waited for a sync in
+    # The status each SecretSync's cycles last wrote: a removal that waited for a sync in
     # flight acts on what that sync recorded (where it wrote, what it owns), not on the older
     # body kopf handed to the deletion handler.
     written: dict[Key, dict[str, Any]] = field(default_factory=dict)
-    # SecretSyncs a connection becoming Ready kicks: those whose daemon runs at once (never
-    # synced, spec changed) until a run gets through, and those whose last run did not (e.g.
+    # SecretSyncs a connection becoming Ready kicks: those that run at once at first sight
+    # (never synced, spec changed) until a run gets through, and those whose last run did not (e.g.
     # ConnectionNotReady; a manual request owed). Not one waiting out its restart spread, nor
     # one in sync: after a restart, the first validation would otherwise end every spread.
     awaiting_ready: set[Key] = field(default_factory=set)
@@ -494,8 +505,16 @@ class Scheduler:
         allow-mass-delete annotations kick it; its deletion stops it."""
         key = ("SecretSync", namespace, name)
         entry = self.syncs.get(key)
-        if change == "DELETED" or (body.get("metadata") or {}).get("deletionTimestamp"):
+        meta = body.get("metadata") or {}
+        if change == "DELETED" or meta.get("deletionTimestamp"):
+            # kopf handles each object (uid) on its own: an earlier object's last events can
+            # come after a new one of the same name was seen. They must not stop the new one.
+            uid = meta.get("uid")
+            if entry is not None and uid and entry.uid and entry.uid != uid:
+                return
             self.stop_secretsync(namespace, name)
+            if change == "DELETED":
+                self._gone(key)
             return
         current = observe(body)
         if self._shut_down:
@@ -638,17 +657,17 @@ class Scheduler:
     async def _cycle(self, entry: _Sync) -> None:
         """One cycle of a due SecretSync (holding a cycle slot), then its next pause."""
         key, state = entry.key, entry.state
-        body = entry.body
-        spec = body.get("spec") or {}
-        interval = sync_interval(spec)
-        delay = interval
+        interval = delay = sync_interval({})
         try:
+            body = entry.body
+            spec = body.get("spec") or {}
+            interval = delay = sync_interval(spec)
             reasons, entry.reasons = entry.reasons or {"timer"}, set()
             if follows(spec, reasons, owed=entry.owed):
                 # Waiting for Ready while the cycle runs: a connection that becomes Ready
                 # meanwhile kicks it (at worst one more cycle), never silently passes it by.
                 self.awaiting_ready.add(key)
-                result = await self._sync(key, body, state)
+                result = await self._sync(key, body, state, lambda: entry.stopped)
                 metrics.cycle_ended(*key, succeeded=in_sync(result, state.written))
                 entry.owed = result is None or not result.ok
                 if entry.owed:
@@ -661,6 +680,8 @@ class Scheduler:
                     state.failures += 1
                 retry_after = result.retry_after if result is not None else None
                 delay = next_delay(interval, state.failures, retry_after)
+        except _Stopped:
+            pass
         except Exception:  # bookkeeping only: _sync reports the cycle's own failures
             log.exception("scheduling %s/%s failed unexpectedly", key[1], key[2])
             state.failures += 1
@@ -700,6 +721,23 @@ class Scheduler:
         self.awaiting_ready.discard(key)
         self.outages.forget(key)
         metrics.forget_object(*key)
+        if entry.gone:
+            self._gone(key)
+
+    def _gone(self, key: Key) -> None:
+        """A SecretSync no longer exists (its deletion handler has usually forgotten it already,
+        but not when its finalizer was removed by hand): drop what is kept of it once no cycle
+        of it runs."""
+        entry = self.syncs.get(key)
+        if entry is not None:  # its last cycle still runs: it comes back here when it ends
+            entry.gone = True
+            return
+        _kind, namespace, name = key
+        self.written.pop(key, None)
+        self.engine.forget(namespace, name)
+        lock = self.locks.get(key)
+        if lock is not None and not lock.locked():
+            del self.locks[key]
 
     async def shutdown(self, grace: float, cancelled_within: float = 10.0) -> None:
         """The operator exits: no SecretSync cycle starts any more; those in flight get `grace`
@@ -732,7 +770,11 @@ class Scheduler:
         )
 
     async def _sync(
-        self, key: Key, body: Mapping[str, Any], state: _SyncState
+        self,
+        key: Key,
+        body: Mapping[str, Any],
+        state: _SyncState,
+        stopped: Callable[[], bool] = lambda: False,
     ) -> CycleResult | None:
         """One cycle, and a status patch of only what it changed: none when nothing did."""
         _kind, namespace, name = key
@@ -756,6 +798,8 @@ class Scheduler:
 
         mark = _RunningMark(self.clock, mark_running, f"running mark {namespace}/{name}")
         async with self.lock(key):
+            if stopped():  # e.g. a removal took the lock first: this cycle must not write again
+                raise _Stopped
             try:
                 previous = state.written
                 if state.unsure:  # what the API server holds is unknown: no 304 may end this

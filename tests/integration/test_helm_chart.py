@@ -66,10 +66,10 @@ def test_cluster_wide_defaults(helm: str) -> None:
     assert deployment["spec"]["replicas"] == 2
     assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     assert pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
-    # Longer than the daemons' stop grace plus kopf's cancellation timeout (10 s).
-    from infisical_sync.app import STOP_GRACE
+    # Longer than the operator's stop may take (connection daemons, then SecretSync cycles).
+    from infisical_sync.app import STOP_BUDGET
 
-    assert pod["terminationGracePeriodSeconds"] > STOP_GRACE + 10
+    assert pod["terminationGracePeriodSeconds"] > STOP_BUDGET
     roles = {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == "ClusterRole"}
     rules = yaml.safe_load((CHART / "files" / "rbac-rules.yaml").read_text())
     assert roles["sync-infisical-sync"]["rules"] == rules

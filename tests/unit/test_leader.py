@@ -229,8 +229,9 @@ def test_leader_election_settings() -> None:
     assert tuned.lease_timings == LeaseTimings(5, 3.0, 0.5)
     with pytest.raises(ValidationError, match="renew deadline < lease duration"):
         Settings.from_env({}, lease_duration=5, lease_renew_deadline=6)
-    with pytest.raises(ValidationError, match="--peering and --leader-election"):
-        Settings.from_env({}, peering=True, leader_election=True)
+    for election in (True, False):
+        with pytest.raises(ValidationError, match="--peering is no longer supported"):
+            Settings.from_env({}, peering=True, leader_election=election)
 
 
 # --- where the fence is enforced -----------------------------------------------------------------

@@ -362,6 +362,7 @@ def test_what_is_kept_of_a_body_between_cycles() -> None:
             "managedFields": [{"manager": "kubectl"}],
             "annotations": {
                 "kubectl.kubernetes.io/last-applied-configuration": "{...the whole object...}",
+                "infisical-sync.dev/last-handled-configuration": "{...its spec...}",
                 SYNC_REQUESTED_AT: "r1",
             },
         },
@@ -884,6 +885,62 @@ async def test_stopping_during_the_restart_spread_runs_nothing(harness: Harness)
     for _ in range(20):
         await asyncio.sleep(0)
     assert harness.engine.runs == [] and harness.clock.pending == 0
+
+
+async def test_late_events_of_an_earlier_object_do_not_stop_a_new_one_of_its_name(
+    harness: Harness,
+) -> None:
+    """kopf handles each uid on its own: the old object's DELETED may come after the new one's
+    ADDED (kubectl replace --force)."""
+    old, new = sync_body(), sync_body()
+    old["metadata"]["uid"], new["metadata"]["uid"] = "old", "new"
+    harness.sync("sync", new)
+    await harness.sleeping(1)
+    deleting = {**old, "metadata": {**old["metadata"], "deletionTimestamp": "2026-11-29T00:00Z"}}
+    harness.scheduler.on_secretsync_event("MODIFIED", "ns", "sync", deleting)
+    harness.scheduler.on_secretsync_event("DELETED", "ns", "sync", deleting)
+    assert harness.scheduler.syncs[SYNC].uid == "new" and harness.clock.pending == 1
+    harness.scheduler.kick(SYNC, "secret app modified")
+    await harness.sleeping(2)
+    assert len(harness.engine.runs) == 2
+
+
+async def test_a_cycle_that_a_removal_overtook_does_not_run(harness: Harness) -> None:
+    """Between a cycle's start and its lock a removal can take the lock first: once the keys
+    are removed, that cycle must not write them again."""
+    body = sync_body(deletionPolicy="Delete")
+    harness.scheduler.cycle_slots = 1
+    harness.sync("busy", sync_body())  # holds the only cycle slot
+    release = asyncio.Event()
+    original = harness.engine.run
+
+    async def held(namespace: str, name: str, *args: Any, **kwargs: Any) -> CycleResult:
+        if name == "busy":
+            await release.wait()
+        return await original(namespace, name, *args, **kwargs)
+
+    harness.engine.run = held  # type: ignore[method-assign]
+    await until(lambda: harness.scheduler.syncs[("SecretSync", "ns", "busy")].cycle is not None)
+    harness.sync("sync", body)  # due, waiting for the slot
+    async with harness.scheduler.lock(SYNC):  # a removal under way holds the lock
+        release.set()
+        await until(lambda: harness.scheduler.syncs[SYNC].cycle is not None)  # started
+        harness.scheduler.stop_secretsync("ns", "sync")
+    await until(lambda: SYNC not in harness.scheduler.syncs)
+    assert len(harness.engine.runs) == 1  # busy's only
+    assert harness.status.patches == [{"syncStatus": "Succeeded"}]
+
+
+async def test_an_object_gone_without_its_deletion_handler_leaves_nothing_behind(
+    harness: Harness,
+) -> None:
+    """e.g. its finalizer removed by hand: no removal forgets it, its DELETED event does."""
+    harness.sync("sync", sync_body())
+    await harness.sleeping(1)
+    assert SYNC in harness.scheduler.written and SYNC in harness.scheduler.locks
+    harness.scheduler.on_secretsync_event("DELETED", "ns", "sync", sync_body())
+    assert harness.scheduler.syncs == {} and harness.scheduler.written == {}
+    assert harness.scheduler.locks == {} and harness.engine.forgotten == ["sync"]
 
 
 async def test_a_new_object_of_a_deleted_ones_name_starts_after_its_last_cycle(

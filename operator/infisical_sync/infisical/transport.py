@@ -161,6 +161,7 @@ class InstanceTransport:
                 headers={"User-Agent": "infisical-sync-operator"},
                 # Set-Cookie from an instance or a proxy in front of it is never sent back.
                 cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=True,  # HTTPS_PROXY / NO_PROXY, as for the httpx client before
             )
         return self._session
 
@@ -301,11 +302,11 @@ class InstanceTransport:
                 if isinstance(exc, aiohttp.ClientSSLError) or _is_tls_failure(exc):
                     self._count(endpoint, "tls_error")
                     raise TLSError(
-                        f"TLS verification of {self.instance} failed: {_short(exc)}. "
+                        f"TLS verification of {self.instance} failed: {_problem(exc)}. "
                         "Set tls.caSecretRef to the CA that signed its certificate"
                     ) from None
                 self._count(endpoint, "network_error")
-                last_error = Unreachable(f"{self.instance} unreachable: {_short(exc)}")
+                last_error = Unreachable(f"{self.instance} unreachable: {_problem(exc)}")
                 continue
             self._count(endpoint, str(response.status_code))
             log.debug(
@@ -412,6 +413,16 @@ def _redirect_target(response: httpx.Response, location: str) -> str | None:
 def _short(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text[:200]
+
+
+def _problem(exc: BaseException) -> str:
+    """What went wrong, the same text every time: aiohttp's own text for a failed connection
+    quotes its SSL setting, for a CA an object address that differs in each process."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return _short(exc.certificate_error)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return _short(exc.os_error)
+    return _short(exc)
 
 
 class RemoteDetails(TypedDict):
