@@ -1015,6 +1015,29 @@ async def test_unreachable_instance() -> None:
         await transport.aclose()
 
 
+async def test_the_proxy_from_the_environment_is_used_and_no_proxy_is_honoured(
+    fake: FakeInfisical, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("http_proxy", "https_proxy", "no_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setenv("HTTP_PROXY", fake.url)  # the fake answers as the proxy would forward
+    monkeypatch.setenv("NO_PROXY", "127.0.0.2")
+    # Never resolved: only the proxy is connected to.
+    proxied = InstanceTransport("http://infisical.test", allow_http=True, options=FAST)
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    direct = InstanceTransport(fake.url, allow_http=True, options=FAST)
+    try:
+        answer = await proxied.send("GET", "/api/v1/projects", endpoint="projects")
+        assert answer.status_code == 401 and fake.count(r"/api/v1/projects$") == 1
+        answer = await direct.send("GET", "/api/v1/projects", endpoint="projects")
+        assert answer.status_code == 401 and fake.count(r"/api/v1/projects$") == 2
+    finally:
+        await proxied.aclose()
+        await direct.aclose()
+
+
 async def test_retry_after_gate_short_wait(fake: FakeInfisical, session: InfisicalSession) -> None:
     await session.validate(force_login=True)
     fake.inject(Fault("status", r"/api/v4/secrets$", status=429, retry_after=1, times=1))

@@ -25,7 +25,9 @@ from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
 import aiohttp
+import aiohttp.helpers
 import httpx
+import yarl
 
 from infisical_sync import metrics
 from infisical_sync.fence import Fence
@@ -147,6 +149,15 @@ class InstanceTransport:
         self._tls: ssl.SSLContext | bool = verify
         self._session: aiohttp.ClientSession | None = None  # opened by the first request
         self._closed = False
+        self._url = httpx.URL(self.base_url)  # parsed once: most answers' request needs no more
+        # HTTPS_PROXY / HTTP_PROXY / NO_PROXY, as the httpx client honoured them: looked up once
+        # here, not on every request as aiohttp's trust_env does (reading ~/.netrc each time).
+        self._proxy: Any = None
+        self._proxy_auth: aiohttp.BasicAuth | None = None
+        with contextlib.suppress(LookupError):  # none for this URL
+            self._proxy, self._proxy_auth = aiohttp.helpers.get_env_proxy_for_url(
+                yarl.URL(self.base_url)
+            )
 
     def _open(self) -> aiohttp.ClientSession:
         """The session, made on first use: aiohttp binds it to the running loop."""
@@ -161,7 +172,6 @@ class InstanceTransport:
                 headers={"User-Agent": "infisical-sync-operator"},
                 # Set-Cookie from an instance or a proxy in front of it is never sent back.
                 cookie_jar=aiohttp.DummyCookieJar(),
-                trust_env=True,  # HTTPS_PROXY / NO_PROXY, as for the httpx client before
             )
         return self._session
 
@@ -354,16 +364,27 @@ class InstanceTransport:
             content = jsonlib.dumps(json, separators=(",", ":"), ensure_ascii=False).encode()
             sent["Content-Type"] = "application/json"
         async with self._open().request(
-            method, url, params=params, data=content, headers=sent, allow_redirects=False
+            method,
+            url,
+            params=params,
+            data=content,
+            headers=sent,
+            allow_redirects=False,
+            proxy=self._proxy,
+            proxy_auth=self._proxy_auth,
         ) as answer:
             body = await answer.read()  # decompressed: its encoding headers no longer apply
+            status = answer.status
+            redirect = 300 <= status < 400 and status != 304  # 304: the answer to If-None-Match
+            # Read for its headers (If-None-Match); its URL only places a redirect's Location.
+            sent_to = httpx.URL(str(answer.url)) if redirect else self._url
             response = httpx.Response(
-                answer.status,
+                status,
                 headers=[item for item in answer.raw_headers if item[0].lower() not in _FRAMING],
                 content=body,
-                request=httpx.Request(method, str(answer.url), headers=sent),
+                request=httpx.Request(method, sent_to, headers=sent),
             )
-        if 300 <= response.status_code < 400 and response.status_code != 304:  # 304: If-None-Match
+        if redirect:
             raise _RedirectAnswer(response)
         return response
 
