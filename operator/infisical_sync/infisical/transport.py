@@ -397,7 +397,7 @@ _FRAMING = frozenset({b"content-encoding", b"content-length", b"transfer-encodin
 
 
 class _RedirectAnswer(Exception):
-    """Raised by the response hook for a 3xx; send() turns it into Redirected."""
+    """Raised by _request() for a 3xx (but 304); send() turns it into Redirected."""
 
     def __init__(self, response: httpx.Response) -> None:
         super().__init__(response.status_code)
