@@ -336,8 +336,9 @@ async def connection_deleted(
 async def secretsync_event(
     type: str, namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
-    uid = (body.get("metadata") or {}).get("uid")
-    memo.referrers.sync_seen(type, namespace, name, body.get("spec") or {}, uid)
+    if memo.scheduler.superseded(type, namespace, name, body):
+        return  # the last events of an earlier object of this name: the maps are the new one's
+    memo.referrers.sync_seen(type, namespace, name, body.get("spec") or {})
     memo.resharding.on_event(type, SYNCS, namespace, name, body)
     memo.scheduler.on_secretsync_event(type, namespace, name, body)
 

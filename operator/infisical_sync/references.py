@@ -94,9 +94,6 @@ class Referrers:
         self.syncs_by_connection: References[ObjectKey, str] = References()
         self.syncs_by_secret: References[ObjectKey, str] = References()
         self.syncs_by_selector: References[str, tuple[str, dict[str, Any]]] = References()
-        # Which object (uid) each SecretSync name stands for now: kopf handles each uid on its
-        # own, so a deleted object's last event can come after a new one of its name was seen.
-        self._sync_uids: dict[ObjectKey, str] = {}
 
     def connection_seen(
         self, change: str, namespace: str, name: str, spec: Mapping[str, Any]
@@ -114,19 +111,13 @@ class Referrers:
         namespace: str,
         name: str,
         spec: Mapping[str, Any],
-        uid: str | None = None,
     ) -> None:
         obj = (namespace, name)
         if change == "DELETED":
-            if uid and self._sync_uids.get(obj, uid) != uid:
-                return  # an earlier object of this name: the maps are the new one's
-            self._sync_uids.pop(obj, None)
             self.syncs_by_connection.drop(obj)
             self.syncs_by_secret.drop(obj)
             self.syncs_by_selector.drop(obj)
             return
-        if uid:
-            self._sync_uids[obj] = uid
         self.syncs_by_connection.put(obj, sync_connections(namespace, name, spec))
         self.syncs_by_secret.put(obj, sync_secrets(namespace, name, spec))
         self.syncs_by_selector.put(obj, sync_selectors(namespace, name, spec))

@@ -392,6 +392,10 @@ class _Sync:
         return (self.body.get("metadata") or {}).get("uid")
 
 
+def _deleting(change: str, body: Mapping[str, Any]) -> bool:
+    return change == "DELETED" or bool((body.get("metadata") or {}).get("deletionTimestamp"))
+
+
 @dataclass
 class Scheduler:
     engine: SyncCycles
@@ -497,6 +501,20 @@ class Scheduler:
     def on_connection_spec_changed(self, namespace: str, name: str) -> None:
         self.kick(("InfisicalConnection", namespace, name), "spec changed", force=True)
 
+    def superseded(self, change: str, namespace: str, name: str, body: Mapping[str, Any]) -> bool:
+        """Whether this event is one of an earlier object of this name, to be ignored by all.
+
+        kopf handles each object (uid) on its own, so a deleted object's last events (its
+        deletionTimestamp, its DELETED) can come after a new one of its name was seen (kubectl
+        replace --force, a GitOps re-create). Only those last events can be late: a new object
+        exists only once the old one is gone, and kopf hands each uid's handler its latest
+        event."""
+        if not _deleting(change, body):
+            return False
+        entry = self.syncs.get(("SecretSync", namespace, name))
+        uid = (body.get("metadata") or {}).get("uid")
+        return entry is not None and bool(uid) and bool(entry.uid) and entry.uid != uid
+
     def on_secretsync_event(
         self, change: str, namespace: str, name: str, body: Mapping[str, Any]
     ) -> None:
@@ -505,13 +523,7 @@ class Scheduler:
         allow-mass-delete annotations kick it; its deletion stops it."""
         key = ("SecretSync", namespace, name)
         entry = self.syncs.get(key)
-        meta = body.get("metadata") or {}
-        if change == "DELETED" or meta.get("deletionTimestamp"):
-            # kopf handles each object (uid) on its own: an earlier object's last events can
-            # come after a new one of the same name was seen. They must not stop the new one.
-            uid = meta.get("uid")
-            if entry is not None and uid and entry.uid and entry.uid != uid:
-                return
+        if _deleting(change, body):
             self.stop_secretsync(namespace, name)
             if change == "DELETED":
                 self._gone(key)

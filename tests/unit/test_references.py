@@ -55,18 +55,6 @@ def test_a_spec_change_replaces_what_the_object_referred_to_and_deletion_forgets
     assert referrers.syncs_by_connection.get(("ns", "new")) == []
 
 
-def test_a_late_deletion_of_an_earlier_object_keeps_the_new_ones_references() -> None:
-    """kopf handles each uid on its own: the old object's DELETED can follow the new one's
-    ADDED (kubectl replace --force)."""
-    referrers = Referrers()
-    referrers.sync_seen("ADDED", "ns", "a", sync_spec(secrets=["app"]), "old")
-    referrers.sync_seen("ADDED", "ns", "a", sync_spec(secrets=["db"]), "new")
-    referrers.sync_seen("DELETED", "ns", "a", {}, "old")
-    assert referrers.syncs_by_secret.get(("ns", "db")) == ["a"]
-    referrers.sync_seen("DELETED", "ns", "a", {}, "new")
-    assert referrers.syncs_by_secret.get(("ns", "db")) == []
-
-
 def test_a_connection_is_found_by_its_credentials_and_ca_secrets() -> None:
     referrers = Referrers()
     spec = {"credentials": {"secretRef": {"name": "id"}}, "tls": {"caSecretRef": {"name": "ca"}}}

@@ -897,8 +897,13 @@ async def test_late_events_of_an_earlier_object_do_not_stop_a_new_one_of_its_nam
     harness.sync("sync", new)
     await harness.sleeping(1)
     deleting = {**old, "metadata": {**old["metadata"], "deletionTimestamp": "2026-11-29T00:00Z"}}
-    harness.scheduler.on_secretsync_event("MODIFIED", "ns", "sync", deleting)
-    harness.scheduler.on_secretsync_event("DELETED", "ns", "sync", deleting)
+    assert harness.scheduler.superseded("MODIFIED", "ns", "sync", deleting)
+    assert harness.scheduler.superseded("DELETED", "ns", "sync", deleting)
+    # Only an earlier object's last events: the new one's own are not, nor a plain change.
+    assert not harness.scheduler.superseded("MODIFIED", "ns", "sync", old)
+    new_deleting = {**new, "metadata": {**new["metadata"], "deletionTimestamp": "2026-11-29Z"}}
+    assert not harness.scheduler.superseded("MODIFIED", "ns", "sync", new_deleting)
+    assert not harness.scheduler.superseded("DELETED", "ns", "other", deleting)
     assert harness.scheduler.syncs[SYNC].uid == "new" and harness.clock.pending == 1
     harness.scheduler.kick(SYNC, "secret app modified")
     await harness.sleeping(2)
