@@ -1,7 +1,8 @@
 """The operator at scale against a local control plane. Reports numbers; asserts nothing.
 
     .venv/bin/python benchmarks/bench_scale.py [--syncs 1000] [--keys 20] [--interval 5m]
-        [--window SECONDS] [--burst 100] [--no-restart] [--shards N] [--source DIR]
+        [--window SECONDS] [--burst 100] [--no-restart] [--cold-only] [--shards N]
+        [--source DIR]
 
 Starts etcd + kube-apiserver (RBAC on, the chart's rules), a fake Infisical on loopback and
 creates `--syncs` Secrets of `--keys` keys with one SecretSync each (its own destination path)
@@ -210,13 +211,43 @@ def written(fake: FakeInfisical, syncs: int, keys: int) -> int:
     return done
 
 
+def others_cpu(plane: ControlPlane) -> dict[str, float]:
+    """CPU seconds of what shares the cores with the operator: the API server, etcd and this
+    process (the fake Infisical and the polling)."""
+    used = {name: cpu_seconds(process.pid) for name, process in plane.processes.items()}
+    times = os.times()
+    return {**used, "bench+fake": times.user + times.system}
+
+
+def api_requests(kube: Any) -> Counter[str]:
+    """The API server's own count of requests, by verb, resource and subresource."""
+    response = kube.call_api("GET", f"{kube.configuration.host}/metrics")
+    response.read()
+    counts: Counter[str] = Counter()
+    for line in response.data.decode().splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels_text, _, value = line[len("apiserver_request_total{") :].rpartition("} ")
+        labels = dict(
+            item.split("=", 1) for item in labels_text.replace('"', "").split(",") if "=" in item
+        )
+        what = f"{labels.get('verb')} {labels.get('resource')}"
+        if labels.get("subresource"):
+            what += f"/{labels['subresource']}"
+        counts[what] += int(float(value))
+    return counts
+
+
 def cold(
     kube: Any,
     fake: FakeInfisical,
+    plane: ControlPlane,
     processes: list[LoggedProcess],
     syncs: int,
     keys: int,
     started: float,
+    others_before: dict[str, float],
+    requests_before: Counter[str],
 ) -> None:
     """Until every SecretSync is Succeeded. The API server is asked only once every destination
     has its keys: listing 10,000 SecretSyncs (about 100 MB of JSON) every few seconds would load
@@ -243,6 +274,15 @@ def cold(
     print(
         f"cold: every destination written after {keys_at:.1f} s; {done}/{syncs} Succeeded "
         f"after {seconds:.1f} s (checked every 5 s from then); peak RSS {peak / MIB:.0f} MiB"
+    )
+    cpu = {"operator": sum(cpu_seconds(pid) for pid in pids(processes))}
+    cpu |= {name: used - others_before[name] for name, used in others_cpu(plane).items()}
+    print("cold CPU seconds: " + ", ".join(f"{name} {used:.0f}" for name, used in cpu.items()))
+    requests = api_requests(kube) - requests_before
+    requests.pop("LIST secretsyncs", None)  # mostly this benchmark's own polling
+    print(
+        "cold API requests: "
+        + ", ".join(f"{what} {count}" for what, count in requests.most_common(12))
     )
 
 
@@ -331,6 +371,7 @@ def main() -> None:
     )
     parser.add_argument("--burst", type=int, default=100)
     parser.add_argument("--no-restart", action="store_true")
+    parser.add_argument("--cold-only", action="store_true", help="stop after the cold start")
     parser.add_argument("--shards", type=int, default=1)
     parser.add_argument("--source", type=Path, default=ROOT, help="checkout whose operator runs")
     args = parser.parse_args()
@@ -351,9 +392,22 @@ def main() -> None:
         seconds = create_objects(kube, fake, args.syncs, args.keys, args.interval)
         print(f"objects created in {seconds:.0f} s (before the operator started)")
 
-        started = time.monotonic()
+        requests_before = api_requests(kube)
+        started, others_before = time.monotonic(), others_cpu(plane)
         with operators(plane, source, args.shards, run=1) as processes:
-            cold(kube, fake, processes, args.syncs, args.keys, started)
+            cold(
+                kube,
+                fake,
+                plane,
+                processes,
+                args.syncs,
+                args.keys,
+                started,
+                others_before,
+                requests_before,
+            )
+            if args.cold_only:
+                return
             # The interval after the first sync is not steady yet: each SecretSync lists in full
             # once more (its first listing predates its own writes) and records lastRead.
             print(f"settling for one interval ({interval:.0f} s) before measuring steady state")

@@ -532,6 +532,12 @@ class Scheduler:
         if self._shut_down:
             return
         if entry is None or entry.stopped:  # stopped: a new object of a deleted one's name
+            if self.shard.finalizer not in (body.get("metadata") or {}).get("finalizers", ()):
+                # kopf adds it in answer to this event, and its patch is conditional on this
+                # resourceVersion: a first status write before it would make it fail and retry
+                # (thousands of conflicts at a cold start), and keys written before it would
+                # outlive a deletion. Its event (with the finalizer) is the first sight.
+                return
             self._first_sight(key, body, current)
             return
         entry.body = kept_body(body, with_status=entry.state.written is None)

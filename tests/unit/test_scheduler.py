@@ -264,8 +264,16 @@ async def harness() -> AsyncIterator[Harness]:
     await asyncio.gather(*harness.tasks, return_exceptions=True)
 
 
+FINALIZER = Shard().finalizer
+
+
 def sync_body(**spec: Any) -> dict[str, Any]:
-    return {"metadata": {"generation": 1}, "spec": {"syncInterval": "60s", **spec}, "status": {}}
+    """As the scheduler first sees it: kopf has added its finalizer."""
+    return {
+        "metadata": {"generation": 1, "finalizers": [FINALIZER]},
+        "spec": {"syncInterval": "60s", **spec},
+        "status": {},
+    }
 
 
 # --- SecretSync -----------------------------------------------------------------------------
@@ -1009,7 +1017,8 @@ def annotated(generation: int, requested: str | None = None, allow: str | None =
         annotations["infisical-sync.dev/sync-requested-at"] = requested
     if allow:
         annotations["infisical-sync.dev/allow-mass-delete"] = allow
-    return {"metadata": {"generation": generation, "annotations": annotations}}
+    meta = {"generation": generation, "annotations": annotations, "finalizers": [FINALIZER]}
+    return {"metadata": meta}
 
 
 @pytest.mark.parametrize(
@@ -1026,6 +1035,22 @@ def annotated(generation: int, requested: str | None = None, allow: str | None =
 def test_kick_reason(before: Any, after: Any, reason: str | None) -> None:
     seen: Observed | None = None if before is None else observe(before)
     assert kick_reason(seen, observe(after)) == reason
+
+
+async def test_the_first_cycle_waits_for_kopfs_finalizer(harness: Harness) -> None:
+    """kopf adds its finalizer in answer to the first event, with a patch conditional on that
+    resourceVersion: a status write before it would make it fail (a conflict), and keys written
+    before it would outlive a deletion."""
+    bare = sync_body()
+    bare["metadata"]["finalizers"] = ["someone-else/finalizer"]
+    harness.scheduler.on_secretsync_event("ADDED", "ns", "sync", bare)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert harness.engine.runs == [] and SYNC not in harness.scheduler.syncs
+    harness.scheduler.kick(SYNC, "secret app modified")  # nothing to kick yet
+    harness.scheduler.on_secretsync_event("MODIFIED", "ns", "sync", sync_body())
+    await harness.sleeping(1)
+    assert len(harness.engine.runs) == 1
 
 
 async def test_secretsync_events_kick_on_changes_only(harness: Harness) -> None:
