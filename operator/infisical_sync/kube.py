@@ -109,6 +109,12 @@ def load_api_client(concurrency: int = DEFAULT_KUBE_CONCURRENCY) -> client.ApiCl
     return client.ApiClient(configuration)
 
 
+def _drain(response: Any) -> None:
+    """Read a raw answer (`_preload_content=False`) to its end: that returns its connection to
+    the pool. Errors were raised already (the client checks the status either way)."""
+    cast(Any, response).read()
+
+
 def _decode(raw: dict[str, str] | None) -> dict[str, bytes]:
     return {key: base64.b64decode(value) for key, value in (raw or {}).items()}
 
@@ -373,15 +379,17 @@ class Kube:
 
         def patch() -> bool:
             try:
-                self.custom.patch_namespaced_custom_object_status(
+                response = self.custom.patch_namespaced_custom_object_status(
                     GROUP,
                     VERSION,
                     namespace,
                     plural,
                     name,
                     {"status": status},
+                    _preload_content=False,  # the object it answers is not read: not parsed
                     _request_timeout=self._timeout,
                 )
+                _drain(response)
             except ApiException as exc:
                 if exc.status == 404:
                     return False
@@ -520,9 +528,10 @@ class EventPoster:
         }
 
         def create() -> None:
-            self.kube.core.create_namespaced_event(
-                namespace, event, _request_timeout=self.kube._timeout
+            response = self.kube.core.create_namespaced_event(
+                namespace, event, _preload_content=False, _request_timeout=self.kube._timeout
             )
+            _drain(response)  # not made into the client's Event model: nothing reads it
 
         try:
             # Fenced too: a replica that lost the Lease would tell of syncs another one runs.
