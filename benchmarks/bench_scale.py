@@ -28,6 +28,7 @@ import argparse
 import base64
 import contextlib
 import os
+import signal
 import statistics
 import sys
 import time
@@ -400,6 +401,9 @@ def main() -> None:
     # The fake answers from a thread of this process, next to the threads that make the edits:
     # the operator's own setting, so that the fake's answers do not wait 5 ms for the GIL.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+    # Killed (timeout, Ctrl-C in a pipeline): unwind, so that the operators, the control plane
+    # and the fake are stopped by their context managers instead of left running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     interval = parse_duration(args.interval, default=-1)
     if interval <= 0:  # a typo fails here, not after the objects are made
         parser.error(f"--interval {args.interval!r} is not a duration")
