@@ -40,7 +40,6 @@ from typing import Any
 
 from kubernetes import client
 
-from infisical_sync.app import GIL_SWITCH_INTERVAL
 from infisical_sync.durations import parse_duration
 from infisical_sync.scheduler import RESTART_SPREAD
 from infisical_sync.testing.controlplane import (
@@ -399,8 +398,8 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=ROOT, help="checkout whose operator runs")
     args = parser.parse_args()
     # The fake answers from a thread of this process, next to the threads that make the edits:
-    # the operator's own setting, so that the fake's answers do not wait 5 ms for the GIL.
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+    # a short switch interval, so that its answers do not wait up to 5 ms for the GIL each.
+    sys.setswitchinterval(0.0005)
     # Killed (timeout, Ctrl-C in a pipeline): unwind, so that the operators, the control plane
     # and the fake are stopped by their context managers instead of left running.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
