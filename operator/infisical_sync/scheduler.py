@@ -50,6 +50,9 @@ SYNCS = "secretsyncs"
 CONNECTIONS = "infisicalconnections"
 # A restarted operator spreads the first runs of already-synced objects over this long at most.
 RESTART_SPREAD = 30.0
+# A SecretSync whose finalizer kopf has not added by then (its patch refused, say by a webhook)
+# syncs without it, with a WARNING: waiting forever in silence would be worse.
+FINALIZER_GRACE = 60.0
 # Kicks that a SecretSync with autoSyncEnabled: false still follows.
 MANUAL_REASONS = frozenset({"created", "spec changed", "sync requested"})
 REMOVAL_RETRY_DELAY = 10.0
@@ -417,6 +420,14 @@ class Scheduler:
     # ConnectionNotReady; a manual request owed). Not one waiting out its restart spread, nor
     # one in sync: after a restart, the first validation would otherwise end every spread.
     awaiting_ready: set[Key] = field(default_factory=set)
+    # The uid each SecretSync name stands for now (its latest event that is not a deletion):
+    # how an earlier object's late deletion events are told apart (superseded).
+    uids: dict[Key, str] = field(default_factory=dict)
+    # SecretSyncs seen without kopf's finalizer yet: their latest body, and the timer that starts
+    # them without it after FINALIZER_GRACE.
+    _unguarded: dict[Key, tuple[Mapping[str, Any], Cancellable]] = field(
+        default_factory=dict, init=False, repr=False
+    )
     # Which InfisicalConnections' status this replica writes (every shard validates them all).
     shard: Shard = field(default_factory=Shard)
     # Sync cycles at once, across all SecretSyncs: thousands starting together would each hold
@@ -511,9 +522,9 @@ class Scheduler:
         event."""
         if not _deleting(change, body):
             return False
-        entry = self.syncs.get(("SecretSync", namespace, name))
+        latest = self.uids.get(("SecretSync", namespace, name))
         uid = (body.get("metadata") or {}).get("uid")
-        return entry is not None and bool(uid) and bool(entry.uid) and entry.uid != uid
+        return bool(uid) and latest is not None and latest != uid
 
     def on_secretsync_event(
         self, change: str, namespace: str, name: str, body: Mapping[str, Any]
@@ -523,21 +534,28 @@ class Scheduler:
         allow-mass-delete annotations kick it; its deletion stops it."""
         key = ("SecretSync", namespace, name)
         entry = self.syncs.get(key)
+        meta = body.get("metadata") or {}
         if _deleting(change, body):
+            self._forget_unguarded(key)
             self.stop_secretsync(namespace, name)
             if change == "DELETED":
+                self.uids.pop(key, None)
                 self._gone(key)
             return
+        if meta.get("uid"):
+            self.uids[key] = str(meta["uid"])
         current = observe(body)
         if self._shut_down:
             return
         if entry is None or entry.stopped:  # stopped: a new object of a deleted one's name
-            if self.shard.finalizer not in (body.get("metadata") or {}).get("finalizers", ()):
+            if self.shard.finalizer not in (meta.get("finalizers") or ()):
                 # kopf adds it in answer to this event, and its patch is conditional on this
                 # resourceVersion: a first status write before it would make it fail and retry
                 # (thousands of conflicts at a cold start), and keys written before it would
                 # outlive a deletion. Its event (with the finalizer) is the first sight.
+                self._await_finalizer(key, body)
                 return
+            self._forget_unguarded(key)
             self._first_sight(key, body, current)
             return
         entry.body = kept_body(body, with_status=entry.state.written is None)
@@ -624,6 +642,36 @@ class Scheduler:
         return validated
 
     # --- SecretSync ---------------------------------------------------------------------------
+
+    def _await_finalizer(self, key: Key, body: Mapping[str, Any]) -> None:
+        held = self._unguarded.get(key)
+        timer = (
+            held[1]
+            if held is not None
+            else self.clock.call_later(FINALIZER_GRACE, lambda: self._finalizer_late(key))
+        )
+        self._unguarded[key] = (kept_body(body), timer)
+
+    def _forget_unguarded(self, key: Key) -> None:
+        held = self._unguarded.pop(key, None)
+        if held is not None:
+            held[1].cancel()
+
+    def _finalizer_late(self, key: Key) -> None:
+        held = self._unguarded.pop(key, None)
+        entry = self.syncs.get(key)
+        if held is None or self._shut_down or (entry is not None and not entry.stopped):
+            return
+        _kind, namespace, name = key
+        log.warning(
+            "%s/%s: the finalizer %s is still missing after %.0fs (see kopf's messages about "
+            "it); syncing without it: if the SecretSync is deleted meanwhile, its keys stay",
+            namespace,
+            name,
+            self.shard.finalizer,
+            FINALIZER_GRACE,
+        )
+        self._first_sight(key, held[0], observe(held[0]))
 
     def _first_sight(self, key: Key, body: Mapping[str, Any], observed: Observed) -> None:
         entry = _Sync(key, kept_body(body), observed)
@@ -761,6 +809,8 @@ class Scheduler:
         """The operator exits: no SecretSync cycle starts any more; those in flight get `grace`
         seconds to finish, then are cancelled."""
         self._shut_down = True
+        for key in list(self._unguarded):
+            self._forget_unguarded(key)
         count = len(self.syncs)
         for _kind, namespace, name in list(self.syncs):
             self.stop_secretsync(namespace, name)

@@ -17,6 +17,7 @@ from infisical_sync.connection import Outcome
 from infisical_sync.kube import KubeUnavailable
 from infisical_sync.runtime import Kicks
 from infisical_sync.scheduler import (
+    FINALIZER_GRACE,
     RUNNING_AFTER,
     Observed,
     RetryLater,
@@ -918,6 +919,20 @@ async def test_late_events_of_an_earlier_object_do_not_stop_a_new_one_of_its_nam
     assert len(harness.engine.runs) == 2
 
 
+async def test_late_events_of_an_earlier_object_before_the_new_ones_finalizer(
+    harness: Harness,
+) -> None:
+    """Before kopf's finalizer is on the new object it has no timetable entry: its uid still
+    tells the old object's late events apart, and its own deletion is not mistaken for one."""
+    old, new = sync_body(), sync_body()
+    old["metadata"]["uid"], new["metadata"]["uid"] = "old", "new"
+    new["metadata"]["finalizers"] = []
+    harness.scheduler.on_secretsync_event("ADDED", "ns", "sync", new)
+    assert SYNC not in harness.scheduler.syncs
+    assert harness.scheduler.superseded("DELETED", "ns", "sync", old)
+    assert not harness.scheduler.superseded("DELETED", "ns", "sync", new)
+
+
 async def test_a_cycle_that_a_removal_overtook_does_not_run(harness: Harness) -> None:
     """Between a cycle's start and its lock a removal can take the lock first: once the keys
     are removed, that cycle must not write them again."""
@@ -1041,16 +1056,51 @@ async def test_the_first_cycle_waits_for_kopfs_finalizer(harness: Harness) -> No
     """kopf adds its finalizer in answer to the first event, with a patch conditional on that
     resourceVersion: a status write before it would make it fail (a conflict), and keys written
     before it would outlive a deletion."""
-    bare = sync_body()
+    bare = sync_body(syncInterval="300s")  # no timer of its own within the grace
     bare["metadata"]["finalizers"] = ["someone-else/finalizer"]
     harness.scheduler.on_secretsync_event("ADDED", "ns", "sync", bare)
     for _ in range(20):
         await asyncio.sleep(0)
     assert harness.engine.runs == [] and SYNC not in harness.scheduler.syncs
     harness.scheduler.kick(SYNC, "secret app modified")  # nothing to kick yet
-    harness.scheduler.on_secretsync_event("MODIFIED", "ns", "sync", sync_body())
-    await harness.sleeping(1)
+    harness.scheduler.on_secretsync_event("MODIFIED", "ns", "sync", sync_body(syncInterval="300s"))
+    await harness.sleeping(2)  # the grace timer (now cancelled), then its pause after the cycle
+    assert len(harness.engine.runs) == 1 and harness.clock.pending == 1
+    harness.clock.advance(FINALIZER_GRACE)  # the cancelled grace timer starts nothing
+    for _ in range(20):
+        await asyncio.sleep(0)
     assert len(harness.engine.runs) == 1
+
+
+async def test_without_its_finalizer_a_secretsync_syncs_after_a_grace_with_a_warning(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """kopf's patch may never get through (a webhook refusing it): waiting in silence forever
+    would be worse than syncing without it."""
+    bare = sync_body()
+    bare["metadata"]["finalizers"] = []
+    harness.scheduler.on_secretsync_event("ADDED", "ns", "sync", bare)
+    harness.scheduler.on_secretsync_event("MODIFIED", "ns", "sync", {**bare, "spec": {"x": 1}})
+    await harness.sleeping(1)
+    assert harness.engine.runs == [] and harness.clock.pending == 1  # one timer for both
+    with caplog.at_level(logging.WARNING, logger="infisical_sync.scheduler"):
+        harness.clock.advance(FINALIZER_GRACE)
+        await harness.sleeping(2)
+    assert len(harness.engine.runs) == 1
+    assert harness.scheduler.syncs[SYNC].body["spec"] == {"x": 1}  # the latest body
+    assert "finalizer" in caplog.text and "ns/sync" in caplog.text
+
+
+async def test_a_secretsync_deleted_before_its_finalizer_never_syncs(harness: Harness) -> None:
+    bare = sync_body()
+    bare["metadata"]["finalizers"] = []
+    harness.scheduler.on_secretsync_event("ADDED", "ns", "sync", bare)
+    harness.scheduler.on_secretsync_event("DELETED", "ns", "sync", bare)
+    assert harness.clock.pending == 0
+    harness.clock.advance(FINALIZER_GRACE)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert harness.engine.runs == [] and harness.scheduler.uids == {}
 
 
 async def test_secretsync_events_kick_on_changes_only(harness: Harness) -> None:
