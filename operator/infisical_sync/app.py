@@ -276,7 +276,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         await pool.aclose()
     kube: Kube | None = getattr(memo, "kube", None)
     if kube is not None:
-        kube.close()
+        await kube.aclose()
 
 
 @kopf.on.probe(id="now", registry=registry)

@@ -1,18 +1,20 @@
 """Kubernetes reads and writes the operator makes itself (not kopf's own watch traffic).
 
-The official client is synchronous: every call runs in a worker thread (asyncio.to_thread) so
-the operator's event loop never blocks. Every call has a connect and a read timeout, and one
-that got no answer in time is not sent again (urllib3 would resend idempotent ones): a hung API
-server fails the call within its timeouts, the caller's lock is released, and the next cycle
-tries again. Failures that say "the API server is not there right now" (no connection, no
-answer, 5xx, 429) are raised as KubeUnavailable; real answers (404, 403, 409, ...) stay
-ApiException.
+The calls every sync makes (read the source Secret, patch the status, post an Event) go over
+aiohttp on the event loop (kube_http.py). The rest use the official client, which is
+synchronous: those run on worker threads so the event loop never blocks. Every call has a
+connect and a read timeout, and one that got no answer in time is not sent again (urllib3 would
+resend idempotent ones): a hung API server fails the call within its timeouts, the caller's
+lock is released, and the next cycle tries again. Failures that say "the API server is not
+there right now" (no connection, no answer, 5xx, 429) are raised as KubeUnavailable; real
+answers (404, 403, 409, ...) stay ApiException.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import json
 import logging
@@ -20,12 +22,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
+from urllib.parse import quote
 
+import aiohttp
 import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from infisical_sync.fence import Fence
+from infisical_sync.kube_http import ApiServerHttp, KubeHttpFailure
 
 log = logging.getLogger(__name__)
 GROUP = "infisical-sync.dev"
@@ -43,11 +48,26 @@ class KubeUnavailable(Exception):
     """The API server could not be reached, did not answer in time, or answered 5xx/429."""
 
 
-def _unavailable(what: str, exc: Exception, timeouts: KubeTimeouts) -> KubeUnavailable:
+def _unavailable(what: str, exc: BaseException, timeouts: KubeTimeouts) -> KubeUnavailable:
     """A short message; never the exception text, which can carry URLs and bodies."""
     cause: object = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
+    if isinstance(exc, KubeHttpFailure):
+        cause = exc.cause
     if isinstance(exc, ApiException):
         problem = f"answered {exc.status} {exc.reason or ''}".rstrip()
+    elif isinstance(cause, aiohttp.ConnectionTimeoutError):
+        problem = f"did not accept a connection within {timeouts.connect:g} s"
+    elif isinstance(cause, aiohttp.ClientSSLError):
+        problem = "failed the TLS handshake"
+    elif isinstance(cause, TimeoutError):
+        problem = f"did not answer within {timeouts.read:g} s"
+    elif isinstance(cause, aiohttp.ClientConnectorError):
+        problem = "refused the connection (or cannot be resolved)"
+    elif isinstance(
+        cause,
+        (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError),
+    ):
+        problem = "dropped the connection"
     elif isinstance(cause, urllib3.exceptions.ReadTimeoutError):
         problem = f"did not answer within {timeouts.read:g} s"
     elif isinstance(cause, urllib3.exceptions.NewConnectionError):
@@ -109,12 +129,6 @@ def load_api_client(concurrency: int = DEFAULT_KUBE_CONCURRENCY) -> client.ApiCl
     return client.ApiClient(configuration)
 
 
-def _drain(response: Any) -> None:
-    """Read a raw answer (`_preload_content=False`) to its end: that returns its connection to
-    the pool. Errors were raised already (the client checks the status either way)."""
-    cast(Any, response).read()
-
-
 def _decode(raw: dict[str, str] | None) -> dict[str, bytes]:
     return {key: base64.b64decode(value) for key, value in (raw or {}).items()}
 
@@ -146,10 +160,42 @@ class Kube:
         # Its own workers: the synchronous client must not queue behind anything else that uses
         # asyncio's default pool, nor be limited to its few threads.
         self._workers = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="kube")
+        self.http = ApiServerHttp(
+            api_client.configuration,
+            connect_timeout=self.timeouts.connect,
+            read_timeout=self.timeouts.read,
+            concurrency=concurrency,
+        )
 
-    def close(self) -> None:
-        """At shutdown: no new calls; the ones under way end within their timeouts."""
+    async def aclose(self) -> None:
+        """At shutdown: no new calls; the ones under way on workers end within their timeouts."""
         self._workers.shutdown(wait=False, cancel_futures=True)
+        await self.http.aclose()
+
+    async def _send(
+        self,
+        what: str,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        content_type: str = "application/json",
+        write: bool = False,
+    ) -> bytes:
+        """One request on the event loop (kube_http.py), with _call's failures and fencing."""
+        fenced = self.fence.sending(what, KubeFenced) if write else contextlib.nullcontext()
+        try:
+            with fenced:
+                _status, raw = await self.http.request(
+                    method, path, body=body, content_type=content_type
+                )
+        except ApiException as exc:
+            if exc.status is not None and (exc.status >= 500 or exc.status == 429):
+                raise _unavailable(what, exc, self.timeouts) from None
+            raise
+        except KubeHttpFailure as exc:
+            raise _unavailable(what, exc, self.timeouts) from None
+        return raw
 
     async def _call(self, what: str, call: Callable[[], _T], *, write: bool = False) -> _T:
         """`write`: refused when the fence is closed, checked in the worker right before the
@@ -172,19 +218,14 @@ class Kube:
 
     async def read_secret(self, namespace: str, name: str) -> SecretData | None:
         """The Secret's decoded data, or None when it does not exist."""
-
-        def read() -> SecretData | None:
-            try:
-                secret = self.core.read_namespaced_secret(
-                    name, namespace, _preload_content=False, _request_timeout=self._timeout
-                )
-            except ApiException as exc:
-                if exc.status == 404:
-                    return None
-                raise
-            return _secret_data(json.loads(cast(Any, secret).data))
-
-        return await self._call(f"reading Secret {namespace}/{name}", read)
+        path = f"/api/v1/namespaces/{quote(namespace)}/secrets/{quote(name)}"
+        try:
+            raw = await self._send(f"reading Secret {namespace}/{name}", "GET", path)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return _secret_data(json.loads(raw))
 
     async def list_secrets(self, namespace: str, label_selector: str) -> list[SecretData]:
         def read() -> list[SecretData]:
@@ -376,29 +417,23 @@ class Kube:
         self, plural: str, namespace: str, name: str, status: dict[str, Any]
     ) -> bool:
         """Merge-patch our own status. False when the object is gone."""
-
-        def patch() -> bool:
-            try:
-                response = self.custom.patch_namespaced_custom_object_status(
-                    GROUP,
-                    VERSION,
-                    namespace,
-                    plural,
-                    name,
-                    {"status": status},
-                    _preload_content=False,  # the object it answers is not read: not parsed
-                    _request_timeout=self._timeout,
-                )
-                _drain(response)
-            except ApiException as exc:
-                if exc.status == 404:
-                    return False
-                raise
-            return True
-
-        return await self._call(
-            f"patching the status of {plural} {namespace}/{name}", patch, write=True
+        path = (
+            f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{plural}/{quote(name)}/status"
         )
+        try:
+            await self._send(
+                f"patching the status of {plural} {namespace}/{name}",
+                "PATCH",
+                path,
+                body={"status": status},
+                content_type="application/merge-patch+json",
+                write=True,
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
 
     # --- the leader election Lease (leader.py); never fenced: renewing it is what opens the fence
 
@@ -527,15 +562,15 @@ class EventPoster:
             "count": 1,
         }
 
-        def create() -> None:
-            response = self.kube.core.create_namespaced_event(
-                namespace, event, _preload_content=False, _request_timeout=self.kube._timeout
-            )
-            _drain(response)  # not made into the client's Event model: nothing reads it
-
         try:
             # Fenced too: a replica that lost the Lease would tell of syncs another one runs.
-            await self.kube._call(f"posting an Event for {namespace}/{name}", create, write=True)
+            await self.kube._send(
+                f"posting an Event for {namespace}/{name}",
+                "POST",
+                f"/api/v1/namespaces/{quote(namespace)}/events",
+                body=event,
+                write=True,
+            )
         except KubeFenced:
             log.debug("Event %s for %s/%s not posted: not the leader", reason, namespace, name)
         except ApiException as exc:

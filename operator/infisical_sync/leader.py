@@ -496,4 +496,4 @@ async def run_elected(
                 await keeper
             if drained and not lost.is_set():
                 await elector.release()
-        kube.close()
+        await kube.aclose()

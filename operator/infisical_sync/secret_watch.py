@@ -19,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import ssl
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 from kubernetes import client
+
+from infisical_sync.kube_http import auth_headers, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -78,23 +79,15 @@ class _ConfigurationAuth(httpx.Auth):
         self.configuration = configuration
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        settings: Mapping[str, Any] = dict(self.configuration.auth_settings())
-        for setting in settings.values():
-            if setting.get("in") == "header" and setting.get("value"):
-                request.headers[str(setting.get("key"))] = str(setting.get("value"))
+        request.headers.update(auth_headers(self.configuration))
         yield request
 
 
 def transport_for(configuration: client.Configuration) -> httpx.AsyncHTTPTransport:
-    """TLS as the kubernetes client is configured (kubeconfig or in-cluster): CA, client cert.
-    `insecure-skip-tls-verify` skips checking the server only: the client cert is still sent."""
-    context = ssl.create_default_context(cafile=configuration.ssl_ca_cert or None)
-    if not configuration.verify_ssl:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    if configuration.cert_file:
-        context.load_cert_chain(configuration.cert_file, configuration.key_file or None)
-    return httpx.AsyncHTTPTransport(verify=context, proxy=configuration.proxy or None)
+    """TLS and proxy as the kubernetes client is configured (kubeconfig or in-cluster)."""
+    return httpx.AsyncHTTPTransport(
+        verify=tls_context(configuration), proxy=configuration.proxy or None
+    )
 
 
 def _server_name_hook(name: str) -> Callable[[httpx.Request], Awaitable[None]]:

@@ -10,7 +10,7 @@ import json
 import logging
 import socket
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 from kubernetes import client
@@ -22,11 +22,24 @@ from infisical_sync.kube import EventPoster, Kube, KubeFenced, KubeTimeouts, Kub
 TIMEOUTS = KubeTimeouts(connect=0.5, read=0.5)
 
 
-def kube_at(port: int) -> Kube:
-    configuration = client.Configuration()
-    configuration.host = f"http://127.0.0.1:{port}"
-    configuration.retries = 0
-    return Kube(client.ApiClient(configuration), TIMEOUTS)
+KubeAt = Callable[[int], Kube]
+
+
+@pytest.fixture
+async def kube_at() -> AsyncIterator[KubeAt]:
+    """Kube adapters for a local port, closed after the test."""
+    made: list[Kube] = []
+
+    def make(port: int) -> Kube:
+        configuration = client.Configuration()
+        configuration.host = f"http://127.0.0.1:{port}"
+        configuration.retries = 0
+        made.append(Kube(client.ApiClient(configuration), TIMEOUTS))
+        return made[-1]
+
+    yield make
+    for kube in made:
+        await kube.aclose()
 
 
 @pytest.fixture
@@ -59,9 +72,12 @@ def answering(status: int) -> Iterator[int]:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server.server_address[1]
     server.shutdown()
+    server.server_close()
 
 
-async def test_a_call_that_gets_no_answer_fails_within_its_timeout(silent_port: int) -> None:
+async def test_a_call_that_gets_no_answer_fails_within_its_timeout(
+    silent_port: int, kube_at: KubeAt
+) -> None:
     kube = kube_at(silent_port)
     with pytest.raises(KubeUnavailable) as raised:
         await kube.read_secret("ns", "app")
@@ -72,23 +88,29 @@ async def test_a_call_that_gets_no_answer_fails_within_its_timeout(silent_port: 
         await kube.patch_status("secretsyncs", "ns", "sync", {"syncStatus": "Running"})
 
 
-async def test_a_refused_connection_is_unavailable() -> None:
+async def test_a_refused_connection_is_unavailable(kube_at: KubeAt) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    # Through the synchronous client and over aiohttp alike.
     with pytest.raises(KubeUnavailable, match="refused the connection"):
         await kube_at(port).list_secrets("ns", "a=b")
+    with pytest.raises(
+        KubeUnavailable,
+        match=r"refused the connection \(or cannot be resolved\) \(reading Secret ns/app\)",
+    ):
+        await kube_at(port).read_secret("ns", "app")
 
 
 @pytest.mark.parametrize("status", [500, 503, 429])
-async def test_server_errors_are_unavailable_without_the_body(status: int) -> None:
+async def test_server_errors_are_unavailable_without_the_body(status: int, kube_at: KubeAt) -> None:
     with answering(status) as port:
         with pytest.raises(KubeUnavailable, match=f"answered {status}") as raised:
             await kube_at(port).read_secret("ns", "app")
         assert "canary" not in str(raised.value)
 
 
-async def test_real_answers_stay_answers() -> None:
+async def test_real_answers_stay_answers(kube_at: KubeAt) -> None:
     with answering(404) as port:
         assert await kube_at(port).read_secret("ns", "gone") is None
         assert await kube_at(port).patch_status("secretsyncs", "ns", "gone", {}) is False
@@ -109,7 +131,7 @@ async def test_kubernetes_calls_run_many_at_once() -> None:
             *(kube._call("test", together.wait) for _ in range(20)), return_exceptions=True
         )
     finally:
-        kube.close()
+        await kube.aclose()
     assert not [r for r in results if isinstance(r, BaseException)]
 
 
@@ -157,6 +179,7 @@ def recording() -> Iterator[tuple[int, Recording]]:
         yield server.server_address[1], seen
     finally:
         server.shutdown()
+        server.server_close()
 
 
 LEDGER = {"metadata": {"name": "app-ledger", "namespace": "ns"}, "data": {}}
@@ -171,25 +194,22 @@ FENCED_WRITES: dict[str, Callable[[Kube], Awaitable[object]]] = {
 
 
 @pytest.mark.parametrize("which", sorted(FENCED_WRITES))
-async def test_ledger_and_finalizer_writes_are_fenced(which: str) -> None:
+async def test_ledger_and_finalizer_writes_are_fenced(which: str, kube_at: KubeAt) -> None:
     """README (High availability): every Kubernetes write of the operator is refused once the
     fence closed. The finalizer removal still reads the object (reads are not fenced); the
     PATCH it would send is refused."""
     with recording() as (port, seen):
         kube = kube_at(port)
         kube.fence = Fence(closed=True)
-        try:
-            with pytest.raises(KubeFenced, match="not the leader"):
-                await FENCED_WRITES[which](kube)
-            # The same call with the fence open is sent: the refusal was the fence's.
-            kube.fence = Fence()
+        with pytest.raises(KubeFenced, match="not the leader"):
             await FENCED_WRITES[which](kube)
-        finally:
-            kube.close()
+        # The same call with the fence open is sent: the refusal was the fence's.
+        kube.fence = Fence()
+        await FENCED_WRITES[which](kube)
     assert len(seen.writes) == 1, seen.writes
 
 
-async def test_events_are_fenced_quietly(caplog: pytest.LogCaptureFixture) -> None:
+async def test_events_are_fenced_quietly(caplog: pytest.LogCaptureFixture, kube_at: KubeAt) -> None:
     """An Event from a replica that lost the Lease would tell of a sync another replica now
     runs: not posted, and no WARNING for it (the stop is logged once, by the elector)."""
     body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"namespace": "ns", "name": "app"}}
@@ -197,14 +217,81 @@ async def test_events_are_fenced_quietly(caplog: pytest.LogCaptureFixture) -> No
         kube = kube_at(port)
         kube.fence = Fence(closed=True)
         events = EventPoster(kube)
-        try:
-            events(body, "Normal", "Synced", "synced")
-            await events.settle()
-            assert seen.writes == []
-            assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-            kube.fence = Fence()
-            events(body, "Normal", "Synced", "synced")
-            await events.settle()
-        finally:
-            kube.close()
+        events(body, "Normal", "Synced", "synced")
+        await events.settle()
+        assert seen.writes == []
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        kube.fence = Fence()
+        events(body, "Normal", "Synced", "synced")
+        await events.settle()
     assert [method for method, _ in seen.writes] == ["POST"]
+
+
+async def test_the_calls_on_the_event_loop_send_what_the_client_would() -> None:
+    """Reading a Secret, patching a status and posting an Event go over aiohttp: with the
+    configuration's token (asked for each request: an in-cluster token is refreshed), a merge
+    patch of the status subresource, and the decoded data back."""
+    seen: list[tuple[str, str, str | None, str | None, object]] = []
+    secret = {"metadata": {"name": "app", "resourceVersion": "5"}, "data": {"A": "dmFsdWU="}}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _record(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            sent = json.loads(self.rfile.read(length)) if length else None
+            seen.append(
+                (
+                    self.command,
+                    self.path,
+                    self.headers.get("Authorization"),
+                    self.headers.get("Content-Type"),
+                    sent,
+                )
+            )
+            raw = json.dumps(secret if self.command == "GET" else {}).encode()
+            self.send_response(201 if self.command == "POST" else 200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        do_GET = do_PATCH = do_POST = _record
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    tokens = iter(["first", "second", "third"])
+    configuration = client.Configuration()
+    configuration.host = f"http://127.0.0.1:{server.server_address[1]}"
+    configuration.api_key = {"authorization": "unset"}
+    configuration.api_key_prefix = {"authorization": "Bearer"}
+    configuration.refresh_api_key_hook = lambda c: c.api_key.update(authorization=next(tokens))
+    kube = Kube(client.ApiClient(configuration), TIMEOUTS)
+    try:
+        found = await kube.read_secret("ns", "app")
+        assert await kube.patch_status("secretsyncs", "ns", "app", {"keys": 1}) is True
+        events = EventPoster(kube)
+        events(
+            {"kind": "SecretSync", "metadata": {"namespace": "ns", "name": "app"}},
+            "Normal",
+            "Synced",
+            "done",
+        )
+        await events.settle()
+    finally:
+        await kube.aclose()
+        server.shutdown()
+        server.server_close()
+    assert found is not None and found.data == {"A": b"value"} and found.resource_version == "5"
+    (get, patch, post) = seen
+    assert get[:3] == ("GET", "/api/v1/namespaces/ns/secrets/app", "Bearer first")
+    assert patch == (
+        "PATCH",
+        "/apis/infisical-sync.dev/v1alpha1/namespaces/ns/secretsyncs/app/status",
+        "Bearer second",
+        "application/merge-patch+json",
+        {"status": {"keys": 1}},
+    )
+    assert post[:4] == ("POST", "/api/v1/namespaces/ns/events", "Bearer third", "application/json")
+    assert isinstance(post[4], dict) and post[4]["reason"] == "Synced"

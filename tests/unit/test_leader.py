@@ -293,7 +293,7 @@ async def test_kubernetes_writes_are_fenced_and_reads_are_not(silent_port: int) 
             await kube.read_secret("ns", "app")
         assert not isinstance(raised.value, KubeFenced)
     finally:
-        kube.close()
+        await kube.aclose()
 
 
 # --- the elector against an in-memory Lease (resourceVersion concurrency) --------------------
@@ -417,8 +417,8 @@ async def wait_until_sending(fence: Fence, count: int) -> None:
     pytest.fail(f"never {count} writes under way")
 
 
-async def test_kubernetes_writes_in_the_workers_count_as_under_way(silent_port: int) -> None:
-    """Kube.close() does not wait for its workers: the fence does, for the writes."""
+async def test_kubernetes_writes_count_as_under_way(silent_port: int) -> None:
+    """Kube.aclose() does not wait for the calls under way: the fence does, for the writes."""
     configuration = client.Configuration()
     configuration.host = f"http://127.0.0.1:{silent_port}"
     configuration.retries = 0
@@ -433,7 +433,7 @@ async def test_kubernetes_writes_in_the_workers_count_as_under_way(silent_port: 
             await write
         assert fence.wait_drained(0) is True
     finally:
-        kube.close()
+        await kube.aclose()
 
 
 async def test_infisical_writes_count_as_under_way(fake: FakeInfisical) -> None:
