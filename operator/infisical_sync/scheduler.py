@@ -390,10 +390,6 @@ class _Sync:
     stopped: bool = False  # deleted, or the operator exits: no cycle starts any more
     gone: bool = False  # the object no longer exists: nothing of it stays once its cycle ends
 
-    @property
-    def uid(self) -> object:
-        return (self.body.get("metadata") or {}).get("uid")
-
 
 def _deleting(change: str, body: Mapping[str, Any]) -> bool:
     return change == "DELETED" or bool((body.get("metadata") or {}).get("deletionTimestamp"))
