@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import datetime
 import json
 import logging
@@ -30,7 +29,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from infisical_sync.fence import Fence
-from infisical_sync.kube_http import ApiServerHttp, KubeHttpFailure
+from infisical_sync.kube_http import ApiServerHttp, KubeHttpFailure, SessionClosed
 
 log = logging.getLogger(__name__)
 GROUP = "infisical-sync.dev"
@@ -63,11 +62,10 @@ def _unavailable(what: str, exc: BaseException, timeouts: KubeTimeouts) -> KubeU
         problem = f"did not answer within {timeouts.read:g} s"
     elif isinstance(cause, aiohttp.ClientConnectorError):
         problem = "refused the connection (or cannot be resolved)"
-    elif isinstance(
-        cause,
-        (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError),
-    ):
+    elif isinstance(cause, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)):
         problem = "dropped the connection"
+    elif isinstance(cause, SessionClosed):
+        problem = "is no longer called: the operator is stopping"
     elif isinstance(cause, urllib3.exceptions.ReadTimeoutError):
         problem = f"did not answer within {timeouts.read:g} s"
     elif isinstance(cause, urllib3.exceptions.NewConnectionError):
@@ -129,6 +127,13 @@ def load_api_client(concurrency: int = DEFAULT_KUBE_CONCURRENCY) -> client.ApiCl
     return client.ApiClient(configuration)
 
 
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """A shielded write whose caller was cancelled: its failure is nobody's news (not asyncio's
+    "exception was never retrieved")."""
+    if not task.cancelled():
+        task.exception()
+
+
 def _decode(raw: dict[str, str] | None) -> dict[str, bytes]:
     return {key: base64.b64decode(value) for key, value in (raw or {}).items()}
 
@@ -182,19 +187,35 @@ class Kube:
         content_type: str = "application/json",
         write: bool = False,
     ) -> bytes:
-        """One request on the event loop (kube_http.py), with _call's failures and fencing."""
-        fenced = self.fence.sending(what, KubeFenced) if write else contextlib.nullcontext()
+        """One request on the event loop (kube_http.py), with _call's failures and fencing.
+
+        A write runs in a task of its own, shielded: once the fence let it through it counts
+        as under way until it has finished, also when its caller is cancelled meanwhile (the
+        leader stepping down waits for it). The fence is asked with a connection slot in hand,
+        right before the request goes."""
         try:
-            with fenced:
-                _status, raw = await self.http.request(
-                    method, path, body=body, content_type=content_type
-                )
+            if not write:
+                async with self.http.slots:
+                    _status, raw = await self.http.request(method, path)
+                return raw
+            sending = asyncio.ensure_future(self._write(what, method, path, body, content_type))
+            sending.add_done_callback(_retrieved)
+            return await asyncio.shield(sending)
         except ApiException as exc:
             if exc.status is not None and (exc.status >= 500 or exc.status == 429):
                 raise _unavailable(what, exc, self.timeouts) from None
             raise
         except KubeHttpFailure as exc:
             raise _unavailable(what, exc, self.timeouts) from None
+
+    async def _write(
+        self, what: str, method: str, path: str, body: Any, content_type: str
+    ) -> bytes:
+        async with self.http.slots:
+            with self.fence.sending(what, KubeFenced):
+                _status, raw = await self.http.request(
+                    method, path, body=body, content_type=content_type
+                )
         return raw
 
     async def _call(self, what: str, call: Callable[[], _T], *, write: bool = False) -> _T:

@@ -14,8 +14,10 @@ kube.py turns into KubeUnavailable.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,18 +25,37 @@ import aiohttp
 import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from kubernetes.client.rest import should_bypass_proxies
 
 
 def tls_context(configuration: client.Configuration) -> ssl.SSLContext:
     """TLS as the kubernetes client is configured (kubeconfig or in-cluster): CA, client cert.
     `insecure-skip-tls-verify` skips checking the server only: the client cert is still sent."""
-    context = ssl.create_default_context(cafile=configuration.ssl_ca_cert or None)
+    ca_data = getattr(configuration, "ca_cert_data", None)
+    if isinstance(ca_data, bytes):
+        ca_data = ca_data.decode()
+    context = ssl.create_default_context(
+        cafile=configuration.ssl_ca_cert or None, cadata=ca_data or None
+    )
     if not configuration.verify_ssl:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     if configuration.cert_file:
         context.load_cert_chain(configuration.cert_file, configuration.key_file or None)
     return context
+
+
+def api_server_proxy(configuration: client.Configuration) -> str | None:
+    """The proxy to the API server as the kubernetes client picks it: `proxy`, unless
+    `no_proxy` names the server. A SOCKS proxy is refused: aiohttp does not speak SOCKS."""
+    proxy = configuration.proxy or None
+    if proxy is None or should_bypass_proxies(
+        str(configuration.host), configuration.no_proxy or ""
+    ):
+        return None
+    if proxy.lower().startswith("socks"):
+        raise ValueError("a SOCKS proxy to the Kubernetes API server is not supported")
+    return str(proxy)
 
 
 def auth_headers(configuration: client.Configuration) -> dict[str, str]:
@@ -65,9 +86,24 @@ class KubeHttpFailure(Exception):
         self.cause = cause
 
 
+class SessionClosed(Exception):
+    """A call after `aclose()`: the operator is stopping."""
+
+
+# How long the auth headers are used before the configuration is asked again. Asking runs the
+# kubernetes client's refresh hook (an in-cluster token file read, or a kubeconfig exec plugin:
+# a subprocess), so it runs on a thread; a 401 asks again at once.
+AUTH_REUSE = 10.0
+
+
 class ApiServerHttp:
     """One aiohttp session to the API server, opened by the first request (aiohttp binds it to
-    the running loop) and closed by `aclose`."""
+    the running loop) and closed by `aclose`.
+
+    `slots` bounds the requests in flight; a caller holds one around everything it checks
+    before sending (the write fence), so that nothing waits between that check and the wire
+    (aiohttp's pool never makes a request wait: it has as many connections as slots).
+    """
 
     def __init__(
         self,
@@ -79,10 +115,10 @@ class ApiServerHttp:
     ) -> None:
         self.configuration = configuration
         self.base_url = str(configuration.host).rstrip("/")
+        self.slots = asyncio.Semaphore(concurrency)
         self._retries = connect_retries(configuration)
         self._timeout = aiohttp.ClientTimeout(
-            # Per phase, like the synchronous client's (connect, read): waiting for a pooled
-            # connection is not a connect that timed out.
+            # Per phase, like the synchronous client's (connect, read).
             total=None,
             sock_connect=connect_timeout,
             sock_read=read_timeout,
@@ -92,10 +128,17 @@ class ApiServerHttp:
             tls_context(configuration) if self.base_url.startswith("https:") else None
         )
         self._server_name: str | None = getattr(configuration, "tls_server_name", None) or None
-        self._proxy: str | None = configuration.proxy or None
+        self._proxy = api_server_proxy(configuration)
+        self._proxy_headers: Mapping[str, str] | None = configuration.proxy_headers or None
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+        self._auth: dict[str, str] | None = None
+        self._auth_at = 0.0
+        self._auth_lock = asyncio.Lock()
 
     def _open(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise KubeHttpFailure(SessionClosed())
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._concurrency, ssl=self._tls or False),
@@ -106,9 +149,17 @@ class ApiServerHttp:
         return self._session
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    async def _auth_headers(self, *, renew: bool = False) -> dict[str, str]:
+        async with self._auth_lock:
+            if renew or self._auth is None or time.monotonic() - self._auth_at > AUTH_REUSE:
+                self._auth = await asyncio.to_thread(auth_headers, self.configuration)
+                self._auth_at = time.monotonic()
+            return dict(self._auth)
 
     async def request(
         self,
@@ -119,14 +170,15 @@ class ApiServerHttp:
         content_type: str = "application/json",
     ) -> tuple[int, bytes]:
         """(status, body) of a 2xx answer; ApiException for any other answer, KubeHttpFailure
-        for none."""
-        headers = auth_headers(self.configuration)
+        for none. Call it holding one of `slots`."""
         data: bytes | None = None
         if body is not None:
             data = json.dumps(body, separators=(",", ":")).encode()
-            headers["Content-Type"] = content_type
-        attempt = 0
+        headers = await self._auth_headers()
+        connect_failures, renewed = 0, False
         while True:
+            if data is not None:
+                headers["Content-Type"] = content_type
             try:
                 async with self._open().request(
                     method,
@@ -135,18 +187,26 @@ class ApiServerHttp:
                     headers=headers,
                     allow_redirects=False,
                     proxy=self._proxy,
+                    proxy_headers=self._proxy_headers,
                     server_hostname=self._server_name,
                 ) as answer:
                     raw = await answer.read()
                     status, reason = answer.status, answer.reason
-                break
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                 # Not connected, so nothing was sent: safe to try again.
-                if isinstance(exc, aiohttp.ClientSSLError) or attempt >= self._retries:
+                if isinstance(exc, aiohttp.ClientSSLError) or connect_failures >= self._retries:
                     raise KubeHttpFailure(exc) from None
-                attempt += 1
+                connect_failures += 1
+                continue
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 raise KubeHttpFailure(exc) from None
-        if not 200 <= status < 300:
-            raise ApiException(status=status, reason=reason, body=raw.decode("utf-8", "replace"))
-        return status, raw
+            if status == 401 and not renewed:
+                # An expired token (a rotated service-account token, an exec plugin's): the
+                # request was refused unread, so it goes again with headers asked anew.
+                headers, renewed = await self._auth_headers(renew=True), True
+                continue
+            if not 200 <= status < 300:
+                raise ApiException(
+                    status=status, reason=reason, body=raw.decode("utf-8", "replace")
+                )
+            return status, raw

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 from kubernetes import client
 
-from infisical_sync.kube_http import auth_headers, tls_context
+from infisical_sync.kube_http import api_server_proxy, auth_headers, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,10 @@ class _ConfigurationAuth(httpx.Auth):
 
 def transport_for(configuration: client.Configuration) -> httpx.AsyncHTTPTransport:
     """TLS and proxy as the kubernetes client is configured (kubeconfig or in-cluster)."""
+    proxy = api_server_proxy(configuration)
     return httpx.AsyncHTTPTransport(
-        verify=tls_context(configuration), proxy=configuration.proxy or None
+        verify=tls_context(configuration),
+        proxy=httpx.Proxy(proxy, headers=configuration.proxy_headers) if proxy else None,
     )
 
 

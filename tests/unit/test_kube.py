@@ -18,6 +18,7 @@ from kubernetes.client.exceptions import ApiException
 
 from infisical_sync.fence import Fence
 from infisical_sync.kube import EventPoster, Kube, KubeFenced, KubeTimeouts, KubeUnavailable
+from infisical_sync.kube_http import api_server_proxy
 
 TIMEOUTS = KubeTimeouts(connect=0.5, read=0.5)
 
@@ -107,6 +108,10 @@ async def test_server_errors_are_unavailable_without_the_body(status: int, kube_
     with answering(status) as port:
         with pytest.raises(KubeUnavailable, match=f"answered {status}") as raised:
             await kube_at(port).read_secret("ns", "app")
+        assert "canary" not in str(raised.value)
+        # The same through the synchronous client (the calls on worker threads).
+        with pytest.raises(KubeUnavailable, match=f"answered {status}") as raised:
+            await kube_at(port).list_secrets("ns", "a=b")
         assert "canary" not in str(raised.value)
 
 
@@ -229,8 +234,9 @@ async def test_events_are_fenced_quietly(caplog: pytest.LogCaptureFixture, kube_
 
 async def test_the_calls_on_the_event_loop_send_what_the_client_would() -> None:
     """Reading a Secret, patching a status and posting an Event go over aiohttp: with the
-    configuration's token (asked for each request: an in-cluster token is refreshed), a merge
-    patch of the status subresource, and the decoded data back."""
+    configuration's token, a merge patch of the status subresource, and the decoded data back.
+    A 401 (an expired token) asks the configuration for its token anew (the kubernetes client
+    refreshes an in-cluster token behind it) and sends the request once more."""
     seen: list[tuple[str, str, str | None, str | None, object]] = []
     secret = {"metadata": {"name": "app", "resourceVersion": "5"}, "data": {"A": "dmFsdWU="}}
 
@@ -238,17 +244,11 @@ async def test_the_calls_on_the_event_loop_send_what_the_client_would() -> None:
         def _record(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             sent = json.loads(self.rfile.read(length)) if length else None
-            seen.append(
-                (
-                    self.command,
-                    self.path,
-                    self.headers.get("Authorization"),
-                    self.headers.get("Content-Type"),
-                    sent,
-                )
-            )
+            token = self.headers.get("Authorization")
+            seen.append((self.command, self.path, token, self.headers.get("Content-Type"), sent))
+            status = 401 if token == "Bearer expired" else 201 if self.command == "POST" else 200
             raw = json.dumps(secret if self.command == "GET" else {}).encode()
-            self.send_response(201 if self.command == "POST" else 200)
+            self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(raw)))
             self.end_headers()
@@ -261,7 +261,7 @@ async def test_the_calls_on_the_event_loop_send_what_the_client_would() -> None:
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    tokens = iter(["first", "second", "third"])
+    tokens = iter(["expired", "fresh"])
     configuration = client.Configuration()
     configuration.host = f"http://127.0.0.1:{server.server_address[1]}"
     configuration.api_key = {"authorization": "unset"}
@@ -272,26 +272,99 @@ async def test_the_calls_on_the_event_loop_send_what_the_client_would() -> None:
         found = await kube.read_secret("ns", "app")
         assert await kube.patch_status("secretsyncs", "ns", "app", {"keys": 1}) is True
         events = EventPoster(kube)
-        events(
-            {"kind": "SecretSync", "metadata": {"namespace": "ns", "name": "app"}},
-            "Normal",
-            "Synced",
-            "done",
-        )
+        synced = {"kind": "SecretSync", "metadata": {"namespace": "ns", "name": "app"}}
+        events(synced, "Normal", "Synced", "done")
         await events.settle()
     finally:
         await kube.aclose()
         server.shutdown()
         server.server_close()
     assert found is not None and found.data == {"A": b"value"} and found.resource_version == "5"
-    (get, patch, post) = seen
-    assert get[:3] == ("GET", "/api/v1/namespaces/ns/secrets/app", "Bearer first")
+    refused, get, patch, post = seen
+    assert refused[:3] == ("GET", "/api/v1/namespaces/ns/secrets/app", "Bearer expired")
+    assert get[:3] == ("GET", "/api/v1/namespaces/ns/secrets/app", "Bearer fresh")
     assert patch == (
         "PATCH",
         "/apis/infisical-sync.dev/v1alpha1/namespaces/ns/secretsyncs/app/status",
-        "Bearer second",
+        "Bearer fresh",
         "application/merge-patch+json",
         {"status": {"keys": 1}},
     )
-    assert post[:4] == ("POST", "/api/v1/namespaces/ns/events", "Bearer third", "application/json")
+    assert post[:4] == ("POST", "/api/v1/namespaces/ns/events", "Bearer fresh", "application/json")
     assert isinstance(post[4], dict) and post[4]["reason"] == "Synced"
+
+
+def configured(**settings: object) -> client.Configuration:
+    configuration = client.Configuration()
+    for name, value in settings.items():
+        setattr(configuration, name, value)
+    return configuration
+
+
+def test_the_api_server_proxy_is_picked_as_the_kubernetes_client_picks_it() -> None:
+    server = "https://10.96.0.1:443"
+    assert api_server_proxy(configured(host=server)) is None
+    proxy = "http://proxy.internal:3128"
+    assert api_server_proxy(configured(host=server, proxy=proxy)) == proxy
+    assert api_server_proxy(configured(host=server, proxy=proxy, no_proxy="10.0.0.0/8")) is None
+    assert api_server_proxy(configured(host=server, proxy=proxy, no_proxy="example.com")) == proxy
+    with pytest.raises(ValueError, match="SOCKS proxy"):
+        api_server_proxy(configured(host=server, proxy="socks5://bastion:1080"))
+
+
+async def test_a_write_waiting_for_a_connection_asks_the_fence_once_it_has_one(
+    silent_port: int,
+) -> None:
+    """With every connection busy a write waits; the fence is asked when it has one, right
+    before it goes, not before the wait (a write let through before the Lease was lost could
+    otherwise go out after another replica took over)."""
+    configuration = configured(host=f"http://127.0.0.1:{silent_port}", retries=0)
+    fence = Fence()
+    kube = Kube(client.ApiClient(configuration), TIMEOUTS, concurrency=1, fence=fence)
+    try:
+        first = asyncio.create_task(kube.patch_status("secretsyncs", "ns", "a", {}))
+        await until(lambda: fence.writes_under_way == 1)
+        second = asyncio.create_task(kube.patch_status("secretsyncs", "ns", "b", {}))
+        await asyncio.sleep(0.05)  # waiting for the one connection
+        fence.close()
+        with pytest.raises(KubeUnavailable, match="did not answer"):
+            await first
+        with pytest.raises(KubeFenced, match="not the leader"):
+            await second
+    finally:
+        await kube.aclose()
+
+
+async def test_a_write_under_way_still_counts_when_its_caller_is_cancelled(
+    silent_port: int,
+) -> None:
+    """The leader stepping down waits for the writes under way: a cancelled cycle's status
+    patch already on the wire is one of them until it has finished."""
+    configuration = configured(host=f"http://127.0.0.1:{silent_port}", retries=0)
+    fence = Fence()
+    kube = Kube(client.ApiClient(configuration), TIMEOUTS, fence=fence)
+    try:
+        write = asyncio.create_task(kube.patch_status("secretsyncs", "ns", "a", {}))
+        await until(lambda: fence.writes_under_way == 1)
+        write.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await write
+        assert fence.writes_under_way == 1
+        await until(lambda: fence.writes_under_way == 0)  # its read timeout ended it
+    finally:
+        await kube.aclose()
+
+
+async def test_calls_after_the_close_are_unavailable(kube_at: KubeAt) -> None:
+    kube = kube_at(1)
+    await kube.aclose()
+    with pytest.raises(KubeUnavailable, match="no longer called: the operator is stopping"):
+        await kube.read_secret("ns", "app")
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    for _ in range(1000):  # a deadlock guard, not a timing
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail("the condition never held")
