@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -86,6 +87,8 @@ class Clock(Protocol):
 
     def uniform(self, low: float, high: float) -> float: ...
 
+    def monotonic(self) -> float: ...
+
 
 class SystemClock:
     async def sleep(self, seconds: float) -> None:
@@ -96,6 +99,9 @@ class SystemClock:
 
     def uniform(self, low: float, high: float) -> float:
         return random.uniform(low, high)  # noqa: S311 - jitter, not crypto
+
+    def monotonic(self) -> float:
+        return time.monotonic()
 
 
 class StopSignal(Protocol):
@@ -435,6 +441,11 @@ class Scheduler:
     _wake: asyncio.Event | None = field(default=None, init=False, repr=False)
     _dispatcher: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     _shut_down: bool = field(default=False, init=False, repr=False)
+    # When this replica started operating: the restart spread counts from here.
+    _started: float = field(default=0.0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._started = self.clock.monotonic()
 
     def _cycle_slot(self) -> asyncio.Semaphore:
         if self._cycles is None:  # made on first use: inside the running loop
@@ -675,8 +686,11 @@ class Scheduler:
         if in_sync_before_start(body):
             # Already in sync before a restart: spread the first cycles so they do not all run
             # at once. A kick (a change) ends the spread; a connection becoming Ready does not.
+            # The spread counts from the start, not from first sight: kopf's first pass over
+            # thousands of objects takes seconds itself, and would stretch the spread by as much.
             spread = min(sync_interval(body.get("spec") or {}), RESTART_SPREAD)
-            self._pause_until_due(entry, self.clock.uniform(0.0, spread))
+            due = self._started + self.clock.uniform(0.0, spread)
+            self._pause_until_due(entry, due - self.clock.monotonic())
         else:
             self.awaiting_ready.add(key)
             self._make_due(entry)

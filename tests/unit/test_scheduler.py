@@ -83,6 +83,9 @@ class FakeClock:
         wake.add_done_callback(woken)
         return timer
 
+    def monotonic(self) -> float:
+        return self.now
+
     def uniform(self, low: float, high: float) -> float:
         self.draws.append((low, high))
         value = self.rng.uniform(low, high) if self.rng else low + (high - low) * self.point
@@ -467,6 +470,37 @@ async def test_a_restart_spreads_1000_synced_objects_although_their_connection_b
     expected = sorted(step * -(-spread // step) for spread in spreads)  # the step it fell in
     assert first_runs == pytest.approx(expected)
     assert max(first_runs) > 25 and sum(1 for t in first_runs if t <= step) < 50
+
+
+async def test_the_restart_spread_counts_from_the_start_not_from_first_sight(
+    harness: Harness,
+) -> None:
+    """kopf hands over thousands of objects over seconds: one first seen 20 s after the start
+    runs within the same 30 s window as the rest (at once when its turn is already past), not
+    up to 30 s after its sight."""
+    harness.clock.rng = random.Random(7)
+    runs = runs_by_name(harness, {})
+    seen_at: dict[str, float] = {}
+    step = 0.5
+    while harness.clock.now < 52:  # long enough for a spread counted from a sight at 20 s
+        if harness.clock.now in (0, 5, 10, 15, 20):  # 40 objects every 5 s
+            for index in range(40):
+                name = f"sync-{harness.clock.now:g}-{index}"
+                seen_at[name] = harness.clock.now
+                harness.sync(name, synced_body())
+        for _ in range(50):  # let the dispatcher start what is due
+            await asyncio.sleep(0)
+        harness.clock.advance(step)
+    await until(lambda: len(runs) == 200)
+    draws = [
+        v for v, r in zip(harness.clock.drawn, harness.clock.draws, strict=True) if r == (0.0, 30.0)
+    ]
+    turn = dict(zip(seen_at, draws, strict=True))  # each object's draw, in order of sight
+    first = {name: times[0] for name, times in runs.items()}
+    assert max(first.values()) <= 30 + 2 * step  # one window, from the start
+    assert all(first[name] >= max(seen_at[name], turn[name]) for name in first)
+    late = [name for name in first if seen_at[name] == 20]
+    assert any(turn[name] < 20 for name in late) and any(turn[name] > 20 for name in late)
 
 
 async def test_a_connection_becoming_ready_kicks_only_the_objects_waiting_for_it(
