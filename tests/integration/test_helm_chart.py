@@ -47,6 +47,8 @@ def test_cluster_wide_defaults(helm: str) -> None:
     assert kinds == [
         "ClusterRole",
         "ClusterRole",
+        "ClusterRole",
+        "ClusterRole",
         "ClusterRoleBinding",
         "ClusterRoleBinding",
         "Deployment",
@@ -88,9 +90,10 @@ def test_cluster_identity_from_a_value_needs_no_cluster_read(helm: str) -> None:
 
 
 def _operator_role(doc: dict[str, Any]) -> bool:
-    """The operator's (Cluster)Roles, less the ones for the cluster identity and the Lease."""
+    """The operator's (Cluster)Roles, less the ones for the cluster identity, the Lease and the
+    namespace users (aggregated into view/edit/admin)."""
     return doc["kind"] in ("Role", "ClusterRole") and not doc["metadata"]["name"].endswith(
-        ("-cluster-identity", "-leader-election")
+        ("-cluster-identity", "-leader-election", "-view", "-edit")
     )
 
 
@@ -131,11 +134,18 @@ def test_namespaced_install(helm: str) -> None:
     )
     roles = [doc for doc in docs if _operator_role(doc)]
     assert sorted(role["metadata"]["namespace"] for role in roles) == ["team-a", "team-b"]
-    # Cluster-scoped: only `get` on the kube-system namespace, for the cluster's identity.
+    # Cluster-scoped: only `get` on the kube-system namespace, for the cluster's identity (and
+    # the roles namespace users get through view/edit/admin, bound to no one by the chart).
     cluster_scoped = [doc for doc in docs if doc["kind"].startswith("Cluster")]
-    assert sorted(doc["kind"] for doc in cluster_scoped) == ["ClusterRole", "ClusterRoleBinding"]
-    role = next(doc for doc in cluster_scoped if doc["kind"] == "ClusterRole")
-    assert role["rules"] == [CLUSTER_IDENTITY_RULE]
+    bindings = [doc for doc in cluster_scoped if doc["kind"] == "ClusterRoleBinding"]
+    assert [doc["roleRef"]["name"] for doc in bindings] == ["sync-infisical-sync-cluster-identity"]
+    roles = {doc["metadata"]["name"]: doc for doc in cluster_scoped if doc["kind"] == "ClusterRole"}
+    assert sorted(roles) == [
+        "sync-infisical-sync-cluster-identity",
+        "sync-infisical-sync-edit",
+        "sync-infisical-sync-view",
+    ]
+    assert roles["sync-infisical-sync-cluster-identity"]["rules"] == [CLUSTER_IDENTITY_RULE]
     args = next(doc for doc in docs if doc["kind"] == "Deployment")["spec"]["template"]["spec"][
         "containers"
     ][0]["args"]
@@ -218,7 +228,7 @@ def test_shards_run_one_deployment_each_with_its_own_lease_and_budget(helm: str)
     failed = subprocess.run(
         [helm, "template", "sync", str(CHART), "--set", "shards=0"], capture_output=True, text=True
     )
-    assert failed.returncode != 0 and "shards must be at least 1" in failed.stderr
+    assert failed.returncode != 0 and "at '/shards': minimum: got 0, want 1" in failed.stderr
 
 
 def container_args(deployment: dict[str, Any]) -> list[str]:
@@ -237,6 +247,62 @@ def test_allowed_instance_urls(helm: str) -> None:
         "--allowed-instance-url=https://app.infisical.com",
         "--allowed-instance-url=https://infisical.example.com/base",
     ]
+
+
+def test_namespace_users_get_the_kinds_through_the_builtin_roles(helm: str) -> None:
+    """Aggregated into view (read, status included), edit and admin (also write; status stays
+    the operator's). The node tier checks what the aggregation then grants."""
+    roles = {doc["metadata"]["name"]: doc for doc in render(helm) if doc["kind"] == "ClusterRole"}
+    view, edit = roles["sync-infisical-sync-view"], roles["sync-infisical-sync-edit"]
+    aggregate = "rbac.authorization.k8s.io/aggregate-to-"
+    assert {k for k, v in view["metadata"]["labels"].items() if k.startswith(aggregate)} == {
+        aggregate + "view",
+        aggregate + "edit",
+        aggregate + "admin",
+    }
+    assert {k for k, v in edit["metadata"]["labels"].items() if k.startswith(aggregate)} == {
+        aggregate + "edit",
+        aggregate + "admin",
+    }
+    [read] = view["rules"]
+    assert set(read["verbs"]) == {"get", "list", "watch"}
+    assert "secretsyncs/status" in read["resources"]
+    [write] = edit["rules"]
+    assert set(write["resources"]) == {"infisicalconnections", "secretsyncs"}  # no status
+    assert "create" in write["verbs"] and "delete" in write["verbs"]
+    names = {doc["metadata"]["name"] for doc in render(helm, "rbac.aggregateToDefaultRoles=false")}
+    assert not names & {"sync-infisical-sync-view", "sync-infisical-sync-edit"}
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("replicas=two", "at '/replicas': got string, want integer"),
+        ("unknownKey=1", "additional properties 'unknownKey' not allowed"),
+        ("operator.logLevel=LOUD", "/operator/logLevel"),
+        ("metrics.prot=9090", "additional properties 'prot' not allowed"),
+        ("health.port=0", "/health/port"),
+    ],
+)
+def test_values_outside_the_schema_fail_with_a_clear_message(
+    helm: str, value: str, message: str
+) -> None:
+    result = subprocess.run(
+        [helm, "template", "sync", str(CHART), "--set", value],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_metrics_off_renders_no_port_service_or_monitor(helm: str) -> None:
+    docs = render(helm, "metrics.port=0", "metrics.serviceMonitor.enabled=true")
+    deployment = next(doc for doc in docs if doc["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert "--metrics-port=0" in container["args"]
+    assert [port["name"] for port in container["ports"]] == ["health"]
+    assert not [doc for doc in docs if doc["kind"] in ("Service", "ServiceMonitor")]
 
 
 def test_namespaced_without_namespaces_fails(helm: str) -> None:

@@ -161,6 +161,36 @@ def memory_limit_bytes(env: NodeEnv) -> int:
     raise AssertionError("no memory limit visible in the container's cgroup")
 
 
+def builtin_roles_grant_the_kinds(env: NodeEnv, namespace: str) -> None:
+    """The chart's aggregated ClusterRoles, as the aggregation controller applies them: a user
+    bound to the built-in `edit` role in a namespace writes SecretSyncs and connections there,
+    not their status; one bound to `view` reads them only."""
+    for user, role in (("developer", "edit"), ("auditor", "view")):
+        env.k(
+            "create",
+            "rolebinding",
+            f"{user}-{role}",
+            f"--clusterrole={role}",
+            f"--user={user}",
+            "-n",
+            namespace,
+        )
+
+    def can(user: str, verb: str, resource: str, *extra: str) -> bool:
+        asked = env.k(
+            "auth", "can-i", verb, resource, *extra, "-n", namespace, "--as", user, check=False
+        )
+        return asked.strip() == "yes"
+
+    syncs, connections = "secretsyncs.infisical-sync.dev", "infisicalconnections.infisical-sync.dev"
+    wait_for(lambda: can("developer", "create", syncs), 60, "the edit role to include SecretSyncs")
+    assert can("developer", "delete", connections)
+    assert not can("developer", "patch", syncs, "--subresource=status")
+    wait_for(lambda: can("auditor", "list", syncs), 60, "the view role to include SecretSyncs")
+    assert can("auditor", "get", connections, "--subresource=status")
+    assert not can("auditor", "create", syncs)
+
+
 def apply_samples(env: NodeEnv, namespace: str, **replace: str) -> None:
     for sample in sorted(SAMPLES.glob("0*.yaml")):
         text = sample.read_text().replace(SAMPLE_URL, env.fake_url)
@@ -281,6 +311,7 @@ def scenario_cluster_wide(env: NodeEnv) -> None:
     budgets = env.get_json("poddisruptionbudget", "-n", OPERATOR_NAMESPACE)["items"]
     assert [b["metadata"]["name"] for b in budgets] == [RELEASE], budgets
     assert_runs_as_installed(env)
+    builtin_roles_grant_the_kinds(env, namespace)
 
     apply_samples(env, namespace)
     wait_synced(env, namespace, SAMPLE_KEYS)
