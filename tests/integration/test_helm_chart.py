@@ -296,6 +296,26 @@ def test_values_outside_the_schema_fail_with_a_clear_message(
     assert result.returncode != 0 and message in result.stderr, result.stderr
 
 
+def test_values_users_commonly_set_pass_the_schema(helm: str) -> None:
+    """A parent chart's condition (`enabled`), a numeric tag, a compound scrape interval."""
+    docs = render(
+        helm,
+        "enabled=true",
+        "image.tag=123",
+        "metrics.serviceMonitor.enabled=true",
+        "metrics.serviceMonitor.interval=1m30s",
+        "operator.extraEnv[0].name=TZ",
+        "operator.extraEnv[0].valueFrom.configMapKeyRef.name=tz",
+        "operator.extraEnv[0].valueFrom.configMapKeyRef.key=zone",
+    )
+    deployment = next(doc for doc in docs if doc["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"].endswith(":123")
+    assert {"name": "TZ", "valueFrom": {"configMapKeyRef": {"name": "tz", "key": "zone"}}} in (
+        container["env"]
+    )
+
+
 def test_metrics_off_renders_no_port_service_or_monitor(helm: str) -> None:
     docs = render(helm, "metrics.port=0", "metrics.serviceMonitor.enabled=true")
     deployment = next(doc for doc in docs if doc["kind"] == "Deployment")

@@ -498,7 +498,9 @@ async def test_the_restart_spread_counts_from_the_start_not_from_first_sight(
     turn = dict(zip(seen_at, draws, strict=True))  # each object's draw, in order of sight
     first = {name: times[0] for name, times in runs.items()}
     assert max(first.values()) <= 30 + 2 * step  # one window, from the start
-    assert all(first[name] >= max(seen_at[name], turn[name]) for name in first)
+    # Each at its own turn, or at sight when that was later: never before, nor held back.
+    for name, ran in first.items():
+        assert max(seen_at[name], turn[name]) <= ran <= max(seen_at[name], turn[name]) + step
     late = [name for name in first if seen_at[name] == 20]
     assert any(turn[name] < 20 for name in late) and any(turn[name] > 20 for name in late)
 
