@@ -47,6 +47,11 @@ class KubeUnavailable(Exception):
     """The API server could not be reached, did not answer in time, or answered 5xx/429."""
 
 
+def _server_trouble(exc: ApiException) -> bool:
+    """An answer that says the API server is not there right now (5xx, 429)."""
+    return exc.status is not None and (exc.status >= 500 or exc.status == 429)
+
+
 def _unavailable(what: str, exc: BaseException, timeouts: KubeTimeouts) -> KubeUnavailable:
     """A short message; never the exception text, which can carry URLs and bodies."""
     cause: object = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
@@ -196,13 +201,12 @@ class Kube:
         try:
             if not write:
                 async with self.http.slots:
-                    _status, raw = await self.http.request(method, path)
-                return raw
+                    return await self.http.request(method, path)
             sending = asyncio.ensure_future(self._write(what, method, path, body, content_type))
             sending.add_done_callback(_retrieved)
             return await asyncio.shield(sending)
         except ApiException as exc:
-            if exc.status is not None and (exc.status >= 500 or exc.status == 429):
+            if _server_trouble(exc):
                 raise _unavailable(what, exc, self.timeouts) from None
             raise
         except KubeHttpFailure as exc:
@@ -213,10 +217,7 @@ class Kube:
     ) -> bytes:
         async with self.http.slots:
             with self.fence.sending(what, KubeFenced):
-                _status, raw = await self.http.request(
-                    method, path, body=body, content_type=content_type
-                )
-        return raw
+                return await self.http.request(method, path, body=body, content_type=content_type)
 
     async def _call(self, what: str, call: Callable[[], _T], *, write: bool = False) -> _T:
         """`write`: refused when the fence is closed, checked in the worker right before the
@@ -231,7 +232,7 @@ class Kube:
                 self._workers, fenced if write else call
             )
         except ApiException as exc:
-            if exc.status is not None and (exc.status >= 500 or exc.status == 429):
+            if _server_trouble(exc):
                 raise _unavailable(what, exc, self.timeouts) from None
             raise
         except (urllib3.exceptions.HTTPError, OSError) as exc:

@@ -159,7 +159,7 @@ class ApiServerHttp:
             if renew or self._auth is None or time.monotonic() - self._auth_at > AUTH_REUSE:
                 self._auth = await asyncio.to_thread(auth_headers, self.configuration)
                 self._auth_at = time.monotonic()
-            return dict(self._auth)
+            return self._auth  # callers copy it into their own headers
 
     async def request(
         self,
@@ -168,17 +168,14 @@ class ApiServerHttp:
         *,
         body: Any = None,
         content_type: str = "application/json",
-    ) -> tuple[int, bytes]:
-        """(status, body) of a 2xx answer; ApiException for any other answer, KubeHttpFailure
-        for none. Call it holding one of `slots`."""
-        data: bytes | None = None
-        if body is not None:
-            data = json.dumps(body, separators=(",", ":")).encode()
-        headers = await self._auth_headers()
+    ) -> bytes:
+        """The body of a 2xx answer; ApiException for any other answer, KubeHttpFailure for
+        none. Call it holding one of `slots`."""
+        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        typed = {} if data is None else {"Content-Type": content_type}
+        headers = {**await self._auth_headers(), **typed}
         connect_failures, renewed = 0, False
         while True:
-            if data is not None:
-                headers["Content-Type"] = content_type
             try:
                 async with self._open().request(
                     method,
@@ -203,10 +200,10 @@ class ApiServerHttp:
             if status == 401 and not renewed:
                 # An expired token (a rotated service-account token, an exec plugin's): the
                 # request was refused unread, so it goes again with headers asked anew.
-                headers, renewed = await self._auth_headers(renew=True), True
+                headers, renewed = {**await self._auth_headers(renew=True), **typed}, True
                 continue
             if not 200 <= status < 300:
                 raise ApiException(
                     status=status, reason=reason, body=raw.decode("utf-8", "replace")
                 )
-            return status, raw
+            return raw
