@@ -85,8 +85,10 @@ def condition(
 
 def event_reasons(kube: Any, namespace: str, name: str) -> list[str]:
     events = client.CoreV1Api(kube).list_namespaced_event(namespace).items
-    return [
-        e.reason
-        for e in sorted(events, key=lambda e: e.metadata.creation_timestamp)
-        if e.involved_object.name == name
-    ]
+    ours = [e for e in events if e.involved_object.name == name]
+    for event in ours:  # what `kubectl describe` finds them by
+        involved = event.involved_object
+        assert involved.api_version == f"{GROUP}/{VERSION}", involved
+        assert involved.kind in ("SecretSync", "InfisicalConnection"), involved
+        assert involved.uid, involved
+    return [e.reason for e in sorted(ours, key=lambda e: e.metadata.creation_timestamp)]

@@ -33,7 +33,7 @@ from infisical_sync import metrics
 from infisical_sync.conditions import condition_status
 from infisical_sync.connection import Outcome
 from infisical_sync.durations import jittered, retry_delay, sync_interval, validation_interval
-from infisical_sync.kube import KubeUnavailable
+from infisical_sync.kube import GROUP, VERSION, KubeUnavailable
 from infisical_sync.planner import ALLOW_MASS_DELETE
 from infisical_sync.runtime import Key, Kicks, Slot
 from infisical_sync.selectors import selector_matches
@@ -371,7 +371,14 @@ def kept_body(body: Mapping[str, Any], *, with_status: bool = True) -> dict[str,
     annotations = {item: found[item] for item in KEPT_ANNOTATIONS if item in found}
     if annotations:
         kept_meta["annotations"] = annotations
-    kept: dict[str, Any] = {"metadata": kept_meta, "spec": body.get("spec") or {}}
+    kept: dict[str, Any] = {
+        # The Events a cycle posts name their object by these (kubectl describe looks them up
+        # by kind); items of a LIST, unlike watch events, come without them.
+        "apiVersion": body.get("apiVersion") or f"{GROUP}/{VERSION}",
+        "kind": body.get("kind") or "SecretSync",
+        "metadata": kept_meta,
+        "spec": body.get("spec") or {},
+    }
     if with_status and body.get("status") is not None:
         kept["status"] = body.get("status")
     return kept
