@@ -1,7 +1,7 @@
 """`make demo`: the whole product on this machine, start to finish, then cleaned up.
 
 A local control plane (etcd + kube-apiserver) with the CRDs, a fake Infisical started from
-deploy/samples/fake-infisical-seed.yaml, the operator (`infisical-sync run`, with only the
+deploy/demo/fake-infisical-seed.yaml, the operator (`infisical-sync run`, with only the
 chart's RBAC), the samples in deploy/samples applied with kubectl; then the source Secret is
 edited, and you see what a user sees: `kubectl get infconn,ssync` and the destination keys.
 """
@@ -25,7 +25,6 @@ from infisical_sync.infisical.client import ClientPool, Credentials
 from infisical_sync.infisical.models import SecretLocation
 from infisical_sync.testing.controlplane import (
     OPERATOR_USER,
-    REPO_ROOT,
     ControlPlane,
     ensure_kube_binaries,
     free_port,
@@ -33,10 +32,10 @@ from infisical_sync.testing.controlplane import (
     install_crds,
 )
 from infisical_sync.testing.processes import logged_process
+from infisical_sync.testing.samples import DEMO_SEED, SAMPLE_NAMESPACE, sample_manifests
 
-SAMPLES = REPO_ROOT / "deploy" / "samples"
 CLI = [sys.executable, "-m", "infisical_sync"]
-NAMESPACE = "demo"
+NAMESPACE = SAMPLE_NAMESPACE
 DEMO_CLIENT_ID = "6a1f0e8e-5d43-4b7a-9c1e-0d2f3a4b5c6d"
 DEMO_CLIENT_SECRET = "demo-client-secret-do-not-use"
 DEMO_PROJECT_ID = "0b7f5a52-2c1d-4e8f-9a3b-6c5d4e3f2a10"
@@ -124,9 +123,9 @@ def main() -> int:
         profile = os.environ.get("INFISICAL_PROFILE") or "current"
         say(
             f"starting a fake Infisical ({profile} generation) on {url} "
-            "(seed: deploy/samples/fake-infisical-seed.yaml)"
+            "(seed: deploy/demo/fake-infisical-seed.yaml)"
         )
-        seed = str(SAMPLES / "fake-infisical-seed.yaml")
+        seed = str(DEMO_SEED)
         port = url.rsplit(":", 1)[1]
         fake = stack.enter_context(
             logged_process(
@@ -157,8 +156,7 @@ def main() -> int:
         operator.wait_for_line("operator started")
 
         say("kubectl apply -f deploy/samples/")
-        for sample in sorted(SAMPLES.glob("0*.yaml")):
-            text = sample.read_text().replace("http://127.0.0.1:8088", url)
+        for text in sample_manifests(NAMESPACE, url):
             print("  " + k("apply", "-f", "-", stdin=text).strip())
         wait(
             "the first sync",

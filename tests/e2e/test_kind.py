@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.node.scenarios import SCENARIOS, SEED, NodeEnv, run_scenario
+from tests.node.scenarios import SCENARIOS, NodeEnv, run_scenario
 
 from infisical_sync.testing.controlplane import ensure_helm, ensure_kube_binaries
 from infisical_sync.testing.fake_infisical import BackgroundFake, FakeInfisical
+from infisical_sync.testing.samples import DEMO_SEED
 from infisical_sync.testing.seed import load_seed
 
 pytestmark = pytest.mark.e2e
@@ -70,7 +71,7 @@ def kind_env(kind_cluster: str) -> Iterator[NodeEnv]:
     gateway = kind_cluster
     fake: FakeInfisical = FakeInfisical(host=gateway, port=next(_ports))
     with BackgroundFake(fake) as server:
-        load_seed(server.state, yaml.safe_load(SEED.read_text()))
+        load_seed(server.state, yaml.safe_load(DEMO_SEED.read_text()))
         context = ["--context", f"kind-{CLUSTER}"]
         yield NodeEnv(
             kubectl=[str(ensure_kube_binaries(with_kubectl=True)["kubectl"]), *context],

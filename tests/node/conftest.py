@@ -13,7 +13,8 @@ import pytest
 from infisical_sync.testing.controlplane import ControlPlaneError, ensure_helm, ensure_kube_binaries
 from infisical_sync.testing.fake_infisical import BackgroundFake, FakeInfisical
 from infisical_sync.testing.node import Cluster, check_prerequisites, running_cluster
-from tests.node.scenarios import SEED, NodeEnv
+from infisical_sync.testing.samples import DEMO_SEED
+from tests.node.scenarios import NodeEnv
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 IMAGE_REPOSITORY, IMAGE_TAG = "localhost/infisical-sync", "test"
@@ -49,7 +50,7 @@ def fake() -> Iterator[FakeInfisical]:
     from infisical_sync.testing.seed import load_seed
 
     with BackgroundFake() as server:
-        load_seed(server.state, yaml.safe_load(SEED.read_text()))
+        load_seed(server.state, yaml.safe_load(DEMO_SEED.read_text()))
         yield server
 
 

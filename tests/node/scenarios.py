@@ -19,13 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from infisical_sync.testing.fake_infisical import FakeInfisical, Fault
+from infisical_sync.testing.samples import sample_manifests
 from tests.conftest import wait_for as poll
 
 ROOT = Path(__file__).parents[2]
 CHART = ROOT / "deploy" / "helm" / "infisical-sync"
-SAMPLES = ROOT / "deploy" / "samples"
-SEED = SAMPLES / "fake-infisical-seed.yaml"
-SAMPLE_URL = "http://127.0.0.1:8088"
 PROJECT_ID = "0b7f5a52-2c1d-4e8f-9a3b-6c5d4e3f2a10"  # the seed's `payments`
 DESTINATION = (PROJECT_ID, "prod", "/apps/payments")
 SAMPLE_KEYS = {"DB_PASSWORD": "demo-db-password", "API_KEY": "demo-api-key", "LOG_LEVEL": "info"}
@@ -192,10 +190,7 @@ def builtin_roles_grant_the_kinds(env: NodeEnv, namespace: str) -> None:
 
 
 def apply_samples(env: NodeEnv, namespace: str, **replace: str) -> None:
-    for sample in sorted(SAMPLES.glob("0*.yaml")):
-        text = sample.read_text().replace(SAMPLE_URL, env.fake_url)
-        for old, new in replace.items():
-            text = text.replace(old, new)
+    for text in sample_manifests(namespace, env.fake_url, **replace):
         env.k("apply", "-n", namespace, "-f", "-", stdin=text)
 
 

@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
+from infisical_sync.testing.samples import SAMPLE_NAMESPACE, SAMPLES, sample_manifests
+
 ROOT = Path(__file__).parents[2]
 CRDS = sorted((ROOT / "deploy" / "crds").glob("*.yaml"))
 CHART = ROOT / "deploy" / "helm" / "infisical-sync"
@@ -72,17 +74,35 @@ def test_secret_writes_are_opt_in_and_only_patch() -> None:
     assert _verbs("rbac-secret-writes.yaml") == {("", "secrets"): {"patch"}}  # never create/delete
 
 
-def test_samples_parse_and_name_each_other() -> None:
-    docs = [
-        yaml.safe_load(p.read_text()) for p in sorted((ROOT / "deploy" / "samples").glob("0*.yaml"))
-    ]
+def test_samples_are_kubernetes_objects_in_one_namespace_that_name_each_other() -> None:
+    """`kubectl apply -f deploy/samples/` applies every file: each is an object, in team-a
+    (created by the first file), and the SecretSync uses the connection and Secret beside it."""
+    docs = [yaml.safe_load(p.read_text()) for p in sorted(SAMPLES.iterdir())]
+    assert all({"apiVersion", "kind", "metadata"} <= set(doc) for doc in docs)
+    assert docs[0] == {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a"}}
+    assert {doc["metadata"].get("namespace") for doc in docs[1:]} == {SAMPLE_NAMESPACE}
     kinds = {doc["kind"]: doc for doc in docs}
-    assert set(kinds) == {"Secret", "InfisicalConnection", "SecretSync"}
+    assert set(kinds) == {"Namespace", "Secret", "InfisicalConnection", "SecretSync"}
     sync = kinds["SecretSync"]["spec"]
-    assert (
-        sync["destination"]["connectionRef"]["name"]
-        == kinds["InfisicalConnection"]["metadata"]["name"]
-    )
+    connection = kinds["InfisicalConnection"]
+    assert sync["destination"]["connectionRef"]["name"] == connection["metadata"]["name"]
+    secrets = {doc["metadata"]["name"] for doc in docs if doc["kind"] == "Secret"}
+    assert connection["spec"]["credentials"]["secretRef"]["name"] in secrets
+    assert {item["name"] for item in sync["source"]["kubernetes"]["secrets"]} <= secrets
+
+
+def test_sample_manifests_move_to_another_namespace_and_instance() -> None:
+    texts = sample_manifests("elsewhere", "http://10.0.0.1:9000", **{"prod": "staging"})
+    docs = [yaml.safe_load(text) for text in texts]
+    assert [doc["kind"] for doc in docs] == [
+        "Secret",
+        "InfisicalConnection",
+        "Secret",
+        "SecretSync",
+    ]
+    assert {doc["metadata"]["namespace"] for doc in docs} == {"elsewhere"}
+    assert docs[1]["spec"]["instanceUrl"] == "http://10.0.0.1:9000"
+    assert docs[3]["spec"]["destination"]["environment"] == "staging"
 
 
 def test_dockerfile_is_multi_stage_and_non_root() -> None:
