@@ -58,3 +58,38 @@ def test_a_record_whose_owner_is_this_process_is_alive() -> None:
     assert record(owner_pid=os.getpid(), owner_start=stat[19]).owner_alive()
     # Same pid, another start time: the pid was reused, the owner is gone.
     assert not record(owner_pid=os.getpid(), owner_start="1").owner_alive()
+
+
+def test_only_unused_and_unchanged_control_plane_dirs_are_stale() -> None:
+    """`node cleanup` removes what an interrupted run left: a plane's directory that no process
+    names and nothing changed for a while; never one in use or just made."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    from infisical_sync.testing.node import STALE_PLANE_SECONDS, stale_plane_dirs
+
+    made = [Path(tempfile.mkdtemp(prefix="infisical-cp-")) for _ in range(3)]
+    abandoned, in_use, fresh = made
+    old = time.time() - STALE_PLANE_SECONDS - 5
+    for path in (abandoned, in_use):
+        os.utime(path, (old, old))
+    user = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", f"--data-dir={in_use}/etcd"]
+    )
+    try:
+        cmdline = Path(f"/proc/{user.pid}/cmdline")
+        for _ in range(200):  # until the child has exec'd (before that it shows our cmdline)
+            if str(in_use).encode() in cmdline.read_bytes():
+                break
+            time.sleep(0.01)
+        stale = stale_plane_dirs()
+        assert abandoned in stale
+        assert in_use not in stale
+        assert fresh not in stale
+    finally:
+        user.kill()
+        user.wait()
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)

@@ -496,12 +496,15 @@ class ControlPlane:
         return log_tail(self.workdir, name, lines)
 
     def stop(self) -> None:
-        # apiserver first, so it does not spin on a vanished etcd.
-        for name in ("kube-apiserver", "etcd"):
-            process = self.processes.pop(name, None)
-            if process is not None:
-                stop_process(process)
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        # apiserver first, so it does not spin on a vanished etcd. The directory goes also when
+        # a second Ctrl-C interrupts the wait (the processes die with this one anyway).
+        try:
+            for name in ("kube-apiserver", "etcd"):
+                process = self.processes.pop(name, None)
+                if process is not None:
+                    stop_process(process)
+        finally:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def state(self) -> dict[str, Any]:
         return {

@@ -321,9 +321,30 @@ def _read_record(path: Path) -> NodeRecord | None:
         return None
 
 
+# A control plane's processes start within seconds of its work directory: one unused and
+# unchanged for longer belongs to a run interrupted before its teardown removed it.
+STALE_PLANE_SECONDS = 120
+
+
+def stale_plane_dirs(now: float | None = None) -> list[Path]:
+    """Control-plane work directories (`infisical-cp-*`) that no running process names and that
+    nothing changed for STALE_PLANE_SECONDS."""
+    now = time.time() if now is None else now
+    stale = []
+    for path in sorted(Path(tempfile.gettempdir()).glob("infisical-cp-*")):
+        with contextlib.suppress(FileNotFoundError):
+            if now - path.stat().st_mtime >= STALE_PLANE_SECONDS and not _pids_matching(str(path)):
+                stale.append(path)
+    return stale
+
+
 def cleanup_stale() -> list[str]:
-    """Undo every recorded node whose owner process is gone (a crashed or killed run)."""
+    """Undo every recorded node whose owner process is gone (a crashed or killed run), and
+    remove control-plane directories left by an interrupted run."""
     cleaned: list[str] = []
+    for directory in stale_plane_dirs():
+        shutil.rmtree(directory, ignore_errors=True)
+        cleaned.append(str(directory))
     for path in sorted(_state_dir().glob("*.json")):
         record = _read_record(path)
         if record is None or record.problems() or record.owner_alive():
