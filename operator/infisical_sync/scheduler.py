@@ -201,6 +201,21 @@ class Observed(NamedTuple):
     allow_mass_delete: str | None
 
 
+def connections_used(spec: Mapping[str, Any]) -> list[str]:
+    """The InfisicalConnections (in the SecretSync's namespace) a cycle needs: the
+    destination's, and an Infisical source's."""
+    names = []
+    destination = spec.get("destination")
+    source = spec.get("source")
+    infisical = source.get("infisical") if isinstance(source, Mapping) else None
+    for part in (destination, infisical):
+        ref = part.get("connectionRef") if isinstance(part, Mapping) else None
+        name = ref.get("name") if isinstance(ref, Mapping) else None
+        if isinstance(name, str) and name and name not in names:
+            names.append(name)
+    return names
+
+
 def observe(body: Mapping[str, Any]) -> Observed:
     meta = body.get("metadata") or {}
     annotations = meta.get("annotations") or {}
@@ -450,6 +465,11 @@ class Scheduler:
     _shut_down: bool = field(default=False, init=False, repr=False)
     # When this replica started operating: the restart spread counts from here.
     _started: float = field(default=0.0, init=False, repr=False)
+    # InfisicalConnections whose daemon runs but has not validated yet (just started or
+    # created), and the due SecretSyncs held for them: a cycle before that first validation
+    # could only fail ConnectionNotReady ("not validated yet"), a status write and a flap.
+    _first_validation: set[Key] = field(default_factory=set, init=False, repr=False)
+    _held: dict[Key, list[_Sync]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._started = self.clock.monotonic()
@@ -595,10 +615,12 @@ class Scheduler:
         key = ("InfisicalConnection", namespace, name)
         slot = self.kicks.slot(key)
         force, failures = True, 0
+        self._first_validation.add(key)
         try:
             while not stopped.is_set():
                 interval = validation_interval(body.get("spec") or {})
                 outcome, notify = await self._validate(key, body, force)
+                self._validated(key)
                 ready = outcome is not None and outcome.ready
                 metrics.cycle_ended(*key, succeeded=ready)
                 if notify:
@@ -611,6 +633,7 @@ class Scheduler:
                 await self._pause(slot, delay, stopped)
                 force, _reasons = slot.take()
         finally:
+            self._validated(key)
             # On deletion the session stays until remove_connection: SecretSyncs being deleted
             # with it (a namespace deletion) still need it.
             self.kicks.discard(key)
@@ -639,6 +662,23 @@ class Scheduler:
             await self.clock.sleep(IN_USE_POLL)
             waited += IN_USE_POLL
         await self.connections.forget(namespace, name)
+
+    def _validated(self, key: Key) -> None:
+        """The connection's first validation ended (whatever its outcome), or its daemon did:
+        the SecretSyncs held for it run now, and see its state."""
+        self._first_validation.discard(key)
+        for entry in self._held.pop(key, []):
+            self._make_due(entry)
+
+    def _hold_for_validation(self, entry: _Sync) -> bool:
+        """Whether a due SecretSync waits for a connection's first validation (held until then)."""
+        _kind, namespace, _name = entry.key
+        for name in connections_used(entry.body.get("spec") or {}):
+            connection = ("InfisicalConnection", namespace, name)
+            if connection in self._first_validation:
+                self._held.setdefault(connection, []).append(entry)
+                return True
+        return False
 
     async def _validate(
         self, key: Key, body: Mapping[str, Any], force: bool
@@ -732,7 +772,7 @@ class Scheduler:
             await slots.acquire()
             entry = self._due.popleft()
             entry.queued = False
-            if entry.stopped:
+            if entry.stopped or self._hold_for_validation(entry):
                 slots.release()
                 continue
             entry.cycle = asyncio.get_running_loop().create_task(self._cycle(entry))

@@ -22,6 +22,7 @@ from infisical_sync.scheduler import (
     Observed,
     RetryLater,
     Scheduler,
+    connections_used,
     deletion_action,
     kept_body,
     kick_reason,
@@ -190,11 +191,14 @@ class FakeConnections:
     logins: list[bool] = field(default_factory=list)
     notify: bool = False
     forgotten: list[str] = field(default_factory=list)
+    answered: asyncio.Event | None = None  # validations end once it is set (None: at once)
 
     async def reconcile(
         self, namespace: str, name: str, body: Mapping[str, Any], *, force_login: bool
     ) -> tuple[Outcome, bool]:
         self.logins.append(force_login)
+        if self.answered is not None:
+            await self.answered.wait()
         outcome = self.outcomes.pop(0) if self.outcomes else Outcome(True, "Validated", "ok")
         if isinstance(outcome, Exception):
             raise outcome
@@ -1470,3 +1474,75 @@ async def test_at_most_cycle_slots_syncs_run_at_once(harness: Harness) -> None:
     release.set()
     await until(lambda: len(finished) == 8)
     assert most == 3
+
+
+# --- a connection's first validation --------------------------------------------------------
+
+
+def test_a_secretsync_uses_its_destinations_and_its_infisical_sources_connections() -> None:
+    destination = {"destination": {"connectionRef": {"name": "selfhosted"}}}
+    assert connections_used(destination) == ["selfhosted"]
+    from_cloud = {**destination, "source": {"infisical": {"connectionRef": {"name": "cloud"}}}}
+    assert connections_used(from_cloud) == ["selfhosted", "cloud"]
+    same = {**destination, "source": {"infisical": {"connectionRef": {"name": "selfhosted"}}}}
+    assert connections_used(same) == ["selfhosted"]
+    assert connections_used({"source": {"kubernetes": {"secrets": []}}}) == []
+    assert connections_used({"destination": "not a mapping", "source": None}) == []
+    assert connections_used({"destination": {"connectionRef": {"name": ""}}}) == []
+
+
+def using_conn(body: dict[str, Any]) -> dict[str, Any]:
+    body["spec"]["destination"] = {"connectionRef": {"name": "conn"}}
+    return body
+
+
+@pytest.mark.parametrize("first_outcome", [Outcome(True, "Validated", "ok"), None])
+async def test_a_due_secretsync_waits_for_its_connections_first_validation(
+    harness: Harness, first_outcome: Outcome | None
+) -> None:
+    """After a start, a cycle before the connection's first validation could only write
+    ConnectionNotReady ("not validated yet") and flap a Ready object: it waits for that
+    validation instead, whatever its outcome (a failed one: the cycle reports its reason)."""
+    runs = runs_by_name(harness, {})
+    harness.connections.answered = asyncio.Event()
+    if first_outcome is None:
+        harness.connections.outcomes = [KubeUnavailable("the API server did not answer")]
+    harness.start(
+        harness.scheduler.run_connection(
+            "ns", "conn", connection_body(), harness.stopped, dependents=lambda: ["new"]
+        )
+    )
+    await until(lambda: harness.connections.logins == [True])  # validating, not answered yet
+    harness.sync("new", using_conn(sync_body()))  # runs at once at first sight...
+    harness.sync("elsewhere", sync_body())  # (no connection named: not held)
+    harness.sync("restarted", using_conn(synced_body()))  # ...and after its spread
+    harness.clock.advance(30)  # every spread is over
+    await until(lambda: "elsewhere" in runs)
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert sorted(runs) == ["elsewhere"]
+    harness.connections.answered.set()
+    await until(lambda: len(runs) == 3)
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert runs == {"elsewhere": [30.0], "new": [30.0], "restarted": [30.0]}  # once each
+
+
+async def test_secretsyncs_held_for_a_connection_run_when_its_daemon_stops_unvalidated(
+    harness: Harness,
+) -> None:
+    runs = runs_by_name(harness, {})
+    harness.connections.answered = asyncio.Event()  # never answers
+    daemon = harness.start(
+        harness.scheduler.run_connection(
+            "ns", "conn", connection_body(), harness.stopped, dependents=list
+        )
+    )
+    await until(lambda: harness.connections.logins == [True])
+    harness.sync("new", using_conn(sync_body()))
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert runs == {}
+    daemon.cancel()  # the connection was deleted, or the operator stops
+    await until(lambda: "new" in runs)
+    assert harness.scheduler._held == {}
