@@ -863,6 +863,119 @@ async def test_every_validation_shows_in_the_metrics_until_the_connection_goes(
     assert sample(LAST_SUCCESS, "InfisicalConnection", "conn") is None
 
 
+READY = "infisical_sync_ready"
+
+
+def reason_of(kind: str, name: str) -> list[str]:
+    """The reasons this object's readiness is labelled with (one while it exists)."""
+    return [
+        found.labels["reason"]
+        for family in REGISTRY.collect()
+        if family.name == "infisical_sync_ready_reason"
+        for found in family.samples
+        if found.labels["kind"] == kind
+        and found.labels["namespace"] == "ns"
+        and found.labels["name"] == name
+    ]
+
+
+def ready(reason: str, *, status: str = "True") -> list[dict[str, str]]:
+    return [{"type": "Ready", "status": status, "reason": reason}]
+
+
+async def test_readiness_follows_the_status_each_cycle_leaves_until_the_object_goes(
+    harness: Harness,
+) -> None:
+    held = {"keys": ["B"], "reason": "mass delete"}
+    harness.engine.results = [
+        ok(conditions=ready("Synced")),
+        ok(
+            conditions=ready("DeletionHeld", status="False"),
+            heldDeletes=held,
+            keyCounts={"held": 3},
+        ),
+        KubeUnavailable("the Kubernetes API server did not answer"),
+    ]
+    await cycles(harness, sync_body(), 1)
+    assert sample(READY, "SecretSync", "sync") == 1
+    assert reason_of("SecretSync", "sync") == ["Synced"]
+    assert (
+        REGISTRY.get_sample_value(
+            "infisical_sync_held_deletes", {"namespace": "ns", "name": "sync"}
+        )
+        == 0
+    )
+    harness.clock.advance(await harness.sleeping(1))
+    await harness.sleeping(2)
+    assert sample(READY, "SecretSync", "sync") == 0
+    assert reason_of("SecretSync", "sync") == ["DeletionHeld"]  # the old reason's series went
+    assert (
+        REGISTRY.get_sample_value(
+            "infisical_sync_held_deletes", {"namespace": "ns", "name": "sync"}
+        )
+        == 3
+    )  # keyCounts, not the shown keys
+    harness.clock.advance(await harness.sleeping(2))
+    await harness.sleeping(3)
+    # Not written: 0 whatever the stored status says; the held deletes stay as last known.
+    assert reason_of("SecretSync", "sync") == [metrics.STATUS_NOT_WRITTEN]
+    assert sample(READY, "SecretSync", "sync") == 0
+    harness.scheduler.on_secretsync_event("DELETED", "ns", "sync", sync_body())
+    assert sample(READY, "SecretSync", "sync") is None
+    assert reason_of("SecretSync", "sync") == []
+    assert (
+        REGISTRY.get_sample_value(
+            "infisical_sync_held_deletes", {"namespace": "ns", "name": "sync"}
+        )
+        is None
+    )
+
+
+async def test_readiness_is_known_from_the_stored_status_before_the_first_cycle(
+    harness: Harness,
+) -> None:
+    body = sync_body()
+    body["status"] = {
+        "lastSyncedAt": "2026-01-01T00:00:00Z",
+        "observedGeneration": 1,
+        "conditions": ready("SourceUncertain", status="False"),
+    }
+    harness.sync("sync", body)  # in sync before a restart: its first cycle waits for the spread
+    assert harness.engine.runs == []
+    assert sample(READY, "SecretSync", "sync") == 0
+    assert reason_of("SecretSync", "sync") == ["SourceUncertain"]
+
+
+async def test_a_connection_readiness_is_exported_by_its_owning_shard_only(
+    harness: Harness,
+) -> None:
+    owner = slot_of("ns", "conn", 2)
+    harness.connections.outcomes = [Outcome(False, "InvalidCredentials", "no")]
+    harness.scheduler.shard = Shard(1 - owner, 2)
+    task = harness.start(
+        harness.scheduler.run_connection("ns", "conn", {}, harness.stopped, dependents=list)
+    )
+    await harness.sleeping(1)
+    assert sample(LAST_CYCLE, "InfisicalConnection", "conn") is not None  # it validated
+    assert sample(READY, "InfisicalConnection", "conn") is None
+    harness.stopped.set()
+    await task
+
+    harness.stopped.clear()
+    harness.connections.outcomes = [Outcome(False, "InvalidCredentials", "no")]
+    harness.scheduler.shard = Shard(owner, 2)
+    task = harness.start(
+        harness.scheduler.run_connection("ns", "conn", {}, harness.stopped, dependents=list)
+    )
+    await harness.sleeping(2)  # pauses are counted over both loops
+    assert sample(READY, "InfisicalConnection", "conn") == 0
+    assert reason_of("InfisicalConnection", "conn") == ["InvalidCredentials"]
+    harness.stopped.set()
+    await task
+    assert sample(READY, "InfisicalConnection", "conn") is None
+    assert reason_of("InfisicalConnection", "conn") == []
+
+
 async def test_manual_sync_runs_at_start_and_on_request_only(harness: Harness) -> None:
     harness.sync("sync", sync_body(autoSyncEnabled=False))
     harness.clock.advance(await harness.sleeping(1))  # ran once: created
