@@ -325,13 +325,23 @@ def test_values_users_commonly_set_pass_the_schema(helm: str) -> None:
     )
 
 
-def test_metrics_off_renders_no_port_service_or_monitor(helm: str) -> None:
-    docs = render(helm, "metrics.port=0", "metrics.serviceMonitor.enabled=true")
+def test_metrics_off_renders_no_port_service_monitor_dashboard_or_rules(helm: str) -> None:
+    docs = render(
+        helm,
+        "metrics.port=0",
+        "metrics.serviceMonitor.enabled=true",
+        "metrics.dashboard.enabled=true",
+        "metrics.prometheusRule.enabled=true",
+    )
     deployment = next(doc for doc in docs if doc["kind"] == "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert "--metrics-port=0" in container["args"]
     assert [port["name"] for port in container["ports"]] == ["health"]
-    assert not [doc for doc in docs if doc["kind"] in ("Service", "ServiceMonitor")]
+    assert not [
+        doc
+        for doc in docs
+        if doc["kind"] in ("Service", "ServiceMonitor", "ConfigMap", "PrometheusRule")
+    ]
 
 
 def test_dashboard_and_alerts_are_opt_in_and_follow_their_values(helm: str) -> None:
