@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import promql_parser
 import pytest
 import yaml
 from tests.conftest import OperatorProcess, wait_for
@@ -179,6 +180,8 @@ def test_readiness_series_name_each_object_and_the_charts_queries_match_them(
     [rule] = [doc for doc in docs if doc["kind"] == "PrometheusRule"]
     rules = rule_queries(rule["spec"]["groups"])
     assert len(rules) == 6  # every alert is on by default
+    for item in rule["spec"]["groups"][0]["rules"]:
+        assert promql_parser.parse_duration(item["for"]).total_seconds() > 0, item["alert"]
     queries = dashboard_queries(dashboard) + rules
     found = [problem for expr, labels in queries for problem in problems(expr, scraped, labels)]
     assert found == []

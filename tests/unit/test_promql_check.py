@@ -112,3 +112,19 @@ def test_every_query_of_the_charts_dashboard_parses() -> None:
     assert len(queries) >= 10
     for expr, _labels in queries:
         assert not [p for p in problems(expr, {}) if "does not parse" in p]
+
+
+def test_the_charts_dashboard_is_well_formed() -> None:
+    """What Grafana needs to show every panel: unique ids, one data source, unique refIds."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = dashboard["panels"]
+    assert len({panel["id"] for panel in panels}) == len(panels)
+    for panel in panels:
+        if panel["type"] == "row":
+            continue
+        refs = [target["refId"] for target in panel["targets"]]
+        assert len(set(refs)) == len(refs) and refs, panel["title"]
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        assert panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24, panel["title"]
+    names = [variable["name"] for variable in dashboard["templating"]["list"]]
+    assert names == ["datasource", "namespace"]
