@@ -130,7 +130,7 @@ def set_ready(kind: str, namespace: str, name: str, ready: bool, reason: str) ->
         _reasons[key] = reason
 
 
-def status_written(kind: str, namespace: str, name: str, status: Mapping[str, Any] | None) -> None:
+def reflect_status(kind: str, namespace: str, name: str, status: Mapping[str, Any] | None) -> None:
     """After a cycle: readiness (and a SecretSync's held deletes) as its status now says.
     `status` None: the cycle's outcome could not be written."""
     if status is None:

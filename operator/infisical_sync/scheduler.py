@@ -596,7 +596,7 @@ class Scheduler:
                 metrics.cycle_ended(*key, succeeded=ready)
                 if self.shard.owns(namespace, name):  # the shard whose status it is
                     if outcome is None:
-                        metrics.status_written(*key, None)
+                        metrics.reflect_status(*key, None)
                     else:
                         metrics.set_ready(*key, outcome.ready, outcome.reason)
                 if notify:
@@ -689,7 +689,7 @@ class Scheduler:
         entry = _Sync(key, kept_body(body), observed)
         self.syncs[key] = entry
         # What its status says until its first cycle here (after a restart, up to the spread).
-        metrics.status_written(*key, body.get("status") or {})
+        metrics.reflect_status(*key, body.get("status") or {})
         if in_sync_before_start(body):
             # Already in sync before a restart: spread the first cycles so they do not all run
             # at once. A kick (a change) ends the spread; a connection becoming Ready does not.
@@ -752,7 +752,7 @@ class Scheduler:
                 self.awaiting_ready.add(key)
                 result = await self._sync(key, body, state, lambda: entry.stopped)
                 metrics.cycle_ended(*key, succeeded=in_sync(result, state.written))
-                metrics.status_written(*key, state.written if result is not None else None)
+                metrics.reflect_status(*key, state.written if result is not None else None)
                 entry.owed = result is None or not result.ok
                 if entry.owed:
                     self.awaiting_ready.add(key)
