@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 API_CALLS = Counter(
     "infisical_sync_api_calls_total",
@@ -23,7 +24,7 @@ TOKEN_EVENTS = Counter(
     ["instance", "event"],
 )
 # Kept for existing dashboards: every replica exports it, from its own validation (every shard
-# validates every connection). infisical_sync_ready is what the connection's status says.
+# validates every connection). infisical_sync_ready (ObjectStates) is what its status says.
 CONNECTION_READY = Gauge(
     "infisical_sync_connection_ready",
     "1 when this replica's last validation of an InfisicalConnection found it Ready.",
@@ -59,27 +60,6 @@ LAST_SUCCESS = Gauge(
     "destination in sync (Synced True), an InfisicalConnection was Ready.",
     ["kind", "namespace", "name"],
 )
-# Readiness for alerts that name the object. Exported only by the replica that writes the
-# object's status (the SecretSync's shard, the connection's owning shard), so the series of the
-# whole fleet are one per object; removed with LAST_CYCLE when the object goes.
-READY = Gauge(
-    "infisical_sync_ready",
-    "1 when the object's Ready condition is True after its last cycle, else 0 (also when the "
-    "cycle could not write its status).",
-    ["kind", "namespace", "name"],
-)
-READY_REASON = Gauge(
-    "infisical_sync_ready_reason",
-    "1, labelled with the reason of the object's Ready condition: one series per object.",
-    ["kind", "namespace", "name", "reason"],
-)
-HELD_DELETES = Gauge(
-    "infisical_sync_held_deletes",
-    "Destination keys whose deletion a SecretSync holds (status.heldDeletes): the mass-delete "
-    "guard, or a source that could not be read in full.",
-    ["namespace", "name"],
-)
-
 SHARD = Gauge(
     "infisical_sync_shard_info",
     "1, labelled with this replica's shard: the i-th (shard) of N (shards) hash slices.",
@@ -96,7 +76,52 @@ _REASON = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}")
 OTHER_REASON = "Other"
 
 Key = tuple[str, str, str]
-_reasons: dict[Key, str] = {}
+
+
+class ObjectStates:
+    """Readiness and held deletes per object, for alerts that name it. Exported only by the
+    replica that writes the object's status (the SecretSync's shard, the connection's owning
+    shard), so the fleet has one series per object; removed with LAST_CYCLE when it goes.
+
+    A collector over plain dicts rather than Gauge children: at 10,000 objects those cost about
+    8 MiB per metric and most of a scrape's time. The reason and held-deletes series exist only
+    while there is something to say (not Ready, deletes held)."""
+
+    def __init__(self) -> None:
+        self.ready: dict[Key, tuple[bool, str]] = {}
+        self.held: dict[tuple[str, str], int] = {}
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        ready = GaugeMetricFamily(
+            "infisical_sync_ready",
+            "1 when the object's Ready condition is True after its last cycle, else 0 (also "
+            "when the cycle could not write its status).",
+            labels=["kind", "namespace", "name"],
+        )
+        reasons = GaugeMetricFamily(
+            "infisical_sync_not_ready_reason",
+            "1, labelled with the reason of the object's Ready condition, while it is not True.",
+            labels=["kind", "namespace", "name", "reason"],
+        )
+        held = GaugeMetricFamily(
+            "infisical_sync_held_deletes",
+            "Destination keys whose deletion a SecretSync holds (status.heldDeletes: the "
+            "mass-delete guard, or a source that could not be read in full), while it holds any.",
+            labels=["namespace", "name"],
+        )
+        for key, (is_ready, reason) in self.ready.copy().items():  # copy: scrapes run on a thread
+            ready.add_metric(key, 1.0 if is_ready else 0.0)
+            if not is_ready:
+                reasons.add_metric([*key, reason], 1.0)
+        for (namespace, name), count in self.held.copy().items():
+            held.add_metric([namespace, name], count)
+        yield ready
+        yield reasons
+        yield held
+
+
+OBJECTS = ObjectStates()
+REGISTRY.register(OBJECTS)
 
 
 def ready_of(status: Mapping[str, Any] | None) -> tuple[bool, str] | None:
@@ -118,21 +143,13 @@ def held_deletes_of(status: Mapping[str, Any] | None) -> int:
 
 
 def set_ready(kind: str, namespace: str, name: str, ready: bool, reason: str) -> None:
-    key = (kind, namespace, name)
     reason = reason if _REASON.fullmatch(reason) else OTHER_REASON
-    READY.labels(kind, namespace, name).set(1 if ready else 0)
-    previous = _reasons.get(key)
-    if previous != reason:
-        if previous is not None:
-            with contextlib.suppress(KeyError):
-                READY_REASON.remove(kind, namespace, name, previous)
-        READY_REASON.labels(kind, namespace, name, reason).set(1)
-        _reasons[key] = reason
+    OBJECTS.ready[(kind, namespace, name)] = (ready, reason)
 
 
 def reflect_status(kind: str, namespace: str, name: str, status: Mapping[str, Any] | None) -> None:
-    """After a cycle: readiness (and a SecretSync's held deletes) as its status now says.
-    `status` None: the cycle's outcome could not be written."""
+    """After a cycle (or at first sight): readiness, and a SecretSync's held deletes, as its
+    status says. `status` None: the cycle's outcome could not be written."""
     if status is None:
         set_ready(kind, namespace, name, False, STATUS_NOT_WRITTEN)
         return
@@ -140,7 +157,11 @@ def reflect_status(kind: str, namespace: str, name: str, status: Mapping[str, An
     if readiness is not None:
         set_ready(kind, namespace, name, *readiness)
     if kind == "SecretSync":
-        HELD_DELETES.labels(namespace, name).set(held_deletes_of(status))
+        held = held_deletes_of(status)
+        if held:
+            OBJECTS.held[(namespace, name)] = held
+        else:
+            OBJECTS.held.pop((namespace, name), None)
 
 
 def cycle_ended(kind: str, namespace: str, name: str, *, succeeded: bool) -> None:
@@ -150,13 +171,9 @@ def cycle_ended(kind: str, namespace: str, name: str, *, succeeded: bool) -> Non
 
 
 def forget_object(kind: str, namespace: str, name: str) -> None:
-    for gauge in (LAST_CYCLE, LAST_SUCCESS, READY):
+    for gauge in (LAST_CYCLE, LAST_SUCCESS):
         with contextlib.suppress(KeyError):
             gauge.remove(kind, namespace, name)
-    reason = _reasons.pop((kind, namespace, name), None)
-    if reason is not None:
-        with contextlib.suppress(KeyError):
-            READY_REASON.remove(kind, namespace, name, reason)
+    OBJECTS.ready.pop((kind, namespace, name), None)
     if kind == "SecretSync":
-        with contextlib.suppress(KeyError):
-            HELD_DELETES.remove(namespace, name)
+        OBJECTS.held.pop((namespace, name), None)

@@ -77,7 +77,7 @@ def scrape(operator: OperatorProcess) -> str:
 
 
 def readiness(operator: OperatorProcess, kind: str, namespace: str, name: str) -> Any:
-    """(infisical_sync_ready, [reasons of infisical_sync_ready_reason]) of one object."""
+    """(infisical_sync_ready, [reasons of infisical_sync_not_ready_reason]) of one object."""
     from prometheus_client.parser import text_string_to_metric_families
 
     ready, reasons = None, []
@@ -92,17 +92,18 @@ def readiness(operator: OperatorProcess, kind: str, namespace: str, name: str) -
                 continue
             if sample.name == "infisical_sync_ready":
                 ready = sample.value
-            elif sample.name == "infisical_sync_ready_reason":
+            elif sample.name == "infisical_sync_not_ready_reason":
                 assert sample.value == 1
                 reasons.append(labels["reason"])
     return ready, reasons
 
 
 def ready_condition(kube: Any, namespace: str, plural: str, name: str) -> tuple[float, list[str]]:
-    """What the metric should say: the Ready condition the operator wrote."""
+    """What the metrics should say: the Ready condition the operator wrote (its reason while
+    it is not True)."""
     found = condition(kube, namespace, plural, name, "Ready")
     assert found is not None, f"{name} has no Ready condition yet"
-    return (1.0 if found[0] == "True" else 0.0), [found[1]]
+    return (1.0, []) if found[0] == "True" else (0.0, [found[1]])
 
 
 def render(*values: str) -> list[dict[str, Any]]:
@@ -140,8 +141,8 @@ def test_readiness_series_name_each_object_and_the_charts_queries_match_them(
     wait_for(lambda: (condition(kube, namespace, SYNCS, "blocked", "Ready") or ("",))[0] == "False")
 
     expected = {
-        ("InfisicalConnection", "good"): (1.0, ["Validated"]),
-        ("SecretSync", "fine"): (1.0, ["Synced"]),
+        ("InfisicalConnection", "good"): (1.0, []),
+        ("SecretSync", "fine"): (1.0, []),
         ("SecretSync", "shrinking"): (0.0, ["DeletionHeld"]),
     }
     for kind, name in (("InfisicalConnection", "bad"), ("SecretSync", "blocked")):
@@ -160,16 +161,9 @@ def test_readiness_series_name_each_object_and_the_charts_queries_match_them(
     assert (
         operator.metric("infisical_sync_held_deletes", namespace=namespace, name="shrinking") == 3
     )
-    assert operator.metric("infisical_sync_held_deletes", namespace=namespace, name="fine") == 0
+    assert operator.metric("infisical_sync_held_deletes", namespace=namespace, name="fine") is None
     instance = fake.url.removeprefix("http://")
     assert (operator.metric("infisical_sync_rate_limited_total", instance=instance) or 0) >= 1
-
-    delete(kube, namespace, SYNCS, "fine")  # its series go with it
-    wait_for(
-        lambda: readiness(operator, "SecretSync", namespace, "fine") == (None, []),
-        message="the deleted SecretSync's readiness series",
-    )
-    assert operator.metric("infisical_sync_held_deletes", namespace=namespace, name="fine") is None
 
     # The chart's dashboard and alerts use only what this scrape has.
     scraped = scraped_labels(scrape(operator))
@@ -185,3 +179,14 @@ def test_readiness_series_name_each_object_and_the_charts_queries_match_them(
     queries = dashboard_queries(dashboard) + rules
     found = [problem for expr, labels in queries for problem in problems(expr, scraped, labels)]
     assert found == []
+
+    for name in ("fine", "shrinking"):  # their series go with them
+        delete(kube, namespace, SYNCS, name)
+        wait_for(
+            lambda name=name: readiness(operator, "SecretSync", namespace, name) == (None, []),
+            message=f"the deleted SecretSync {name}'s readiness series",
+        )
+    assert (
+        operator.metric("infisical_sync_held_deletes", namespace=namespace, name="shrinking")
+        is None
+    )

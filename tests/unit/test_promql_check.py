@@ -13,8 +13,8 @@ DASHBOARD = Path(__file__).parents[2] / "deploy/helm/infisical-sync/files/dashbo
 SCRAPE = """\
 # TYPE infisical_sync_ready gauge
 infisical_sync_ready{kind="SecretSync",namespace="ns",name="a"} 1.0
-# TYPE infisical_sync_ready_reason gauge
-infisical_sync_ready_reason{kind="SecretSync",namespace="ns",name="a",reason="Synced"} 1.0
+# TYPE infisical_sync_not_ready_reason gauge
+infisical_sync_not_ready_reason{kind="SecretSync",namespace="ns",name="a",reason="Synced"} 1.0
 # TYPE infisical_sync_sync_duration_seconds histogram
 infisical_sync_sync_duration_seconds_bucket{le="1.0"} 1.0
 infisical_sync_sync_duration_seconds_bucket{le="+Inf"} 1.0
@@ -32,7 +32,7 @@ SCRAPED = scraped_labels(SCRAPE)
 @pytest.mark.parametrize(
     "expr",
     [
-        'infisical_sync_ready_reason{reason!~"Suspended"} and on (kind, namespace, name) '
+        'infisical_sync_not_ready_reason{reason!~"Suspended"} and on (kind, namespace, name) '
         "(infisical_sync_ready == 0)",
         "histogram_quantile(0.9, sum by (le) (rate(infisical_sync_sync_duration_seconds_bucket[5m])))",
         "sum(rate(infisical_sync_sync_duration_seconds_sum[5m]))",
@@ -56,7 +56,7 @@ def test_what_the_scrape_has_passes(expr: str) -> None:
         ('infisical_sync_ready{kind="SecretSync", nmespace="x"}', [], "no label nmespace"),
         ("sum by (reason) (infisical_sync_ready)", [], "no label reason"),
         ("sum without (knd) (infisical_sync_ready)", [], "no label knd"),
-        ("infisical_sync_ready and on (uid) infisical_sync_ready_reason", [], "no label uid"),
+        ("infisical_sync_ready and on (uid) infisical_sync_not_ready_reason", [], "no label uid"),
         (
             "infisical_sync_leader * on () group_left (shrd) infisical_sync_shard_info",
             [],

@@ -867,16 +867,22 @@ READY = "infisical_sync_ready"
 
 
 def reason_of(kind: str, name: str) -> list[str]:
-    """The reasons this object's readiness is labelled with (one while it exists)."""
+    """The reasons this object is labelled not Ready with (one at most)."""
     return [
         found.labels["reason"]
         for family in REGISTRY.collect()
-        if family.name == "infisical_sync_ready_reason"
+        if family.name == "infisical_sync_not_ready_reason"
         for found in family.samples
         if found.labels["kind"] == kind
         and found.labels["namespace"] == "ns"
         and found.labels["name"] == name
     ]
+
+
+def held_deletes(name: str) -> float | None:
+    return REGISTRY.get_sample_value(
+        "infisical_sync_held_deletes", {"namespace": "ns", "name": name}
+    )
 
 
 def ready(reason: str, *, status: str = "True") -> list[dict[str, str]]:
@@ -886,49 +892,41 @@ def ready(reason: str, *, status: str = "True") -> list[dict[str, str]]:
 async def test_readiness_follows_the_status_each_cycle_leaves_until_the_object_goes(
     harness: Harness,
 ) -> None:
-    held = {"keys": ["B"], "reason": "mass delete"}
     harness.engine.results = [
         ok(conditions=ready("Synced")),
         ok(
             conditions=ready("DeletionHeld", status="False"),
-            heldDeletes=held,
+            heldDeletes={"keys": ["B"], "reason": "mass delete"},
             keyCounts={"held": 3},
         ),
         KubeUnavailable("the Kubernetes API server did not answer"),
+        ok(conditions=ready("Synced"), heldDeletes=None),
     ]
     await cycles(harness, sync_body(), 1)
     assert sample(READY, "SecretSync", "sync") == 1
-    assert reason_of("SecretSync", "sync") == ["Synced"]
-    assert (
-        REGISTRY.get_sample_value(
-            "infisical_sync_held_deletes", {"namespace": "ns", "name": "sync"}
-        )
-        == 0
-    )
+    assert reason_of("SecretSync", "sync") == [] and held_deletes("sync") is None
     harness.clock.advance(await harness.sleeping(1))
     await harness.sleeping(2)
     assert sample(READY, "SecretSync", "sync") == 0
-    assert reason_of("SecretSync", "sync") == ["DeletionHeld"]  # the old reason's series went
-    assert (
-        REGISTRY.get_sample_value(
-            "infisical_sync_held_deletes", {"namespace": "ns", "name": "sync"}
-        )
-        == 3
-    )  # keyCounts, not the shown keys
+    assert reason_of("SecretSync", "sync") == ["DeletionHeld"]
+    assert held_deletes("sync") == 3  # keyCounts, not the shown keys
     harness.clock.advance(await harness.sleeping(2))
     await harness.sleeping(3)
     # Not written: 0 whatever the stored status says; the held deletes stay as last known.
-    assert reason_of("SecretSync", "sync") == [metrics.STATUS_NOT_WRITTEN]
     assert sample(READY, "SecretSync", "sync") == 0
+    assert reason_of("SecretSync", "sync") == [metrics.STATUS_NOT_WRITTEN]  # replaced
+    assert held_deletes("sync") == 3
+    harness.clock.advance(await harness.sleeping(3))
+    await harness.sleeping(4)
+    assert sample(READY, "SecretSync", "sync") == 1
+    assert reason_of("SecretSync", "sync") == [] and held_deletes("sync") is None
+    harness.engine.results = [ok(conditions=ready("Suspended", status="False"))]
+    harness.clock.advance(await harness.sleeping(4))
+    await harness.sleeping(5)
+    assert reason_of("SecretSync", "sync") == ["Suspended"]
     harness.scheduler.on_secretsync_event("DELETED", "ns", "sync", sync_body())
     assert sample(READY, "SecretSync", "sync") is None
     assert reason_of("SecretSync", "sync") == []
-    assert (
-        REGISTRY.get_sample_value(
-            "infisical_sync_held_deletes", {"namespace": "ns", "name": "sync"}
-        )
-        is None
-    )
 
 
 async def test_readiness_is_known_from_the_stored_status_before_the_first_cycle(
