@@ -623,6 +623,11 @@ class Scheduler:
                 self._validated(key)
                 ready = outcome is not None and outcome.ready
                 metrics.cycle_ended(*key, succeeded=ready)
+                if self.shard.owns(namespace, name):  # the shard whose status it is
+                    if outcome is None:
+                        metrics.reflect_status(*key, None)
+                    else:
+                        metrics.set_ready(*key, outcome.ready, outcome.reason)
                 if notify:
                     for sync in dependents():
                         if ("SecretSync", namespace, sync) in self.awaiting_ready:
@@ -730,6 +735,8 @@ class Scheduler:
     def _first_sight(self, key: Key, body: Mapping[str, Any], observed: Observed) -> None:
         entry = _Sync(key, kept_body(body), observed)
         self.syncs[key] = entry
+        # What its status says until its first cycle here (after a restart, up to the spread).
+        metrics.reflect_status(*key, body.get("status") or {})
         if in_sync_before_start(body):
             # Already in sync before a restart: spread the first cycles so they do not all run
             # at once. A kick (a change) ends the spread; a connection becoming Ready does not.
@@ -792,6 +799,7 @@ class Scheduler:
                 self.awaiting_ready.add(key)
                 result = await self._sync(key, body, state, lambda: entry.stopped)
                 metrics.cycle_ended(*key, succeeded=in_sync(result, state.written))
+                metrics.reflect_status(*key, state.written if result is not None else None)
                 entry.owed = result is None or not result.ok
                 if entry.owed:
                     self.awaiting_ready.add(key)

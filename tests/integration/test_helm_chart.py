@@ -282,6 +282,15 @@ def test_namespace_users_get_the_kinds_through_the_builtin_roles(helm: str) -> N
         ("operator.logLevel=LOUD", "/operator/logLevel"),
         ("metrics.prot=9090", "additional properties 'prot' not allowed"),
         ("health.port=0", "/health/port"),
+        ("metrics.dashboard.enable=true", "additional properties 'enable' not allowed"),
+        ("metrics.dashboard.labels.grafana_dashboard=1", "/metrics/dashboard/labels"),
+        ("metrics.prometheusRule.alerts.noLeader.for=soon", "/metrics/prometheusRule/alerts"),
+        ("metrics.prometheusRule.alerts.cyclesStalled.afterSeconds=5", "/afterSeconds"),
+        ("metrics.prometheusRule.alerts.stale.enabled=true", "additional properties 'stale'"),
+        (
+            "metrics.prometheusRule.alerts.secretSyncNotReady.ignoreReasons={a|b}",
+            "/ignoreReasons",
+        ),
     ],
 )
 def test_values_outside_the_schema_fail_with_a_clear_message(
@@ -316,13 +325,66 @@ def test_values_users_commonly_set_pass_the_schema(helm: str) -> None:
     )
 
 
-def test_metrics_off_renders_no_port_service_or_monitor(helm: str) -> None:
-    docs = render(helm, "metrics.port=0", "metrics.serviceMonitor.enabled=true")
+def test_metrics_off_renders_no_port_service_monitor_dashboard_or_rules(helm: str) -> None:
+    docs = render(
+        helm,
+        "metrics.port=0",
+        "metrics.serviceMonitor.enabled=true",
+        "metrics.dashboard.enabled=true",
+        "metrics.prometheusRule.enabled=true",
+    )
     deployment = next(doc for doc in docs if doc["kind"] == "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert "--metrics-port=0" in container["args"]
     assert [port["name"] for port in container["ports"]] == ["health"]
-    assert not [doc for doc in docs if doc["kind"] in ("Service", "ServiceMonitor")]
+    assert not [
+        doc
+        for doc in docs
+        if doc["kind"] in ("Service", "ServiceMonitor", "ConfigMap", "PrometheusRule")
+    ]
+
+
+def test_dashboard_and_alerts_are_opt_in_and_follow_their_values(helm: str) -> None:
+    assert not [doc for doc in render(helm) if doc["kind"] in ("ConfigMap", "PrometheusRule")]
+    docs = render(
+        helm,
+        "metrics.dashboard.enabled=true",
+        "metrics.dashboard.namespace=monitoring",
+        "metrics.dashboard.labels.grafana_dashboard=null",
+        "metrics.dashboard.labels.dashboards=infisical",
+        "metrics.dashboard.annotations.grafana_folder=Infisical",
+        "metrics.prometheusRule.enabled=true",
+        "metrics.prometheusRule.labels.release=kube-prometheus",
+        "metrics.prometheusRule.alertLabels.team=platform",
+        "metrics.prometheusRule.alerts.noLeader.enabled=false",
+        "metrics.prometheusRule.alerts.secretSyncNotReady.ignoreReasons=null",
+        "metrics.prometheusRule.alerts.cyclesStalled.afterSeconds=7200",
+        "metrics.prometheusRule.alerts.deletesHeld.for=1h",
+    )
+    [dashboard] = [doc for doc in docs if doc["kind"] == "ConfigMap"]
+    assert dashboard["metadata"]["namespace"] == "monitoring"
+    assert dashboard["metadata"]["labels"]["dashboards"] == "infisical"
+    assert "grafana_dashboard" not in dashboard["metadata"]["labels"]
+    assert dashboard["metadata"]["annotations"] == {"grafana_folder": "Infisical"}
+    assert json.loads(dashboard["data"]["infisical-sync.json"]) == json.loads(
+        (CHART / "files" / "dashboard.json").read_text()
+    )
+    [rule] = [doc for doc in docs if doc["kind"] == "PrometheusRule"]
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus"
+    alerts = {item["alert"]: item for item in rule["spec"]["groups"][0]["rules"]}
+    assert "InfisicalSyncNoLeader" not in alerts and len(alerts) == 5
+    assert all(item["labels"]["team"] == "platform" for item in alerts.values())
+    assert "reason!~" not in alerts["InfisicalSecretSyncNotReady"]["expr"]
+    assert alerts["InfisicalSyncCyclesStalled"]["expr"].endswith("> 7200")
+    assert alerts["InfisicalSyncDeletesHeld"]["for"] == "1h"
+    assert "{{ $labels.namespace }}" in alerts["InfisicalSyncDeletesHeld"]["annotations"]["summary"]
+    defaults = render(helm, "metrics.prometheusRule.enabled=true")
+    [rule] = [doc for doc in defaults if doc["kind"] == "PrometheusRule"]
+    alerts = {item["alert"]: item for item in rule["spec"]["groups"][0]["rules"]}
+    assert 'reason!~"Suspended|DeletionHeld"' in alerts["InfisicalSecretSyncNotReady"]["expr"]
+    monitor = render(helm, "metrics.serviceMonitor.enabled=true")
+    [monitor_doc] = [doc for doc in monitor if doc["kind"] == "ServiceMonitor"]
+    assert monitor_doc["spec"]["endpoints"][0]["honorLabels"] is True
 
 
 def test_namespaced_without_namespaces_fails(helm: str) -> None:
@@ -342,7 +404,17 @@ def test_manifests_pass_server_side_validation(
     client.CoreV1Api(kube).create_namespace({"metadata": {"name": "infisical-sync"}})
     kubectl = str(ensure_kube_binaries(with_kubectl=True)["kubectl"])
     manifests = subprocess.run(
-        [helm, "template", "sync", str(CHART), "--namespace", "infisical-sync", "--include-crds"],
+        [
+            helm,
+            "template",
+            "sync",
+            str(CHART),
+            "--namespace",
+            "infisical-sync",
+            "--include-crds",
+            "--set",
+            "metrics.dashboard.enabled=true",  # a plain ConfigMap (the rule needs its CRD)
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -364,6 +436,7 @@ def test_manifests_pass_server_side_validation(
     )
     assert result.returncode == 0, result.stderr
     assert "deployment.apps/sync-infisical-sync created (server dry run)" in result.stdout
+    assert "configmap/sync-infisical-sync-dashboard created (server dry run)" in result.stdout
     # Sharded: the Deployments and budgets per shard (the CRDs and RBAC are the same).
     sharded = subprocess.run(
         [

@@ -134,6 +134,10 @@ def test_two_shards_split_the_secretsyncs_and_one_writes_the_connections_status(
                     LAST_SUCCESS, kind="SecretSync", namespace=namespace, name=name
                 )
                 assert (seen is not None) == (index == owners[name]), (name, index)
+                ready = process.metric(
+                    "infisical_sync_ready", kind="SecretSync", namespace=namespace, name=name
+                )
+                assert ready == (1 if index == owners[name] else None), (name, index)
         # Every shard logged in for its own SecretSyncs; the connection carries both finalizers.
         assert finalizers(kube, namespace, CONNECTIONS, "dest") == sorted(
             Shard(i, 2).finalizer for i in range(2)
@@ -148,6 +152,18 @@ def test_two_shards_split_the_secretsyncs_and_one_writes_the_connections_status(
             if f"connection {namespace}/dest is Ready" in process.log()
         ]
         assert said_ready == [owner(namespace, "dest", 2)]
+        # Its readiness series comes from that shard only; each shard's own validation from both.
+        for index, process in enumerate(operators):
+            wait_for(
+                lambda p=process: (
+                    p.metric("infisical_sync_connection_ready", namespace=namespace, name="dest")
+                    == 1
+                )
+            )
+            ready = process.metric(
+                "infisical_sync_ready", kind="InfisicalConnection", namespace=namespace, name="dest"
+            )
+            assert ready == (1 if index == owner(namespace, "dest", 2) else None), index
         for index, process in enumerate(operators):
             assert process.metric("infisical_sync_shard_info", shard=str(index), shards="2") == 1
 

@@ -869,6 +869,117 @@ async def test_every_validation_shows_in_the_metrics_until_the_connection_goes(
     assert sample(LAST_SUCCESS, "InfisicalConnection", "conn") is None
 
 
+READY = "infisical_sync_ready"
+
+
+def reason_of(kind: str, name: str) -> list[str]:
+    """The reasons this object is labelled not Ready with (one at most)."""
+    return [
+        found.labels["reason"]
+        for family in REGISTRY.collect()
+        if family.name == "infisical_sync_not_ready_reason"
+        for found in family.samples
+        if found.labels["kind"] == kind
+        and found.labels["namespace"] == "ns"
+        and found.labels["name"] == name
+    ]
+
+
+def held_deletes(name: str) -> float | None:
+    return REGISTRY.get_sample_value(
+        "infisical_sync_held_deletes", {"namespace": "ns", "name": name}
+    )
+
+
+def ready(reason: str, *, status: str = "True") -> list[dict[str, str]]:
+    return [{"type": "Ready", "status": status, "reason": reason}]
+
+
+async def test_readiness_follows_the_status_each_cycle_leaves_until_the_object_goes(
+    harness: Harness,
+) -> None:
+    harness.engine.results = [
+        ok(conditions=ready("Synced")),
+        ok(
+            conditions=ready("DeletionHeld", status="False"),
+            heldDeletes={"keys": ["B"], "reason": "mass delete"},
+            keyCounts={"held": 3},
+        ),
+        KubeUnavailable("the Kubernetes API server did not answer"),
+        ok(conditions=ready("Synced"), heldDeletes=None),
+    ]
+    await cycles(harness, sync_body(), 1)
+    assert sample(READY, "SecretSync", "sync") == 1
+    assert reason_of("SecretSync", "sync") == [] and held_deletes("sync") is None
+    harness.clock.advance(await harness.sleeping(1))
+    await harness.sleeping(2)
+    assert sample(READY, "SecretSync", "sync") == 0
+    assert reason_of("SecretSync", "sync") == ["DeletionHeld"]
+    assert held_deletes("sync") == 3  # keyCounts, not the shown keys
+    harness.clock.advance(await harness.sleeping(2))
+    await harness.sleeping(3)
+    # Not written: 0 whatever the stored status says; the held deletes stay as last known.
+    assert sample(READY, "SecretSync", "sync") == 0
+    assert reason_of("SecretSync", "sync") == [metrics.STATUS_NOT_WRITTEN]  # replaced
+    assert held_deletes("sync") == 3
+    harness.clock.advance(await harness.sleeping(3))
+    await harness.sleeping(4)
+    assert sample(READY, "SecretSync", "sync") == 1
+    assert reason_of("SecretSync", "sync") == [] and held_deletes("sync") is None
+    harness.engine.results = [ok(conditions=ready("Suspended", status="False"))]
+    harness.clock.advance(await harness.sleeping(4))
+    await harness.sleeping(5)
+    assert reason_of("SecretSync", "sync") == ["Suspended"]
+    harness.scheduler.on_secretsync_event("DELETED", "ns", "sync", sync_body())
+    assert sample(READY, "SecretSync", "sync") is None
+    assert reason_of("SecretSync", "sync") == []
+
+
+async def test_readiness_is_known_from_the_stored_status_before_the_first_cycle(
+    harness: Harness,
+) -> None:
+    body = sync_body()
+    body["status"] = {
+        "lastSyncedAt": "2026-01-01T00:00:00Z",
+        "observedGeneration": 1,
+        "conditions": ready("SourceUncertain", status="False"),
+    }
+    harness.sync("sync", body)  # in sync before a restart: its first cycle waits for the spread
+    assert harness.engine.runs == []
+    assert sample(READY, "SecretSync", "sync") == 0
+    assert reason_of("SecretSync", "sync") == ["SourceUncertain"]
+
+
+async def test_a_connection_readiness_is_exported_by_its_owning_shard_only(
+    harness: Harness,
+) -> None:
+    owner = slot_of("ns", "conn", 2)
+    harness.connections.outcomes = [Outcome(False, "InvalidCredentials", "no")]
+    harness.scheduler.shard = Shard(1 - owner, 2)
+    task = harness.start(
+        harness.scheduler.run_connection("ns", "conn", {}, harness.stopped, dependents=list)
+    )
+    await harness.sleeping(1)
+    assert sample(LAST_CYCLE, "InfisicalConnection", "conn") is not None  # it validated
+    assert sample(READY, "InfisicalConnection", "conn") is None
+    harness.stopped.set()
+    await task
+
+    harness.stopped.clear()
+    harness.connections.outcomes = [Outcome(False, "InvalidCredentials", "no")]
+    harness.scheduler.shard = Shard(owner, 2)
+    task = harness.start(
+        harness.scheduler.run_connection("ns", "conn", {}, harness.stopped, dependents=list)
+    )
+    await harness.sleeping(2)  # pauses are counted over both loops
+    assert sample(READY, "InfisicalConnection", "conn") == 0
+    assert reason_of("InfisicalConnection", "conn") == ["InvalidCredentials"]
+    harness.stopped.set()
+    await task
+    assert sample(READY, "InfisicalConnection", "conn") is None
+    assert reason_of("InfisicalConnection", "conn") == []
+
+
 async def test_manual_sync_runs_at_start_and_on_request_only(harness: Harness) -> None:
     harness.sync("sync", sync_body(autoSyncEnabled=False))
     harness.clock.advance(await harness.sleeping(1))  # ran once: created
