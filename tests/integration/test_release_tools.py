@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import tarfile
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,9 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 
 
-def _built(build: object) -> str:
+def _built(build: Callable[[], Path]) -> str:
     try:
-        return str(build())  # type: ignore[operator]
+        return str(build())
     except ControlPlaneError as exc:
         if IN_CI:
             raise  # under CI the Go-built tools are there: `make deps` builds them
