@@ -94,18 +94,23 @@ def test_the_lock_is_in_step_with_pyproject() -> None:
 def test_the_lock_check_fails_on_a_stale_lock() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text()
     lock = LOCK.read_text()
-    raised = pyproject.replace('"kopf>=1.45,<2"', '"kopf>=99"')
+    first, *_, last = tomllib.loads(pyproject)["project"]["dependencies"]
+    name = Requirement(first).name
+    raised = pyproject.replace(f'"{first}"', f'"{name}>=999"')
     assert raised != pyproject
+    pinned = parse_lock(lock)[0][canonicalize_name(name)].version
     assert lock_problems(raised, lock) == [
-        "dependency 'kopf>=99': requirements.lock pins kopf==" + parse_lock(lock)[0]["kopf"].version
+        f"dependency '{name}>=999': requirements.lock pins {canonicalize_name(name)}=={pinned}"
     ]
-    added = pyproject.replace('"pyyaml>=6",', '"pyyaml>=6",\n    "rich>=13",')
+    added = pyproject.replace(f'"{last}",', f'"{last}",\n    "rich>=13",')
     assert lock_problems(added, lock) == ["dependency 'rich>=13' is not in requirements.lock"]
     # A marker that excludes the image's platform needs no pin.
-    windows_only = pyproject.replace(
-        '"pyyaml>=6",', '"pyyaml>=6",\n    "pywin32; sys_platform == \'win32\'",'
-    )
+    windows_only = pyproject.replace(f'"{last}",', f'"{last}",\n    "pywin32; os_name == \'nt\'",')
+    assert windows_only != pyproject
     assert lock_problems(windows_only, lock) == []
+    backend = tomllib.loads(pyproject)["build-system"]["requires"][0]
+    newer_backend = pyproject.replace(f'"{backend}"', '"setuptools>=999"')
+    assert lock_problems(newer_backend, lock)[0].startswith("build requirement 'setuptools>=999'")
     unhashed = re.sub(
         r"(?m)^(sniffio==\S+) \\\n(\s+--hash=\S+ \\\n)*\s+--hash=\S+\n", r"\1\n", lock
     )
