@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test test-node test-image-python lint unit deps system-deps kube-binaries images demo format clean controlplane-up controlplane-down
+.PHONY: test test-node test-image-python lint unit deps system-deps kube-binaries images demo format clean controlplane-up controlplane-down lock chart actionlint
 
 # The image's Python (Debian trixie ships 3.13) runs the suite too, beside $(PYTHON) (3.11, the
 # oldest supported). Found on PATH or in pyenv; override with IMAGE_PYTHON=/path/to/python3.13.
@@ -44,11 +44,13 @@ format: $(VENV)/.installed
 	$(BIN)/ruff format operator tests benchmarks
 	$(BIN)/ruff check --fix operator tests benchmarks
 
-deps: system-deps $(VENV)/.installed kube-binaries
+deps: system-deps $(VENV)/.installed kube-binaries actionlint
 
 # etcd for the control plane; the test node's runtime, CNI plugins and iptables; debootstrap and
 # buildah to build the image from the Dockerfile without a registry.
 NODE_PACKAGES := containerd runc containernetworking-plugins iptables conntrack debootstrap buildah
+# actionlint checks the workflows' `run:` scripts with it.
+NODE_PACKAGES += shellcheck
 
 system-deps:
 	@command -v go >/dev/null || { echo "Go is required to build kube-apiserver (https://go.dev/doc/install)"; exit 1; }
@@ -67,6 +69,31 @@ $(VENV)/.installed: pyproject.toml
 
 kube-binaries: $(VENV)/.installed  ## build kube-apiserver, kubectl, the node binaries and helm once (cached in ~/.cache/infisical-sync)
 	$(BIN)/python -c "from infisical_sync.testing.controlplane import ensure_kube_binaries as e, ensure_helm as h, ensure_coredns as d; e(with_kubectl=True, node=True); h(); d()"
+
+actionlint: $(VENV)/.installed  ## build actionlint once (cached), the workflows' linter in the tests
+	$(BIN)/python -c "from infisical_sync.testing.controlplane import ensure_actionlint as a; a()"
+
+# The image's dependencies, pinned with every file's hash for the image's Python (Debian trixie's
+# 3.13) on both architectures the release builds: the runtime dependencies of pyproject.toml plus
+# its build backend (the Dockerfile installs the project with --no-build-isolation). The arm64
+# resolution must come out the same, or one lock could not serve both images.
+LOCK_BUILD_REQUIRES = $(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")'
+LOCK_COMPILE = $(BIN)/uv pip compile pyproject.toml - --generate-hashes --only-binary :all: \
+	--python-version 3.13 --custom-compile-command "make lock" --quiet
+
+lock: $(VENV)/.installed  ## regenerate requirements.lock after a dependency change in pyproject.toml
+	$(LOCK_BUILD_REQUIRES) | $(LOCK_COMPILE) --python-platform x86_64-manylinux_2_40 --output-file requirements.lock
+	@arm64=$$(mktemp); trap 'rm -f $$arm64' EXIT; \
+	$(LOCK_BUILD_REQUIRES) | $(LOCK_COMPILE) --python-platform aarch64-manylinux_2_40 --output-file $$arm64 || exit 1; \
+	diff -u requirements.lock $$arm64 || { echo "arm64 resolves differently from amd64: see the diff"; exit 1; }
+
+# The chart's version and appVersion come from pyproject.toml, the one place a release bumps.
+VERSION = $(shell $(PYTHON) -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
+HELM ?= $(shell $(BIN)/python -c "from infisical_sync.testing.controlplane import ensure_helm; print(ensure_helm())" 2>/dev/null || echo helm)
+DIST ?= dist
+
+chart:  ## the Helm chart as $(DIST)/infisical-sync-<version>.tgz
+	$(HELM) package deploy/helm/infisical-sync --version $(VERSION) --app-version $(VERSION) --destination $(DIST)
 
 images: $(VENV)/.installed  ## the operator image from the Dockerfile (buildah) and the node's pause image, cached
 	$(BIN)/python -m infisical_sync.testing.images

@@ -7,19 +7,28 @@ from pathlib import Path
 import pytest
 
 from infisical_sync.testing.images import (
+    DebianBase,
+    ImageBuildError,
     archive_name,
+    debian_base,
+    debian_bases,
     debian_sources,
     exists_in_root,
+    from_images,
     mounts_under,
     operator_image_key,
     pause_image_key,
+    point_release_note,
 )
+
+ROOT = Path(__file__).parents[2]
 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     (tmp_path / "Dockerfile").write_text("FROM debian:trixie-slim\n")
     (tmp_path / ".dockerignore").write_text("tests\n")
+    (tmp_path / "requirements.lock").write_text("x==1 --hash=sha256:00\n")
     (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
     (tmp_path / "README.md").write_text("# x\n")
     package = tmp_path / "operator" / "infisical_sync"
@@ -36,7 +45,9 @@ def test_operator_key_changes_with_a_source_file(repo: Path) -> None:
     assert operator_image_key(repo) != before
 
 
-@pytest.mark.parametrize("name", ["Dockerfile", ".dockerignore", "pyproject.toml", "README.md"])
+@pytest.mark.parametrize(
+    "name", ["Dockerfile", ".dockerignore", "requirements.lock", "pyproject.toml", "README.md"]
+)
 def test_operator_key_changes_with_the_build_files(repo: Path, name: str) -> None:
     before = operator_image_key(repo)
     with open(repo / name, "a") as file:
@@ -208,6 +219,89 @@ def test_slimming_keeps_copyrights_and_drops_docs_man_pages_and_apt_state(tmp_pa
     assert (root / "usr/sbin/policy-rc.d").stat().st_mode & 0o111
 
 
+def test_from_images_skips_stages_and_scratch_and_reads_flags() -> None:
+    dockerfile = """# syntax=docker/dockerfile:1
+FROM --platform=linux/amd64 debian:13.8-slim AS build
+RUN echo from debian:12-slim  # not a FROM line
+from debian:13.8-slim as Runtime
+FROM build AS again
+FROM runtime
+FROM scratch
+FROM docker.io/library/debian:12.9-slim
+"""
+    assert from_images(dockerfile) == ["debian:13.8-slim", "docker.io/library/debian:12.9-slim"]
+
+
+def test_from_images_refuses_what_it_cannot_resolve() -> None:
+    with pytest.raises(ImageBuildError, match="build argument"):
+        from_images("ARG BASE=debian:13.8-slim\nFROM ${BASE}\n")
+    with pytest.raises(ImageBuildError, match="without an image"):
+        from_images("FROM --platform=linux/amd64\n")
+
+
+@pytest.mark.parametrize(
+    ("image", "suite", "release"),
+    [
+        ("debian:13.8-slim", "trixie", "13.8"),
+        ("debian:13-slim", "trixie", ""),
+        ("debian:12.11-slim", "bookworm", "12.11"),
+        ("debian:trixie-slim", "trixie", ""),
+        ("debian:trixie-20251117-slim", "trixie", ""),
+        ("docker.io/library/debian:13.8-slim", "trixie", "13.8"),
+        ("library/debian:forky-slim", "forky", ""),
+    ],
+)
+def test_debian_tags_map_to_a_debootstrap_suite(image: str, suite: str, release: str) -> None:
+    base = debian_base(image)
+    assert (base.suite, base.release) == (suite, release)
+    # The name buildah gives the Dockerfile's short name, so that FROM finds the local base.
+    assert base.name == "docker.io/library/debian:" + image.rsplit(":", 1)[1]
+
+
+@pytest.mark.parametrize(
+    ("image", "reason"),
+    [
+        ("ubuntu:24.04", "only Debian"),
+        ("quay.io/debian:13-slim", "only Debian"),
+        ("debian:13.8", "-slim variant"),
+        ("debian:99-slim", "Debian 99"),
+        ("debian:sid-slim", "no known Debian release"),
+        ("debian:trixie-2025-slim", "no known Debian release"),
+    ],
+)
+def test_images_that_cannot_be_made_locally_are_refused(image: str, reason: str) -> None:
+    with pytest.raises(ImageBuildError, match=reason):
+        debian_base(image)
+
+
+def test_the_dockerfile_pins_one_debian_point_release_for_both_stages() -> None:
+    dockerfile = ROOT / "Dockerfile"
+    assert len(from_images(dockerfile.read_text())) == 1, "both stages must name the same base"
+    (base,) = debian_bases(dockerfile)
+    assert base.release, f"{base.name}: pin a point release (debian:13.N-slim)"
+    # trixie's python3 (3.13) is the Python `make lock` resolves for (tests/unit/test_release.py).
+    assert base.suite == "trixie"
+
+
+def test_a_point_release_newer_than_the_pin_is_told_not_failed() -> None:
+    pinned = DebianBase("docker.io/library/debian:13.8-slim", "trixie", "13.8")
+    assert point_release_note(pinned, "13.8") == ""
+    note = point_release_note(pinned, "13.9")
+    assert "13.9" in note and "13.8" in note
+    assert (
+        point_release_note(DebianBase("docker.io/library/debian:trixie-slim", "trixie", ""), "13.9")
+        == ""
+    )
+    with pytest.raises(ImageBuildError, match=r"installed Debian 14\.1"):
+        point_release_note(pinned, "14.1")
+
+
+def test_a_changed_base_pin_changes_the_operator_key(repo: Path) -> None:
+    before = operator_image_key(repo)
+    (repo / "Dockerfile").write_text("FROM debian:12.11-slim\n")
+    assert operator_image_key(repo) != before
+
+
 def test_the_base_recipe_key_is_stable_and_per_suite() -> None:
     from infisical_sync.testing.images import base_recipe_key
 
@@ -220,7 +314,7 @@ def test_a_changed_slimming_recipe_changes_both_keys(
 ) -> None:
     from infisical_sync.testing import images
 
-    base, operator = images.base_recipe_key(), operator_image_key(repo)
+    base, operator = images.base_recipe_key("trixie"), operator_image_key(repo)
     monkeypatch.setattr(images, "_SLIM_EXCLUDES", (*images._SLIM_EXCLUDES, "/usr/share/extra/*"))
-    assert images.base_recipe_key() != base
+    assert images.base_recipe_key("trixie") != base
     assert operator_image_key(repo) != operator

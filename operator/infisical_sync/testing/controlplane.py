@@ -40,6 +40,8 @@ HELM_VERSION = "v3.19.5"
 HELM_MODULE_DIR = REPO_ROOT / "tests" / "controlplane" / "helmbuild"
 COREDNS_VERSION = "v1.14.7"  # pinned in tests/controlplane/corednsbuild/go.mod
 COREDNS_MODULE_DIR = REPO_ROOT / "tests" / "controlplane" / "corednsbuild"
+ACTIONLINT_VERSION = "v1.7.12"  # pinned in tests/controlplane/actionlintbuild/go.mod
+ACTIONLINT_MODULE_DIR = REPO_ROOT / "tests" / "controlplane" / "actionlintbuild"
 CRD_DIR = REPO_ROOT / "deploy" / "crds"
 RBAC_RULES = REPO_ROOT / "deploy" / "helm" / "infisical-sync" / "files" / "rbac-rules.yaml"
 CLUSTER_IDENTITY_RULES = RBAC_RULES.with_name("cluster-identity-rules.yaml")
@@ -138,6 +140,20 @@ def ensure_coredns() -> Path:
     """Build (once) and return a CoreDNS with the kubernetes plugin: the test node's cluster DNS."""
     return _ensure_built(
         COREDNS_MODULE_DIR, ".", "coredns", COREDNS_VERSION, tags="", env={"CGO_ENABLED": "0"}
+    )
+
+
+def ensure_actionlint() -> Path:
+    """Build (once) and return actionlint, the linter the tests run on .github/workflows."""
+    return _ensure_built(
+        ACTIONLINT_MODULE_DIR,
+        "github.com/rhysd/actionlint/cmd/actionlint",
+        "actionlint",
+        ACTIONLINT_VERSION,
+        # What `actionlint -version` prints (a build outside a release has no version of its own).
+        ldflags=[f"-X github.com/rhysd/actionlint.version={ACTIONLINT_VERSION}"],
+        tags="",
+        env={"CGO_ENABLED": "0"},
     )
 
 

@@ -3,9 +3,9 @@
 Three images, each cached as a docker-archive tar (``ctr images import`` loads it) under
 ``cache_dir() / "images"``:
 
-* ``docker.io/library/debian:trixie-slim``: made the way Debian's official images are, by
-  debootstrap from the Debian archive and slimmed like the ``-slim`` variants. It is only kept
-  in buildah's storage, as the base the Dockerfile names.
+* the Debian base the Dockerfile's ``FROM`` lines name (``debian:13.8-slim``): made the way
+  Debian's official images are, by debootstrap from the Debian archive and slimmed like the
+  ``-slim`` variants, under the name the Dockerfile pins. It is only kept in buildah's storage.
 * the operator image, from the repo's Dockerfile as is (``buildah bud --layers``);
 * ``registry.k8s.io/pause``, the CRI sandbox image: a tiny static Go program FROM scratch.
 
@@ -17,6 +17,7 @@ host's /etc/containers and /var/lib/containers are never used and nothing is eve
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -34,7 +35,8 @@ from pathlib import Path
 
 from infisical_sync.testing.controlplane import REPO_ROOT, cache_dir
 
-DEBIAN_SUITE = "trixie"
+# Debian release numbers of the pins a Dockerfile may use (debian:13.8-slim), and their suites.
+DEBIAN_CODENAMES = {"12": "bookworm", "13": "trixie", "14": "forky"}
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DEBIAN_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
@@ -46,7 +48,14 @@ PAUSE_MODULE_DIR = REPO_ROOT / "tests" / "controlplane" / "pause"
 # runc, with the host network for the Dockerfile's apt-get and pip (no CNI setup needed).
 ISOLATION = "oci"
 # What the operator image is built from (the Dockerfile's context is filtered by .dockerignore).
-OPERATOR_INPUTS = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "operator")
+OPERATOR_INPUTS = (
+    "Dockerfile",
+    ".dockerignore",
+    "requirements.lock",
+    "pyproject.toml",
+    "README.md",
+    "operator",
+)
 # Directories on the machine that buildah and runc create whatever their flags say.
 _HOST_STATE_DIRS = (
     Path("/run/containers"),
@@ -129,10 +138,12 @@ def source_digest(root: Path, names: Iterable[str], *extra: str) -> str:
 def operator_image_key(repo_root: Path = REPO_ROOT, tag: str = OPERATOR_IMAGE) -> str:
     """Changes whenever the Dockerfile, its context, the image name or the base's recipe
     changes."""
-    return source_digest(repo_root, OPERATOR_INPUTS, tag, base_recipe_key())
+    bases = debian_bases(repo_root / "Dockerfile")
+    recipes = sorted({base_recipe_key(base.suite) for base in bases})
+    return source_digest(repo_root, OPERATOR_INPUTS, tag, *recipes)
 
 
-def base_recipe_key(suite: str = DEBIAN_SUITE) -> str:
+def base_recipe_key(suite: str) -> str:
     """How the Debian base is made: a changed recipe rebuilds it (it is cached by name)."""
     import inspect
 
@@ -183,6 +194,75 @@ def debian_sources(suite: str) -> str:
         f"Types: deb\nURIs: {DEBIAN_SECURITY_MIRROR}\nSuites: {suite}-security\n"
         f"Components: main\nSigned-By: {DEBIAN_KEYRING}\n"
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class DebianBase:
+    """A Debian image a Dockerfile starts from, and how debootstrap makes it."""
+
+    name: str  # fully qualified, as buildah resolves the Dockerfile's short name
+    suite: str  # what debootstrap installs: trixie
+    release: str  # the point release the tag pins ("13.8"), or "" when the tag names none
+
+
+def from_images(dockerfile_text: str) -> list[str]:
+    """The images a Dockerfile's FROM lines name, in order and once each; a FROM that names an
+    earlier stage, or scratch, starts from no image."""
+    stages: set[str] = set()
+    images: list[str] = []
+    for line in dockerfile_text.splitlines():
+        words = line.split()
+        if not words or words[0].upper() != "FROM":
+            continue
+        words = [word for word in words[1:] if not word.startswith("--")]  # --platform=...
+        if not words:
+            raise ImageBuildError(f"a FROM line without an image: {line.strip()!r}")
+        image, alias = words[0], words[2] if len(words) >= 3 and words[1].upper() == "AS" else ""
+        if image != "scratch" and image.lower() not in stages and image not in images:
+            if "$" in image:
+                raise ImageBuildError(f"FROM with a build argument is not supported here: {image}")
+            images.append(image)
+        if alias:
+            stages.add(alias.lower())
+    return images
+
+
+def debian_base(image: str) -> DebianBase:
+    """What `debian:<tag>` means for debootstrap. Tags as Debian's official images have them:
+    `13.8-slim` (a point release), `13-slim`, `trixie-slim`, `trixie-20251117-slim` (a dated
+    build). Only the -slim variant is made here."""
+    match = re.fullmatch(
+        r"(?:(?:docker\.io/)?library/|docker\.io/)?debian:([A-Za-z0-9._-]+)", image
+    )
+    if match is None:
+        raise ImageBuildError(
+            f"FROM {image}: only Debian's images (debian:<tag>) can be made without a registry"
+        )
+    tag = match.group(1)
+    if not tag.endswith("-slim"):
+        raise ImageBuildError(f"FROM {image}: only the -slim variant is made here")
+    version = tag.removesuffix("-slim")
+    release = ""
+    numbered = re.fullmatch(r"(\d+)(?:\.(\d+))?", version)
+    if numbered:
+        suite = DEBIAN_CODENAMES.get(numbered.group(1), "")
+        if not suite:
+            raise ImageBuildError(
+                f"FROM {image}: Debian {numbered.group(1)} is none of "
+                f"{', '.join(f'{n} ({c})' for n, c in DEBIAN_CODENAMES.items())}"
+            )
+        release = version if numbered.group(2) is not None else ""
+    else:
+        dated = re.fullmatch(r"([a-z]+)(?:-\d{8})?", version)
+        if dated is None or dated.group(1) not in DEBIAN_CODENAMES.values():
+            raise ImageBuildError(f"FROM {image}: {version!r} names no known Debian release")
+        suite = dated.group(1)
+    return DebianBase(name=f"docker.io/library/debian:{tag}", suite=suite, release=release)
+
+
+def debian_bases(dockerfile: Path) -> list[DebianBase]:
+    """The Debian bases `dockerfile` starts from."""
+    return [debian_base(image) for image in from_images(dockerfile.read_text())]
 
 
 # --- running things -----------------------------------------------------------------------------
@@ -408,22 +488,59 @@ def _clean_work_dirs(work: Path) -> None:
 # --- the Debian base ----------------------------------------------------------------------------
 
 
-def debian_image_name(suite: str = DEBIAN_SUITE) -> str:
-    return f"docker.io/library/debian:{suite}-slim"
-
-
-def ensure_debian_base(suite: str = DEBIAN_SUITE) -> str:
-    """Make (once) `docker.io/library/debian:<suite>-slim` in the private buildah storage, from
-    the Debian archive with debootstrap; return the image name."""
+def ensure_debian_bases(dockerfile: Path = REPO_ROOT / "Dockerfile") -> list[str]:
+    """Make (once) the Debian bases `dockerfile` names in the private buildah storage, from the
+    Debian archive with debootstrap; return their names."""
     with _build_lock() as buildah:
-        return _ensure_debian_base(buildah, suite)
+        return _ensure_debian_bases(buildah, debian_bases(dockerfile))
 
 
 BASE_RECIPE_LABEL = "dev.infisical-sync.base-recipe"
 
 
-def _ensure_debian_base(buildah: _Buildah, suite: str) -> str:
-    name = debian_image_name(suite)
+def _ensure_debian_bases(buildah: _Buildah, bases: Sequence[DebianBase]) -> list[str]:
+    names = [_ensure_debian_base(buildah, base) for base in bases]
+    _remove_other_bases(buildah, keep=names)
+    return names
+
+
+def _remove_other_bases(buildah: _Buildah, keep: Sequence[str]) -> None:
+    """Bases an earlier Dockerfile pinned (a full rootfs each on vfs): untagged, so that the
+    prune after the next build frees what no named image uses."""
+    listing = subprocess.run(
+        buildah.argv("images", "--json"),
+        capture_output=True,
+        env={**os.environ, **buildah.env()},
+        check=False,
+    )
+    try:
+        images = json.loads(listing.stdout or b"[]") if listing.returncode == 0 else []
+    except ValueError:
+        return
+    for image in images:
+        for name in image.get("names") or []:
+            if name.startswith("docker.io/library/debian:") and name not in keep:
+                try:
+                    buildah.run("rmi", name, log="operator")
+                except ImageBuildError as exc:  # housekeeping only: the build goes on
+                    _progress(f"could not remove the old base {name}: {exc}")
+
+
+def point_release_note(base: DebianBase, built: str) -> str:
+    """What to tell when the archive's point release is not the one the tag pins (the archive
+    keeps only the latest of a release): empty when they agree or the tag pins none."""
+    if not base.release or built == base.release:
+        return ""
+    if built.split(".")[0] != base.release.split(".")[0]:
+        raise ImageBuildError(f"{base.name}: debootstrap {base.suite} installed Debian {built}")
+    return (
+        f"{base.name} pins Debian {base.release}; the archive serves {built} now, so the local "
+        f"base is {built} under the pinned name (update the Dockerfile's FROM to {built})"
+    )
+
+
+def _ensure_debian_base(buildah: _Buildah, base: DebianBase) -> str:
+    name, suite = base.name, base.suite
     recipe = base_recipe_key(suite)
     if (buildah.labels(name) or {}).get(BASE_RECIPE_LABEL) == recipe:
         return name
@@ -444,6 +561,10 @@ def _ensure_debian_base(buildah: _Buildah, suite: str) -> str:
             log=buildah.logs / f"{log}.log",
         )
         _release_mounts(rootfs)  # debootstrap unmounts on success; make sure of it
+        built = (rootfs / "etc/debian_version").read_text().strip()
+        note = point_release_note(base, built)
+        if note:
+            _progress(note)
         _slim_rootfs(rootfs, suite)
         archive = workdir / "rootfs.tar"
         _run(
@@ -470,6 +591,7 @@ def _ensure_debian_base(buildah: _Buildah, suite: str) -> str:
                 '--cmd=["bash"]',
                 f"--env=PATH={_IMAGE_PATH}",
                 f"--label=org.opencontainers.image.description=debootstrap {suite} minbase, slim",
+                f"--label=org.opencontainers.image.version={built}",
                 f"--label={BASE_RECIPE_LABEL}={recipe}",
                 container,
                 log=log,
@@ -640,7 +762,7 @@ def ensure_operator_image(tag: str = OPERATOR_IMAGE) -> Path:
     with _build_lock() as buildah:
         if target.exists():
             return target
-        _ensure_debian_base(buildah, DEBIAN_SUITE)
+        _ensure_debian_bases(buildah, debian_bases(REPO_ROOT / "Dockerfile"))
         _progress(f"building {tag} from {REPO_ROOT / 'Dockerfile'} with buildah...")
         started = time.monotonic()
         buildah.fresh_log("operator")
@@ -724,7 +846,7 @@ def ensure_pause_image(name: str = PAUSE_IMAGE) -> Path:
 
 def main() -> None:
     """`python -m infisical_sync.testing.images`: build all three, print the archives."""
-    ensure_debian_base()
+    ensure_debian_bases()
     for archive in (ensure_operator_image(), ensure_pause_image()):
         print(archive)
 
