@@ -9,6 +9,7 @@ import contextlib
 import sys
 from pathlib import Path
 
+import urllib3
 from pydantic import ValidationError
 
 from infisical_sync import cli_commands
@@ -170,6 +171,15 @@ def _inspect(args: argparse.Namespace) -> int:
     except cli_commands.CommandError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        cause = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
+        print(
+            f"error: the Kubernetes API server cannot be reached ({type(cause).__name__})",
+            file=sys.stderr,
+        )
+        return cli_commands.EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
 
 
 def kubectl_main() -> int:

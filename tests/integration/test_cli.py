@@ -131,6 +131,7 @@ def test_status_shows_each_object_with_its_state_and_reason(
 
     done = cli(control_plane, "status", "-n", namespace)
     assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
     lines = done.stdout.splitlines()
     assert lines[0].split() == ["NAME", "READY", "SYNCED", "REASON", "MESSAGE"]
     assert row(done.stdout, "infisicalconnection/dest")[:4] == [
@@ -178,6 +179,15 @@ def test_status_shows_each_object_with_its_state_and_reason(
         [namespace, "secretsync/orphan", "False"],
         [namespace, "secretsync/sync", "True"],
     ]
+
+    # An API server that is not there: one line, exit 2.
+    config["clusters"][0]["cluster"]["server"] = "https://127.0.0.1:9"
+    nowhere = tmp_path / "kubeconfig-nowhere"
+    nowhere.write_text(yaml.safe_dump(config))
+    unreachable = cli(control_plane, "status", kubeconfig=nowhere)
+    assert unreachable.returncode == 2
+    assert unreachable.stderr.startswith("error: the Kubernetes API server cannot be reached")
+    assert len(unreachable.stderr.splitlines()) == 1
 
     empty = cli(control_plane, "status", "-n", f"{namespace}-none")
     assert empty.returncode == 0
@@ -231,6 +241,7 @@ def test_plan_names_the_next_syncs_changes_by_key_and_writes_nothing(
 
     done = cli(control_plane, "plan", f"{namespace}/sync")
     assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
     lines = done.stdout.splitlines()
     assert lines == [
         f"SecretSync {namespace}/sync -> dest/{PROJECT}/prod:/apps",
@@ -432,3 +443,66 @@ def test_kubectl_runs_the_declared_plugin(
     assert usage.returncode == 0
     assert usage.stdout.startswith("usage: kubectl infisical-sync")
     assert "3 sync-now timed out" in " ".join(usage.stdout.split())
+
+
+def test_plan_shows_held_deletes_and_the_command_that_lets_them_go(
+    env: tuple[Any, str, FakeInfisical], control_plane: ControlPlane
+) -> None:
+    kube, namespace, fake = env
+    put_secret(kube, namespace, "app", {"A": KEEP, "B": OLD, "C": GONE})
+    create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec())
+    wait_for(lambda: synced(kube, namespace) and len(remote(fake)) == 3)
+    put_secret(kube, namespace, "app", {"A": KEEP})  # two of three owned keys would go
+
+    first = cli(control_plane, "plan", f"{namespace}/sync")
+    assert first.returncode == 0, first.stderr
+    lines = first.stdout.splitlines()
+    assert "create 0, update 0, delete 0, unchanged 1" in lines
+    held = lines.index(next(line for line in lines if line.startswith("deletes held (2): ")))
+    assert "would delete 2 of 3 owned keys" in lines[held]
+    assert lines[held + 1 : held + 4] == [
+        "  ! B",
+        "  ! C",
+        "  the operator shows the id that lets them go in status.heldDeletes",
+    ]
+
+    refused = cli(control_plane, "sync-now", f"{namespace}/sync")
+    assert refused.returncode == 1
+    hold = status(kube, namespace, SYNCS, "sync")["heldDeletes"]["id"]
+    assert f"SecretSync {namespace}/sync: Failed (DeletionHeld)" in refused.stdout
+    assert f"  held deletes: infisical-sync.dev/allow-mass-delete={hold}" in refused.stdout
+
+    # Now status shows the hold: the plan names the command, with the id the operator accepts.
+    second = cli(control_plane, "plan", f"{namespace}/sync")
+    command = (
+        f"kubectl annotate secretsync -n {namespace} sync "
+        f"infisical-sync.dev/allow-mass-delete={hold}"
+    )
+    assert f"  to let them go: {command}" in second.stdout.splitlines()
+    kubectl = str(ensure_kube_binaries(with_kubectl=True)["kubectl"])
+    subprocess.run(
+        [kubectl, "--kubeconfig", str(control_plane.kubeconfig), *command.split()[1:]],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    wait_for(lambda: remote(fake) == {"A": KEEP}, message="the confirmed deletes")
+    after = cli(control_plane, "plan", f"{namespace}/sync")
+    assert after.returncode == 0, after.stderr
+    assert "nothing to write" in after.stdout.splitlines()
+
+    # A SecretSync whose connection does not exist: no plan, as its sync would stop.
+    create(
+        kube,
+        namespace,
+        SYNCS,
+        "SecretSync",
+        "nowhere",
+        {
+            **sync_spec(),
+            "destination": {**sync_spec()["destination"], "connectionRef": {"name": "x"}},
+        },
+    )
+    stopped = cli(control_plane, "plan", f"{namespace}/nowhere")
+    assert stopped.returncode == 1
+    assert "stop before planning: ConnectionNotReady: InfisicalConnection" in stopped.stderr
