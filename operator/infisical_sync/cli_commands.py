@@ -309,9 +309,9 @@ async def _connect(
         connections.states[(namespace, name)] = ConnectionState(False, reason, message)
         return
     outcome = await connections.validate(namespace, name, body.get("spec") or {}, force_login=False)
-    connections.states[(namespace, name)] = ConnectionState(
-        outcome.ready, outcome.reason, outcome.message
-    )
+    # Ready for the operator but not from here (a cluster-internal URL, a firewall): say so.
+    message = outcome.message if outcome.ready else f"from this machine: {outcome.message}"
+    connections.states[(namespace, name)] = ConnectionState(outcome.ready, outcome.reason, message)
 
 
 async def _preview(

@@ -506,3 +506,13 @@ def test_plan_shows_held_deletes_and_the_command_that_lets_them_go(
     stopped = cli(control_plane, "plan", f"{namespace}/nowhere")
     assert stopped.returncode == 1
     assert "stop before planning: ConnectionNotReady: InfisicalConnection" in stopped.stderr
+
+    # Ready for the operator, but the login from where `plan` runs fails: said so.
+    fake.inject(Fault("status", r"/auth/universal-auth/login$", method="POST", status=503))
+    try:
+        unreachable = cli(control_plane, "plan", f"{namespace}/sync")
+    finally:
+        fake.clear_faults()
+    assert unreachable.returncode == 1
+    assert "ConnectionNotReady: InfisicalConnection" in unreachable.stderr
+    assert "is not Ready: ServerError: from this machine: " in unreachable.stderr
