@@ -1,4 +1,5 @@
-"""Command line: `infisical-sync run` (the operator) and the development helpers."""
+"""Command line: `infisical-sync run` (the operator), the commands for people (`status`, `plan`,
+`sync-now`: cli_commands.py) and the development helpers."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import contextlib
 import sys
 from pathlib import Path
 
+import urllib3
 from pydantic import ValidationError
 
+from infisical_sync import cli_commands
 from infisical_sync.config import Settings
+from infisical_sync.durations import parse_duration
 from infisical_sync.instance_urls import parse_entry
 
 
@@ -21,11 +25,63 @@ def _allowed_instance_url(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _timeout(text: str) -> float:
+    """Seconds, or a duration like the CRDs' ("90s", "2m")."""
+    seconds = parse_duration(text, -1.0) if not text.replace(".", "", 1).isdigit() else float(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"not a positive duration: {text!r} (e.g. 60, 90s, 2m)")
+    return seconds
+
+
+def build_parser(prog: str = "infisical-sync") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="infisical-sync", description="Keep Infisical projects in sync from Kubernetes."
+        prog=prog,
+        description="Keep Infisical projects in sync from Kubernetes.",
+        epilog="exit codes (status, plan, sync-now): 0 done; 1 the sync failed, or would stop "
+        "before planning; 2 usage error, not found, access refused or API server unreachable; "
+        "3 sync-now timed out",
     )
     commands = parser.add_subparsers(dest="command", required=True)
+
+    cluster = argparse.ArgumentParser(add_help=False)
+    cluster.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube)")
+    cluster.add_argument("--context", help="kubeconfig context (default: the current one)")
+
+    status = commands.add_parser(
+        "status",
+        parents=[cluster],
+        help="InfisicalConnections and SecretSyncs, one line each, with reasons",
+    )
+    where = status.add_mutually_exclusive_group()
+    where.add_argument("-n", "--namespace", help="default: the kubeconfig context's namespace")
+    where.add_argument("-A", "--all-namespaces", action="store_true")
+
+    plan = commands.add_parser(
+        "plan",
+        parents=[cluster],
+        help="what the next sync of a SecretSync would create, update and delete (key names "
+        "only; writes nothing)",
+    )
+    plan.add_argument("target", metavar="NAMESPACE/NAME", help="the SecretSync (or NAME)")
+    plan.add_argument(
+        "--cluster-id",
+        default=cli_commands.environment_cluster_id(),
+        help="the operator's --cluster-id, if it runs with one "
+        "(default: $INFISICAL_SYNC_CLUSTER_ID, else the kube-system namespace's UID)",
+    )
+
+    now = commands.add_parser(
+        "sync-now",
+        parents=[cluster],
+        help="request a sync of a SecretSync and wait for its outcome",
+    )
+    now.add_argument("target", metavar="NAMESPACE/NAME", help="the SecretSync (or NAME)")
+    now.add_argument(
+        "--timeout", type=_timeout, default=60.0, help="how long to wait (60, 90s, 2m; default 60s)"
+    )
+    now.add_argument(
+        "--request", help="the sync-requested-at value to set (default: a new one each time)"
+    )
 
     run = commands.add_parser("run", help="run the operator")
     scope = run.add_mutually_exclusive_group()
@@ -103,8 +159,38 @@ def _has_testing_extra() -> bool:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _inspect(args: argparse.Namespace) -> int:
+    """status, plan, sync-now: a failure is one line on stderr and an exit code."""
+    target = cli_commands.Cluster(args.kubeconfig, args.context)
+    try:
+        if args.command == "status":
+            return cli_commands.status(target, args.namespace, args.all_namespaces)
+        if args.command == "plan":
+            return cli_commands.plan(target, args.target, args.cluster_id)
+        return cli_commands.sync_now(target, args.target, args.timeout, args.request)
+    except cli_commands.CommandError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        cause = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
+        print(
+            f"error: the Kubernetes API server cannot be reached ({type(cause).__name__})",
+            file=sys.stderr,
+        )
+        return cli_commands.EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+def kubectl_main() -> int:
+    """`kubectl infisical-sync ...`: kubectl runs the kubectl-infisical_sync executable."""
+    return main(prog="kubectl infisical-sync")
+
+
+def main(argv: list[str] | None = None, prog: str = "infisical-sync") -> int:
+    args = build_parser(prog).parse_args(argv)
+    if args.command in ("status", "plan", "sync-now"):
+        return _inspect(args)
     if args.command == "run":
         from infisical_sync.app import run_operator
 

@@ -119,11 +119,21 @@ class SecretData:
 DEFAULT_KUBE_CONCURRENCY = 32
 
 
-def load_api_client(concurrency: int = DEFAULT_KUBE_CONCURRENCY) -> client.ApiClient:
-    try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        config.load_kube_config()  # type: ignore[no-untyped-call]
+def load_api_client(
+    concurrency: int = DEFAULT_KUBE_CONCURRENCY,
+    *,
+    kubeconfig: str | None = None,
+    context: str | None = None,
+) -> client.ApiClient:
+    """In-cluster config, else the kubeconfig; a kubeconfig or context named (the CLI's
+    --kubeconfig, --context) is used as such."""
+    if kubeconfig or context:
+        config.load_kube_config(config_file=kubeconfig, context=context)  # type: ignore[no-untyped-call]
+    else:
+        try:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            config.load_kube_config()  # type: ignore[no-untyped-call]
     configuration = client.Configuration.get_default_copy()
     # Connecting is retried; a request that got no answer in time is not sent again.
     configuration.retries = urllib3.Retry(total=2, connect=2, read=0, redirect=0, status=0)

@@ -418,6 +418,36 @@ class SyncEngine:
         self._post_transitions(namespace, name, body, previous, status)
         return CycleResult(status, ok=True)
 
+    async def preview(self, namespace: str, name: str, body: Mapping[str, Any]) -> Plan:
+        """What the next cycle would plan, from the same reads and ownership test, writing
+        nothing (`infisical-sync plan`): the cycle run as a dry run, keeping its plan. Raises
+        SyncFailed where a cycle would fail before its plan is made."""
+        meta = body.get("metadata") or {}
+        try:
+            spec = SecretSyncSpec.model_validate(dict(body.get("spec") or {}))
+        except ValidationError as exc:
+            fields = ", ".join(".".join(str(p) for p in err["loc"]) for err in exc.errors())
+            raise SyncFailed("Synced", "InvalidSpec", f"spec is invalid at: {fields}") from None
+        if spec.suspend:
+            raise SyncFailed("Synced", "Suspended", "spec.suspend is true: no cycle runs")
+        made: list[Plan] = []
+        try:
+            await self._cycle(
+                namespace,
+                name,
+                # A dry run reads all a cycle reads and stops before its first write.
+                spec.model_copy(update={"dry_run": True}),
+                Owner(namespace, name, str(meta.get("uid", "")), self.cluster_id),
+                meta.get("annotations") or {},
+                dict(body.get("status") or {}),
+                meta.get("generation"),
+                dt.datetime.now(dt.UTC),
+                on_plan=made.append,
+            )
+        finally:
+            self.forget(namespace, name)  # nothing of a preview stays in memory
+        return made[0]
+
     async def _cycle(
         self,
         namespace: str,
@@ -430,7 +460,9 @@ class SyncEngine:
         now: dt.datetime,
         on_writing: Callable[[], Awaitable[None]] | None = None,
         known: list[Condition] | None = None,
+        on_plan: Callable[[Plan], None] | None = None,
     ) -> dict[str, Any]:
+        """`on_plan` is given the cycle's (first) plan, once made."""
         known = [] if known is None else known
         cache = self._caches.setdefault((namespace, name), _Cache())
         destination_ref = spec.destination.connection_ref.name
@@ -524,6 +556,8 @@ class SyncEngine:
 
         result = plan(plan_input(destination))
         _refuse_unknown_request_keys(result, destination, pending, unknown)
+        if on_plan is not None:
+            on_plan(result)
         import_status: dict[str, Any] = {}
         if spec.dry_run:
             return succeeded_status(
