@@ -448,6 +448,8 @@ def test_overwrite_destination_adopts_on_first_sync(env: tuple[Any, str, FakeInf
     put_secret(kube, namespace, "app", {"A": "new"})
     create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec())
     wait_for(lambda: remote(fake) == {"A": "new", "UNRELATED": "u"})
+    # The status is written after the keys: it may not be there the moment they are.
+    wait_for(lambda: status(kube, namespace, SYNCS, "sync").get("syncStatus") == "Succeeded")
     assert status(kube, namespace, SYNCS, "sync")["managedKeys"] == ["A"]
 
 
