@@ -12,13 +12,18 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 IMAGE_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13) $(shell python3.13 -c "import sys; print(sys.executable)" 2>/dev/null))
 IMAGE_VENV := .venv-3.13
 
+# The supported Kubernetes range's ends (the chart's kubeVersion), tested on the diagonal: the
+# oldest Python with the oldest Kubernetes, the image's Python with the newest.
+KUBERNETES_OLDEST := 1.34
+KUBERNETES_NEWEST := 1.37
+
 test: deps lint  ## lint, then the whole suite on both Pythons; the node tier last, with its own time
-	$(BIN)/pytest -q --ignore=tests/node
+	INFISICAL_SYNC_KUBERNETES=$(KUBERNETES_OLDEST) $(BIN)/pytest -q --ignore=tests/node
 	@$(MAKE) --no-print-directory test-image-python
 	@$(MAKE) --no-print-directory test-node
 
-test-image-python: $(IMAGE_VENV)/.installed kube-binaries  ## the suite (less the node tier) on the image's Python
-	$(IMAGE_VENV)/bin/pytest -q --ignore=tests/node -p no:cacheprovider
+test-image-python: $(IMAGE_VENV)/.installed kube-binaries  ## the suite (less the node tier) on the image's Python and the newest Kubernetes
+	INFISICAL_SYNC_KUBERNETES=$(KUBERNETES_NEWEST) $(IMAGE_VENV)/bin/pytest -q --ignore=tests/node -p no:cacheprovider
 
 $(IMAGE_VENV)/.installed: pyproject.toml
 	@test -n "$(IMAGE_PYTHON)" || { echo "python3.13 (the image's Python) not found: set IMAGE_PYTHON"; exit 1; }
@@ -29,7 +34,7 @@ $(IMAGE_VENV)/.installed: pyproject.toml
 
 test-node: deps  ## only the node tier: builds the image, runs the chart's pod on a real node
 	@start=$$(date +%s); rc=0; \
-	{ $(BIN)/python -m infisical_sync.testing.images && $(BIN)/pytest -q tests/node; } || rc=$$?; \
+	{ $(BIN)/python -m infisical_sync.testing.images && INFISICAL_SYNC_KUBERNETES=$(KUBERNETES_OLDEST) $(BIN)/pytest -q tests/node; } || rc=$$?; \
 	echo "node tier (image build + scenarios): $$(( $$(date +%s) - start ))s"; exit $$rc
 
 lint: $(VENV)/.installed
@@ -67,8 +72,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-kube-binaries: $(VENV)/.installed  ## build kube-apiserver, kubectl, the node binaries and helm once (cached in ~/.cache/infisical-sync)
-	$(BIN)/python -c "from infisical_sync.testing.controlplane import ensure_kube_binaries as e, ensure_helm as h, ensure_coredns as d; e(with_kubectl=True, node=True); h(); d()"
+kube-binaries: $(VENV)/.installed  ## build kube-apiserver and kubectl of each tested Kubernetes, the node binaries, Helm 3 and 4 once (cached in ~/.cache/infisical-sync)
+	$(BIN)/python -c "from infisical_sync.testing.controlplane import ensure_all_binaries; ensure_all_binaries()"
 
 actionlint: $(VENV)/.installed  ## build actionlint once (cached), the workflows' linter in the tests
 	$(BIN)/python -c "from infisical_sync.testing.controlplane import ensure_actionlint as a; a()"

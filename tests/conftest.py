@@ -17,16 +17,40 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from infisical_sync.testing.controlplane import (
+    HELM_RELEASES,
+    KUBERNETES_ENV,
     OPERATOR_USER,
     ControlPlane,
     ControlPlaneError,
     free_port,
     grant_operator_rbac,
     install_crds,
+    kubernetes_release,
 )
 from infisical_sync.testing.processes import LoggedProcess, logged_process
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# What the API server said it runs, for the closing summary (CI runs one Kubernetes per pass).
+SERVED_VERSION = pytest.StashKey[str]()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    chosen = os.environ.get(KUBERNETES_ENV) or "unset: the oldest"
+    try:
+        kubernetes = kubernetes_release().version
+    except ControlPlaneError as exc:
+        kubernetes = str(exc)
+    helm = ", ".join(release.version for release in HELM_RELEASES.values())
+    return [f"kubernetes: {kubernetes} ({KUBERNETES_ENV}={chosen}); helm: {helm}"]
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    # Also under -q, which hides the header: each CI pass says which Kubernetes it tested.
+    served = config.stash.get(SERVED_VERSION, None)
+    if served is not None:
+        terminalreporter.write_line(f"control plane: kube-apiserver {served} (/version)")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -43,7 +67,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def control_plane() -> Iterator[ControlPlane]:
+def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
     plane = ControlPlane()
     try:
         plane.start()
@@ -52,6 +76,7 @@ def control_plane() -> Iterator[ControlPlane]:
             raise  # under CI the control-plane tests run; they never skip
         pytest.skip(f"local control plane unavailable: {exc}")
     try:
+        request.config.stash[SERVED_VERSION] = plane.server_version()
         install_crds(plane.kubeconfig)
         yield plane
     finally:

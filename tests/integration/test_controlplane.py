@@ -11,7 +11,7 @@ import pytest
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
-from infisical_sync.testing.controlplane import ControlPlane
+from infisical_sync.testing.controlplane import ControlPlane, kubernetes_release
 
 pytestmark = pytest.mark.controlplane
 GROUP, VERSION = "infisical-sync.dev", "v1alpha1"
@@ -24,6 +24,11 @@ def connection(name: str, url: str = "https://infisical.example.com") -> dict[st
         "metadata": {"name": name},
         "spec": {"instanceUrl": url, "credentials": {"secretRef": {"name": "identity"}}},
     }
+
+
+def test_the_api_server_runs_the_chosen_kubernetes(control_plane: ControlPlane) -> None:
+    """The version CI's pass was meant to test (INFISICAL_SYNC_KUBERNETES) is the one served."""
+    assert control_plane.server_version() == kubernetes_release().version
 
 
 def test_crds_are_established_and_defaults_apply(kube: Any, namespace: str) -> None:

@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 import yaml
 
-from infisical_sync.testing.controlplane import ControlPlane, ensure_helm, ensure_kube_binaries
+from infisical_sync.testing.controlplane import (
+    HELM_RELEASES,
+    ControlPlane,
+    ensure_helm,
+    ensure_kube_binaries,
+)
 
 pytestmark = pytest.mark.controlplane
 CHART = Path(__file__).parents[2] / "deploy" / "helm" / "infisical-sync"
@@ -23,9 +28,40 @@ CLUSTER_IDENTITY_RULE = {
 }
 
 
-@pytest.fixture(scope="module")
-def helm() -> str:
-    return str(ensure_helm())
+@pytest.fixture(scope="module", params=sorted(HELM_RELEASES), ids=lambda major: f"helm{major}")
+def helm(request: pytest.FixtureRequest) -> str:
+    """Every chart test runs on each supported Helm major."""
+    return str(ensure_helm(request.param))
+
+
+def test_helm_reports_the_version_it_was_built_as(helm: str) -> None:
+    reported = subprocess.run(
+        [helm, "version", "--template", "{{.Version}}"], capture_output=True, text=True, check=True
+    ).stdout
+    assert reported in {release.version for release in HELM_RELEASES.values()}
+
+
+@pytest.mark.parametrize("version", ["v1.34.0", "v1.35.2-eks-1a2b3c4", "1.36.1-gke.100", "v1.37.9"])
+def test_supported_kubernetes_versions_install(helm: str, version: str) -> None:
+    result = subprocess.run(
+        [helm, "template", "sync", str(CHART), "--kube-version", version],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("version", ["v1.33.9", "v1.33.9-eks-1a2b3c4", "v1.38.0"])
+def test_unsupported_kubernetes_versions_are_refused(helm: str, version: str) -> None:
+    result = subprocess.run(
+        [helm, "template", "sync", str(CHART), "--kube-version", version],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "chart requires kubeVersion: >=1.34.0-0 <1.38.0-0" in result.stderr, result.stderr
 
 
 def render(helm: str, *values: str) -> list[dict[str, Any]]:
@@ -397,11 +433,8 @@ def test_namespaced_without_namespaces_fails(helm: str) -> None:
 
 
 def test_manifests_pass_server_side_validation(
-    helm: str, control_plane: ControlPlane, kube: Any
+    helm: str, control_plane: ControlPlane, namespace: str
 ) -> None:
-    from kubernetes import client
-
-    client.CoreV1Api(kube).create_namespace({"metadata": {"name": "infisical-sync"}})
     kubectl = str(ensure_kube_binaries(with_kubectl=True)["kubectl"])
     manifests = subprocess.run(
         [
@@ -410,7 +443,7 @@ def test_manifests_pass_server_side_validation(
             "sync",
             str(CHART),
             "--namespace",
-            "infisical-sync",
+            namespace,
             "--include-crds",
             "--set",
             "metrics.dashboard.enabled=true",  # a plain ConfigMap (the rule needs its CRD)
@@ -445,7 +478,7 @@ def test_manifests_pass_server_side_validation(
             "sync",
             str(CHART),
             "--namespace",
-            "infisical-sync",
+            namespace,
             "--set",
             "shards=2",
         ],

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from infisical_sync.testing.controlplane import (
+    HELM_RELEASES,
     REPO_ROOT,
     ControlPlane,
     ensure_helm,
@@ -106,12 +107,13 @@ def test_blocks_are_found_with_their_skip_marks() -> None:
     ]
 
 
-@pytest.fixture(scope="module")
-def tool_path(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A PATH with the test kubectl and helm first, as `kubectl` and `helm`."""
+@pytest.fixture(scope="module", params=sorted(HELM_RELEASES), ids=lambda major: f"helm{major}")
+def tool_path(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> str:
+    """A PATH with the test kubectl and helm first, as `kubectl` and `helm`: once for each
+    supported Helm major."""
     bin_dir = tmp_path_factory.mktemp("bin")
     (bin_dir / "kubectl").symlink_to(ensure_kube_binaries(with_kubectl=True)["kubectl"])
-    (bin_dir / "helm").symlink_to(ensure_helm())
+    (bin_dir / "helm").symlink_to(ensure_helm(request.param))
     return f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
 
 
@@ -213,7 +215,8 @@ def test_a_missing_watched_namespace_stops_the_install_before_anything_is_applie
     refused = shell.run(install)
     assert refused.returncode != 0
     assert 'namespace "team-b" does not exist' in refused.stderr, refused.stderr
-    assert json.loads(shell.ok("helm list -a -A -o json")) == []
+    assert json.loads(shell.ok("helm list -A -o json")) == []  # failed ones included
+    assert "not found" in shell.run("helm status infisical-sync -n infisical-sync").stderr
     assert not names(shell.get("clusterrole", "-l", RELEASE_LABEL))
     assert not names(shell.get("role", "-n", "team-a", "-l", RELEASE_LABEL))
 

@@ -1,7 +1,8 @@
 """A real, local Kubernetes control plane (etcd + kube-apiserver), started like envtest.
 
-kube-apiserver is built once from the Go module proxy (see tests/controlplane/gobuild) and cached
-under the user's cache directory keyed by version; etcd is Debian's ``etcd-server`` binary. Both
+kube-apiserver is built once from the Go module proxy (see tests/controlplane/gobuild*) and cached
+under the user's cache directory keyed by version; etcd is Debian's ``etcd-server`` binary.
+INFISICAL_SYNC_KUBERNETES chooses which supported Kubernetes runs (the oldest by default). Both
 run on free loopback ports with a throwaway PKI, RBAC authorization and an admin client cert in
 ``system:masters``. No kubelet, no controllers: enough for CRDs, RBAC, watches and an operator.
 """
@@ -15,6 +16,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -24,7 +26,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,15 +35,66 @@ import yaml
 
 from infisical_sync.testing.certs import CertificateAuthority, service_account_keys
 
-KUBERNETES_VERSION = "v1.34.4"
 REPO_ROOT = Path(__file__).resolve().parents[3]
-GO_MODULE_DIR = REPO_ROOT / "tests" / "controlplane" / "gobuild"
-HELM_VERSION = "v3.19.5"
-HELM_MODULE_DIR = REPO_ROOT / "tests" / "controlplane" / "helmbuild"
+BUILD_DIR = REPO_ROOT / "tests" / "controlplane"
+
+
+@dataclass(frozen=True)
+class KubernetesRelease:
+    """One supported Kubernetes minor, at the patch release its Go module pins."""
+
+    version: str  # as the release tags it: v1.34.4
+    module_dir: Path  # the Go module that builds it
+
+    @property
+    def minor(self) -> str:
+        return ".".join(self.version.lstrip("v").split(".")[:2])
+
+
+# The oldest and newest supported minors (the chart's kubeVersion range): CI runs both.
+KUBERNETES_RELEASES = (
+    KubernetesRelease("v1.34.4", BUILD_DIR / "gobuild"),
+    KubernetesRelease("v1.37.2", BUILD_DIR / "gobuild-1.37"),
+)
+KUBERNETES_ENV = "INFISICAL_SYNC_KUBERNETES"
+
+
+def kubernetes_release(environ: Mapping[str, str] = os.environ) -> KubernetesRelease:
+    """The release named by INFISICAL_SYNC_KUBERNETES (a minor such as 1.37, or v1.37 or the
+    full version), the oldest supported one when it is unset or empty."""
+    wanted = environ.get(KUBERNETES_ENV, "").strip()
+    if not wanted:
+        return KUBERNETES_RELEASES[0]
+    for release in KUBERNETES_RELEASES:
+        if wanted.lstrip("v") in (release.minor, release.version.lstrip("v")):
+            return release
+    choices = ", ".join(release.minor for release in KUBERNETES_RELEASES)
+    raise ControlPlaneError(f"{KUBERNETES_ENV}={wanted!r} is not one of: {choices}")
+
+
+@dataclass(frozen=True)
+class HelmRelease:
+    version: str  # v3.19.5
+    module_dir: Path
+
+    @property
+    def major(self) -> int:
+        return int(self.version.lstrip("v").split(".")[0])
+
+    @property
+    def package(self) -> str:
+        return f"helm.sh/helm/v{self.major}"
+
+
+# The chart tests run on every supported Helm major.
+HELM_RELEASES = {
+    3: HelmRelease("v3.19.5", BUILD_DIR / "helmbuild"),
+    4: HelmRelease("v4.3.1", BUILD_DIR / "helm4build"),
+}
 COREDNS_VERSION = "v1.14.7"  # pinned in tests/controlplane/corednsbuild/go.mod
-COREDNS_MODULE_DIR = REPO_ROOT / "tests" / "controlplane" / "corednsbuild"
+COREDNS_MODULE_DIR = BUILD_DIR / "corednsbuild"
 ACTIONLINT_VERSION = "v1.7.12"  # pinned in tests/controlplane/actionlintbuild/go.mod
-ACTIONLINT_MODULE_DIR = REPO_ROOT / "tests" / "controlplane" / "actionlintbuild"
+ACTIONLINT_MODULE_DIR = BUILD_DIR / "actionlintbuild"
 CRD_DIR = REPO_ROOT / "deploy" / "crds"
 RBAC_RULES = REPO_ROOT / "deploy" / "helm" / "infisical-sync" / "files" / "rbac-rules.yaml"
 CLUSTER_IDENTITY_RULES = RBAC_RULES.with_name("cluster-identity-rules.yaml")
@@ -85,7 +138,7 @@ def _recipe_key(module_dir: Path, flags: list[str]) -> str:
     return digest.hexdigest()[:10]
 
 
-def kubernetes_ldflags(version: str = KUBERNETES_VERSION) -> list[str]:
+def kubernetes_ldflags(version: str) -> list[str]:
     """Stamp the version like Kubernetes' own release builds do: without it the binaries report
     v0.0.0-master, which `kubectl version` and Helm's kubeVersion checks cannot parse."""
     major, minor = version.lstrip("v").split(".")[:2]
@@ -103,11 +156,19 @@ def kubernetes_ldflags(version: str = KUBERNETES_VERSION) -> list[str]:
     ]
 
 
-def ensure_kube_binaries(*, with_kubectl: bool = False, node: bool = False) -> dict[str, Path]:
-    """Build (once) and return the cached kube-apiserver (kubectl, node binaries) for
-    KUBERNETES_VERSION, stamped with that version."""
-    ldflags = kubernetes_ldflags()
-    target = cache_dir() / f"kubernetes-{KUBERNETES_VERSION}-{_recipe_key(GO_MODULE_DIR, ldflags)}"
+def kube_binaries_dir(release: KubernetesRelease) -> Path:
+    """Where `release`'s binaries are cached: keyed by version and build recipe."""
+    key = _recipe_key(release.module_dir, kubernetes_ldflags(release.version))
+    return cache_dir() / f"kubernetes-{release.version}-{key}"
+
+
+def ensure_kube_binaries(
+    *, with_kubectl: bool = False, node: bool = False, release: KubernetesRelease | None = None
+) -> dict[str, Path]:
+    """Build (once) and return the cached kube-apiserver (kubectl, node binaries) of `release`
+    (by default the one INFISICAL_SYNC_KUBERNETES names), stamped with its version."""
+    release = release or kubernetes_release()
+    target = kube_binaries_dir(release)
     names = list(CONTROL_PLANE_COMMANDS)
     names += ["kubectl"] if with_kubectl else []
     names += list(NODE_COMMANDS) if node else []
@@ -121,19 +182,59 @@ def ensure_kube_binaries(*, with_kubectl: bool = False, node: bool = False) -> d
         missing = [name for name, path in wanted.items() if not path.exists()]
         if missing:
             packages = [f"k8s.io/kubernetes/cmd/{name}" for name in missing]
-            _go_build(GO_MODULE_DIR, packages, missing, target, KUBERNETES_VERSION, ldflags=ldflags)
+            _go_build(
+                release.module_dir,
+                packages,
+                missing,
+                target,
+                release.version,
+                ldflags=kubernetes_ldflags(release.version),
+            )
     return wanted
 
 
-def ensure_helm() -> Path:
-    """Build (once) and return the cached helm CLI, for chart tests."""
+def helm_ldflags(release: HelmRelease) -> list[str]:
+    """Stamp helm like its own Makefile does: unstamped, `helm version` says only v3.x / v4.x."""
+    flags = [f"-X {release.package}/internal/version.version={release.version}"]
+    if release.major == 3:
+        # Helm 3 also takes the Kubernetes version that `helm template` and `helm lint` assume
+        # from ldflags (its Makefile: the client-go it was built with, v0.N -> 1.N); unstamped it
+        # assumes v1.20.0, which the chart's kubeVersion refuses. Helm 4 reads client-go's
+        # version from the binary's build info instead.
+        go_mod = (release.module_dir / "go.mod").read_text()
+        found = re.search(r"^\s*k8s\.io/client-go v0\.(\d+)\.", go_mod, re.MULTILINE)
+        if found is None:
+            raise ControlPlaneError(f"no k8s.io/client-go in {release.module_dir / 'go.mod'}")
+        for package in ("pkg/chartutil", "pkg/lint/rules"):
+            flags += [
+                f"-X {release.package}/{package}.k8sVersionMajor=1",
+                f"-X {release.package}/{package}.k8sVersionMinor={found.group(1)}",
+            ]
+    return flags
+
+
+def ensure_helm(major: int = 3) -> Path:
+    """Build (once) and return the cached helm CLI of that major, for chart tests."""
+    release = HELM_RELEASES[major]
     return _ensure_built(
-        HELM_MODULE_DIR,
-        "helm.sh/helm/v3/cmd/helm",
+        release.module_dir,
+        f"{release.package}/cmd/helm",
         "helm",
-        HELM_VERSION,
-        ldflags=[f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"],
+        release.version,
+        ldflags=helm_ldflags(release),
     )
+
+
+def ensure_all_binaries() -> None:
+    """What `make deps` builds: every supported Kubernetes with kubectl (the node binaries only
+    for the oldest, which the node tier runs), every Helm major, CoreDNS."""
+    oldest, *newer = KUBERNETES_RELEASES
+    ensure_kube_binaries(with_kubectl=True, node=True, release=oldest)
+    for release in newer:
+        ensure_kube_binaries(with_kubectl=True, release=release)
+    for major in HELM_RELEASES:
+        ensure_helm(major)
+    ensure_coredns()
 
 
 def ensure_coredns() -> Path:
@@ -261,6 +362,7 @@ class ControlPlane:
     # (Node, NodeRestriction), admits service accounts, and reaches kubelets through the egress
     # proxy on `egress_socket` instead of dialing the node's address from this namespace.
     node_ip: str = ""
+    release: KubernetesRelease = field(default_factory=kubernetes_release)
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="infisical-cp-")))
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     url: str = ""
@@ -289,7 +391,7 @@ class ControlPlane:
             raise
 
     def _start(self) -> None:
-        binaries = ensure_kube_binaries()
+        binaries = ensure_kube_binaries(release=self.release)
         etcd = find_etcd()
         pki = self.workdir / "pki"
         pki.mkdir(parents=True, exist_ok=True)
@@ -483,12 +585,21 @@ class ControlPlane:
             self.workdir, name, argv, die_with_parent=not self.detached
         )
 
+    def _admin_tls(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        pki = self.workdir / "pki"
+        context.load_cert_chain(pki / "admin.crt", pki / "admin.key")
+        return context
+
+    def server_version(self) -> str:
+        """The gitVersion the running API server reports on /version."""
+        with urllib.request.urlopen(  # noqa: S310 - our own https URL
+            f"{self.url}/version", timeout=5, context=self._admin_tls()
+        ) as response:
+            return str(json.load(response)["gitVersion"])
+
     def _wait_for(self, url: str, name: str, timeout: float) -> None:
-        context: ssl.SSLContext | None = None
-        if url.startswith("https"):
-            context = ssl.create_default_context(cafile=str(self.ca_file))
-            pki = self.workdir / "pki"
-            context.load_cert_chain(pki / "admin.crt", pki / "admin.key")
+        context = self._admin_tls() if url.startswith("https") else None
         deadline = time.monotonic() + timeout
         last_error = ""
         while time.monotonic() < deadline:
