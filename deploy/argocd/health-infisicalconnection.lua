@@ -24,7 +24,8 @@ if obj.metadata ~= nil and obj.metadata.generation ~= nil then
   generation = obj.metadata.generation
 end
 local status = obj.status
-if status == nil or status.observedGeneration == nil then
+-- The CRD defaults status.observedGeneration to -1 until the operator writes a status.
+if status == nil or status.observedGeneration == nil or status.observedGeneration < 1 then
   hs.status = "Progressing"
   hs.message = "Waiting for the operator's first validation"
   return hs

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from kubernetes import client
 from tests.argocd_health import argocd_health
 from tests.conftest import OperatorProcess, wait_for
 from tests.kube_helpers import GROUP, VERSION, create, get, patch, put_secret
@@ -149,6 +150,26 @@ def test_a_synced_sync_and_its_connection_are_healthy_and_kubectl_wait_returns(
     assert conditions(sync)["Ready"] == ("True", "Synced")
     assert argocd_health(connection) == ("Healthy", connection["status"]["message"])
     assert argocd_health(sync) == ("Healthy", sync["status"]["lastSyncMessage"])
+
+
+def test_a_new_object_is_not_current_before_the_operator_has_handled_it(
+    kube: Any, namespace: str, fake: FakeInfisical
+) -> None:
+    """What the API server stores on create, before any operator can have answered: the CRDs'
+    status default, which kstatus reads as not reconciled yet (no status reads as Current)."""
+    api = client.CustomObjectsApi(kube)
+    for plural, kind, spec in (
+        (CONNECTIONS, "InfisicalConnection", connection_spec(fake)),
+        (SYNCS, "SecretSync", sync_spec()),
+    ):
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": "new"}}
+        created = api.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, plural, {**body, "spec": spec}
+        )
+        assert created["status"] == {"observedGeneration": -1}
+        assert created["metadata"]["generation"] == 1
+        health, message = argocd_health(created)
+        assert health == "Progressing" and message.startswith("Waiting for the operator's first")
 
 
 def test_a_first_sync_waiting_for_its_connection_progresses_and_kubectl_wait_sees_it_through(
@@ -297,6 +318,33 @@ def test_a_suspended_sync_is_suspended_and_resumes(env: tuple[Any, str, FakeInfi
     assert argocd_health(sync) == ("Suspended", "suspended: spec.suspend is true")
     assert fake.state.get_secrets(PROJECT, "prod", "/apps") == {}
     patch(kube, namespace, SYNCS, "sync", {"spec": {"suspend": False}})
+    ready_in(kube, namespace, SYNCS, "sync", generation=2)
+    assert argocd_health(live(kube, namespace, SYNCS, "sync"))[0] == "Healthy"
+
+
+def test_a_plan_waiting_for_approval_in_infisical_is_suspended(
+    env: tuple[Any, str, FakeInfisical],
+) -> None:
+    kube, namespace, fake = env
+    fake.state.require_approval(PROJECT, "prod")
+    identity(kube, namespace)
+    create(kube, namespace, CONNECTIONS, "InfisicalConnection", "dest", connection_spec(fake))
+    put_secret(kube, namespace, "app", {"A": "1"})
+    create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec())
+    wait_for(
+        lambda: (
+            conditions(live(kube, namespace, SYNCS, "sync")).get("Ready")
+            == ("False", "ApprovalRequired")
+        ),
+        message="waiting for approval",
+    )
+    sync = live(kube, namespace, SYNCS, "sync")
+    assert progress(sync) == ("False", "False")
+    health, message = argocd_health(sync)
+    [request] = fake.open_approvals()
+    assert health == "Suspended" and request.id in message
+    fake.merge_approval(request.id)
+    patch(kube, namespace, SYNCS, "sync", {"spec": {"syncInterval": "2h"}})  # a cycle now
     ready_in(kube, namespace, SYNCS, "sync", generation=2)
     assert argocd_health(live(kube, namespace, SYNCS, "sync"))[0] == "Healthy"
 

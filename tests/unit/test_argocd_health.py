@@ -54,6 +54,7 @@ def test_the_argocd_cm_patch_holds_both_scripts_as_they_are(kind: str) -> None:
     [
         (None, "Progressing"),  # the operator has not written anything yet
         ({}, "Progressing"),
+        ({"observedGeneration": -1}, "Progressing"),  # the CRD's default
         (status(2, "True", "Synced"), "Healthy"),
         (status(1, "True", "Synced"), "Progressing"),  # an edit not reached yet
         (status(2, "False", "Unreachable", reconciling="True"), "Progressing"),
