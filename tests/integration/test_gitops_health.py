@@ -301,6 +301,27 @@ def test_refused_credentials_degrade_the_connection_and_the_syncs_on_it(
     assert CLIENT_SECRET not in repr(connection) + repr(sync)
 
 
+def test_held_deletes_are_degraded_until_confirmed(env: tuple[Any, str, FakeInfisical]) -> None:
+    kube, namespace, fake = env
+    identity(kube, namespace)
+    create(kube, namespace, CONNECTIONS, "InfisicalConnection", "dest", connection_spec(fake))
+    put_secret(kube, namespace, "app", {k: k for k in "ABCD"})
+    create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec())
+    ready_in(kube, namespace, SYNCS, "sync")
+    put_secret(kube, namespace, "app", {"A": "A"})  # three of four keys would go
+    sync = with_condition(kube, namespace, SYNCS, "sync", "Stalled", "DeletionHeld")
+    assert progress(sync) == ("False", "True")
+    health, message = argocd_health(sync)
+    assert health == "Degraded" and message.startswith("DeletionHeld: ")
+    confirm = {f"{PREFIX}/allow-mass-delete": sync["status"]["heldDeletes"]["id"]}
+    patch(kube, namespace, SYNCS, "sync", {"metadata": {"annotations": confirm}})
+    wait_for(lambda: fake.state.get_secrets(PROJECT, "prod", "/apps") == {"A": "A"})
+    wait_for(lambda: progress(live(kube, namespace, SYNCS, "sync")) == ("False", "False"))
+    sync = live(kube, namespace, SYNCS, "sync")
+    assert_current(sync)
+    assert argocd_health(sync)[0] == "Healthy"
+
+
 def test_a_suspended_sync_is_suspended_and_resumes(env: tuple[Any, str, FakeInfisical]) -> None:
     kube, namespace, fake = env
     identity(kube, namespace)
