@@ -54,3 +54,77 @@ def condition_status(conditions: Iterable[Mapping[str, Any]] | None, type_: str)
         if item.get("type") == type_:
             return str(item.get("status"))
     return None
+
+
+# kstatus (sigs.k8s.io/cli-utils/pkg/kstatus): two abnormal-true conditions beside Ready that
+# tell Flux, kstatus and Argo CD whether a not-Ready object is getting there by itself
+# (Reconciling) or waits for someone to change something (Stalled). Both are written on every
+# outcome, False when they do not apply.
+RECONCILING = "Reconciling"
+STALLED = "Stalled"
+
+# Not Ready on purpose: a person suspended it, or a change request waits for approval in
+# Infisical. Neither Reconciling nor Stalled: nothing is wrong and nothing is retried.
+HELD_BY_CHOICE = frozenset({"Suspended", "ApprovalRequired"})
+# Outcomes that clear without anyone doing anything: the operator retries (back-off, a 429's
+# Retry-After, the connection's next validation) and Ready follows.
+TRANSIENT = frozenset(
+    {
+        "RateLimited",
+        "ServerError",
+        "Unreachable",
+        "NotLeader",  # this replica lost the lease: the new leader runs the cycle
+        "Conflict",  # Infisical answered 409 to a concurrent change: read again
+        "SourceError",  # the API server answered an error reading a source Secret
+        "ImportFailed",
+        "LedgerNotReleased",
+        "ConnectionNotReady",  # without a cause: the connection is not validated yet
+    }
+)
+# Outcomes that last until someone changes the spec, a Secret, Infisical or an annotation. The
+# operator keeps trying (and watches the Secrets), and clears Stalled when the cause is gone.
+NEEDS_USER = frozenset(
+    {
+        "InvalidSpec",
+        "SecretNotFound",
+        "SecretKeyMissing",
+        "InvalidCredentials",
+        "CredentialsLocked",  # locked after failed logins: the credentials are wrong
+        "Forbidden",
+        "NotFound",  # project or environment
+        "ValidationFailed",
+        "TLSError",
+        "InsecureHttp",
+        "Redirected",
+        "InstanceNotAllowed",
+        "ImportForbidden",
+        "ImportNotSupported",
+        "LedgerUnavailable",
+        "DeletionHeld",  # confirm with the allow-mass-delete annotation
+        "AllKeysSkipped",
+        "SourceUncertain",  # without a cause: some of the source could not be read
+    }
+)
+
+
+def progress_conditions(ready: Condition, cause: str = "") -> list[Condition]:
+    """Reconciling and Stalled for an outcome whose Ready condition is `ready`. `cause`: the
+    reason behind it where Ready's reason only says where it failed (ConnectionNotReady: the
+    connection's reason; SourceUncertain: the source's). A reason in no list is Stalled: the
+    operator does not know it to clear by itself."""
+    why = cause or ready.reason
+    reconciling = stalled = False
+    if ready.status != "True" and why not in HELD_BY_CHOICE:
+        reconciling = why in TRANSIENT
+        stalled = not reconciling
+    return [
+        Condition(
+            RECONCILING,
+            "True" if reconciling else "False",
+            ready.reason,
+            ready.message if reconciling else "",
+        ),
+        Condition(
+            STALLED, "True" if stalled else "False", ready.reason, ready.message if stalled else ""
+        ),
+    ]

@@ -17,7 +17,13 @@ from typing import Any
 from pydantic import SecretStr, ValidationError
 
 from infisical_sync import metrics
-from infisical_sync.conditions import Condition, condition_status, merge_conditions, timestamp
+from infisical_sync.conditions import (
+    Condition,
+    condition_status,
+    merge_conditions,
+    progress_conditions,
+    timestamp,
+)
 from infisical_sync.infisical.client import ClientPool, Credentials, InfisicalSession
 from infisical_sync.infisical.errors import InfisicalError, RateLimited
 from infisical_sync.instance_urls import AllowedInstances
@@ -101,12 +107,14 @@ def build_status(
 ) -> dict[str, Any]:
     """The status subresource for one validation. Pure."""
     previous = previous or {}
+    ready = Condition(
+        "Ready", "True" if outcome.ready else "False", outcome.reason, outcome.message
+    )
     conditions = merge_conditions(
         previous.get("conditions"),
         [
-            Condition(
-                "Ready", "True" if outcome.ready else "False", outcome.reason, outcome.message
-            ),
+            ready,
+            *progress_conditions(ready),
             Condition(
                 "CredentialsValid", outcome.credentials_status, outcome.reason, outcome.message
             ),

@@ -105,6 +105,7 @@ class SyncFailed(Exception):
         retry_after: float | None = None,
         status: Mapping[str, Any] | None = None,
         managed_keys: list[str] | None = None,
+        cause: str = "",
     ) -> None:
         super().__init__(message)
         self.condition = condition
@@ -115,6 +116,8 @@ class SyncFailed(Exception):
         self.status = status  # the whole status of this failure, when it has its own
         # The ledger after some of the cycle's writes went through (None: unchanged).
         self.managed_keys = managed_keys
+        # The reason behind `reason` when that only says where (a connection's own reason).
+        self.cause = cause
 
 
 class LedgerNameTaken(Exception):
@@ -750,6 +753,7 @@ class SyncEngine:
             "ConnectionNotReady",
             f"InfisicalConnection {namespace}/{connection} is not Ready: {detail}",
             retryable=state is None,  # not validated yet (e.g. just started): soon, likely
+            cause=state.reason if state else "",
         )
 
     def _inputs(
@@ -1467,6 +1471,7 @@ class SyncEngine:
                 message=failure.message,
                 described=described,
                 known=known,
+                cause=failure.cause,
             )
         if failure.managed_keys is not None:
             status["managedKeys"] = ledger_shown(

@@ -12,7 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infisical_sync.approvals import PendingApproval
-from infisical_sync.conditions import Condition, merge_conditions, timestamp
+from infisical_sync.conditions import (
+    Condition,
+    merge_conditions,
+    progress_conditions,
+    timestamp,
+)
 from infisical_sync.planner import Plan
 
 SUSPENDED_MESSAGE = "suspended: spec.suspend is true"
@@ -34,6 +39,7 @@ def ledger_shown(keys: Iterable[str], tracking: str | None) -> list[str]:
     return shown(keys) if tracking == "Metadata" else sorted(keys)
 
 
+SUSPENDED_READY = Condition("Ready", "False", "Suspended", SUSPENDED_MESSAGE)
 DESTINATION_READ = Condition("DestinationReady", "True", "DestinationRead", "destination listed")
 
 
@@ -148,6 +154,7 @@ def succeeded_status(
         previous.get("conditions"),
         [
             ready,
+            *progress_conditions(ready, source.problem_reason),
             source_condition(source),
             DESTINATION_READ,
             synced,
@@ -224,13 +231,17 @@ def failed_status(
     message: str,
     described: Mapping[str, str],
     known: Sequence[Condition] = (),
+    cause: str = "",
 ) -> dict[str, Any]:
     """A cycle that could not finish: `condition` (SourceReady, DestinationReady or Synced)
     failed with `reason`. `known`: what the cycle learnt before it failed (e.g. the destination
-    was listed), so that those conditions are not left as an earlier cycle saw them."""
+    was listed), so that those conditions are not left as an earlier cycle saw them. `cause`:
+    the reason behind `reason` when it only says where (a connection's own reason)."""
+    ready = Condition("Ready", "False", reason, message)
     updates = [
         *known,
-        Condition("Ready", "False", reason, message),
+        ready,
+        *progress_conditions(ready, cause),
         Condition("Synced", "False", reason, message),
     ]
     if condition in ("SourceReady", "DestinationReady"):
@@ -314,7 +325,8 @@ def suspended_status(
         "conditions": merge_conditions(
             previous.get("conditions"),
             [
-                Condition("Ready", "False", "Suspended", SUSPENDED_MESSAGE),
+                SUSPENDED_READY,
+                *progress_conditions(SUSPENDED_READY),
                 Condition("Synced", "False", "Suspended", SUSPENDED_MESSAGE),
             ],
             generation=generation,

@@ -115,6 +115,8 @@ def test_first_sync_into_empty_destination(env: tuple[Any, str, FakeInfisical]) 
         "SourceReady": "True",
         "DestinationReady": "True",
         "Synced": "True",
+        "Reconciling": "False",
+        "Stalled": "False",
     }
     assert CANARY_VALUE not in repr(found)
     assert event_reasons(kube, namespace, "sync") == ["Synced"]
