@@ -309,9 +309,16 @@ async def _connect(
         connections.states[(namespace, name)] = ConnectionState(False, reason, message)
         return
     outcome = await connections.validate(namespace, name, body.get("spec") or {}, force_login=False)
-    # Ready for the operator but not from here (a cluster-internal URL, a firewall): say so.
-    message = outcome.message if outcome.ready else f"from this machine: {outcome.message}"
-    connections.states[(namespace, name)] = ConnectionState(outcome.ready, outcome.reason, message)
+    if not outcome.ready:
+        # Ready for the operator but not from here (a cluster-internal URL, a firewall): this
+        # machine's problem, not what the next sync would meet.
+        raise CommandError(
+            f"InfisicalConnection {namespace}/{name} is Ready for the operator, but logging in "
+            f"from this machine failed: {outcome.reason}: {outcome.message} (run plan where "
+            "the instance is reachable, e.g. in a pod in the cluster)",
+            EXIT_ERROR,
+        )
+    connections.states[(namespace, name)] = ConnectionState(True, outcome.reason, outcome.message)
 
 
 async def _preview(
@@ -483,6 +490,18 @@ def sync_now(
     namespace, name = parse_target(target, cluster.current_namespace())
     custom = client.CustomObjectsApi(api)
     value = request or request_value()
+    if request is not None:
+        current = _get(api, SYNCS, namespace, name)
+        if current is None:
+            raise CommandError(f"not found: secretsyncs {namespace}/{name}")
+        if (current.get("status") or {}).get("lastHandledRequest") == request:
+            # The same value again changes nothing: no sync would run, and the old outcome
+            # would be printed as if it were new.
+            raise CommandError(
+                f"SecretSync {namespace}/{name}: request {request} was already handled; pass "
+                "a new --request value (or none: a new one is made)",
+                EXIT_ERROR,
+            )
     patch = {"metadata": {"annotations": {SYNC_REQUESTED_AT: value}}}
     try:
         custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, SYNCS, name, patch)

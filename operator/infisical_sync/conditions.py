@@ -75,12 +75,13 @@ TRANSIENT = frozenset(
         "Unreachable",
         "NotLeader",  # this replica lost the lease: the new leader runs the cycle
         "Conflict",  # Infisical answered 409 to a concurrent change: read again
-        "SourceError",  # the API server answered an error reading a source Secret
         "ImportFailed",
         "LedgerNotReleased",
-        "ConnectionNotReady",  # without a cause: the connection is not validated yet
+        "ConnectionNotReady",  # without a cause: the connection is not validated yet (just seen)
     }
 )
+# A connectionRef to an InfisicalConnection that does not exist (the cause of ConnectionNotReady).
+CONNECTION_NOT_FOUND = "ConnectionNotFound"
 # Outcomes that last until someone changes the spec, a Secret, Infisical or an annotation. The
 # operator keeps trying (and watches the Secrets), and clears Stalled when the cause is gone.
 NEEDS_USER = frozenset(
@@ -103,6 +104,10 @@ NEEDS_USER = frozenset(
         "DeletionHeld",  # confirm with the allow-mass-delete annotation
         "AllKeysSkipped",
         "SourceUncertain",  # without a cause: some of the source could not be read
+        # The API server refused reading a source Secret (403, or another 4xx): its 5xx and
+        # 429 are Unreachable-like outages handled as KubeUnavailable, never this.
+        "SourceError",
+        CONNECTION_NOT_FOUND,
     }
 )
 

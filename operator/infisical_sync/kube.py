@@ -422,6 +422,22 @@ class Kube:
 
         return await self._call(what, remove)
 
+    async def object_exists(self, plural: str, namespace: str, name: str) -> bool:
+        """Whether one of our objects exists (a GET; only on failure paths)."""
+
+        def read() -> bool:
+            try:
+                self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, plural, name, _request_timeout=self._timeout
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    return False
+                raise
+            return True
+
+        return await self._call(f"reading {plural} {namespace}/{name}", read)
+
     async def list_objects(self, plural: str, namespace: str) -> list[dict[str, Any]]:
         """Every object of one of our resources in a namespace (pages of 500)."""
 

@@ -67,6 +67,9 @@ IN_USE_POLL = 1.0
 # long: nearly all end well within it, and each mark is one more etcd write and a watch event
 # that kopf processes (10,000 of them at a cold start of 10,000 SecretSyncs).
 RUNNING_AFTER = 1.0
+# SecretSyncs held for a connection's first validation when its daemon ends before it (the
+# connection was deleted, or the operator stops) run this much later.
+HELD_RELEASE_DELAY = 5.0
 RUNNING = {"syncStatus": "Running"}
 DeletionAction = Literal["remove", "release", "let go"]
 
@@ -469,7 +472,7 @@ class Scheduler:
     # created), and the due SecretSyncs held for them: a cycle before that first validation
     # could only fail ConnectionNotReady ("not validated yet"), a status write and a flap.
     _first_validation: set[Key] = field(default_factory=set, init=False, repr=False)
-    _held: dict[Key, list[_Sync]] = field(default_factory=dict, init=False, repr=False)
+    _held: dict[Key, dict[_Sync, None]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._started = self.clock.monotonic()
@@ -620,7 +623,7 @@ class Scheduler:
             while not stopped.is_set():
                 interval = validation_interval(body.get("spec") or {})
                 outcome, notify = await self._validate(key, body, force)
-                self._validated(key)
+                self._release_held(key)
                 ready = outcome is not None and outcome.ready
                 metrics.cycle_ended(*key, succeeded=ready)
                 if self.shard.owns(namespace, name):  # the shard whose status it is
@@ -638,7 +641,10 @@ class Scheduler:
                 await self._pause(slot, delay, stopped)
                 force, _reasons = slot.take()
         finally:
-            self._validated(key)
+            # Deleted, or the operator stops: not at once, or a stopping operator would start
+            # every held cycle (shutdown cancels the timers); a deleted connection's users then
+            # report it gone.
+            self._release_held(key, after=HELD_RELEASE_DELAY)
             # On deletion the session stays until remove_connection: SecretSyncs being deleted
             # with it (a namespace deletion) still need it.
             self.kicks.discard(key)
@@ -668,12 +674,15 @@ class Scheduler:
             waited += IN_USE_POLL
         await self.connections.forget(namespace, name)
 
-    def _validated(self, key: Key) -> None:
+    def _release_held(self, key: Key, *, after: float = 0.0) -> None:
         """The connection's first validation ended (whatever its outcome), or its daemon did:
-        the SecretSyncs held for it run now, and see its state."""
+        the SecretSyncs held for it run (`after` seconds from now), and see its state."""
         self._first_validation.discard(key)
-        for entry in self._held.pop(key, []):
-            self._make_due(entry)
+        for entry in self._held.pop(key, {}):
+            if after:
+                self._pause_until_due(entry, after)
+            else:
+                self._make_due(entry)
 
     def _hold_for_validation(self, entry: _Sync) -> bool:
         """Whether a due SecretSync waits for a connection's first validation (held until then)."""
@@ -681,7 +690,7 @@ class Scheduler:
         for name in connections_used(entry.body.get("spec") or {}):
             connection = ("InfisicalConnection", namespace, name)
             if connection in self._first_validation:
-                self._held.setdefault(connection, []).append(entry)
+                self._held.setdefault(connection, {})[entry] = None
                 return True
         return False
 
@@ -798,8 +807,9 @@ class Scheduler:
                 # meanwhile kicks it (at worst one more cycle), never silently passes it by.
                 self.awaiting_ready.add(key)
                 result = await self._sync(key, body, state, lambda: entry.stopped)
-                metrics.cycle_ended(*key, succeeded=in_sync(result, state.written))
-                metrics.reflect_status(*key, state.written if result is not None else None)
+                if self.syncs.get(key) is entry:  # not an object deleted and made again
+                    metrics.cycle_ended(*key, succeeded=in_sync(result, state.written))
+                    metrics.reflect_status(*key, state.written if result is not None else None)
                 entry.owed = result is None or not result.ok
                 if entry.owed:
                     self.awaiting_ready.add(key)

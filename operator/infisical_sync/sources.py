@@ -38,6 +38,9 @@ class SourceResult:
     values: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # why the source is uncertain
     problem_reason: str = ""  # condition reason of the first problem
+    # The reason behind it where problem_reason only says where (ConnectionNotReady: the
+    # connection's own reason), for Reconciling / Stalled.
+    problem_cause: str = ""
     duplicates: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     keep: set[str] = field(default_factory=set)
@@ -62,6 +65,7 @@ class SourceResult:
             keys_read=len(self.values),
             problems=tuple(self.problems),
             problem_reason=self.problem_reason,
+            problem_cause=self.problem_cause,
             duplicates=tuple(self.duplicates),
             skipped=dict(self.skipped),
         )

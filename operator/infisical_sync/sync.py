@@ -27,7 +27,7 @@ from infisical_sync.approvals import (
     opened,
     shown_approval,
 )
-from infisical_sync.conditions import Condition, timestamp
+from infisical_sync.conditions import CONNECTION_NOT_FOUND, Condition, timestamp
 from infisical_sync.connection import ConnectionReconciler
 from infisical_sync.infisical.client import InfisicalSession
 from infisical_sync.infisical.errors import (
@@ -87,6 +87,7 @@ from infisical_sync.sync_status import (
 
 log = logging.getLogger(__name__)
 PLURAL = "secretsyncs"
+CONNECTIONS = "infisicalconnections"
 ABANDON = "infisical-sync.dev/abandon"
 SYNC_REQUESTED_AT = "infisical-sync.dev/sync-requested-at"
 EventPoster = Callable[[Any, str, str, str], None]
@@ -471,7 +472,7 @@ class SyncEngine:
         destination_ref = spec.destination.connection_ref.name
         session = self.connections.session(namespace, destination_ref)
         if session is None:
-            raise self._connection_not_ready(namespace, destination_ref)
+            raise await self._connection_not_ready(namespace, destination_ref)
 
         instance = session.transport.base_url
         prefetched = await self._probe_unchanged(
@@ -486,6 +487,7 @@ class SyncEngine:
                 "; ".join(source.problems),
                 retryable=True,
                 retry_after=source.retry_after,
+                cause=source.problem_cause,
             )
         else:
             known.append(source_condition(source.facts()))
@@ -743,18 +745,35 @@ class SyncEngine:
 
     # --- reads ---------------------------------------------------------------------------------
 
-    def _connection_not_ready(self, namespace: str, connection: str) -> SyncFailed:
+    async def _connection_not_ready(self, namespace: str, connection: str) -> SyncFailed:
         state = self.connections.state(namespace, connection)
-        detail = (
-            f"{state.reason}: {state.message}" if state else "not validated yet (or does not exist)"
-        )
+        cause = await self._connection_cause(namespace, connection)
+        if state is not None:
+            detail = f"{state.reason}: {state.message}"
+        elif cause == CONNECTION_NOT_FOUND:
+            detail = "it does not exist"
+        else:
+            detail = "not validated yet"
         return SyncFailed(
             "DestinationReady",
             "ConnectionNotReady",
             f"InfisicalConnection {namespace}/{connection} is not Ready: {detail}",
-            retryable=state is None,  # not validated yet (e.g. just started): soon, likely
-            cause=state.reason if state else "",
+            retryable=state is None and not cause,  # not validated yet (just seen): soon, likely
+            cause=cause,
         )
+
+    async def _connection_cause(self, namespace: str, connection: str) -> str:
+        """Why a connection is not usable, for Reconciling / Stalled: its own reason; when this
+        process never validated it, ConnectionNotFound if it does not exist (a typo: someone
+        must act), else nothing (just created: its first validation comes)."""
+        state = self.connections.state(namespace, connection)
+        if state is not None:
+            return state.reason
+        try:
+            exists = await self.kube.object_exists(CONNECTIONS, namespace, connection)
+        except (KubeUnavailable, ApiException):
+            return ""  # cannot tell: as not validated yet
+        return "" if exists else CONNECTION_NOT_FOUND
 
     def _inputs(
         self,
@@ -865,6 +884,12 @@ class SyncEngine:
             session.transport.base_url if session else "",
             spec.source.infisical.model_dump_json(),
         )
+        if session is None:  # not Ready: its own reason says whether someone must act
+            unusable = await read_infisical(
+                None, f"{namespace}/{ref}", spec.source.infisical, etag=None, cached=None
+            )
+            unusable.problem_cause = await self._connection_cause(namespace, ref)
+            return unusable
         same_place = cache.source_at == at
         result = await read_infisical(
             session,
@@ -1070,12 +1095,12 @@ class SyncEngine:
             ref, location = recorded
             session = self.connections.last_session(namespace, ref)
             if session is None:
-                raise self._connection_not_ready(namespace, ref)
+                raise await self._connection_not_ready(namespace, ref)
         elif status.get("destination") in (None, spec.destination.describe()):
             ref = spec.destination.connection_ref.name
             session = self.connections.last_session(namespace, ref)
             if session is None:
-                raise self._connection_not_ready(namespace, ref)
+                raise await self._connection_not_ready(namespace, ref)
             location = await self._destination_location(session, spec)
         else:
             log.warning(

@@ -50,6 +50,7 @@ class SourceFacts:
     keys_read: int
     problems: tuple[str, ...] = ()
     problem_reason: str = ""
+    problem_cause: str = ""
     duplicates: tuple[str, ...] = ()
     skipped: Mapping[str, str] = field(default_factory=dict)
 
@@ -154,7 +155,7 @@ def succeeded_status(
         previous.get("conditions"),
         [
             ready,
-            *progress_conditions(ready, source.problem_reason),
+            *progress_conditions(ready, source.problem_cause or source.problem_reason),
             source_condition(source),
             DESTINATION_READ,
             synced,

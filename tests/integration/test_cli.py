@@ -388,6 +388,10 @@ def test_sync_now_waits_for_the_requested_sync_and_exits_with_its_outcome(
     assert failed.returncode == 1
     assert f"SecretSync {namespace}/orphan: Failed (SecretNotFound)" in failed.stdout
     assert status(kube, namespace, SYNCS, "orphan")["lastHandledRequest"] == "run-7"
+    # The same value again would run nothing and print the old outcome: refused.
+    again = cli(control_plane, "sync-now", f"{namespace}/orphan", "--request", "run-7")
+    assert again.returncode == 2
+    assert "request run-7 was already handled" in again.stderr
 
     # Not handled in time (the destination answers after the CLI gave up): exit 3, and the
     # request is still handled afterwards.
@@ -513,6 +517,7 @@ def test_plan_shows_held_deletes_and_the_command_that_lets_them_go(
         unreachable = cli(control_plane, "plan", f"{namespace}/sync")
     finally:
         fake.clear_faults()
-    assert unreachable.returncode == 1
-    assert "ConnectionNotReady: InfisicalConnection" in unreachable.stderr
-    assert "is not Ready: ServerError: from this machine: " in unreachable.stderr
+    assert unreachable.returncode == 2  # not what the next sync would meet: this machine's
+    assert "is Ready for the operator, but logging in from this machine failed: ServerError: " in (
+        unreachable.stderr
+    )

@@ -90,7 +90,9 @@ def test_ready_is_never_reconciling_nor_stalled(reason: str) -> None:
         ("ConnectionNotReady", "InvalidCredentials", ("False", "True")),
         ("ConnectionNotReady", "SecretNotFound", ("False", "True")),
         ("SourceUncertain", "", ("False", "True")),
-        ("SourceUncertain", "SourceError", ("True", "False")),
+        ("ConnectionNotReady", "ConnectionNotFound", ("False", "True")),  # a typo in its name
+        ("SourceUncertain", "SourceError", ("False", "True")),  # 403: RBAC to fix
+        ("SourceUncertain", "ConnectionNotReady", ("True", "False")),
         ("SourceUncertain", "SecretNotFound", ("False", "True")),
     ],
 )
@@ -186,7 +188,8 @@ def test_held_deletes_stall_until_confirmed() -> None:
 
 
 @pytest.mark.parametrize(
-    ("problem", "expected"), [("SecretNotFound", "True"), ("SourceError", "False")]
+    ("problem", "expected"),
+    [("SecretNotFound", "True"), ("SourceError", "True"), ("ConnectionNotReady", "False")],
 )
 def test_an_uncertain_source_stalls_only_when_someone_must_act(problem: str, expected: str) -> None:
     source = SourceFacts(1, problems=("Secret b not found",), problem_reason=problem)

@@ -18,6 +18,7 @@ from infisical_sync.kube import KubeUnavailable
 from infisical_sync.runtime import Kicks
 from infisical_sync.scheduler import (
     FINALIZER_GRACE,
+    HELD_RELEASE_DELAY,
     RUNNING_AFTER,
     Observed,
     RetryLater,
@@ -1654,6 +1655,41 @@ async def test_secretsyncs_held_for_a_connection_run_when_its_daemon_stops_unval
     for _ in range(100):
         await asyncio.sleep(0)
     assert runs == {}
-    daemon.cancel()  # the connection was deleted, or the operator stops
+    daemon.cancel()  # the connection was deleted
+    await until(lambda: harness.scheduler._held == {})
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert runs == {}  # not at once: an operator stopping ends every daemon first
+    harness.clock.advance(HELD_RELEASE_DELAY)
     await until(lambda: "new" in runs)
-    assert harness.scheduler._held == {}
+
+
+async def test_secretsyncs_held_for_a_connection_never_run_when_the_operator_stops(
+    harness: Harness,
+) -> None:
+    """kopf stops the connection daemons before the operator's cleanup stops the scheduler:
+    the SecretSyncs they held must not all start a cycle on the way out."""
+    runs = runs_by_name(harness, {})
+    harness.connections.answered = asyncio.Event()  # never answers
+    daemon = harness.start(
+        harness.scheduler.run_connection(
+            "ns", "conn", connection_body(), harness.stopped, dependents=list
+        )
+    )
+    await until(lambda: harness.connections.logins == [True])
+    harness.sync("new", using_conn(sync_body()))
+    harness.sync("kicked", using_conn(sync_body()))
+    for _ in range(100):
+        await asyncio.sleep(0)
+    harness.scheduler.kick(("SecretSync", "ns", "kicked"), "secret app modified")  # held twice
+    for _ in range(100):
+        await asyncio.sleep(0)
+    held = harness.scheduler._held[CONNECTION]
+    assert sorted(entry.key[2] for entry in held) == ["kicked", "new"]
+    daemon.cancel()
+    await until(lambda: harness.scheduler._held == {})
+    await harness.scheduler.shutdown(0)
+    harness.clock.advance(HELD_RELEASE_DELAY)
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert runs == {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from dataclasses import dataclass
 from typing import Any, cast
 
 import pytest
@@ -192,12 +193,57 @@ class NoConnections:
         return None
 
 
+@dataclass
+class Connections:
+    """The API server's answer to whether the InfisicalConnection exists."""
+
+    exists: bool
+
+    async def object_exists(self, plural: str, namespace: str, name: str) -> bool:
+        assert plural == "infisicalconnections"
+        return self.exists
+
+
+@pytest.mark.parametrize(
+    ("exists", "detail", "stalled"),
+    [(True, "not validated yet", "False"), (False, "it does not exist", "True")],
+)
+async def test_a_connection_this_process_never_validated_is_stalled_only_when_missing(
+    exists: bool, detail: str, stalled: str
+) -> None:
+    """Just created (its first validation comes): Reconciling. Not there (a typo in
+    connectionRef): Stalled, someone must act."""
+    engine = SyncEngine(
+        cast(Kube, Connections(exists=exists)),
+        cast(ConnectionReconciler, NoConnections()),
+        post_event=lambda *_: None,
+        cluster_id="c",
+    )
+    body = {
+        "metadata": {"name": "sync", "generation": 1, "uid": "u"},
+        "spec": {
+            "source": {"kubernetes": {"secrets": [{"name": "app"}]}},
+            "destination": {
+                "connectionRef": {"name": "dest"},
+                "projectId": "p",
+                "environment": "prod",
+            },
+        },
+    }
+    result = await engine.run("ns", "sync", body, None)
+    conditions = {c["type"]: c for c in result.status["conditions"]}
+    assert conditions["Ready"]["reason"] == "ConnectionNotReady"
+    assert conditions["Ready"]["message"].endswith(f"is not Ready: {detail}")
+    assert conditions["Stalled"]["status"] == stalled
+    assert conditions["Reconciling"]["status"] == ("False" if stalled == "True" else "True")
+
+
 async def test_a_failing_sync_logs_one_warning_then_stays_quiet(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="infisical_sync")
     engine = SyncEngine(
-        cast(Kube, None),
+        cast(Kube, Connections(exists=True)),
         cast(ConnectionReconciler, NoConnections()),
         post_event=lambda *_: None,
         cluster_id="c",
@@ -221,7 +267,7 @@ async def test_a_failing_sync_logs_one_warning_then_stays_quiet(
     assert [level for level, _ in lines] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
     assert lines[0][1] == (
         "SecretSync ns/sync failed: ConnectionNotReady: InfisicalConnection ns/dest is not Ready:"
-        " not validated yet (or does not exist)"
+        " not validated yet"
     )
 
 
