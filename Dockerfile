@@ -20,8 +20,10 @@ RUN pip install --no-cache-dir --require-hashes --only-binary=:all: --no-deps -r
 COPY pyproject.toml README.md ./
 COPY operator ./operator
 # The project alone, offline, with the backend installed above. No extras: the testing/dev tools
-# never reach the image; nor do pip and the build backend.
+# never reach the image; nor do pip and the build backend. --no-deps everywhere: pip check
+# fails the build when the lock misses a dependency of anything installed.
 RUN pip install --no-cache-dir --no-deps --no-build-isolation --no-index . \
+    && pip check \
     && pip uninstall --yes pip setuptools
 
 # Runtime: python3 and CA certificates on the slim base; no build tools.

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test test-node test-image-python lint unit deps system-deps kube-binaries images demo format clean controlplane-up controlplane-down lock chart actionlint
+.PHONY: test test-node test-image-python lint unit deps suite-deps system-deps suite-system-deps kube-binaries images demo format clean controlplane-up controlplane-down lock chart actionlint
 
 # The image's Python (Debian trixie ships 3.13) runs the suite too, beside $(PYTHON) (3.11, the
 # oldest supported). Found on PATH or in pyenv; override with IMAGE_PYTHON=/path/to/python3.13.
@@ -51,16 +51,23 @@ format: $(VENV)/.installed
 
 deps: system-deps $(VENV)/.installed kube-binaries actionlint
 
-# etcd for the control plane; the test node's runtime, CNI plugins and iptables; debootstrap and
-# buildah to build the image from the Dockerfile without a registry.
-NODE_PACKAGES := containerd runc containernetworking-plugins iptables conntrack debootstrap buildah
-# actionlint checks the workflows' `run:` scripts with it.
-NODE_PACKAGES += shellcheck
+# What the suite less the node tier needs (CI's suite job): no node packages, whose containerd
+# and runc would replace a preinstalled Docker's containerd.io.
+suite-deps: suite-system-deps $(VENV)/.installed kube-binaries actionlint
 
-system-deps:
+# etcd (below) for the control plane; actionlint checks the workflows' `run:` scripts with
+# shellcheck.
+SUITE_PACKAGES := shellcheck
+# The test node's runtime, CNI plugins and iptables; debootstrap and buildah to build the image
+# from the Dockerfile without a registry.
+NODE_PACKAGES := containerd runc containernetworking-plugins iptables conntrack debootstrap buildah
+
+system-deps: APT_PACKAGES = $(SUITE_PACKAGES) $(NODE_PACKAGES)
+suite-system-deps: APT_PACKAGES = $(SUITE_PACKAGES)
+system-deps suite-system-deps:
 	@command -v go >/dev/null || { echo "Go is required to build kube-apiserver (https://go.dev/doc/install)"; exit 1; }
 	@missing="$$(command -v etcd >/dev/null || echo etcd-server)"; \
-	for package in $(NODE_PACKAGES); do dpkg -s $$package >/dev/null 2>&1 || missing="$$missing $$package"; done; \
+	for package in $(APT_PACKAGES); do dpkg -s $$package >/dev/null 2>&1 || missing="$$missing $$package"; done; \
 	if [ -n "$${missing// /}" ]; then \
 	  echo "apt-get install$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
@@ -97,8 +104,19 @@ VERSION = $(shell $(PYTHON) -c 'import tomllib; print(tomllib.load(open("pyproje
 HELM ?= $(shell $(BIN)/python -c "from infisical_sync.testing.controlplane import ensure_helm; print(ensure_helm())" 2>/dev/null || echo helm)
 DIST ?= dist
 
+# IMAGE_REPOSITORY: the packaged chart's default image.repository (the release workflow sets
+# the repository it pushed the image to); empty keeps values.yaml's.
+IMAGE_REPOSITORY ?=
+
 chart:  ## the Helm chart as $(DIST)/infisical-sync-<version>.tgz
-	$(HELM) package deploy/helm/infisical-sync --version $(VERSION) --app-version $(VERSION) --destination $(DIST)
+	@chart=deploy/helm/infisical-sync; staging=""; \
+	if [ -n "$(IMAGE_REPOSITORY)" ]; then \
+	  staging=$$(mktemp -d) && trap 'rm -rf "$$staging"' EXIT && cp -R $$chart "$$staging/" && chart="$$staging/infisical-sync" && \
+	  sed -i 's|^  repository: .*|  repository: $(IMAGE_REPOSITORY)|' "$$chart/values.yaml" && \
+	  grep -qx '  repository: $(IMAGE_REPOSITORY)' "$$chart/values.yaml" || exit 1; \
+	fi; \
+	echo "$(HELM) package $$chart --version $(VERSION) --app-version $(VERSION) --destination $(DIST)"; \
+	$(HELM) package "$$chart" --version $(VERSION) --app-version $(VERSION) --destination $(DIST)
 
 images: $(VENV)/.installed  ## the operator image from the Dockerfile (buildah) and the node's pause image, cached
 	$(BIN)/python -m infisical_sync.testing.images

@@ -44,6 +44,8 @@ if ready == nil or (ready.observedGeneration ~= nil and ready.observedGeneration
   return hs
 end
 local message = ready.message or ""
+-- reason is optional in the CRD schema: never concatenate nil (a Lua error in Argo CD).
+local reason = ready.reason or "NotReady"
 if ready.status == "True" then
   hs.status = "Healthy"
   hs.message = message
@@ -52,16 +54,16 @@ end
 local stalled = find(status.conditions, "Stalled")
 if stalled ~= nil and stalled.status == "True" then
   hs.status = "Degraded"
-  hs.message = ready.reason .. ": " .. message
+  hs.message = reason .. ": " .. message
   return hs
 end
 local reconciling = find(status.conditions, "Reconciling")
 if reconciling ~= nil and reconciling.status == "True" then
   hs.status = "Progressing"
-  hs.message = ready.reason .. ": " .. message
+  hs.message = reason .. ": " .. message
   return hs
 end
 -- Not Ready and neither condition says why (a status from an operator before they were written).
 hs.status = "Degraded"
-hs.message = ready.reason .. ": " .. message
+hs.message = reason .. ": " .. message
 return hs

@@ -3,7 +3,8 @@
 -- Healthy: synced (or a dry run planned) for the current generation.
 -- Progressing: no status yet, a generation the operator has not reached, or a transient
 --   failure it retries (Reconciling).
--- Suspended: spec.suspend is true, or a change request waits for approval in Infisical.
+-- Suspended: the Ready reason is Suspended (spec.suspend is true and the operator has acted on
+--   it) or ApprovalRequired (a change request waits for approval in Infisical).
 -- Degraded: it waits for someone to fix something (Stalled): a missing Secret, refused
 --   credentials, held deletes to confirm, an invalid spec.
 local hs = {}
@@ -45,12 +46,14 @@ if ready == nil or (ready.observedGeneration ~= nil and ready.observedGeneration
   return hs
 end
 local message = ready.message or ""
+-- reason is optional in the CRD schema: never concatenate nil (a Lua error in Argo CD).
+local reason = ready.reason or "NotReady"
 if ready.status == "True" then
   hs.status = "Healthy"
   hs.message = message
   return hs
 end
-if ready.reason == "Suspended" or ready.reason == "ApprovalRequired" then
+if reason == "Suspended" or reason == "ApprovalRequired" then
   hs.status = "Suspended"
   hs.message = message
   return hs
@@ -58,16 +61,16 @@ end
 local stalled = find(status.conditions, "Stalled")
 if stalled ~= nil and stalled.status == "True" then
   hs.status = "Degraded"
-  hs.message = ready.reason .. ": " .. message
+  hs.message = reason .. ": " .. message
   return hs
 end
 local reconciling = find(status.conditions, "Reconciling")
 if reconciling ~= nil and reconciling.status == "True" then
   hs.status = "Progressing"
-  hs.message = ready.reason .. ": " .. message
+  hs.message = reason .. ": " .. message
   return hs
 end
 -- Not Ready and neither condition says why (a status written before the operator wrote them).
 hs.status = "Degraded"
-hs.message = ready.reason .. ": " .. message
+hs.message = reason .. ": " .. message
 return hs

@@ -410,14 +410,23 @@ def test_dashboard_and_alerts_are_opt_in_and_follow_their_values(helm: str) -> N
     alerts = {item["alert"]: item for item in rule["spec"]["groups"][0]["rules"]}
     assert "InfisicalSyncNoLeader" not in alerts and len(alerts) == 5
     assert all(item["labels"]["team"] == "platform" for item in alerts.values())
-    assert "reason!~" not in alerts["InfisicalSecretSyncNotReady"]["expr"]
+    assert (
+        alerts["InfisicalSecretSyncNotReady"]["expr"]
+        == 'infisical_sync_ready{kind="SecretSync"} == 0'
+    )
     assert alerts["InfisicalSyncCyclesStalled"]["expr"].endswith("> 7200")
     assert alerts["InfisicalSyncDeletesHeld"]["for"] == "1h"
     assert "{{ $labels.namespace }}" in alerts["InfisicalSyncDeletesHeld"]["annotations"]["summary"]
     defaults = render(helm, "metrics.prometheusRule.enabled=true")
     [rule] = [doc for doc in defaults if doc["kind"] == "PrometheusRule"]
     alerts = {item["alert"]: item for item in rule["spec"]["groups"][0]["rules"]}
-    assert 'reason!~"Suspended|DeletionHeld"' in alerts["InfisicalSecretSyncNotReady"]["expr"]
+    # The alert's labels stay the same whatever the reason: a reason that changes does not
+    # restart its `for`.
+    assert alerts["InfisicalSecretSyncNotReady"]["expr"].splitlines() == [
+        'infisical_sync_ready{kind="SecretSync"} == 0',
+        'unless on (kind, namespace, name) infisical_sync_not_ready_reason{kind="SecretSync", '
+        'reason=~"Suspended|DeletionHeld|ConnectionNotReady"}',
+    ]
     monitor = render(helm, "metrics.serviceMonitor.enabled=true")
     [monitor_doc] = [doc for doc in monitor if doc["kind"] == "ServiceMonitor"]
     assert monitor_doc["spec"]["endpoints"][0]["honorLabels"] is True

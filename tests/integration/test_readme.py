@@ -203,9 +203,13 @@ def test_rendered_namespaced_install_applies_without_a_namespace_flag(shell: She
     assert not names(shell.get("role", "-n", "default"))
 
 
-def test_a_missing_watched_namespace_stops_the_install_before_anything_is_applied(
+def test_a_missing_watched_namespace_stops_the_install_before_the_release_and_its_rbac(
     shell: Shell,
 ) -> None:
+    """Helm installs the chart's crds/ before it renders, so the CRDs are there; the release,
+    its RBAC and its Deployment are not."""
+    crds = {"secretsyncs.infisical-sync.dev", "infisicalconnections.infisical-sync.dev"}
+    assert not names(shell.get("crd")) & crds
     install = (
         "helm install infisical-sync deploy/helm/infisical-sync -n infisical-sync"
         " --create-namespace --set rbac.clusterWide=false"
@@ -219,9 +223,14 @@ def test_a_missing_watched_namespace_stops_the_install_before_anything_is_applie
     assert "not found" in shell.run("helm status infisical-sync -n infisical-sync").stderr
     assert not names(shell.get("clusterrole", "-l", RELEASE_LABEL))
     assert not names(shell.get("role", "-n", "team-a", "-l", RELEASE_LABEL))
+    assert not names(shell.get("rolebinding", "-n", "team-a", "-l", RELEASE_LABEL))
+    assert not names(shell.get("clusterrolebinding", "-l", RELEASE_LABEL))
+    assert not names(shell.get("deployment", "-A", "-l", RELEASE_LABEL))
+    assert crds <= names(shell.get("crd"))
 
     shell.ok("kubectl create namespace team-b")
-    shell.ok(install)  # the same command again, now that the namespace is there
+    notes = shell.ok(install)  # the same command again, now that the namespace is there
+    assert "kubectl apply -f deploy/samples/" in notes  # the samples' team-a is watched
     releases = json.loads(shell.ok("helm list -n infisical-sync -o json"))
     assert [(r["name"], r["status"]) for r in releases] == [("infisical-sync", "deployed")]
     assert "infisical-sync" in names(shell.get("role", "-n", "team-b"))
@@ -229,9 +238,12 @@ def test_a_missing_watched_namespace_stops_the_install_before_anything_is_applie
 
 def test_the_release_namespace_may_be_watched_and_created_by_helm(shell: Shell) -> None:
     """--create-namespace makes the release namespace after rendering: not a missing one."""
-    shell.ok(
+    notes = shell.ok(
         "helm install infisical-sync deploy/helm/infisical-sync -n infisical-sync"
         " --create-namespace --set rbac.clusterWide=false"
         " --set 'watchNamespaces={infisical-sync}'"
     )
     assert "infisical-sync" in names(shell.get("role", "-n", "infisical-sync"))
+    # NOTES suggest the samples only where they would be watched (their namespace is team-a).
+    assert "Watching: infisical-sync" in notes
+    assert "deploy/samples" not in notes

@@ -94,6 +94,20 @@ def test_the_packaged_version_comes_from_the_make_variable_not_chart_yaml(
     assert (chart["version"], chart["appVersion"]) == ("9.8.7-rc.1", "9.8.7-rc.1")
 
 
+def test_the_packaged_chart_points_at_the_image_repository_it_is_given(
+    helm: str, tmp_path: Path
+) -> None:
+    """The release workflow's owner need not be the default's: the chart it pushes names the
+    image it pushed. The source tree is left as it was."""
+    values = ROOT / "deploy" / "helm" / "infisical-sync" / "values.yaml"
+    before = values.read_bytes()
+    package = make_chart(helm, tmp_path, "IMAGE_REPOSITORY=ghcr.io/someone-else/operator")
+    packaged = yaml.safe_load(chart_members(package)["infisical-sync/values.yaml"])
+    assert packaged["image"]["repository"] == "ghcr.io/someone-else/operator"
+    assert packaged | {"image": None} == yaml.safe_load(before) | {"image": None}
+    assert values.read_bytes() == before
+
+
 def lint(actionlint: str, shellcheck: str, *files: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [actionlint, "-no-color", "-oneline", f"-shellcheck={shellcheck}", *map(str, files)],

@@ -95,3 +95,17 @@ def test_the_message_names_the_reason_and_the_generations() -> None:
         "Progressing",
         "Generation 3 is not synced yet (status is for generation 2)",
     )
+
+
+@pytest.mark.parametrize("kind", sorted(SCRIPTS))
+@pytest.mark.parametrize("with_stalled", [True, False])
+def test_a_ready_condition_without_a_reason_is_not_a_lua_error(
+    kind: str, with_stalled: bool
+) -> None:
+    """The CRD does not require a condition's reason (Stalled True, or Ready alone as an
+    earlier version wrote it: Degraded either way)."""
+    found = status(2, "False", "X", stalled="True")
+    del found["conditions"][0]["reason"]
+    if not with_stalled:
+        found["conditions"] = found["conditions"][:1]
+    assert argocd_health(obj(kind, 2, found)) == ("Degraded", "NotReady: X message")

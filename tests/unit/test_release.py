@@ -151,6 +151,10 @@ def test_the_dockerfile_installs_the_lock_with_hashes_and_the_project_without_de
         assert flag in lock_install
     for flag in ("--no-deps", "--no-build-isolation", "--no-index"):
         assert flag in project_install
+    # With --no-deps an incomplete lock would still install: pip check fails the build instead,
+    # while pip is still there.
+    assert re.search(r"&&\s+pip check\s+&&", project_install)
+    assert project_install.index("pip check") < project_install.index("pip uninstall")
     assert "ARG PIP_CERT" in text.split("pip install", 1)[0], "pip must see the proxy CA"
 
 

@@ -82,6 +82,15 @@ def test_ci_runs_the_oldest_and_the_newest() -> None:
     assert f"KUBERNETES_NEWEST := {NEWEST.minor}\n" in makefile
     passes = re.findall(r"INFISICAL_SYNC_KUBERNETES=\$\((\w+)\) \S+/pytest", makefile)
     assert sorted(passes) == ["KUBERNETES_NEWEST", "KUBERNETES_OLDEST", "KUBERNETES_OLDEST"]
+    # GitHub's CI runs the oldest Python's pass itself (make test-image-python the other): it
+    # must name the oldest Kubernetes, not rely on the default.
+    workflow = yaml.safe_load((CHART.parents[2] / ".github" / "workflows" / "ci.yml").read_text())
+    steps = [step for job in workflow["jobs"].values() for step in job["steps"]]
+    suites = [step for step in steps if re.search(r"(^|\s)\S*pytest\s", step.get("run", ""))]
+    assert [step.get("env", {}).get(KUBERNETES_ENV) for step in suites] == [OLDEST.minor]
+    assert [step["run"] for step in steps if "test-image-python" in step.get("run", "")] == [
+        "make test-image-python"
+    ]
 
 
 def test_binaries_are_stamped_with_their_release() -> None:
