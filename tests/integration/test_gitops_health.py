@@ -239,9 +239,10 @@ def test_an_edit_not_synced_yet_and_a_transient_failure_progress(
     )
     # It timed out (not some other kubectl error) while the only Ready was generation 1's.
     assert stale.returncode != 0 and "timed out" in stale.stderr, stale.stderr
+    # Nothing made generation 2 Ready meanwhile: the status is still generation 1's (or, on a
+    # slow machine, the edit's cycle has just failed: Ready False).
     sync = live(kube, namespace, SYNCS, "sync")
-    assert sync["status"]["observedGeneration"] == 1, "the edit's cycle ended during the wait"
-    assert conditions(sync)["Ready"] == ("True", "Synced")
+    assert sync["status"]["observedGeneration"] == 1 or conditions(sync)["Ready"][0] == "False"
     # A cycle of generation 1 that was under way may fail first: generation 2's failure.
     sync = with_condition(kube, namespace, SYNCS, "sync", "Reconciling", "Unreachable", 2)
     assert progress(sync) == ("True", "False")
