@@ -172,16 +172,20 @@ def test_a_new_object_is_not_current_before_the_operator_has_handled_it(
         assert health == "Progressing" and message.startswith("Waiting for the operator's first")
 
 
-def test_a_first_sync_waiting_for_its_connection_progresses_and_kubectl_wait_sees_it_through(
+def test_a_sync_whose_connection_does_not_exist_stalls_and_kubectl_wait_sees_it_through(
     env: tuple[Any, str, FakeInfisical], control_plane: ControlPlane
 ) -> None:
+    """A connectionRef naming no InfisicalConnection (a typo, or not created yet) waits for
+    someone to act, like a missing source Secret: Stalled, Degraded. Creating the connection
+    clears it without anything else done."""
     kube, namespace, fake = env
     put_secret(kube, namespace, "app", {"A": "1"})
     create(kube, namespace, SYNCS, "SecretSync", "sync", sync_spec())
-    sync = with_condition(kube, namespace, SYNCS, "sync", "Reconciling", "ConnectionNotReady")
+    sync = with_condition(kube, namespace, SYNCS, "sync", "Stalled", "ConnectionNotReady")
     assert conditions(sync)["Ready"] == ("False", "ConnectionNotReady")
-    assert progress(sync) == ("True", "False")
-    assert argocd_health(sync)[0] == "Progressing"
+    assert progress(sync) == ("False", "True")
+    health, message = argocd_health(sync)
+    assert health == "Degraded" and message.endswith("is not Ready: it does not exist"), message
     binary = str(ensure_kube_binaries(with_kubectl=True)["kubectl"])
     wait = [binary, "--kubeconfig", str(control_plane.kubeconfig), "wait", "-n", namespace]
     with subprocess.Popen(
