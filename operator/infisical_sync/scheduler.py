@@ -70,6 +70,10 @@ RUNNING_AFTER = 1.0
 # SecretSyncs held for a connection's first validation when its daemon ends before it (the
 # connection was deleted, or the operator stops) run this much later.
 HELD_RELEASE_DELAY = 5.0
+# kopf hands over the InfisicalConnections during its first seconds too: a SecretSync due then
+# may name one whose daemon has not started yet. It waits for it as well, this long at most
+# after the start (a connection that does not exist is then reported as such).
+STARTUP_HOLD = 10.0
 RUNNING = {"syncStatus": "Running"}
 DeletionAction = Literal["remove", "release", "let go"]
 
@@ -473,6 +477,10 @@ class Scheduler:
     # could only fail ConnectionNotReady ("not validated yet"), a status write and a flap.
     _first_validation: set[Key] = field(default_factory=set, init=False, repr=False)
     _held: dict[Key, dict[_Sync, None]] = field(default_factory=dict, init=False, repr=False)
+    # Connections whose daemon started in this process (a few per cluster); the timer ending
+    # the startup hold (STARTUP_HOLD).
+    _connections_seen: set[Key] = field(default_factory=set, init=False, repr=False)
+    _startup_release: Cancellable | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._started = self.clock.monotonic()
@@ -619,6 +627,7 @@ class Scheduler:
         slot = self.kicks.slot(key)
         force, failures = True, 0
         self._first_validation.add(key)
+        self._connections_seen.add(key)
         try:
             while not stopped.is_set():
                 interval = validation_interval(body.get("spec") or {})
@@ -689,10 +698,25 @@ class Scheduler:
         _kind, namespace, _name = entry.key
         for name in connections_used(entry.body.get("spec") or {}):
             connection = ("InfisicalConnection", namespace, name)
-            if connection in self._first_validation:
+            if connection in self._first_validation or self._before_its_daemon(connection):
                 self._held.setdefault(connection, {})[entry] = None
                 return True
         return False
+
+    def _before_its_daemon(self, connection: Key) -> bool:
+        """Whether, in the operator's first seconds, the connection's daemon has not started:
+        kopf may not have handed it over yet."""
+        remaining = self._started + STARTUP_HOLD - self.clock.monotonic()
+        if remaining <= 0 or connection in self._connections_seen:
+            return False
+        if self._startup_release is None:
+            self._startup_release = self.clock.call_later(remaining, self._end_startup_hold)
+        return True
+
+    def _end_startup_hold(self) -> None:
+        """Those held for a connection whose daemon never started (none by that name) run."""
+        for connection in [key for key in self._held if key not in self._first_validation]:
+            self._release_held(connection)
 
     async def _validate(
         self, key: Key, body: Mapping[str, Any], force: bool
@@ -884,6 +908,8 @@ class Scheduler:
         """The operator exits: no SecretSync cycle starts any more; those in flight get `grace`
         seconds to finish, then are cancelled."""
         self._shut_down = True
+        if self._startup_release is not None:
+            self._startup_release.cancel()
         for key in list(self._unguarded):
             self._forget_unguarded(key)
         count = len(self.syncs)

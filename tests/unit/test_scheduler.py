@@ -20,6 +20,7 @@ from infisical_sync.scheduler import (
     FINALIZER_GRACE,
     HELD_RELEASE_DELAY,
     RUNNING_AFTER,
+    STARTUP_HOLD,
     Observed,
     RetryLater,
     Scheduler,
@@ -1693,3 +1694,42 @@ async def test_secretsyncs_held_for_a_connection_never_run_when_the_operator_sto
     for _ in range(100):
         await asyncio.sleep(0)
     assert runs == {}
+
+
+async def test_in_the_first_seconds_a_secretsync_waits_for_its_connections_daemon_too(
+    harness: Harness,
+) -> None:
+    """kopf hands the connections over during its first seconds as well: a SecretSync due
+    before its connection's daemon started waits for that daemon's first validation."""
+    runs = runs_by_name(harness, {})
+    harness.sync("new", using_conn(sync_body()))
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert runs == {}
+    harness.clock.advance(STARTUP_HOLD / 2)
+    harness.start(
+        harness.scheduler.run_connection(
+            "ns", "conn", connection_body(), harness.stopped, dependents=lambda: ["new"]
+        )
+    )
+    await until(lambda: "new" in runs)
+    assert harness.connections.logins == [True] and runs["new"] == [STARTUP_HOLD / 2]
+    harness.clock.advance(STARTUP_HOLD)  # the startup hold's end: nothing more to release
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert len(runs["new"]) == 1
+
+
+async def test_a_secretsync_naming_no_known_connection_runs_when_the_startup_hold_ends(
+    harness: Harness,
+) -> None:
+    runs = runs_by_name(harness, {})
+    harness.sync("typo", using_conn(sync_body()))
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert runs == {}
+    harness.clock.advance(STARTUP_HOLD)
+    await until(lambda: "typo" in runs)  # then reported as missing by its cycle
+    harness.sync("later", using_conn(sync_body()))  # after the first seconds: at once
+    await until(lambda: "later" in runs)
+    assert runs == {"typo": [STARTUP_HOLD], "later": [STARTUP_HOLD]}
