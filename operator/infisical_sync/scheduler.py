@@ -35,6 +35,7 @@ from infisical_sync.connection import Outcome
 from infisical_sync.durations import jittered, retry_delay, sync_interval, validation_interval
 from infisical_sync.kube import GROUP, VERSION, KubeUnavailable
 from infisical_sync.planner import ALLOW_MASS_DELETE
+from infisical_sync.references import sync_connections
 from infisical_sync.runtime import Key, Kicks, Slot
 from infisical_sync.selectors import selector_matches
 from infisical_sync.shards import Shard
@@ -210,17 +211,8 @@ class Observed(NamedTuple):
 
 def connections_used(spec: Mapping[str, Any]) -> list[str]:
     """The InfisicalConnections (in the SecretSync's namespace) a cycle needs: the
-    destination's, and an Infisical source's."""
-    names = []
-    destination = spec.get("destination")
-    source = spec.get("source")
-    infisical = source.get("infisical") if isinstance(source, Mapping) else None
-    for part in (destination, infisical):
-        ref = part.get("connectionRef") if isinstance(part, Mapping) else None
-        name = ref.get("name") if isinstance(ref, Mapping) else None
-        if isinstance(name, str) and name and name not in names:
-            names.append(name)
-    return names
+    destination's, and an Infisical source's (as the referrers index reads them)."""
+    return [connection for _namespace, connection in sync_connections("", "", spec)]
 
 
 def observe(body: Mapping[str, Any]) -> Observed:
