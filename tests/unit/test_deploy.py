@@ -74,6 +74,16 @@ def test_secret_writes_are_opt_in_and_only_patch() -> None:
     assert _verbs("rbac-secret-writes.yaml") == {("", "secrets"): {"patch"}}  # never create/delete
 
 
+def test_kubernetes_auth_token_requests_are_opt_in_and_only_create() -> None:
+    """rbac.kubernetesAuth (off by default) adds create on serviceaccounts/token (TokenRequest),
+    and nothing else: no read of service accounts, no other subresource."""
+    assert yaml.safe_load((CHART / "values.yaml").read_text())["rbac"]["kubernetesAuth"] is False
+    assert _verbs("rbac-kubernetes-auth.yaml") == {("", "serviceaccounts/token"): {"create"}}
+    assert not any(
+        resource.startswith("serviceaccounts") for _, resource in _verbs("rbac-rules.yaml")
+    )
+
+
 def test_samples_are_kubernetes_objects_in_one_namespace_that_name_each_other() -> None:
     """`kubectl apply -f deploy/samples/` applies every file: each is an object, in team-a
     (created by the first file), and the SecretSync uses the connection and Secret beside it."""
