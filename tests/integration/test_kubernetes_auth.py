@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from tests import kube_helpers
@@ -23,6 +24,7 @@ from tests.kube_helpers import create, patch, put_secret
 from infisical_sync.testing.controlplane import ControlPlane, grant_kubernetes_auth
 from infisical_sync.testing.fake_infisical import BackgroundFake, FakeInfisical
 from infisical_sync.testing.fake_state import KubernetesAuthConfig
+from infisical_sync.testing.samples import SAMPLES
 
 pytestmark = pytest.mark.controlplane
 CONNECTIONS, SYNCS = "infisicalconnections", "secretsyncs"
@@ -423,3 +425,18 @@ def test_each_method_takes_its_own_fields_only(
         )
     assert refused.value.status == 422
     assert message in str(refused.value.body)
+
+
+def test_the_sample_is_accepted_by_the_api_server(kube: Any, namespace: str) -> None:
+    """deploy/samples/kubernetes-auth/ passes the CRD's schema and CEL rules as written."""
+    for path in sorted((SAMPLES / "kubernetes-auth").glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text())
+        doc["metadata"]["namespace"] = namespace
+        if doc["kind"] == "ServiceAccount":
+            client.CoreV1Api(kube).create_namespaced_service_account(namespace, doc)
+        else:
+            client.CustomObjectsApi(kube).create_namespaced_custom_object(
+                "infisical-sync.dev", "v1alpha1", namespace, CONNECTIONS, doc
+            )
+    stored = kube_helpers.get(kube, namespace, CONNECTIONS, "selfhosted-kubernetes-auth")
+    assert stored is not None and stored["spec"]["method"] == "kubernetes-auth"

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import SecretStr
 
 from infisical_sync.conditions import NEEDS_USER
@@ -23,6 +25,8 @@ from infisical_sync.infisical.errors import (
 )
 from infisical_sync.infisical.transport import InstanceTransport, TransportOptions
 from infisical_sync.testing.fake_infisical import FakeInfisical
+from infisical_sync.testing.fake_state import FakeState
+from infisical_sync.testing.seed import load_seed
 
 FAST = TransportOptions(max_attempts=2, backoff_base=0.01, backoff_cap=0.05, request_timeout=2)
 LOGIN = "/api/v1/auth/kubernetes-auth/login"
@@ -122,3 +126,21 @@ def test_every_kubernetes_auth_reason_waits_for_someone() -> None:
         "KubernetesAuthRefused",
         "IdentityNotConfiguredForKubernetesAuth",
     } <= NEEDS_USER
+
+
+def test_the_readme_seed_declares_a_kubernetes_auth_identity() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = readme.split("Seed file for the standalone server (YAML or JSON):")[1]
+    seed = yaml.safe_load(block.split("```yaml\n", 1)[1].split("```", 1)[0])
+    state = FakeState()
+    load_seed(state, seed)
+    identity = state.identity_by_id("7a1d2c3e-0000-4000-8000-000000000003")
+    assert identity is not None and identity.kubernetes_auth is not None
+    auth = identity.kubernetes_auth
+    assert auth.token_reviewer_jwt is None  # empty: each login's token reviews itself
+    assert (auth.allowed_namespaces, auth.allowed_names, auth.allowed_audience) == (
+        "team-a",
+        "infisical-login",
+        "infisical",
+    )
+    assert set(identity.projects) == {next(iter(state.projects))}
