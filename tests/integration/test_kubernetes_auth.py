@@ -32,6 +32,7 @@ IDENTITY_ID = "55555555-5555-4555-8555-555555555555"
 LOGIN_ACCOUNT = "infisical-login"
 AUDIENCE = "https://infisical.example.com"
 PROJECT = "p-k8s-auth"
+LOGIN = "/api/v1/auth/kubernetes-auth/login"
 CANARY_VALUE = "canary-value-kubernetes-auth-0cc175b9"
 
 
@@ -207,7 +208,7 @@ def test_connection_logs_in_with_a_reviewed_token_and_a_secretsync_syncs_through
     assert found["identityId"] == IDENTITY_ID and "clientId" not in found
     assert f"service account {namespace}/{LOGIN_ACCOUNT}" in found["message"]
     assert found["tokenExpiresAt"]
-    assert fake.count("/api/v1/auth/kubernetes-auth/login", "POST", 200) >= 1
+    assert fake.count(LOGIN, "POST", 200) >= 1
 
     put_secret(kube, namespace, "app", {"DB_PASSWORD": CANARY_VALUE})
     create(
@@ -245,11 +246,11 @@ def test_every_login_sends_a_fresh_token(
     service_account(kube, namespace, LOGIN_ACCOUNT)
     create_connection(kube, namespace, fake.url)
     wait_ready(kube, namespace, ("True", "Validated"))
-    logins = fake.count("/api/v1/auth/kubernetes-auth/login", "POST", 200)
+    logins = fake.count(LOGIN, "POST", 200)
     # A spec change logs in again (and a refused token would, too): with a new token.
     patch(kube, namespace, CONNECTIONS, "conn", {"spec": {"validationInterval": "2m"}})
     wait_for(
-        lambda: fake.count("/api/v1/auth/kubernetes-auth/login", "POST", 200) > logins,
+        lambda: fake.count(LOGIN, "POST", 200) > logins,
         message="a second login",
     )
     seen = fake.state.kubernetes_jwts_seen
@@ -259,6 +260,64 @@ def test_every_login_sends_a_fresh_token(
     answer = client.AuthenticationV1Api(kube).create_token_review(review)
     assert answer.status.authenticated
     assert answer.status.user.username == f"system:serviceaccount:{namespace}:{LOGIN_ACCOUNT}"
+    assert_no_jwt_leaked(fake, operator, kube, namespace)
+
+
+def test_renewal_keeps_the_login_and_a_refused_token_logs_in_with_a_fresh_one(
+    operator: OperatorProcess,
+    control_plane: ControlPlane,
+    kube: Any,
+    namespace: str,
+    fake: FakeInfisical,
+) -> None:
+    """The access token's lifecycle is Universal Auth's: renewed at two thirds of its TTL (no
+    new login, no new service account token), a login when Infisical refuses it (with a new
+    service account token)."""
+    identity = fake.state.identity_by_id(IDENTITY_ID)
+    assert identity is not None
+    identity.access_token_ttl = 6  # renewal due after 4 s
+    grant_kubernetes_auth(control_plane.kubeconfig, namespace)
+    service_account(kube, namespace, LOGIN_ACCOUNT)
+    create_connection(kube, namespace, fake.url)
+    wait_ready(kube, namespace, ("True", "Validated"))
+    put_secret(kube, namespace, "app", {"KEY": "v0"})
+    create(
+        kube,
+        namespace,
+        SYNCS,
+        "SecretSync",
+        "sync",
+        {
+            "source": {"kubernetes": {"secrets": [{"name": "app"}]}},
+            "destination": {
+                "connectionRef": {"name": "conn"},
+                "projectId": PROJECT,
+                "environment": "prod",
+                "secretPath": "/",
+            },
+            "syncInterval": "1h",
+        },
+    )
+    wait_for(lambda: fake.state.get_secrets(PROJECT, "prod") == {"KEY": "v0"})
+    logins = fake.count(LOGIN, "POST", 200)
+    edits = iter(range(1, 1000))
+
+    def renewed() -> bool:
+        # Each edit of the source makes the SecretSync call Infisical with the cached token.
+        put_secret(kube, namespace, "app", {"KEY": f"v{next(edits)}"})
+        return fake.count("/api/v1/auth/token/renew", "POST", 200) > 0
+
+    wait_for(renewed, timeout=30, interval=1, message="a renewal")
+    assert fake.count(LOGIN, "POST", 200) == logins  # renewed, not logged in again
+
+    for token in fake.state.tokens.values():
+        token.revoked = True  # Infisical now answers 401 to the cached token
+    seen = len(fake.state.kubernetes_jwts_seen)
+    put_secret(kube, namespace, "app", {"KEY": "after-revocation"})
+    wait_for(lambda: fake.state.get_secrets(PROJECT, "prod") == {"KEY": "after-revocation"})
+    assert fake.count(LOGIN, "POST", 200) > logins
+    jwts = fake.state.kubernetes_jwts_seen
+    assert len(jwts) > seen and len(set(jwts)) == len(jwts)  # the new login: a new token
     assert_no_jwt_leaked(fake, operator, kube, namespace)
 
 
@@ -274,7 +333,7 @@ def test_missing_service_account_then_created(
     found = wait_ready(kube, namespace, ("False", "ServiceAccountNotFound"))
     assert f"ServiceAccount {namespace}/{LOGIN_ACCOUNT} not found" in found["message"]
     assert conditions(found)["Stalled"] == "True"
-    assert fake.count("/api/v1/auth/kubernetes-auth/login") == 0  # no login without a token
+    assert fake.count(LOGIN) == 0  # no login without a token
     # The failure retry (5 s, 10 s, ...) picks it up.
     service_account(kube, namespace, LOGIN_ACCOUNT)
     wait_ready(kube, namespace, ("True", "Validated"), timeout=30)
@@ -289,7 +348,7 @@ def test_token_request_forbidden_without_the_rbac(
     assert "rbac.kubernetesAuth=true" in found["message"]
     assert conditions(found)["Stalled"] == "True"
     assert conditions(found)["CredentialsValid"] == "False"
-    assert fake.count("/api/v1/auth/kubernetes-auth/login") == 0
+    assert fake.count(LOGIN) == 0
 
 
 def test_audience_not_allowed(
