@@ -9,8 +9,12 @@ Kubernetes is stubbed.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +25,11 @@ from tests import kube_helpers
 from tests.conftest import OperatorProcess, wait_for
 from tests.kube_helpers import create, patch, put_secret
 
-from infisical_sync.testing.controlplane import ControlPlane, grant_kubernetes_auth
+from infisical_sync.testing.controlplane import (
+    ControlPlane,
+    grant_cluster_role,
+    grant_kubernetes_auth,
+)
 from infisical_sync.testing.fake_infisical import BackgroundFake, FakeInfisical
 from infisical_sync.testing.fake_state import KubernetesAuthConfig
 from infisical_sync.testing.samples import SAMPLES
@@ -499,3 +507,70 @@ def test_the_sample_is_accepted_by_the_api_server(kube: Any, namespace: str) -> 
             )
     stored = kube_helpers.get(kube, namespace, CONNECTIONS, "selfhosted-kubernetes-auth")
     assert stored is not None and stored["spec"]["method"] == "kubernetes-auth"
+
+
+def test_plan_logs_in_with_the_users_token_request(
+    operator: OperatorProcess,
+    control_plane: ControlPlane,
+    kube: Any,
+    namespace: str,
+    fake: FakeInfisical,
+) -> None:
+    """`plan` logs in as the operator would, requesting the service account's token with the
+    user's credentials: a user who may not create it is told so."""
+    grant_kubernetes_auth(control_plane.kubeconfig, namespace)
+    service_account(kube, namespace, LOGIN_ACCOUNT)
+    create_connection(kube, namespace, fake.url)
+    wait_ready(kube, namespace, ("True", "Validated"))
+    put_secret(kube, namespace, "app", {"KEY": "value"})
+    spec = {
+        "source": {"kubernetes": {"secrets": [{"name": "app"}]}},
+        "destination": {
+            "connectionRef": {"name": "conn"},
+            "projectId": PROJECT,
+            "environment": "prod",
+            "secretPath": "/",
+        },
+        "syncInterval": "1h",
+        "dryRun": True,  # the operator writes nothing: the plan still adds KEY
+    }
+    create(kube, namespace, SYNCS, "SecretSync", "sync", spec)
+
+    def plan(kubeconfig: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "infisical_sync", "plan", f"{namespace}/sync"],
+            env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    logins = fake.count(LOGIN, "POST", 200)
+    planned = plan(control_plane.kubeconfig)  # the cluster admin may request the token
+    assert planned.returncode == 0, planned.stderr
+    assert "  + KEY" in planned.stdout.splitlines()
+    assert fake.count(LOGIN, "POST", 200) == logins + 1
+
+    user = f"cli-reader-{uuid.uuid4().hex[:8]}"
+    grant_cluster_role(
+        control_plane.kubeconfig,
+        user,
+        [
+            {
+                "apiGroups": ["infisical-sync.dev"],
+                "resources": [SYNCS, CONNECTIONS],
+                "verbs": ["get", "list"],
+            },
+            {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]},
+            {"apiGroups": [""], "resources": ["secrets", "configmaps"], "verbs": ["get", "list"]},
+        ],
+    )
+    refused = plan(control_plane.kubeconfig_for_user(user))
+    assert refused.returncode == 2
+    assert (
+        f"forbidden: your user may not create a token for ServiceAccount "
+        f"{namespace}/{LOGIN_ACCOUNT} (kubernetes-auth)" in refused.stderr
+    )
+    assert "create on serviceaccounts/token" in refused.stderr
+    assert_no_jwt_leaked(fake, operator, kube, namespace)
