@@ -192,6 +192,30 @@ def test_token_requests_are_opt_in(helm: str, values: list[str]) -> None:
         assert _grants_token_requests(role["rules"])
 
 
+@pytest.mark.parametrize(
+    "values",
+    [[], ["rbac.clusterWide=false", "watchNamespaces={team-a,team-b}"], ["rbac.secretWrites=true"]],
+    ids=["cluster-wide", "namespaced", "with-secret-writes"],
+)
+def test_token_requests_can_be_limited_to_service_account_names(
+    helm: str, values: list[str]
+) -> None:
+    """rbac.kubernetesAuthServiceAccountNames makes the grant name those service accounts
+    (resourceNames); the rest of the rules are as without it."""
+    on = [*values, "rbac.kubernetesAuth=true"]
+    plain = [doc for doc in render(helm, *on) if _operator_role(doc)]
+    named = [
+        doc
+        for doc in render(helm, *on, "rbac.kubernetesAuthServiceAccountNames={infisical-login,b}")
+        if _operator_role(doc)
+    ]
+    grant = yaml.safe_load((CHART / "files" / "rbac-kubernetes-auth.yaml").read_text())
+    assert len(named) == len(plain) and len(grant) == 1
+    for before, after in zip(plain, named, strict=True):
+        assert after["rules"][:-1] == before["rules"][:-1]
+        assert after["rules"][-1] == {**grant[0], "resourceNames": ["infisical-login", "b"]}
+
+
 def test_namespaced_install(helm: str) -> None:
     docs = render(
         helm,

@@ -359,6 +359,27 @@ def test_token_request_forbidden_without_the_rbac(
     assert fake.count(LOGIN) == 0
 
 
+def test_token_requests_limited_to_named_service_accounts(
+    operator: OperatorProcess,
+    control_plane: ControlPlane,
+    kube: Any,
+    namespace: str,
+    fake: FakeInfisical,
+) -> None:
+    """rbac.kubernetesAuthServiceAccountNames: tokens for the named account only."""
+    grant_kubernetes_auth(
+        control_plane.kubeconfig, namespace, service_account_names=[LOGIN_ACCOUNT]
+    )
+    service_account(kube, namespace, LOGIN_ACCOUNT)
+    service_account(kube, namespace, "another-account")
+    create_connection(kube, namespace, fake.url)
+    wait_ready(kube, namespace, ("True", "Validated"))
+    create_connection(
+        kube, namespace, fake.url, name="other", serviceAccountRef={"name": "another-account"}
+    )
+    wait_ready(kube, namespace, ("False", "TokenRequestForbidden"), name="other")
+
+
 def test_audience_not_allowed(
     operator: OperatorProcess,
     control_plane: ControlPlane,

@@ -77,7 +77,8 @@ def test_secret_writes_are_opt_in_and_only_patch() -> None:
 def test_kubernetes_auth_token_requests_are_opt_in_and_only_create() -> None:
     """rbac.kubernetesAuth (off by default) adds create on serviceaccounts/token (TokenRequest),
     and nothing else: no read of service accounts, no other subresource."""
-    assert yaml.safe_load((CHART / "values.yaml").read_text())["rbac"]["kubernetesAuth"] is False
+    rbac = yaml.safe_load((CHART / "values.yaml").read_text())["rbac"]
+    assert rbac["kubernetesAuth"] is False and rbac["kubernetesAuthServiceAccountNames"] == []
     assert _verbs("rbac-kubernetes-auth.yaml") == {("", "serviceaccounts/token"): {"create"}}
     assert not any(
         resource.startswith("serviceaccounts") for _, resource in _verbs("rbac-rules.yaml")

@@ -758,17 +758,21 @@ def grant_secret_writes(kubeconfig: Path, namespace: str, user: str = OPERATOR_U
     )
 
 
-def grant_kubernetes_auth(kubeconfig: Path, namespace: str, user: str = OPERATOR_USER) -> None:
+def grant_kubernetes_auth(
+    kubeconfig: Path,
+    namespace: str,
+    user: str = OPERATOR_USER,
+    service_account_names: list[str] | None = None,
+) -> None:
     """What rbac.kubernetesAuth=true adds, as the chart's namespaced mode renders it: create on
-    serviceaccounts/token in `namespace` only."""
-    _grant_in_namespace(
-        kubeconfig,
-        namespace,
-        user,
-        f"{user}-kubernetes-auth",
-        yaml.safe_load(RBAC_KUBERNETES_AUTH.read_text()),
-        {"verb": "create", "resource": "serviceaccounts", "subresource": "token"},
-    )
+    serviceaccounts/token in `namespace` only; for the named service accounts only with
+    `service_account_names` (rbac.kubernetesAuthServiceAccountNames)."""
+    rules = yaml.safe_load(RBAC_KUBERNETES_AUTH.read_text())
+    probe = {"verb": "create", "resource": "serviceaccounts", "subresource": "token"}
+    if service_account_names:
+        rules[-1]["resourceNames"] = service_account_names
+        probe["name"] = service_account_names[0]
+    _grant_in_namespace(kubeconfig, namespace, user, f"{user}-kubernetes-auth", rules, probe)
 
 
 def _grant_in_namespace(
