@@ -393,7 +393,8 @@ def test_audience_not_allowed(
     service_account(kube, namespace, LOGIN_ACCOUNT)
     create_connection(kube, namespace, fake.url, audiences=["https://elsewhere.example.com"])
     found = wait_ready(kube, namespace, ("False", "KubernetesAuthRefused"))
-    assert "audience" in found["message"]  # the API server's own words, passed on by Infisical
+    # The API server's own words, passed on by Infisical.
+    assert "is invalid for the target audiences" in found["message"]
     assert conditions(found)["Stalled"] == "True"
     assert_no_jwt_leaked(fake, operator, kube, namespace)
 
