@@ -283,7 +283,9 @@ def test_renewal_keeps_the_login_and_a_refused_token_logs_in_with_a_fresh_one(
     service account token)."""
     identity = fake.state.identity_by_id(IDENTITY_ID)
     assert identity is not None
-    identity.access_token_ttl = 6  # renewal due after 4 s
+    # Renewal due after 8 s; a sync call between 8 and 12 s renews (the source is edited every
+    # second), a later one would find the token expired and log in.
+    identity.access_token_ttl = 12
     grant_kubernetes_auth(control_plane.kubeconfig, namespace)
     service_account(kube, namespace, LOGIN_ACCOUNT)
     create_connection(kube, namespace, fake.url)
@@ -315,7 +317,7 @@ def test_renewal_keeps_the_login_and_a_refused_token_logs_in_with_a_fresh_one(
         put_secret(kube, namespace, "app", {"KEY": f"v{next(edits)}"})
         return fake.count("/api/v1/auth/token/renew", "POST", 200) > 0
 
-    wait_for(renewed, timeout=30, interval=1, message="a renewal")
+    wait_for(renewed, timeout=40, interval=1, message="a renewal")
     assert fake.count(LOGIN, "POST", 200) == logins  # renewed, not logged in again
 
     for token in fake.state.tokens.values():
