@@ -4,7 +4,8 @@
 -- Progressing: not validated yet, a generation the operator has not reached, or a transient
 --   failure it retries (Reconciling: unreachable, rate limited, server errors).
 -- Degraded: it waits for someone to fix something (Stalled): a missing credentials Secret,
---   refused credentials, a TLS problem, an instance URL the operator does not allow.
+--   refused credentials (or a Kubernetes Auth login refused, its service account missing),
+--   a TLS problem, an instance URL the operator does not allow.
 local hs = {}
 
 local function find(conditions, kind)

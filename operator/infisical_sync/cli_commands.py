@@ -26,6 +26,7 @@ from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from pydantic import SecretStr
 
 from infisical_sync.connection import ConnectionReconciler, ConnectionState
 from infisical_sync.fence import Fence
@@ -250,6 +251,17 @@ class _UserKube(Kube):
         except ApiException as exc:
             raise _denied(exc, f"get ConfigMap {namespace}/{name}") from None
 
+    async def request_service_account_token(
+        self, namespace: str, name: str, audiences: tuple[str, ...], expiration_seconds: int
+    ) -> SecretStr:
+        try:
+            return await super().request_service_account_token(
+                namespace, name, audiences, expiration_seconds
+            )
+        except ApiException as exc:
+            what = f"create a token for ServiceAccount {namespace}/{name} (kubernetes-auth)"
+            raise _denied(exc, what) from None
+
 
 def _denied(exc: ApiException, what: str) -> Exception:
     return AccessDenied(what) if exc.status == 403 else exc
@@ -365,7 +377,8 @@ def make_plan(cluster: Cluster, target: str, cluster_id: str | None) -> PlanRepo
             f"forbidden: your user may not {exc}; `plan` reads what a sync reads (the source "
             "Secrets, the connection's credentials Secret, the ledger ConfigMap) with your "
             "credentials: it needs get/list on secrets and get on configmaps in "
-            f"namespace {namespace}"
+            f"namespace {namespace} (and create on serviceaccounts/token there to log in "
+            "with a kubernetes-auth connection)"
         ) from None
     except KubeUnavailable as exc:
         raise CommandError(str(exc)) from None

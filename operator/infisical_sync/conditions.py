@@ -91,6 +91,13 @@ NEEDS_USER = frozenset(
         "SecretKeyMissing",
         "InvalidCredentials",
         "CredentialsLocked",  # locked after failed logins: the credentials are wrong
+        # Kubernetes Auth: the service account, the operator's RBAC, or the identity's setup
+        # in Infisical (allowed namespaces, names, audience) needs a change.
+        "ServiceAccountNotFound",
+        "TokenRequestForbidden",
+        "ServiceAccountTokenUnavailable",
+        "KubernetesAuthRefused",
+        "IdentityNotConfiguredForKubernetesAuth",
         "Forbidden",
         "NotFound",  # project or environment
         "ValidationFailed",

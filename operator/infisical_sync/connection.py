@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
 from pydantic import SecretStr, ValidationError
 
 from infisical_sync import metrics
@@ -24,11 +25,23 @@ from infisical_sync.conditions import (
     progress_conditions,
     timestamp,
 )
-from infisical_sync.infisical.client import ClientPool, Credentials, InfisicalSession
-from infisical_sync.infisical.errors import InfisicalError, RateLimited
+from infisical_sync.infisical.client import (
+    AnyCredentials,
+    ClientPool,
+    Credentials,
+    InfisicalSession,
+    KubernetesAuthCredentials,
+)
+from infisical_sync.infisical.errors import (
+    InfisicalError,
+    RateLimited,
+    ServiceAccountNotFound,
+    ServiceAccountTokenUnavailable,
+    TokenRequestForbidden,
+)
 from infisical_sync.instance_urls import AllowedInstances
 from infisical_sync.kube import Kube
-from infisical_sync.resources import ConnectionSpec
+from infisical_sync.resources import KUBERNETES_AUTH, ConnectionSpec, KubernetesAuthSpec
 from infisical_sync.shards import Shard
 from infisical_sync.status_patch import merge_patch, status_patch
 
@@ -49,6 +62,9 @@ _CREDENTIALS_UNKNOWN = {
 }
 # Ready stays True when a Ready connection could not be re-validated because of a 429.
 VALIDATION_DEFERRED = "ValidationDeferred"
+# Kubernetes Auth: each login's service account token lives this long (the API server's
+# minimum); it is used once, within seconds, and never stored.
+SERVICE_ACCOUNT_TOKEN_SECONDS = 600
 
 
 @dataclass(frozen=True)
@@ -59,6 +75,7 @@ class Outcome:
     client_id: str | None = None
     instance_url: str | None = None
     token_expires_at: dt.datetime | None = None
+    identity_id: str | None = None  # Kubernetes Auth
     retry_after: float | None = None
     # An unforced validation whose session still caches a token obtained with exactly these
     # credentials, URL and CA: they were validated before, so a 429 may defer this one.
@@ -82,6 +99,7 @@ def deferred_by_rate_limit(outcome: Outcome, token_expires_at: dt.datetime | Non
         outcome.instance_url,
         token_expires_at=token_expires_at,
         retry_after=outcome.retry_after,
+        identity_id=outcome.identity_id,
     )
 
 
@@ -131,6 +149,7 @@ def build_status(
         "message": outcome.message,
         "instanceUrl": outcome.instance_url,
         "clientId": outcome.client_id,
+        "identityId": outcome.identity_id,
         "tokenExpiresAt": timestamp(outcome.token_expires_at) if outcome.token_expires_at else None,
     }
     return status
@@ -181,6 +200,8 @@ class ConnectionReconciler:
         except ValidationError as exc:
             fields = ", ".join(".".join(str(p) for p in err["loc"]) for err in exc.errors())
             return Outcome(False, "InvalidSpec", f"spec is invalid at: {fields}")
+        kubernetes_auth = spec.kubernetes_auth if spec.method == KUBERNETES_AUTH else None
+        identity_id = kubernetes_auth.identity_id if kubernetes_auth else None
 
         def fail(
             reason: str,
@@ -189,9 +210,24 @@ class ConnectionReconciler:
             retry_after: float | None = None,
         ) -> Outcome:
             return Outcome(
-                False, reason, message, client_id, spec.instance_url, retry_after=retry_after
+                False,
+                reason,
+                message,
+                client_id,
+                spec.instance_url,
+                retry_after=retry_after,
+                identity_id=identity_id,
             )
 
+        # The CRD's CEL rules say the same; checked again for objects stored before them.
+        if spec.method == KUBERNETES_AUTH and (kubernetes_auth is None or spec.credentials):
+            return fail(
+                "InvalidSpec", "method kubernetes-auth needs kubernetesAuth and no credentials"
+            )
+        if spec.method != KUBERNETES_AUTH and (spec.credentials is None or spec.kubernetes_auth):
+            return fail(
+                "InvalidSpec", f"method {spec.method} needs credentials and no kubernetesAuth"
+            )
         # Before any Secret is read: credentials never go to an instance the operator refuses.
         if not self.allowed_instances.allows(spec.instance_url):
             return fail(
@@ -199,26 +235,37 @@ class ConnectionReconciler:
                 f"instanceUrl {spec.instance_url} is not allowed by the operator "
                 f"(allowed: {self.allowed_instances}); no Secret was read",
             )
-        ref = spec.credentials.secret_ref
-        secret = await self.kube.read_secret(namespace, ref.name)
-        if secret is None:
-            return fail("SecretNotFound", f"credentials Secret {namespace}/{ref.name} not found")
-        missing = [
-            key for key in (ref.client_id_key, ref.client_secret_key) if key not in secret.data
-        ]
-        if missing:
-            return fail(
-                "SecretKeyMissing",
-                f"credentials Secret {namespace}/{ref.name} has no key {', '.join(missing)}",
+        client_id: str | None = None
+        credentials: AnyCredentials
+        if kubernetes_auth is not None:
+            credentials = self._kubernetes_credentials(
+                namespace, kubernetes_auth, spec.organization_slug or None
             )
-        try:
-            client_id = secret.data[ref.client_id_key].decode().strip()
-            client_secret = SecretStr(secret.data[ref.client_secret_key].decode().strip())
-        except UnicodeDecodeError:
-            return fail(
-                "SecretKeyMissing",
-                f"credentials Secret {namespace}/{ref.name} holds non-UTF-8 data",
-            )
+        else:
+            assert spec.credentials is not None
+            ref = spec.credentials.secret_ref
+            secret = await self.kube.read_secret(namespace, ref.name)
+            if secret is None:
+                return fail(
+                    "SecretNotFound", f"credentials Secret {namespace}/{ref.name} not found"
+                )
+            missing = [
+                key for key in (ref.client_id_key, ref.client_secret_key) if key not in secret.data
+            ]
+            if missing:
+                return fail(
+                    "SecretKeyMissing",
+                    f"credentials Secret {namespace}/{ref.name} has no key {', '.join(missing)}",
+                )
+            try:
+                client_id = secret.data[ref.client_id_key].decode().strip()
+                client_secret = SecretStr(secret.data[ref.client_secret_key].decode().strip())
+            except UnicodeDecodeError:
+                return fail(
+                    "SecretKeyMissing",
+                    f"credentials Secret {namespace}/{ref.name} holds non-UTF-8 data",
+                )
+            credentials = Credentials(client_id, client_secret, spec.organization_slug or None)
         ca_pem: str | None = None
         if spec.tls and spec.tls.ca_secret_ref:
             ca_ref = spec.tls.ca_secret_ref
@@ -231,7 +278,6 @@ class ConnectionReconciler:
                     f"CA Secret {namespace}/{ca_ref.name} has no key {ca_ref.key}",
                 )
             ca_pem = ca_secret.data[ca_ref.key].decode(errors="replace")
-        credentials = Credentials(client_id, client_secret, spec.organization_slug or None)
         session: InfisicalSession | None = None
         try:
             session = self.pool.session(
@@ -252,10 +298,56 @@ class ConnectionReconciler:
         return Outcome(
             True,
             "Validated",
-            f"logged in to {session.transport.instance} as {client_id}",
+            f"logged in to {session.transport.instance} as {credentials.principal}",
             client_id,
             spec.instance_url,
             token_expires_at=info.expires_at,
+            identity_id=identity_id,
+        )
+
+    def _kubernetes_credentials(
+        self, namespace: str, auth: KubernetesAuthSpec, organization_slug: str | None
+    ) -> KubernetesAuthCredentials:
+        """Kubernetes Auth credentials whose every login asks the API server for a new token of
+        the service account (in the connection's namespace)."""
+        account = auth.service_account_ref.name
+        audiences = auth.audiences
+        kube = self.kube
+
+        async def request_jwt() -> SecretStr:
+            where = f"ServiceAccount {namespace}/{account}"
+            try:
+                token = await kube.request_service_account_token(
+                    namespace, account, audiences, SERVICE_ACCOUNT_TOKEN_SECONDS
+                )
+            except ApiException as exc:
+                # Only the status: the answer's body is the API server's, never quoted.
+                if exc.status == 404:
+                    raise ServiceAccountNotFound(
+                        f"{where} not found: Kubernetes Auth logs in with its tokens",
+                        status=404,
+                    ) from None
+                if exc.status == 403:
+                    raise TokenRequestForbidden(
+                        f"requesting a token for {where} was refused (403): the operator needs "
+                        "create on serviceaccounts/token in namespace "
+                        f"{namespace} (chart value rbac.kubernetesAuth=true)",
+                        status=403,
+                    ) from None
+                raise ServiceAccountTokenUnavailable(
+                    f"requesting a token for {where} failed with {exc.status}",
+                    status=exc.status,
+                ) from None
+            if not token.get_secret_value():
+                raise ServiceAccountTokenUnavailable(f"the token request for {where} got no token")
+            return token
+
+        return KubernetesAuthCredentials(
+            identity_id=auth.identity_id,
+            service_account=f"{namespace}/{account}",
+            audiences=audiences,
+            request_jwt=request_jwt,
+            organization_slug=organization_slug,
         )
 
     async def reconcile(

@@ -27,6 +27,7 @@ import aiohttp
 import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from pydantic import SecretStr
 
 from infisical_sync.fence import Fence
 from infisical_sync.kube_http import ApiServerHttp, KubeHttpFailure, SessionClosed
@@ -258,6 +259,26 @@ class Kube:
                 return None
             raise
         return _secret_data(json.loads(raw))
+
+    async def request_service_account_token(
+        self, namespace: str, name: str, audiences: tuple[str, ...], expiration_seconds: int
+    ) -> SecretStr:
+        """A new token for the service account (TokenRequest), bound to nothing but its expiry.
+        Not fenced: it changes no state, and every replica validates its own connections. A 404
+        (no such service account) or 403 (RBAC) stays an ApiException."""
+        spec: dict[str, Any] = {"expirationSeconds": expiration_seconds}
+        if audiences:
+            spec["audiences"] = list(audiences)
+        body: Any = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
+
+        def create() -> SecretStr:
+            response = self.core.create_namespaced_service_account_token(
+                name, namespace, body, _preload_content=False, _request_timeout=self._timeout
+            )
+            answer: dict[str, Any] = json.loads(cast(Any, response).data)
+            return SecretStr(str((answer.get("status") or {}).get("token") or ""))
+
+        return await self._call(f"requesting a token for ServiceAccount {namespace}/{name}", create)
 
     async def list_secrets(self, namespace: str, label_selector: str) -> list[SecretData]:
         def read() -> list[SecretData]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -34,17 +34,33 @@ class TlsSpec(_Spec):
     ca_secret_ref: CaSecretRef | None = Field(default=None, alias="caSecretRef")
 
 
+class KubernetesAuthSpec(_Spec):
+    """Kubernetes Auth: log in with a short-lived token of a service account in the
+    connection's namespace, requested afresh (TokenRequest) before every login."""
+
+    identity_id: str = Field(alias="identityId")
+    service_account_ref: NameRef = Field(alias="serviceAccountRef")
+    # Empty: the API server's own audience (the identity then has no allowed audience).
+    audiences: tuple[str, ...] = ()
+
+
+UNIVERSAL_AUTH: Final = "machine-identity-universal-auth"
+KUBERNETES_AUTH: Final = "kubernetes-auth"
+
+
 class ConnectionSpec(_Spec):
     instance_url: str = Field(alias="instanceUrl")
-    method: Literal["machine-identity-universal-auth"] = "machine-identity-universal-auth"
-    credentials: CredentialsSpec
+    method: Literal["machine-identity-universal-auth", "kubernetes-auth"] = UNIVERSAL_AUTH
+    # One of the two, by method (the CRD's CEL rules; validate() checks again).
+    credentials: CredentialsSpec | None = None
+    kubernetes_auth: KubernetesAuthSpec | None = Field(default=None, alias="kubernetesAuth")
     organization_slug: str | None = Field(default=None, alias="organizationSlug")
     tls: TlsSpec | None = None
     allow_insecure_http: bool = Field(default=False, alias="allowInsecureHttp")
     validation_interval: str = Field(default="5m", alias="validationInterval")
 
     def referenced_secrets(self) -> list[str]:
-        names = [self.credentials.secret_ref.name]
+        names = [self.credentials.secret_ref.name] if self.credentials else []
         if self.tls and self.tls.ca_secret_ref:
             names.append(self.tls.ca_secret_ref.name)
         return names

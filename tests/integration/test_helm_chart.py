@@ -161,6 +161,61 @@ def test_secret_writes_are_opt_in(helm: str, values: list[str]) -> None:
         assert _grants_secret_writes(role["rules"])
 
 
+def _grants_token_requests(rules: list[dict[str, Any]]) -> bool:
+    return any(
+        "" in rule["apiGroups"]
+        and {"serviceaccounts/token", "serviceaccounts/*", "*"} & set(rule["resources"])
+        and {"create", "*"} & set(rule["verbs"])
+        for rule in rules
+    )
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[], ["rbac.clusterWide=false", "watchNamespaces={team-a,team-b}"]],
+    ids=["cluster-wide", "namespaced"],
+)
+def test_token_requests_are_opt_in(helm: str, values: list[str]) -> None:
+    """Only rbac.kubernetesAuth=true lets the operator request service account tokens
+    (kubernetes-auth connections), in the same (Cluster)Roles as the rest of its rules."""
+    roles = [doc for doc in render(helm, *values) if _operator_role(doc)]
+    assert roles and not any(_grants_token_requests(role["rules"]) for role in roles)
+    opted_in = [
+        doc for doc in render(helm, *values, "rbac.kubernetesAuth=true") if _operator_role(doc)
+    ]
+    assert [(r["kind"], r["metadata"].get("namespace")) for r in opted_in] == [
+        (r["kind"], r["metadata"].get("namespace")) for r in roles
+    ]
+    grant = yaml.safe_load((CHART / "files" / "rbac-kubernetes-auth.yaml").read_text())
+    for role in opted_in:
+        assert role["rules"][-len(grant) :] == grant
+        assert _grants_token_requests(role["rules"])
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[], ["rbac.clusterWide=false", "watchNamespaces={team-a,team-b}"], ["rbac.secretWrites=true"]],
+    ids=["cluster-wide", "namespaced", "with-secret-writes"],
+)
+def test_token_requests_can_be_limited_to_service_account_names(
+    helm: str, values: list[str]
+) -> None:
+    """rbac.kubernetesAuthServiceAccountNames makes the grant name those service accounts
+    (resourceNames); the rest of the rules are as without it."""
+    on = [*values, "rbac.kubernetesAuth=true"]
+    plain = [doc for doc in render(helm, *on) if _operator_role(doc)]
+    named = [
+        doc
+        for doc in render(helm, *on, "rbac.kubernetesAuthServiceAccountNames={infisical-login,b}")
+        if _operator_role(doc)
+    ]
+    grant = yaml.safe_load((CHART / "files" / "rbac-kubernetes-auth.yaml").read_text())
+    assert len(named) == len(plain) and len(grant) == 1
+    for before, after in zip(plain, named, strict=True):
+        assert after["rules"][:-1] == before["rules"][:-1]
+        assert after["rules"][-1] == {**grant[0], "resourceNames": ["infisical-login", "b"]}
+
+
 def test_namespaced_install(helm: str) -> None:
     docs = render(
         helm,

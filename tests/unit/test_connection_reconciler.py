@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import pytest
+from pydantic import SecretStr
 
 from infisical_sync.connection import ConnectionReconciler, Outcome
 from infisical_sync.infisical.client import ClientPool
@@ -26,10 +27,12 @@ FAST = TransportOptions(max_attempts=2, backoff_base=0.01, backoff_cap=0.05, req
 
 @dataclass
 class StubKube:
-    """The two calls ConnectionReconciler makes: read a Secret, patch our status."""
+    """The calls ConnectionReconciler makes: read a Secret, patch our status, and (Kubernetes
+    Auth) request a service account token."""
 
     secrets: dict[str, dict[str, bytes]] = field(default_factory=dict)
     statuses: list[dict[str, Any]] = field(default_factory=list)  # the patches, in order
+    token_requests: list[tuple[str, str, tuple[str, ...], int]] = field(default_factory=list)
 
     @property
     def stored(self) -> dict[str, Any]:
@@ -51,6 +54,12 @@ class StubKube:
     ) -> bool:
         self.statuses.append(status)
         return True
+
+    async def request_service_account_token(
+        self, namespace: str, name: str, audiences: tuple[str, ...], expiration_seconds: int
+    ) -> SecretStr:
+        self.token_requests.append((namespace, name, audiences, expiration_seconds))
+        return SecretStr(f"eyJhbGciOiJSUzI1NiJ9.claims.signature-{len(self.token_requests)}")
 
 
 @dataclass
@@ -312,3 +321,42 @@ async def test_the_shard_owning_the_connection_writes_its_status(harness: Harnes
     outcome, _ = await reconciler.reconcile(NAMESPACE, NAME, harness.body(), force_login=True)
     assert outcome.ready and harness.condition("Ready")[:2] == ("True", "Validated")
     assert harness.events == [("Normal", "Ready")]
+
+
+# --- Kubernetes Auth (the reviewed logins: tests/integration/test_kubernetes_auth.py) ----------
+
+KUBERNETES_AUTH = {
+    "identityId": "77777777-7777-4777-8777-777777777777",
+    "serviceAccountRef": {"name": "infisical-login"},
+    "audiences": ["infisical"],
+}
+
+
+async def test_a_spec_that_mixes_the_methods_is_invalid(harness: Harness) -> None:
+    """Objects stored before the CRD's CEL rules: refused here too, before anything is read."""
+    harness.spec.update(method="kubernetes-auth", kubernetesAuth=KUBERNETES_AUTH)
+    outcome = await harness.reconcile(force_login=True)
+    assert (outcome.ready, outcome.reason) == (False, "InvalidSpec")
+    assert "needs kubernetesAuth and no credentials" in outcome.message
+    del harness.spec["method"]
+    outcome = await harness.reconcile(force_login=True)
+    assert (outcome.reason, outcome.message) == (
+        "InvalidSpec",
+        "method machine-identity-universal-auth needs credentials and no kubernetesAuth",
+    )
+    assert harness.kube.token_requests == [] and harness.fake.count(r"/login$") == 0
+
+
+async def test_kubernetes_auth_status_names_the_identity(harness: Harness) -> None:
+    del harness.spec["credentials"]
+    harness.spec.update(method="kubernetes-auth", kubernetesAuth=KUBERNETES_AUTH)
+    outcome = await harness.reconcile(force_login=True)
+    assert outcome.reason == "IdentityNotConfiguredForKubernetesAuth"  # the fake has none
+    assert harness.kube.token_requests == [(NAMESPACE, "infisical-login", ("infisical",), 600)]
+    stored = harness.kube.stored
+    assert stored["identityId"] == KUBERNETES_AUTH["identityId"] and "clientId" not in stored
+    assert harness.condition("Stalled")[:2] == ("True", "IdentityNotConfiguredForKubernetesAuth")
+    assert harness.condition("CredentialsValid")[0] == "False"
+    assert "signature-1" not in str(stored) and harness.fake.state.kubernetes_jwts_seen == [
+        "eyJhbGciOiJSUzI1NiJ9.claims.signature-1"
+    ]

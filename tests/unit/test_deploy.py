@@ -74,10 +74,22 @@ def test_secret_writes_are_opt_in_and_only_patch() -> None:
     assert _verbs("rbac-secret-writes.yaml") == {("", "secrets"): {"patch"}}  # never create/delete
 
 
+def test_kubernetes_auth_token_requests_are_opt_in_and_only_create() -> None:
+    """rbac.kubernetesAuth (off by default) adds create on serviceaccounts/token (TokenRequest),
+    and nothing else: no read of service accounts, no other subresource."""
+    rbac = yaml.safe_load((CHART / "values.yaml").read_text())["rbac"]
+    assert rbac["kubernetesAuth"] is False and rbac["kubernetesAuthServiceAccountNames"] == []
+    assert _verbs("rbac-kubernetes-auth.yaml") == {("", "serviceaccounts/token"): {"create"}}
+    assert not any(
+        resource.startswith("serviceaccounts") for _, resource in _verbs("rbac-rules.yaml")
+    )
+
+
 def test_samples_are_kubernetes_objects_in_one_namespace_that_name_each_other() -> None:
-    """`kubectl apply -f deploy/samples/` applies every file: each is an object, in team-a
-    (created by the first file), and the SecretSync uses the connection and Secret beside it."""
-    docs = [yaml.safe_load(p.read_text()) for p in sorted(SAMPLES.iterdir())]
+    """`kubectl apply -f deploy/samples/` applies every file (not the subdirectories): each is
+    an object, in team-a (created by the first file), and the SecretSync uses the connection
+    and Secret beside it."""
+    docs = [yaml.safe_load(p.read_text()) for p in sorted(SAMPLES.iterdir()) if p.is_file()]
     assert all({"apiVersion", "kind", "metadata"} <= set(doc) for doc in docs)
     assert docs[0] == {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a"}}
     assert {doc["metadata"].get("namespace") for doc in docs[1:]} == {SAMPLE_NAMESPACE}
@@ -89,6 +101,19 @@ def test_samples_are_kubernetes_objects_in_one_namespace_that_name_each_other() 
     secrets = {doc["metadata"]["name"] for doc in docs if doc["kind"] == "Secret"}
     assert connection["spec"]["credentials"]["secretRef"]["name"] in secrets
     assert {item["name"] for item in sync["source"]["kubernetes"]["secrets"]} <= secrets
+
+
+def test_the_kubernetes_auth_sample_is_a_connection_and_its_service_account_in_team_a() -> None:
+    """`kubectl apply -f deploy/samples/kubernetes-auth/`, after deploy/samples/ (its namespace)."""
+    docs = [yaml.safe_load(p.read_text()) for p in sorted((SAMPLES / "kubernetes-auth").iterdir())]
+    assert [doc["kind"] for doc in docs] == ["ServiceAccount", "InfisicalConnection"]
+    assert {doc["metadata"]["namespace"] for doc in docs} == {SAMPLE_NAMESPACE}
+    account, connection = docs
+    spec = connection["spec"]
+    assert spec["method"] == "kubernetes-auth" and "credentials" not in spec
+    assert spec["kubernetesAuth"]["serviceAccountRef"]["name"] == account["metadata"]["name"]
+    base = {yaml.safe_load(p.read_text())["metadata"]["name"] for p in SAMPLES.glob("*.yaml")}
+    assert connection["metadata"]["name"] not in base
 
 
 def test_sample_manifests_move_to_another_namespace_and_instance() -> None:

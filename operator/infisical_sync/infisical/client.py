@@ -1,10 +1,12 @@
 """The Infisical client the operator uses: a per-connection session over a shared transport.
 
-`InfisicalSession` holds one connection's Universal Auth token (cached, renewed at 2/3 of its
-TTL, re-acquired by login when renewal is refused or a call answers 401 / 403 TokenError, with
-one login shared by concurrent callers; a token a login replaces is revoked) and offers exactly
-the calls the operator needs. A login refused with 401 is not repeated with the same
-credentials for a long while (Infisical locks identities after repeated failures).
+`InfisicalSession` holds one connection's access token, obtained by a Universal Auth or a
+Kubernetes Auth login (cached, renewed at 2/3 of its TTL, re-acquired by login when renewal is
+refused or a call answers 401 / 403 TokenError, with one login shared by concurrent callers; a
+token a login replaces is revoked) and offers exactly the calls the operator needs. A login
+refused with 401 is not repeated with the same credentials for a while (Infisical locks
+Universal Auth identities after repeated failures). A Kubernetes Auth login sends a service
+account token requested for that login only; it is never kept.
 `ClientPool` owns every transport and session; it is opened at startup and closed at cleanup.
 """
 
@@ -18,8 +20,8 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -32,8 +34,10 @@ from infisical_sync.infisical.errors import (
     Conflict,
     CredentialsLocked,
     Forbidden,
+    IdentityNotConfiguredForKubernetesAuth,
     InfisicalError,
     InvalidCredentials,
+    KubernetesAuthRefused,
     NotFound,
     Redirected,
     ServerError,
@@ -58,6 +62,7 @@ from infisical_sync.infisical.transport import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 LOGIN_PATH = "/api/v1/auth/universal-auth/login"
+KUBERNETES_LOGIN_PATH = "/api/v1/auth/kubernetes-auth/login"
 # A project slug resolves to its id for this long (a project deleted and created again under
 # the same slug gets a new id); a 403 or 404 for the project drops the entry at once.
 PROJECT_ID_TTL = 600.0
@@ -69,6 +74,9 @@ PROBE_PATH = "/api/v1/projects"
 # the spec changes): Infisical locks an identity for 300 s after 3 failed logins within 30 s, so
 # retries on the usual failure back-off would lock it out and keep it locked after a fix.
 LOGIN_REFUSED_BACKOFF = 600.0
+# Kubernetes Auth has no lockout in Infisical (identity-kubernetes-auth-service.ts): a refused
+# login is tried again sooner, so that a fix of the identity's allow-lists shows within a minute.
+KUBERNETES_LOGIN_REFUSED_BACKOFF = 60.0
 # How long Infisical's default lockout lasts; a locked identity is not tried before it ends.
 LOCKOUT_WAIT = 300.0
 # Bytes of JSON per batch request. Infisical's batches have no item limit, only Fastify's default
@@ -76,23 +84,119 @@ LOCKOUT_WAIT = 300.0
 BATCH_MAX_BYTES = 900 * 1024
 
 
+def _digest(*parts: str | None) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update((part or "").encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class Credentials:
+    """Universal Auth: a client ID and client secret."""
+
     client_id: str
     client_secret: SecretStr
     organization_slug: str | None = None
 
+    method = "Universal Auth"
+    login_path = LOGIN_PATH
+    refusal_backoff = LOGIN_REFUSED_BACKOFF
+    refusal_fix = "the credentials Secret or the connection's spec changes"
+
+    @property
+    def principal(self) -> str:
+        """Who logs in, for logs and messages (never a secret)."""
+        return self.client_id
+
     @property
     def version(self) -> str:
         """Changes whenever the identity or its secret changes (rotation)."""
-        digest = hashlib.sha256()
-        for part in (self.client_id, self.client_secret.get_secret_value(), self.organization_slug):
-            digest.update((part or "").encode())
-            digest.update(b"\0")
-        return digest.hexdigest()[:16]
+        return _digest(
+            self.client_id, self.client_secret.get_secret_value(), self.organization_slug
+        )
+
+    async def login_body(self) -> dict[str, str]:
+        body = {"clientId": self.client_id, "clientSecret": self.client_secret.get_secret_value()}
+        if self.organization_slug:
+            body["organizationSlug"] = self.organization_slug
+        return body
+
+    def login_error(self, exc: InfisicalError) -> InfisicalError:
+        return exc
 
     def __repr__(self) -> str:
         return f"Credentials(client_id={self.client_id!r}, client_secret=SecretStr('**********'))"
+
+
+# Requests a fresh service account token (the JWT) for one login; raises
+# ServiceAccountTokenUnavailable (or the Kubernetes adapter's KubeUnavailable) when it cannot.
+JwtSource = Callable[[], Awaitable[SecretStr]]
+
+
+@dataclass(frozen=True)
+class KubernetesAuthCredentials:
+    """Kubernetes Auth: an identity ID, and where each login's service account token comes from.
+    The token is asked for right before each login and dropped after it."""
+
+    identity_id: str
+    service_account: str  # namespace/name, for messages
+    audiences: tuple[str, ...]
+    request_jwt: JwtSource = field(compare=False, repr=False)
+    organization_slug: str | None = None
+
+    method = "Kubernetes Auth"
+    login_path = KUBERNETES_LOGIN_PATH
+    refusal_backoff = KUBERNETES_LOGIN_REFUSED_BACKOFF
+    refusal_fix = "the connection's spec changes"
+
+    @property
+    def principal(self) -> str:
+        return f"identity {self.identity_id} (service account {self.service_account})"
+
+    @property
+    def version(self) -> str:
+        """Changes with the identity, the service account or the audiences."""
+        return _digest(
+            "kubernetes-auth",
+            self.identity_id,
+            self.service_account,
+            ",".join(self.audiences),
+            self.organization_slug,
+        )
+
+    async def login_body(self) -> dict[str, str]:
+        jwt = await self.request_jwt()
+        body = {"identityId": self.identity_id, "jwt": jwt.get_secret_value()}
+        if self.organization_slug:
+            body["organizationSlug"] = self.organization_slug
+        return body
+
+    def login_error(self, exc: InfisicalError) -> InfisicalError:
+        """Infisical's answers to a Kubernetes Auth login, as reasons a user can act on."""
+        error: type[InfisicalError]
+        if isinstance(exc, InvalidCredentials):
+            error = KubernetesAuthRefused
+            message = f"Kubernetes Auth login as {self.principal} refused"
+        elif isinstance(exc, NotFound):
+            error = IdentityNotConfiguredForKubernetesAuth
+            message = (
+                f"Kubernetes Auth login refused: identity {self.identity_id} has no Kubernetes "
+                "Auth configured (or does not exist)"
+            )
+        else:
+            return exc
+        return error(
+            message,
+            status=exc.status,
+            remote_message=exc.remote_message,
+            request_id=exc.request_id,
+            error=exc.error,
+        )
+
+
+AnyCredentials = Credentials | KubernetesAuthCredentials
 
 
 @dataclass
@@ -129,8 +233,9 @@ class _LoginRefusal:
     credentials_version: str
     until: float  # monotonic
     locked: bool
+    fix: str  # what makes a new attempt worth it before `until`
 
-    def applies(self, credentials: Credentials, now: float) -> bool:
+    def applies(self, credentials: AnyCredentials, now: float) -> bool:
         if now >= self.until:
             return False
         # A lock holds whatever the secret; a plain refusal only for the same credentials.
@@ -143,8 +248,7 @@ class _LoginRefusal:
             note = f"waiting out the lock: next login attempt in {wait:.0f}s"
         else:
             note = (
-                "not logging in again with these credentials until the credentials Secret or "
-                f"the connection's spec changes (or for {wait:.0f}s)"
+                f"not logging in again with these credentials until {self.fix} (or for {wait:.0f}s)"
             )
         error = type(self.error)(f"{self.error}; {note}", status=self.error.status)
         error.retry_after = wait
@@ -294,7 +398,7 @@ class InfisicalSession:
     def __init__(
         self,
         transport: InstanceTransport,
-        credentials: Credentials,
+        credentials: AnyCredentials,
         *,
         batch_max_bytes: int = BATCH_MAX_BYTES,
         batch_max_keys: int | None = None,
@@ -332,13 +436,16 @@ class InfisicalSession:
         token, self._token = self._token, None
         return token
 
-    def holds_token_for(self, credentials: Credentials) -> bool:
+    def holds_token_for(self, credentials: AnyCredentials) -> bool:
         """A token obtained with exactly these credentials is cached (rotation drops it)."""
         return self._token is not None and self.credentials.version == credentials.version
 
-    def replace_credentials(self, credentials: Credentials) -> _Token | None:
-        """Rotation: a new client ID or secret drops the cached token (returned for revocation)."""
+    def replace_credentials(self, credentials: AnyCredentials) -> _Token | None:
+        """Rotation: a new client ID or secret, or another identity, service account or audience,
+        drops the cached token (returned for revocation)."""
         if credentials.version == self.credentials.version:
+            # The same identity; keep the newest JWT source (it holds the current adapter).
+            self.credentials = credentials
             return None
         self.credentials = credentials
         old, self._token = self._token, None
@@ -417,16 +524,13 @@ class InfisicalSession:
             refusal = self._refusal
             if refusal is not None and refusal.applies(credentials, self._clock()):
                 raise refusal.again(self._clock())
-            body: dict[str, str] = {
-                "clientId": credentials.client_id,
-                "clientSecret": credentials.client_secret.get_secret_value(),
-            }
-            if credentials.organization_slug:
-                body["organizationSlug"] = credentials.organization_slug
+            # Kubernetes Auth: a fresh service account token, for this login only (not kept).
+            body = await credentials.login_body()
             with self.transport.in_use():  # a retirement closes the client only after the revoke
                 response = await self.transport.send(
-                    "POST", LOGIN_PATH, endpoint="auth.login", json=body
+                    "POST", credentials.login_path, endpoint="auth.login", json=body
                 )
+                del body
                 if self.retired or self._rotated_since(credentials):
                     # Retired, or the credentials were replaced while this login was on its
                     # way: whatever it got must not stay live. Revoke a token it got.
@@ -437,7 +541,10 @@ class InfisicalSession:
                         raise _settings_changed()
                     continue  # log in with the new credentials
             try:
-                raise_for_response(response, "Universal Auth login")
+                try:
+                    raise_for_response(response, f"{credentials.method} login")
+                except InfisicalError as exc:
+                    raise credentials.login_error(exc) from None
             except InvalidCredentials as exc:
                 raise self._refused(exc, credentials) from None
             self._refusal = None
@@ -450,13 +557,13 @@ class InfisicalSession:
                 self._revoke_later(replaced.value)
             self.logins += 1
             metrics.TOKEN_EVENTS.labels(self.transport.instance, "login").inc()
-            log.info("logged in to %s as %s", self.transport.instance, credentials.client_id)
+            log.info("logged in to %s as %s", self.transport.instance, credentials.principal)
             return
 
-    def _rotated_since(self, credentials: Credentials) -> bool:
+    def _rotated_since(self, credentials: AnyCredentials) -> bool:
         return self.credentials.version != credentials.version
 
-    def _refused(self, exc: InvalidCredentials, credentials: Credentials) -> InvalidCredentials:
+    def _refused(self, exc: InvalidCredentials, credentials: AnyCredentials) -> InvalidCredentials:
         """Remember a 401 at login; the returned error says when the next attempt comes."""
         now = self._clock()
         locked = "temporarily locked" in (exc.remote_message or "")
@@ -469,15 +576,17 @@ class InfisicalSession:
                 request_id=exc.request_id,
                 error=exc.error,
             )
-        wait = LOCKOUT_WAIT if locked else LOGIN_REFUSED_BACKOFF
-        self._refusal = _LoginRefusal(exc, credentials.version, now + wait, locked)
+        wait = LOCKOUT_WAIT if locked else credentials.refusal_backoff
+        self._refusal = _LoginRefusal(
+            exc, credentials.version, now + wait, locked, credentials.refusal_fix
+        )
         log.warning(
             "login to %s as %s refused (%s); next attempt in %.0fs%s",
             self.transport.instance,
-            credentials.client_id,
+            credentials.principal,
             exc.remote_message or exc.status,
             wait,
-            "" if locked else ", or when the credentials or the spec change",
+            "" if locked else f", or when {credentials.refusal_fix}",
         )
         return self._refusal.again(now)
 
@@ -938,7 +1047,7 @@ class ClientPool:
         connection: str,
         *,
         instance_url: str,
-        credentials: Credentials,
+        credentials: AnyCredentials,
         ca_pem: str | None = None,
         allow_http: bool = False,
     ) -> InfisicalSession:

@@ -55,6 +55,37 @@ class CredentialsLocked(InvalidCredentials):
     reason = "CredentialsLocked"
 
 
+class KubernetesAuthRefused(InvalidCredentials):
+    """401 at a Kubernetes Auth login: Infisical's TokenReview did not authenticate the token
+    (e.g. its audience is not the identity's allowed audience), or the service account's
+    namespace or name is not in the identity's allow-lists."""
+
+    reason = "KubernetesAuthRefused"
+
+
+class IdentityNotConfiguredForKubernetesAuth(InfisicalError):
+    """404 at a Kubernetes Auth login: no identity with this ID has Kubernetes Auth."""
+
+    reason = "IdentityNotConfiguredForKubernetesAuth"
+
+
+class ServiceAccountTokenUnavailable(InfisicalError):
+    """No login was attempted: the service account's token could not be requested."""
+
+    reason = "ServiceAccountTokenUnavailable"
+
+
+class ServiceAccountNotFound(ServiceAccountTokenUnavailable):
+    reason = "ServiceAccountNotFound"
+
+
+class TokenRequestForbidden(ServiceAccountTokenUnavailable):
+    """The API server refused the TokenRequest (403): the operator's RBAC lacks
+    serviceaccounts/token create in that namespace."""
+
+    reason = "TokenRequestForbidden"
+
+
 class Forbidden(InfisicalError):
     """403 other than TokenError: not a project member, missing permission, IP not trusted."""
 

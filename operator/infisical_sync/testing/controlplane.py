@@ -101,6 +101,8 @@ CLUSTER_IDENTITY_RULES = RBAC_RULES.with_name("cluster-identity-rules.yaml")
 # Added by the chart only with rbac.secretWrites=true (the import modes).
 RBAC_SECRET_WRITES = RBAC_RULES.with_name("rbac-secret-writes.yaml")
 RBAC_LEASES = RBAC_RULES.with_name("rbac-leader-election.yaml")
+# Added by the chart only with rbac.kubernetesAuth=true (TokenRequest for kubernetes-auth).
+RBAC_KUBERNETES_AUTH = RBAC_RULES.with_name("rbac-kubernetes-auth.yaml")
 OPERATOR_USER = "infisical-sync-operator"
 STATE_FILE_NAME = "controlplane.json"
 SERVICE_CIDR = "10.0.0.0/24"
@@ -746,14 +748,47 @@ def grant_operator_rbac(kubeconfig: Path, user: str = OPERATOR_USER) -> None:
 def grant_secret_writes(kubeconfig: Path, namespace: str, user: str = OPERATOR_USER) -> None:
     """What rbac.secretWrites=true adds, as the chart's namespaced mode renders it: a Role and
     RoleBinding in `namespace` only."""
+    _grant_in_namespace(
+        kubeconfig,
+        namespace,
+        user,
+        f"{user}-secret-writes",
+        yaml.safe_load(RBAC_SECRET_WRITES.read_text()),
+        {"verb": "patch", "resource": "secrets"},
+    )
+
+
+def grant_kubernetes_auth(
+    kubeconfig: Path,
+    namespace: str,
+    user: str = OPERATOR_USER,
+    service_account_names: list[str] | None = None,
+) -> None:
+    """What rbac.kubernetesAuth=true adds, as the chart's namespaced mode renders it: create on
+    serviceaccounts/token in `namespace` only; for the named service accounts only with
+    `service_account_names` (rbac.kubernetesAuthServiceAccountNames)."""
+    rules = yaml.safe_load(RBAC_KUBERNETES_AUTH.read_text())
+    probe = {"verb": "create", "resource": "serviceaccounts", "subresource": "token"}
+    if service_account_names:
+        rules[-1]["resourceNames"] = service_account_names
+        probe["name"] = service_account_names[0]
+    _grant_in_namespace(kubeconfig, namespace, user, f"{user}-kubernetes-auth", rules, probe)
+
+
+def _grant_in_namespace(
+    kubeconfig: Path,
+    namespace: str,
+    user: str,
+    name: str,
+    rules: list[dict[str, Any]],
+    probe: dict[str, str],
+) -> None:
+    """A Role with `rules` bound to `user` in `namespace`; returns once the authorizer allows
+    `probe` (resource attributes) there."""
     from kubernetes import client
 
     rbac = client.RbacAuthorizationV1Api(api_client(kubeconfig))
-    name = f"{user}-secret-writes"
-    role: Any = {
-        "metadata": {"name": name},
-        "rules": yaml.safe_load(RBAC_SECRET_WRITES.read_text()),
-    }
+    role: Any = {"metadata": {"name": name}, "rules": rules}
     binding: Any = {
         "metadata": {"name": name},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
@@ -762,18 +797,13 @@ def grant_secret_writes(kubeconfig: Path, namespace: str, user: str = OPERATOR_U
     rbac.create_namespaced_role(namespace, role)
     rbac.create_namespaced_role_binding(namespace, binding)
     # The authorizer learns of new bindings from a watch: wait until it answers yes, so the
-    # operator's first import is not refused.
-    review: Any = {
-        "spec": {
-            "user": user,
-            "resourceAttributes": {"namespace": namespace, "verb": "patch", "resource": "secrets"},
-        }
-    }
+    # operator's first call is not refused.
+    review: Any = {"spec": {"user": user, "resourceAttributes": {"namespace": namespace, **probe}}}
     authorization = client.AuthorizationV1Api(api_client(kubeconfig))
     deadline = time.monotonic() + 10
     while not _allowed(authorization.create_subject_access_review(review)):
         if time.monotonic() > deadline:
-            raise ControlPlaneError(f"patch on Secrets in {namespace} not granted to {user}")
+            raise ControlPlaneError(f"{probe} in {namespace} not granted to {user}")
         time.sleep(0.05)
 
 

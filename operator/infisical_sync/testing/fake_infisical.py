@@ -1,9 +1,10 @@
 """A faithful fake of the Infisical HTTP API over real HTTP(S) on loopback (aiohttp).
 
 It follows ../shared/reference/infisical-api.md: Universal Auth (login, renew, revoke, TTL, max TTL,
-lockout, client-secret use limits, trusted IPs), the error envelope, projects, environments,
-folders, v4 and legacy v3 secret routes (single and all-or-nothing batches), strong ETags with
-If-None-Match, per-bucket rate limits with Retry-After, and fault injection for tests.
+lockout, client-secret use limits, trusted IPs), Kubernetes Auth (a real TokenReview against the
+identity's API server: fake_kubernetes_auth.py, with its sources), the error envelope, projects,
+environments, folders, v4 and legacy v3 secret routes (single and all-or-nothing batches), strong
+ETags with If-None-Match, per-bucket rate limits with Retry-After, and fault injection for tests.
 
 Use it from Python (``async with FakeInfisical() as fake``; seed via ``fake.state``) or standalone
 with ``infisical-sync fake-infisical --seed seed.yaml`` (see README for the seed format).
@@ -27,6 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
+from infisical_sync.testing import fake_kubernetes_auth
 from infisical_sync.testing.fake_profiles import ServerProfile, profile_named
 from infisical_sync.testing.fake_references import (
     LIST_REFUSED,
@@ -488,6 +490,7 @@ class FakeInfisical:
         r = app.router
         r.add_get("/api/status", self._status)
         r.add_post("/api/v1/auth/universal-auth/login", self._login)
+        r.add_post("/api/v1/auth/kubernetes-auth/login", self._kubernetes_login)
         r.add_post("/api/v1/auth/token/renew", self._renew)
         r.add_post("/api/v1/auth/token/revoke", self._revoke)
         r.add_get("/api/v1/projects", self._list_projects)
@@ -595,6 +598,29 @@ class FakeInfisical:
             )
         identity.num_uses += 1
         identity.failed_attempts = 0
+        token = self.state.issue_token(identity)
+        return web.json_response(_token_body(token))
+
+    async def _kubernetes_login(self, request: web.Request) -> web.Response:
+        """Kubernetes Auth: the JWT goes to the identity's API server (TokenReview), then the
+        identity's allow-lists decide (fake_kubernetes_auth.py)."""
+        body = await _json_body(request)
+        issues = [
+            _not_a_string([name], body.get(name))
+            for name in ("identityId", "jwt")
+            if not isinstance(body.get(name), str)
+        ]
+        if issues:
+            raise validation(issues)
+        identity_id, jwt = js_trim(body["identityId"]), js_trim(body["jwt"])
+        self.state.kubernetes_jwts_seen.append(jwt)
+        identity = self.state.identity_by_id(identity_id)
+        if identity is None or identity.kubernetes_auth is None:
+            raise ApiError(404, fake_kubernetes_auth.NOT_CONFIGURED, "NotFound")
+        try:
+            await fake_kubernetes_auth.review(identity.kubernetes_auth, jwt)
+        except fake_kubernetes_auth.Refusal as refusal:
+            raise ApiError(refusal.status, refusal.message, refusal.error) from None
         token = self.state.issue_token(identity)
         return web.json_response(_token_body(token))
 

@@ -65,6 +65,29 @@ class ProjectAccess:
 
 
 @dataclass
+class KubernetesAuthConfig:
+    """An identity's Kubernetes Auth (the fields of Infisical's attach call, API review mode).
+
+    `token_reviewer_jwt` None: the client's own JWT reviews itself ("use the client's JWT as the
+    reviewer"), so its service account needs TokenReview rights. The allow-lists are
+    comma-separated (globs allowed); empty means any."""
+
+    kubernetes_host: str  # URL of the API server, e.g. https://127.0.0.1:6443
+    ca_pem: str = ""  # "" = the system roots
+    token_reviewer_jwt: str | None = None
+    allowed_namespaces: str = ""
+    allowed_names: str = ""
+    allowed_audience: str = ""
+
+    def __repr__(self) -> str:  # never the reviewer's token
+        return (
+            f"KubernetesAuthConfig(kubernetes_host={self.kubernetes_host!r}, "
+            f"allowed_namespaces={self.allowed_namespaces!r}, "
+            f"allowed_names={self.allowed_names!r}, allowed_audience={self.allowed_audience!r})"
+        )
+
+
+@dataclass
 class Identity:
     client_id: str
     client_secret: str
@@ -83,6 +106,7 @@ class Identity:
     failed_attempts: int = 0
     last_failure_at: float = 0.0
     locked_until: float = 0.0
+    kubernetes_auth: KubernetesAuthConfig | None = None
 
     def ip_trusted(self, remote: str | None) -> bool:
         if remote is None:
@@ -221,6 +245,8 @@ class FakeState:
     # (project id, environment slug) -> the id of the change-approval policy covering it
     approval_policies: dict[tuple[str, str], str] = field(default_factory=dict)
     approval_requests: dict[str, ApprovalRequest] = field(default_factory=dict)  # by id
+    # Every service account token a Kubernetes Auth login carried (leak tests look for them).
+    kubernetes_jwts_seen: list[str] = field(default_factory=list)
     _serial: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     # --- seeding -------------------------------------------------------------------------------
@@ -235,6 +261,21 @@ class FakeState:
             )
         self.identities[client_id] = identity
         return identity
+
+    def add_kubernetes_identity(
+        self, auth: KubernetesAuthConfig, *, identity_id: str | None = None, **options: Any
+    ) -> Identity:
+        """An identity that logs in with Kubernetes Auth only (its client secret is unguessable
+        and never handed out)."""
+        identity_id = identity_id or str(uuid.uuid4())
+        identity = self.add_identity(
+            identity_id, random_tokens.token_urlsafe(32), id=identity_id, **options
+        )
+        identity.kubernetes_auth = auth
+        return identity
+
+    def identity_by_id(self, identity_id: str) -> Identity | None:
+        return next((i for i in self.identities.values() if i.id == identity_id), None)
 
     def add_project(
         self,

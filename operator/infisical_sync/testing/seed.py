@@ -12,7 +12,7 @@ import yaml
 
 from infisical_sync.testing.fake_infisical import FakeInfisical, RateLimits
 from infisical_sync.testing.fake_profiles import profile_named
-from infisical_sync.testing.fake_state import FakeState, ProjectAccess
+from infisical_sync.testing.fake_state import FakeState, KubernetesAuthConfig, ProjectAccess
 
 
 def load_seed(state: FakeState, seed: dict[str, Any]) -> None:
@@ -42,16 +42,36 @@ def load_seed(state: FakeState, seed: dict[str, Any]) -> None:
                 read=grant.get("read", True),
                 write=grant.get("write", True),
             )
+        options: dict[str, Any] = {
+            "access_token_ttl": spec.get("accessTokenTTL", 2592000),
+            "access_token_max_ttl": spec.get("accessTokenMaxTTL", 2592000),
+            "trusted_ips": spec.get("trustedIps", ["0.0.0.0/0", "::/0"]),
+            "projects": access,
+        }
+        kubernetes = spec.get("kubernetesAuth")
+        if kubernetes is not None:
+            # The fields of Infisical's attach call (API review mode).
+            state.add_kubernetes_identity(
+                KubernetesAuthConfig(
+                    kubernetes_host=kubernetes["kubernetesHost"],
+                    ca_pem=kubernetes.get("caCert", ""),
+                    token_reviewer_jwt=kubernetes.get("tokenReviewerJwt") or None,
+                    allowed_namespaces=kubernetes.get("allowedNamespaces", ""),
+                    allowed_names=kubernetes.get("allowedNames", ""),
+                    allowed_audience=kubernetes.get("allowedAudience", ""),
+                ),
+                identity_id=spec.get("id"),
+                name=spec.get("name", "kubernetes-identity"),
+                **options,
+            )
+            continue
         state.add_identity(
             spec["clientId"],
             spec["clientSecret"],
             name=spec.get("name", spec["clientId"]),
-            access_token_ttl=spec.get("accessTokenTTL", 2592000),
-            access_token_max_ttl=spec.get("accessTokenMaxTTL", 2592000),
             client_secret_ttl=spec.get("clientSecretTTL", 0),
             num_uses_limit=spec.get("numUsesLimit", 0),
-            trusted_ips=spec.get("trustedIps", ["0.0.0.0/0", "::/0"]),
-            projects=access,
+            **options,
         )
 
 
