@@ -347,8 +347,9 @@ def scenario_cluster_wide(env: NodeEnv) -> None:
 
 
 def leader_killed_mid_sync(env: NodeEnv, namespace: str) -> None:
-    """SIGKILL the leader's container while a write is in flight: the standby takes the lease
-    once it runs out and finishes the sync; no key is lost or left behind."""
+    """SIGKILL the leader's container while a write is in flight: another process takes the
+    lease once it runs out and finishes the sync; no key is lost or left behind. Usually that is
+    the standby; the killed pod's restarted container may ask first, which is failover too."""
     leader = operator_pod(env)
     holder = lease_holder(env)
     standby = next(
@@ -369,24 +370,30 @@ def leader_killed_mid_sync(env: NodeEnv, namespace: str) -> None:
     env.kill_container(container_id(leader))
     env.fake.faults.remove(writes)
     new_holder = wait_for(
-        lambda: (h := lease_holder(env)) != holder and h, 60, "the standby to take the lease"
+        lambda: (h := lease_holder(env)) != holder and h, 60, "another process to take the lease"
     )
     # A figure for the record (the goal is 15 s), not an assertion: times vary with the host.
-    print(f"leader killed: the standby led {time.monotonic() - killed_at:.1f}s later")
+    print(f"leader killed: another process led {time.monotonic() - killed_at:.1f}s later")
     new_leader = pod_of(new_holder, operator_pods(env))
-    assert new_leader and new_leader["metadata"]["uid"] == standby["metadata"]["uid"], new_holder
+    assert new_leader, new_holder
+    if new_leader["metadata"]["uid"] != standby["metadata"]["uid"]:
+        # Not the standby: then it is the killed pod's restarted container (a new identity in
+        # the same pod; the restart itself is checked below once the kubelet reports it).
+        assert new_leader["metadata"]["uid"] == leader["metadata"]["uid"], new_holder
+        print("leader killed: its restarted container took the lease before the standby")
     expected = {**SAMPLE_KEYS, "API_KEY": "rotated-api-key", "LOG_LEVEL": "debug"}
     wait_synced(env, namespace, expected)
     assert env.fake.count(r"/secrets/batch", status=200) > landed_before
     assert sync_status(env, namespace)["managedKeys"] == ["API_KEY", "DB_PASSWORD", "LOG_LEVEL"]
 
-    def killed_back_as_standby() -> bool:
+    def killed_back() -> bool:
         pods = all_pods_ready(env, 2) or []
         again = [p for p in pods if p["metadata"]["uid"] == leader["metadata"]["uid"]]
         return bool(again) and again[0]["status"]["containerStatuses"][0]["restartCount"] >= 1
 
-    wait_for(killed_back_as_standby, 120, "the killed container back (as a standby)")
-    assert operator_pod(env)["metadata"]["uid"] == standby["metadata"]["uid"], "still leads"
+    wait_for(killed_back, 120, "the killed container back")
+    # Both replicas run again and the lease has not moved since the takeover: no flapping.
+    assert lease_holder(env) == new_holder, "the lease moved again after the takeover"
     assert_logs_clean(env)
 
 
