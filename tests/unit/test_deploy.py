@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -271,3 +272,55 @@ def test_cluster_connection_rbac_reads_namespaces_and_no_secrets() -> None:
     assert schema["properties"]["clusterConnections"]["properties"] == {
         "enabled": {"type": "boolean"}
     }
+
+
+def _readme_release_namespace() -> str:
+    readme = (ROOT / "README.md").read_text()
+    found = re.search(r"helm install infisical-sync deploy/helm/infisical-sync -n (\S+)", readme)
+    assert found
+    return found[1]
+
+
+def test_the_cluster_connection_samples_name_each_other() -> None:
+    """`kubectl apply -f deploy/samples/cluster-connection/` after deploy/samples/: the
+    credentials in the operator's namespace (the README's release namespace), the connection,
+    and a SecretSync in team-a that uses it with the Secret deploy/samples/ made there."""
+    files = sorted((SAMPLES / "cluster-connection").iterdir())
+    assert [path.name for path in files] == [
+        "01-credentials-secret.yaml",
+        "02-clusterinfisicalconnection.yaml",
+        "03-secretsync.yaml",
+    ]
+    secret, connection, sync = (yaml.safe_load(path.read_text()) for path in files)
+    assert all(path.read_text().startswith("#") for path in files)  # each says what it is for
+    assert [doc["kind"] for doc in (secret, connection, sync)] == [
+        "Secret",
+        "ClusterInfisicalConnection",
+        "SecretSync",
+    ]
+    assert secret["metadata"]["namespace"] == _readme_release_namespace()
+    assert "namespace" not in connection["metadata"]
+    spec = connection["spec"]
+    assert spec["credentials"]["secretRef"]["name"] == secret["metadata"]["name"]
+    labels = spec["namespaceSelector"]["matchLabels"]
+    [(key, value)] = labels.items()
+    label_command = f"kubectl label namespace {SAMPLE_NAMESPACE} {key}={value}"
+    assert label_command in files[1].read_text()
+    assert label_command in (ROOT / "README.md").read_text()
+    assert sync["metadata"]["namespace"] == SAMPLE_NAMESPACE
+    assert sync["spec"]["destination"]["connectionRef"] == {
+        "kind": "ClusterInfisicalConnection",
+        "name": connection["metadata"]["name"],
+    }
+    base = [yaml.safe_load(p.read_text()) for p in sorted(SAMPLES.glob("*.yaml"))]
+    base_secrets = {doc["metadata"]["name"] for doc in base if doc["kind"] == "Secret"}
+    assert {item["name"] for item in sync["spec"]["source"]["kubernetes"]["secrets"]} <= (
+        base_secrets
+    )
+    # Not the base sample's destination: two SecretSyncs writing the same keys conflict.
+    [base_sync] = [doc for doc in base if doc["kind"] == "SecretSync"]
+    place = ("projectSlug", "environment", "secretPath")
+    assert [sync["spec"]["destination"][k] for k in place] != [
+        base_sync["spec"]["destination"][k] for k in place
+    ]
+    assert sync["metadata"]["name"] != base_sync["metadata"]["name"]
