@@ -12,6 +12,7 @@ ARGOCD = Path(__file__).resolve().parents[1] / "deploy" / "argocd"
 SCRIPTS = {
     "SecretSync": ARGOCD / "health-secretsync.lua",
     "InfisicalConnection": ARGOCD / "health-infisicalconnection.lua",
+    "ClusterInfisicalConnection": ARGOCD / "health-clusterinfisicalconnection.lua",
 }
 
 

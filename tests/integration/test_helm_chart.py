@@ -26,6 +26,12 @@ CLUSTER_IDENTITY_RULE = {
     "resourceNames": ["kube-system"],
     "verbs": ["get"],
 }
+CLUSTER_CONNECTION_RULES = yaml.safe_load(
+    (CHART / "files" / "rbac-cluster-connections.yaml").read_text()
+)
+OPERATOR_NAMESPACE_RULES = yaml.safe_load(
+    (CHART / "files" / "rbac-operator-namespace.yaml").read_text()
+)
 
 
 @pytest.fixture(scope="module", params=sorted(HELM_RELEASES), ids=lambda major: f"helm{major}")
@@ -85,6 +91,8 @@ def test_cluster_wide_defaults(helm: str) -> None:
         "ClusterRole",
         "ClusterRole",
         "ClusterRole",
+        "ClusterRole",
+        "ClusterRoleBinding",
         "ClusterRoleBinding",
         "ClusterRoleBinding",
         "Deployment",
@@ -114,6 +122,11 @@ def test_cluster_wide_defaults(helm: str) -> None:
     assert not _grants_secret_writes(roles["sync-infisical-sync"]["rules"])
     assert roles["sync-infisical-sync-cluster-identity"]["rules"] == [CLUSTER_IDENTITY_RULE]
     assert not any(env["name"] == "INFISICAL_SYNC_CLUSTER_ID" for env in container["env"])
+    # ClusterInfisicalConnections: on by default, their own ClusterRole; cluster-wide, the
+    # operator's ClusterRole already reads the Secrets of its namespace (no extra Role).
+    assert roles["sync-infisical-sync-cluster-connections"]["rules"] == CLUSTER_CONNECTION_RULES
+    assert not any(doc["metadata"]["name"].endswith("-operator-namespace") for doc in docs)
+    assert "--no-cluster-connections" not in container["args"]
 
 
 def test_cluster_identity_from_a_value_needs_no_cluster_read(helm: str) -> None:
@@ -126,10 +139,25 @@ def test_cluster_identity_from_a_value_needs_no_cluster_read(helm: str) -> None:
 
 
 def _operator_role(doc: dict[str, Any]) -> bool:
-    """The operator's (Cluster)Roles, less the ones for the cluster identity, the Lease and the
-    namespace users (aggregated into view/edit/admin)."""
+    """The operator's (Cluster)Roles of its watched namespaces, less the ones for the cluster
+    identity, the Lease, cluster connections and the namespace users (aggregated into
+    view/edit/admin)."""
     return doc["kind"] in ("Role", "ClusterRole") and not doc["metadata"]["name"].endswith(
-        ("-cluster-identity", "-leader-election", "-view", "-edit")
+        (
+            "-cluster-identity",
+            "-leader-election",
+            "-cluster-connections",
+            "-operator-namespace",
+            "-view",
+            "-edit",
+        )
+    )
+
+
+def _grants_secrets(rules: list[dict[str, Any]]) -> bool:
+    return any(
+        {"", "*"} & set(rule["apiGroups"]) and {"secrets", "*"} & set(rule["resources"])
+        for rule in rules
     )
 
 
@@ -229,19 +257,144 @@ def test_namespaced_install(helm: str) -> None:
     # the roles namespace users get through view/edit/admin, bound to no one by the chart).
     cluster_scoped = [doc for doc in docs if doc["kind"].startswith("Cluster")]
     bindings = [doc for doc in cluster_scoped if doc["kind"] == "ClusterRoleBinding"]
-    assert [doc["roleRef"]["name"] for doc in bindings] == ["sync-infisical-sync-cluster-identity"]
+    assert sorted(doc["roleRef"]["name"] for doc in bindings) == [
+        "sync-infisical-sync-cluster-connections",
+        "sync-infisical-sync-cluster-identity",
+    ]
     roles = {doc["metadata"]["name"]: doc for doc in cluster_scoped if doc["kind"] == "ClusterRole"}
     assert sorted(roles) == [
+        "sync-infisical-sync-cluster-connections",
         "sync-infisical-sync-cluster-identity",
         "sync-infisical-sync-edit",
         "sync-infisical-sync-view",
     ]
     assert roles["sync-infisical-sync-cluster-identity"]["rules"] == [CLUSTER_IDENTITY_RULE]
+    # ClusterInfisicalConnections and namespaces cluster-wide, never Secrets.
+    assert roles["sync-infisical-sync-cluster-connections"]["rules"] == CLUSTER_CONNECTION_RULES
+    assert not any(_grants_secrets(role["rules"]) for role in roles.values())
     args = next(doc for doc in docs if doc["kind"] == "Deployment")["spec"]["template"]["spec"][
         "containers"
     ][0]["args"]
     assert "--namespace=team-a" in args and "--namespace=team-b" in args
     assert any(doc["kind"] == "ServiceMonitor" for doc in docs)
+
+
+def _bound_roles(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The (Cluster)Roles the chart binds to the operator's service account."""
+    bound = {
+        (doc["roleRef"]["kind"], doc["roleRef"]["name"], doc["metadata"].get("namespace"))
+        for doc in docs
+        if doc["kind"] in ("RoleBinding", "ClusterRoleBinding")
+        and any(subject["name"] == "sync-infisical-sync" for subject in doc["subjects"])
+    }
+    return [
+        doc
+        for doc in docs
+        if (doc["kind"], doc["metadata"]["name"], doc["metadata"].get("namespace")) in bound
+    ]
+
+
+def _operator_namespace_role(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    [role] = [
+        doc
+        for doc in docs
+        if doc["kind"] == "Role" and doc["metadata"]["name"].endswith("-operator-namespace")
+    ]
+    assert role["metadata"]["namespace"] == "infisical-sync"  # the release namespace
+    return role
+
+
+def test_namespaced_cluster_connections_read_secrets_in_the_release_namespace_only(
+    helm: str,
+) -> None:
+    """With rbac.clusterWide=false the operator reads Secrets in watchNamespaces and, for
+    ClusterInfisicalConnections, in its own (release) namespace: nowhere else, and never through
+    a ClusterRole."""
+    docs = render(helm, "rbac.clusterWide=false", "watchNamespaces={team-a,team-b}")
+    reading = _bound_roles(docs)
+    assert all(role["kind"] == "Role" for role in reading if _grants_secrets(role["rules"]))
+    assert sorted(
+        (role["metadata"]["namespace"], role["metadata"]["name"])
+        for role in reading
+        if _grants_secrets(role["rules"])
+    ) == [
+        ("infisical-sync", "sync-infisical-sync-operator-namespace"),
+        ("team-a", "sync-infisical-sync"),
+        ("team-b", "sync-infisical-sync"),
+    ]
+    own = _operator_namespace_role(reading)
+    assert own["rules"] == OPERATOR_NAMESPACE_RULES
+    assert not _grants_secret_writes(own["rules"])
+    # Secret writes (import modes) are for SecretSyncs' own namespaces, not this one.
+    writes = render(
+        helm, "rbac.clusterWide=false", "watchNamespaces={team-a}", "rbac.secretWrites=true"
+    )
+    own = _operator_namespace_role(writes)
+    assert own["rules"] == OPERATOR_NAMESPACE_RULES
+    # The release namespace among the watched ones: both Roles, under their own names.
+    both = render(helm, "rbac.clusterWide=false", "watchNamespaces={infisical-sync}")
+    assert sorted(
+        doc["metadata"]["name"]
+        for doc in both
+        if doc["kind"] == "Role" and doc["metadata"]["namespace"] == "infisical-sync"
+    ) == [
+        "sync-infisical-sync",
+        "sync-infisical-sync-leader-election",
+        "sync-infisical-sync-operator-namespace",
+    ]
+
+
+@pytest.mark.parametrize("names", [[], ["infisical-login"]], ids=["any", "named"])
+def test_namespaced_kubernetes_auth_requests_tokens_in_the_release_namespace(
+    helm: str, names: list[str]
+) -> None:
+    """A cluster connection's login service account is in the operator's namespace: with
+    rbac.kubernetesAuth the Role there allows the TokenRequest, narrowed like the others."""
+    values = ["rbac.clusterWide=false", "watchNamespaces={team-a}", "rbac.kubernetesAuth=true"]
+    if names:
+        values.append("rbac.kubernetesAuthServiceAccountNames={" + ",".join(names) + "}")
+    docs = render(helm, *values)
+    own = _operator_namespace_role(docs)
+    [grant] = yaml.safe_load((CHART / "files" / "rbac-kubernetes-auth.yaml").read_text())
+    assert own["rules"] == [
+        *OPERATOR_NAMESPACE_RULES,
+        {**grant, "resourceNames": names} if names else grant,
+    ]
+    [watched] = [doc for doc in docs if doc["kind"] == "Role" and _operator_role(doc)]
+    assert watched["rules"][-1] == own["rules"][-1]
+    without = render(helm, "rbac.clusterWide=false", "watchNamespaces={team-a}")
+    own = _operator_namespace_role(without)
+    assert not _grants_token_requests(own["rules"])
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[], ["rbac.clusterWide=false", "watchNamespaces={team-a}"]],
+    ids=["cluster-wide", "namespaced"],
+)
+def test_cluster_connections_off_grant_nothing_for_them(helm: str, values: list[str]) -> None:
+    """clusterConnections.enabled=false: the operator is told to ignore them, and the chart's
+    RBAC is what it was before they existed."""
+    on = render(helm, *values)
+    off = render(helm, *values, "clusterConnections.enabled=false")
+    extra = {"-cluster-connections", "-operator-namespace"}
+    assert any(doc["metadata"]["name"].endswith(tuple(extra)) for doc in on)
+    assert not any(doc["metadata"]["name"].endswith(tuple(extra)) for doc in off)
+    # Everything else, the Deployment aside (its args), is the same.
+    assert [
+        doc
+        for doc in on
+        if doc["kind"] != "Deployment" and not doc["metadata"]["name"].endswith(tuple(extra))
+    ] == [doc for doc in off if doc["kind"] != "Deployment"]
+    assert not any(
+        "clusterinfisicalconnections" in rule["resources"]
+        for role in _bound_roles(off)
+        for rule in role["rules"]
+    )
+    deployment = next(doc for doc in off if doc["kind"] == "Deployment")
+    assert "--no-cluster-connections" in container_args(deployment)
+    deployment = next(doc for doc in on if doc["kind"] == "Deployment")
+    assert "--no-cluster-connections" not in container_args(deployment)
 
 
 def test_two_replicas_with_leader_election_by_default(helm: str) -> None:
@@ -355,9 +508,16 @@ def test_namespace_users_get_the_kinds_through_the_builtin_roles(helm: str) -> N
         aggregate + "edit",
         aggregate + "admin",
     }
-    [read] = view["rules"]
+    read, read_cluster = view["rules"]
     assert set(read["verbs"]) == {"get", "list", "watch"}
     assert "secretsyncs/status" in read["resources"]
+    # The platform team's ClusterInfisicalConnections: read only (and only for those bound
+    # cluster-wide: a RoleBinding grants nothing cluster-scoped).
+    assert read_cluster == {
+        "apiGroups": ["infisical-sync.dev"],
+        "resources": ["clusterinfisicalconnections", "clusterinfisicalconnections/status"],
+        "verbs": ["get", "list", "watch"],
+    }
     [write] = edit["rules"]
     assert set(write["resources"]) == {"infisicalconnections", "secretsyncs"}  # no status
     assert "create" in write["verbs"] and "delete" in write["verbs"]

@@ -453,14 +453,18 @@ def scenario_namespaced(env: NodeEnv) -> None:
     env.k("create", "namespace", namespace)
     # One replica: leader election on by default, and nobody to hand over to.
     helm_install(env, "rbac.clusterWide=false", f"watchNamespaces={{{namespace}}}", "replicas=1")
-    # Cluster-scoped: the operator's only grant is the read of the kube-system namespace (the
-    # cluster's identity); the roles aggregated into view/edit/admin are for namespace users.
+    # Cluster-scoped: the operator's only grants are ClusterInfisicalConnections with the
+    # namespaces their selectors match (no Secrets) and the read of the kube-system namespace
+    # (the cluster's identity); the roles aggregated into view/edit/admin are for namespace users.
     bindings = env.k("get", "clusterrolebinding", "-o", "name").split()
-    ours = [binding for binding in bindings if RELEASE in binding]
-    assert ours == [f"clusterrolebinding.rbac.authorization.k8s.io/{RELEASE}-cluster-identity"]
+    ours = sorted(binding.rsplit("/", 1)[1] for binding in bindings if RELEASE in binding)
+    assert ours == [f"{RELEASE}-cluster-connections", f"{RELEASE}-cluster-identity"]
     roles = env.k("get", "clusterrole", "-o", "name").split()
     ours = sorted(role.rsplit("/", 1)[1] for role in roles if RELEASE in role)
-    assert ours == [f"{RELEASE}-{suffix}" for suffix in ("cluster-identity", "edit", "view")]
+    assert ours == [
+        f"{RELEASE}-{suffix}"
+        for suffix in ("cluster-connections", "cluster-identity", "edit", "view")
+    ]
     assert env.k("get", "role", "-n", namespace, "-o", "name").strip()
     assert pod_ready(env)
     apply_samples(env, namespace)

@@ -39,13 +39,14 @@ def status(
 
 
 @pytest.mark.parametrize("kind", sorted(SCRIPTS))
-def test_the_argocd_cm_patch_holds_both_scripts_as_they_are(kind: str) -> None:
+def test_the_argocd_cm_patch_holds_every_script_as_it_is(kind: str) -> None:
     patch = yaml.safe_load((ARGOCD / "argocd-cm-patch.yaml").read_text())
     key = f"resource.customizations.health.infisical-sync.dev_{kind}"
     assert patch["data"][key] == SCRIPTS[kind].read_text(), (
         f"copy {SCRIPTS[kind].name} into argocd-cm-patch.yaml"
     )
     assert set(patch) == {"data"}
+    assert {key.rsplit("_", 1)[1] for key in patch["data"]} == set(SCRIPTS)
 
 
 @pytest.mark.parametrize("kind", sorted(SCRIPTS))
@@ -109,3 +110,22 @@ def test_a_ready_condition_without_a_reason_is_not_a_lua_error(
     if not with_stalled:
         found["conditions"] = found["conditions"][:1]
     assert argocd_health(obj(kind, 2, found)) == ("Degraded", "NotReady: X message")
+
+
+def test_a_cluster_connection_with_denied_secret_syncs_is_still_healthy() -> None:
+    """SecretSyncs outside its namespaceSelector are Degraded themselves (ConnectionNotAllowed);
+    the connection they name is not."""
+    found = {
+        **status(2, "True", "Validated"),
+        "secretSyncs": 3,
+        "namespaces": 2,
+        "deniedSecretSyncs": 1,
+    }
+    cluster = obj("ClusterInfisicalConnection", 2, found)
+    del cluster["metadata"]["namespace"]
+    assert argocd_health(cluster) == ("Healthy", "Validated message")
+    refused = status(2, "False", "ConnectionNotAllowed", stalled="True")
+    assert argocd_health(obj("SecretSync", 2, refused)) == (
+        "Degraded",
+        "ConnectionNotAllowed: ConnectionNotAllowed message",
+    )
