@@ -134,10 +134,11 @@ def operator_process(
     env: dict[str, str] | None = None,
     args: list[str] | None = None,
     ready: str = "infisical-sync operator started",
+    scope: tuple[str, ...] = ("-A",),
 ) -> Iterator[OperatorProcess]:
-    """`infisical-sync run -A` at DEBUG with JSON logs, metrics and health endpoints, as the
-    user of `kubeconfig`; `env` adds or overrides INFISICAL_SYNC_* settings, `args` adds flags;
-    returns once `ready` is in its log."""
+    """`infisical-sync run -A` (or `scope`, e.g. `-n a -n b`) at DEBUG with JSON logs, metrics
+    and health endpoints, as the user of `kubeconfig`; `env` adds or overrides INFISICAL_SYNC_*
+    settings, `args` adds flags; returns once `ready` is in its log."""
     environ = {
         **os.environ,
         "KUBECONFIG": str(kubeconfig),
@@ -153,7 +154,7 @@ def operator_process(
         "-m",
         "infisical_sync",
         "run",
-        "-A",
+        *scope,
         "--log-level",
         "DEBUG",
         "--log-format",

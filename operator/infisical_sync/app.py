@@ -26,6 +26,8 @@ import kopf
 from prometheus_client import start_http_server
 
 from infisical_sync import heap, kopf_trim, leader, metrics
+from infisical_sync.cluster_access import ClusterAccess
+from infisical_sync.cluster_usage import UsageReport
 from infisical_sync.config import Settings
 from infisical_sync.connection import ConnectionReconciler
 from infisical_sync.fence import Fence
@@ -41,6 +43,7 @@ from infisical_sync.kube import (
 )
 from infisical_sync.references import Referrers, sync_connections
 from infisical_sync.resharding import Resharding
+from infisical_sync.resources import CLUSTER_SCOPE
 from infisical_sync.scheduler import RetryLater, Scheduler
 from infisical_sync.secret_watch import (
     SecretEvent,
@@ -52,6 +55,7 @@ from infisical_sync.secret_watch import (
 from infisical_sync.sync import SyncEngine
 
 CONNECTIONS = "infisicalconnections"
+CLUSTER_CONNECTIONS = "clusterinfisicalconnections"
 SYNCS = "secretsyncs"
 SYNC_KIND = "SecretSync"
 # Stopping: kopf stops the connection daemons first (a validation only reads: cut soon), then
@@ -75,6 +79,9 @@ class OperatorMemo(kopf.Memo):
     secret_watches: SecretWatches
     resharding: Resharding
     referrers: Referrers
+    access: ClusterAccess  # ClusterInfisicalConnections' selectors, namespaces' labels, users
+    usage: UsageReport
+    operator_namespace: str  # "" when ClusterInfisicalConnections are not served
     heap_release: asyncio.Task[None]
 
 
@@ -157,10 +164,20 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     )
     events = EventPoster(kube)
     connections = ConnectionReconciler(
-        kube, pool, post_event=events, allowed_instances=config.allowed_instances, shard=shard
+        kube,
+        pool,
+        post_event=events,
+        allowed_instances=config.allowed_instances,
+        shard=shard,
+        operator_namespace=memo.operator_namespace,
     )
+    memo.access = access = ClusterAccess()
     engine = SyncEngine(
-        kube, connections, post_event=events, cluster_id=await _cluster_id(config, kube)
+        kube,
+        connections,
+        post_event=events,
+        cluster_id=await _cluster_id(config, kube),
+        access=access,
     )
     memo.pool = pool
     memo.kube = kube
@@ -178,11 +195,24 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     async def connection_released(namespace: str, name: str, _body: Any) -> None:
         await scheduler.remove_connection(namespace, name, _users(memo, namespace, name))
 
+    async def cluster_connection_released(_namespace: str, name: str, _body: Any) -> None:
+        await scheduler.remove_connection(CLUSTER_SCOPE, name, _users(memo, CLUSTER_SCOPE, name))
+
     memo.resharding = Resharding(
         shard,
         kube,
-        finish={SYNCS: scheduler.remove_secretsync, CONNECTIONS: connection_released},
+        finish={
+            SYNCS: scheduler.remove_secretsync,
+            CONNECTIONS: connection_released,
+            CLUSTER_CONNECTIONS: cluster_connection_released,
+        },
     )
+    memo.usage = UsageReport(access, kube, shard, CLUSTER_CONNECTIONS)
+    if memo.operator_namespace:
+        memo.usage.start()
+    watched = None if _clusterwide(config) else config.namespaces
+    if watched is not None and memo.operator_namespace and memo.operator_namespace not in watched:
+        watched = [*watched, memo.operator_namespace]  # cluster connections' Secrets
     # Secrets are not watched by kopf (it would hold every Secret's data): our own watch sees
     # their metadata only, and the referrers (filled from events, live) name who reads each one.
     memo.secret_watches = SecretWatches.start(
@@ -190,7 +220,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
             api_client.configuration,
             WatchTimeouts(connect=config.kube_connect_timeout, request=config.kube_request_timeout),
         ),
-        None if _clusterwide(config) else config.namespaces,
+        watched,
         _secret_changed(memo.scheduler, referrers),
     )
     # Quiet cycles take the source's resourceVersions from it instead of reading the Secrets.
@@ -216,19 +246,34 @@ def _secret_changed(scheduler: Scheduler, referrers: Referrers) -> SecretEvent:
 
 
 def _users(memo: Any, namespace: str, name: str) -> Callable[[], Awaitable[list[str]]]:
-    """This replica's SecretSyncs that use a connection. The referrers first; when they name
-    none (they may not have seen every SecretSync yet, right after a start), the API server."""
+    """This replica's SecretSyncs that use a connection (a cluster connection's: namespace/name).
+    The referrers first; when they name none (they may not have seen every SecretSync yet, right
+    after a start), the API server."""
+    address = (namespace, name)
+    cluster = namespace == CLUSTER_SCOPE
+
+    def named(sync_namespace: str, sync: str) -> str:
+        return f"{sync_namespace}/{sync}" if cluster else sync
 
     async def users() -> list[str]:
-        known = memo.referrers.syncs_by_connection.get((namespace, name))
+        known = memo.referrers.syncs_by_connection.get(address)
         if known:
-            return sorted(known)
-        listed = await memo.kube.list_objects(SYNCS, namespace)
+            return sorted(named(*sync) for sync in known)
+        if not cluster:
+            listed = await memo.kube.list_objects(SYNCS, namespace)
+        elif _clusterwide(memo.settings):
+            listed = await memo.kube.list_objects(SYNCS, None)
+        else:  # the watched namespaces: the operator may list nothing beyond them
+            listed = [
+                item
+                for watched in memo.settings.namespaces
+                for item in await memo.kube.list_objects(SYNCS, watched)
+            ]
         return sorted(
-            str(item["metadata"]["name"])
+            named(meta["namespace"], meta["name"])
             for item in listed
-            if memo.settings.shard.owns(namespace, item["metadata"]["name"])
-            and (namespace, name) in sync_connections(namespace, "", item.get("spec") or {})
+            if memo.settings.shard.owns((meta := item["metadata"])["namespace"], meta["name"])
+            and address in sync_connections(meta["namespace"], "", item.get("spec") or {})
         )
 
     return users
@@ -259,6 +304,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     heap_release: asyncio.Task[None] | None = getattr(memo, "heap_release", None)
     if heap_release is not None:
         heap_release.cancel()
+    usage: UsageReport | None = getattr(memo, "usage", None)
+    if usage is not None:
+        await usage.stop()
     scheduler: Scheduler | None = getattr(memo, "scheduler", None)
     if scheduler is not None:  # first: its cycles in flight still use everything below
         await scheduler.shutdown(STOP_GRACE, cancelled_within=CANCELLATION_TIMEOUT)
@@ -302,7 +350,8 @@ async def connection_event(
     type: str, namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
     # Every shard: its SecretSyncs may read this connection's Secrets.
-    memo.referrers.connection_seen(type, namespace, name, body.get("spec") or {})
+    spec = body.get("spec") or {}
+    memo.referrers.connection_seen(type, (namespace, name), spec, secrets_namespace=namespace)
     if memo.settings.shard.owns(namespace, name):
         memo.resharding.on_event(type, CONNECTIONS, namespace, name, body)
 
@@ -330,6 +379,12 @@ async def connection_daemon(
     stopped: kopf.DaemonStopped,
     **_: Any,
 ) -> None:
+    await _run_connection(memo, namespace, name, body, stopped)
+
+
+async def _run_connection(
+    memo: Any, namespace: str, name: str, body: kopf.Body, stopped: kopf.DaemonStopped
+) -> None:
     await memo.scheduler.run_connection(
         namespace,
         name,
@@ -337,6 +392,72 @@ async def connection_daemon(
         stopped,
         dependents=lambda: memo.referrers.syncs_by_connection.get((namespace, name)),
     )
+
+
+# --- ClusterInfisicalConnection (registered by run_operator when served) ------------------------
+# The same daemon and deletion as an InfisicalConnection's, addressed (CLUSTER_SCOPE, name).
+
+
+async def cluster_connection_event(
+    type: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
+    spec = body.get("spec") or {}
+    address = (CLUSTER_SCOPE, name)
+    memo.referrers.connection_seen(type, address, spec, secrets_namespace=memo.operator_namespace)
+    if memo.access.connection_seen(type, name, spec):
+        users = memo.referrers.syncs_by_connection.get(address)
+        memo.scheduler.on_access_changed(users, f"namespaceSelector of {name} changed")
+    if memo.settings.shard.owns(CLUSTER_SCOPE, name):
+        memo.resharding.on_event(type, CLUSTER_CONNECTIONS, CLUSTER_SCOPE, name, body)
+    memo.usage.wake()
+
+
+async def cluster_connection_spec_changed(name: str, memo: kopf.Memo, **_: Any) -> None:
+    memo.scheduler.on_connection_spec_changed(CLUSTER_SCOPE, name)
+
+
+async def cluster_connection_daemon(
+    name: str, body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any
+) -> None:
+    await _run_connection(memo, CLUSTER_SCOPE, name, body, stopped)
+
+
+async def cluster_connection_deleted(name: str, memo: kopf.Memo, **_: Any) -> None:
+    await _connection_deleted(memo, CLUSTER_CONNECTIONS, CLUSTER_SCOPE, name)
+
+
+async def namespace_event(type: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A namespace's labels decide which cluster connections its SecretSyncs may use."""
+    labels = (body.get("metadata") or {}).get("labels") or {}
+    if memo.access.namespace_seen(type, name, labels) and type != "DELETED":
+        users = memo.referrers.cluster_users_by_namespace.get(name)
+        memo.scheduler.on_access_changed(
+            [(name, sync) for sync in users], f"labels of namespace {name} changed"
+        )
+        memo.usage.wake()
+
+
+def _serve_cluster_connections() -> None:
+    """Register the ClusterInfisicalConnection and Namespace handlers (once per process)."""
+    if getattr(_serve_cluster_connections, "done", False):
+        return
+    _serve_cluster_connections.done = True  # type: ignore[attr-defined]
+    kopf.on.event(GROUP, VERSION, CLUSTER_CONNECTIONS, registry=registry)(cluster_connection_event)
+    kopf.on.update(GROUP, VERSION, CLUSTER_CONNECTIONS, field="spec", registry=registry)(
+        cluster_connection_spec_changed
+    )
+    kopf.daemon(
+        GROUP,
+        VERSION,
+        CLUSTER_CONNECTIONS,
+        cancellation_backoff=CONNECTION_STOP_GRACE,
+        cancellation_timeout=CANCELLATION_TIMEOUT,
+        registry=registry,
+    )(cluster_connection_daemon)
+    kopf.on.delete(GROUP, VERSION, CLUSTER_CONNECTIONS, registry=registry)(
+        cluster_connection_deleted
+    )
+    kopf.on.event("", "v1", "namespaces", registry=registry)(namespace_event)
 
 
 @kopf.on.delete(GROUP, VERSION, CONNECTIONS, registry=registry)  # type: ignore[arg-type]
@@ -348,8 +469,12 @@ async def connection_deleted(
 ) -> None:
     """Kept while SecretSyncs use it: deleting a namespace deletes both at once, and theirs
     must finish removing or releasing keys through it first."""
+    await _connection_deleted(memo, CONNECTIONS, namespace, name)
+
+
+async def _connection_deleted(memo: Any, plural: str, namespace: str, name: str) -> None:
     if memo.settings.shard.owns(namespace, name):
-        await memo.resharding.on_deleting(CONNECTIONS, namespace, name)
+        await memo.resharding.on_deleting(plural, namespace, name)
     try:
         await memo.scheduler.remove_connection(namespace, name, _users(memo, namespace, name))
     except RetryLater as retry:
@@ -359,10 +484,15 @@ async def connection_deleted(
 # --- SecretSync ---------------------------------------------------------------------------------
 
 
-@kopf.on.event(GROUP, VERSION, SYNCS, when=_owned, registry=registry)  # type: ignore[arg-type]
+@kopf.on.event(GROUP, VERSION, SYNCS, registry=registry)  # type: ignore[arg-type]
 async def secretsync_event(
     type: str, namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
+    # Every shard: a cluster connection's status counts all its users (UsageReport).
+    memo.access.sync_seen(type, namespace, name, body)
+    memo.usage.wake()
+    if not memo.settings.shard.owns(namespace, name):
+        return
     if memo.scheduler.superseded(type, namespace, name, body):
         return  # the last events of an earlier object of this name: the maps are the new one's
     memo.referrers.sync_seen(type, namespace, name, body.get("spec") or {})
@@ -382,6 +512,18 @@ async def secretsync_deleted(
 
 
 # --- entry point --------------------------------------------------------------------------------
+
+
+def _operator_namespace(settings: Settings) -> str:
+    """Where ClusterInfisicalConnections' Secrets are: the setting, else the pod's namespace;
+    "" when they are not served."""
+    if not settings.cluster_connections:
+        return ""
+    if settings.operator_namespace:
+        return settings.operator_namespace
+    with contextlib.suppress(OSError):
+        return leader.SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+    return ""
 
 
 def _clusterwide(settings: Settings) -> bool:
@@ -427,8 +569,18 @@ def run_operator(settings: Settings) -> int:
     # outage that is three lines a call; the scheduler reports outages once per object.
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     logging.getLogger("kopf.objects").addFilter(
-        _NoNewsAtDebug(["secretsync_event", "connection_event"])
+        _NoNewsAtDebug(
+            ["secretsync_event", "connection_event", "cluster_connection_event", "namespace_event"]
+        )
     )
+    served_from = _operator_namespace(settings)
+    if served_from:
+        _serve_cluster_connections()
+    elif settings.cluster_connections:
+        log.warning(
+            "ClusterInfisicalConnections are not served: the operator's namespace (where their "
+            "Secrets are) is unknown outside a pod; set --operator-namespace"
+        )
     _trim_kopf_bodies()
     metrics.SHARD.labels(str(settings.shard.index), str(settings.shard.count)).set(1)
     if settings.metrics_port:  # before leader election: a standby reports its gauges too
@@ -443,7 +595,7 @@ def run_operator(settings: Settings) -> int:
             standalone=True,  # several replicas: leader election (leader.py), not kopf peering
             liveness_endpoint=liveness,
             stop_flag=stop_flag,
-            memo=OperatorMemo(settings=settings, fence=fence),
+            memo=OperatorMemo(settings=settings, fence=fence, operator_namespace=served_from),
         )
 
     if settings.leader_election:

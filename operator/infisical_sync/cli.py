@@ -69,6 +69,12 @@ def build_parser(prog: str = "infisical-sync") -> argparse.ArgumentParser:
         help="the operator's --cluster-id, if it runs with one "
         "(default: $INFISICAL_SYNC_CLUSTER_ID, else the kube-system namespace's UID)",
     )
+    plan.add_argument(
+        "--operator-namespace",
+        default=cli_commands.DEFAULT_OPERATOR_NAMESPACE,
+        help="where the operator runs: a ClusterInfisicalConnection's Secrets are there "
+        f"(default {cli_commands.DEFAULT_OPERATOR_NAMESPACE})",
+    )
 
     now = commands.add_parser(
         "sync-now",
@@ -131,6 +137,18 @@ def build_parser(prog: str = "infisical-sync") -> argparse.ArgumentParser:
         help="an Infisical instance connections may use (repeat); none given: any",
     )
     run.add_argument(
+        "--no-cluster-connections",
+        dest="cluster_connections",
+        action="store_false",
+        default=None,
+        help="do not serve ClusterInfisicalConnections (no watch of them or of Namespaces)",
+    )
+    run.add_argument(
+        "--operator-namespace",
+        help="where ClusterInfisicalConnections' Secrets and service accounts are "
+        "(default: the pod's own namespace)",
+    )
+    run.add_argument(
         "--shard",
         metavar="i/N",
         help="own the i-th of N hash slices of the SecretSyncs (default 0/1: all of them)",
@@ -166,7 +184,7 @@ def _inspect(args: argparse.Namespace) -> int:
         if args.command == "status":
             return cli_commands.status(target, args.namespace, args.all_namespaces)
         if args.command == "plan":
-            return cli_commands.plan(target, args.target, args.cluster_id)
+            return cli_commands.plan(target, args.target, args.cluster_id, args.operator_namespace)
         return cli_commands.sync_now(target, args.target, args.timeout, args.request)
     except cli_commands.CommandError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -213,6 +231,8 @@ def main(argv: list[str] | None = None, prog: str = "infisical-sync") -> int:
                 cluster_id=args.cluster_id,
                 allowed_instance_urls=args.allowed_instance_urls,
                 shard=args.shard,
+                cluster_connections=args.cluster_connections,
+                operator_namespace=args.operator_namespace,
             )
         except ValidationError as exc:
             for error in exc.errors():

@@ -28,7 +28,8 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from pydantic import SecretStr
 
-from infisical_sync.connection import ConnectionReconciler, ConnectionState
+from infisical_sync.cluster_access import ClusterAccess
+from infisical_sync.connection import ConnectionReconciler, ConnectionState, plural_of
 from infisical_sync.fence import Fence
 from infisical_sync.infisical.client import ClientPool
 from infisical_sync.infisical.transport import TransportOptions
@@ -36,11 +37,15 @@ from infisical_sync.instance_urls import AllowedInstances
 from infisical_sync.kube import GROUP, VERSION, Kube, KubeUnavailable, SecretData, load_api_client
 from infisical_sync.planner import NOT_MANAGED, Plan
 from infisical_sync.references import sync_connections
+from infisical_sync.resources import CLUSTER_SCOPE, describe_connection
 from infisical_sync.sync import SYNC_REQUESTED_AT, SyncEngine, SyncFailed
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_TIMEOUT = 0, 1, 2, 3
 CONNECTIONS, SYNCS = "infisicalconnections", "secretsyncs"
+CLUSTER_CONNECTIONS = "clusterinfisicalconnections"
 MESSAGE_WIDTH = 100  # status: a message longer than this is cut (the object has it whole)
+# Where the chart's README installs the operator: a ClusterInfisicalConnection's Secrets are there.
+DEFAULT_OPERATOR_NAMESPACE = "infisical-sync"
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
@@ -136,7 +141,7 @@ def object_row(kind: str, body: Mapping[str, Any]) -> list[str]:
         str(meta.get("namespace", "")),
         f"{kind}/{meta.get('name', '')}",
         str(ready.get("status")) if ready else "-",
-        "-" if kind == "infisicalconnection" else (str(synced.get("status")) if synced else "-"),
+        "-" if kind != "secretsync" else (str(synced.get("status")) if synced else "-"),
         reason,
         _short(message),
     ]
@@ -147,16 +152,18 @@ def status_lines(
     syncs: Iterable[Mapping[str, Any]],
     *,
     all_namespaces: bool,
+    cluster_connections: Iterable[Mapping[str, Any]] = (),
 ) -> list[str]:
-    """A table like `kubectl get`'s: connections first, then SecretSyncs, each by namespace and
-    name; the NAMESPACE column only with -A. Empty when there is nothing."""
+    """A table like `kubectl get`'s: cluster connections, connections, then SecretSyncs, each
+    by namespace and name; the NAMESPACE column only with -A. Empty when there is nothing."""
 
     def ordered(items: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
         return sorted(
             items, key=lambda b: ((b["metadata"].get("namespace") or ""), b["metadata"]["name"])
         )
 
-    rows = [object_row("infisicalconnection", body) for body in ordered(connections)]
+    rows = [object_row("clusterinfisicalconnection", body) for body in ordered(cluster_connections)]
+    rows += [object_row("infisicalconnection", body) for body in ordered(connections)]
     rows += [object_row("secretsync", body) for body in ordered(syncs)]
     if not rows:
         return []
@@ -190,10 +197,12 @@ def list_objects(api: client.ApiClient, plural: str, namespace: str | None) -> l
 def status(cluster: Cluster, namespace: str | None, all_namespaces: bool) -> int:
     api = cluster.api_client()
     scope = None if all_namespaces else (namespace or cluster.current_namespace())
+    syncs = list_objects(api, SYNCS, scope)
     lines = status_lines(
         list_objects(api, CONNECTIONS, scope),
-        list_objects(api, SYNCS, scope),
+        syncs,
         all_namespaces=all_namespaces,
+        cluster_connections=_cluster_connections_used(api, syncs, everything=scope is None),
     )
     if not lines:
         where = "any namespace" if scope is None else f"namespace {scope}"
@@ -201,6 +210,33 @@ def status(cluster: Cluster, namespace: str | None, all_namespaces: bool) -> int
     for line in lines:
         print(line)
     return EXIT_OK
+
+
+def _cluster_connections_used(
+    api: client.ApiClient, syncs: Iterable[Mapping[str, Any]], *, everything: bool
+) -> list[Any]:
+    """The ClusterInfisicalConnections the SecretSyncs shown use (all of them with -A); none
+    when the user may not read them (a namespace's user often may not)."""
+    used = {
+        address[1]
+        for body in syncs
+        for address in sync_connections(
+            body["metadata"].get("namespace", ""), "", body.get("spec") or {}
+        )
+        if address[0] == CLUSTER_SCOPE
+    }
+    if not used and not everything:
+        return []
+    try:
+        found: Any = client.CustomObjectsApi(api).list_cluster_custom_object(
+            GROUP, VERSION, CLUSTER_CONNECTIONS
+        )
+    except ApiException as exc:
+        if exc.status in (403, 404):
+            return []
+        raise _refused(exc, f"list {CLUSTER_CONNECTIONS}") from None
+    items = list(found.get("items") or [])
+    return items if everything else [b for b in items if b["metadata"]["name"] in used]
 
 
 # --- plan --------------------------------------------------------------------------------------
@@ -251,6 +287,12 @@ class _UserKube(Kube):
         except ApiException as exc:
             raise _denied(exc, f"get ConfigMap {namespace}/{name}") from None
 
+    async def namespace_labels(self, name: str) -> dict[str, str] | None:
+        try:
+            return await super().namespace_labels(name)
+        except ApiException as exc:
+            raise _denied(exc, f"get namespace {name} (a cluster connection's selector)") from None
+
     async def request_service_account_token(
         self, namespace: str, name: str, audiences: tuple[str, ...], expiration_seconds: int
     ) -> SecretStr:
@@ -276,9 +318,13 @@ class PlanReport:
 
 
 def _get(api: client.ApiClient, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+    """One of our objects (namespace "": a cluster-scoped one), None when there is none."""
+    custom = client.CustomObjectsApi(api)
     try:
-        found: Any = client.CustomObjectsApi(api).get_namespaced_custom_object(
-            GROUP, VERSION, namespace, plural, name
+        found: Any = (
+            custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+            if namespace
+            else custom.get_cluster_custom_object(GROUP, VERSION, plural, name)
         )
     except ApiException as exc:
         if exc.status == 404:
@@ -325,7 +371,7 @@ async def _connect(
         # Ready for the operator but not from here (a cluster-internal URL, a firewall): this
         # machine's problem, not what the next sync would meet.
         raise CommandError(
-            f"InfisicalConnection {namespace}/{name} is Ready for the operator, but logging in "
+            f"{describe_connection((namespace, name))} is Ready for the operator, but logging in "
             f"from this machine failed: {outcome.reason}: {outcome.message} (run plan where "
             "the instance is reachable, e.g. in a pod in the cluster)",
             EXIT_ERROR,
@@ -338,8 +384,9 @@ async def _preview(
     namespace: str,
     name: str,
     body: Mapping[str, Any],
-    connection_bodies: Mapping[str, Mapping[str, Any] | None],
+    connection_bodies: Mapping[tuple[str, str], Mapping[str, Any] | None],
     cluster_id: str,
+    operator_namespace: str,
 ) -> Plan:
     kube = _UserKube(api, concurrency=4, fence=_NoWrites())
     pool = ClientPool(TransportOptions(fence=_LoginOnly()))
@@ -350,28 +397,43 @@ async def _preview(
         # Only connections whose status says the operator validated them are used: its own
         # allow-list was applied then.
         allowed_instances=AllowedInstances(),
+        operator_namespace=operator_namespace,
     )
-    engine = SyncEngine(kube, connections, post_event=lambda *_: None, cluster_id=cluster_id)
+    access = ClusterAccess()  # what the operator's watches would tell of cluster connections
+    engine = SyncEngine(
+        kube, connections, post_event=lambda *_: None, cluster_id=cluster_id, access=access
+    )
     try:
-        for ref, connection in connection_bodies.items():
-            await _connect(connections, namespace, ref, connection)
+        for address, connection in connection_bodies.items():
+            if address[0] == CLUSTER_SCOPE and connection is not None:
+                access.connection_seen("ADDED", address[1], connection.get("spec") or {})
+            await _connect(connections, *address, connection)
         return await engine.preview(namespace, name, body)
     finally:
         await pool.aclose()  # revokes the token it got
         await kube.aclose()
 
 
-def make_plan(cluster: Cluster, target: str, cluster_id: str | None) -> PlanReport:
+def make_plan(
+    cluster: Cluster,
+    target: str,
+    cluster_id: str | None,
+    operator_namespace: str = DEFAULT_OPERATOR_NAMESPACE,
+) -> PlanReport:
     api = cluster.api_client()
     namespace, name = parse_target(target, cluster.current_namespace())
     body = _get(api, SYNCS, namespace, name)
     if body is None:
         raise CommandError(f"not found: SecretSync {namespace}/{name}")
-    refs = sorted(ref for _, ref in sync_connections(namespace, name, body.get("spec") or {}))
-    connection_bodies = {ref: _get(api, CONNECTIONS, namespace, ref) for ref in refs}
+    addresses = sorted(sync_connections(namespace, name, body.get("spec") or {}))
+    connection_bodies = {
+        address: _get(api, plural_of(address[0]), *address) for address in addresses
+    }
     identity = _cluster_id(api, cluster_id)
     try:
-        found = asyncio.run(_preview(api, namespace, name, body, connection_bodies, identity))
+        found = asyncio.run(
+            _preview(api, namespace, name, body, connection_bodies, identity, operator_namespace)
+        )
     except AccessDenied as exc:
         raise CommandError(
             f"forbidden: your user may not {exc}; `plan` reads what a sync reads (the source "
@@ -460,8 +522,13 @@ def plan_lines(report: PlanReport) -> list[str]:
     return lines
 
 
-def plan(cluster: Cluster, target: str, cluster_id: str | None) -> int:
-    for line in plan_lines(make_plan(cluster, target, cluster_id)):
+def plan(
+    cluster: Cluster,
+    target: str,
+    cluster_id: str | None,
+    operator_namespace: str = DEFAULT_OPERATOR_NAMESPACE,
+) -> int:
+    for line in plan_lines(make_plan(cluster, target, cluster_id, operator_namespace)):
         print(line)
     return EXIT_OK
 

@@ -82,6 +82,9 @@ TRANSIENT = frozenset(
 )
 # A connectionRef to an InfisicalConnection that does not exist (the cause of ConnectionNotReady).
 CONNECTION_NOT_FOUND = "ConnectionNotFound"
+# A ClusterInfisicalConnection whose namespaceSelector does not allow the SecretSync's namespace:
+# nothing is read or written until the selector or the namespace's labels change.
+CONNECTION_NOT_ALLOWED = "ConnectionNotAllowed"
 # Outcomes that last until someone changes the spec, a Secret, Infisical or an annotation. The
 # operator keeps trying (and watches the Secrets), and clears Stalled when the cause is gone.
 NEEDS_USER = frozenset(
@@ -115,6 +118,7 @@ NEEDS_USER = frozenset(
         # 429 are Unreachable-like outages handled as KubeUnavailable, never this.
         "SourceError",
         CONNECTION_NOT_FOUND,
+        CONNECTION_NOT_ALLOWED,
     }
 )
 

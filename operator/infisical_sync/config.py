@@ -72,6 +72,14 @@ class Settings(BaseModel):
     allowed_instance_urls: list[str] = Field(
         default_factory=list, description="Infisical instances connections may use; empty: any"
     )
+    cluster_connections: bool = Field(
+        default=True, description="serve ClusterInfisicalConnections (watches Namespaces)"
+    )
+    operator_namespace: str = Field(
+        default="",
+        max_length=63,
+        description="ClusterInfisicalConnections' Secrets are here; empty: the pod's namespace",
+    )
     shard: Shard = Field(
         default_factory=Shard, description="i/N: this replica owns the i-th of N hash slices"
     )

@@ -1,4 +1,6 @@
-"""InfisicalConnection: read the credentials Secret, validate against the instance, report.
+"""InfisicalConnection and ClusterInfisicalConnection: read the credentials Secret, validate
+against the instance, report. Both are addressed by (namespace, name); a cluster connection's
+namespace is CLUSTER_SCOPE, and its Secrets and service account are in the operator's namespace.
 
 No kopf here: the composition root (app.py) calls `ConnectionReconciler.reconcile` from the
 connection's daemon and passes in how to post Events.
@@ -41,12 +43,26 @@ from infisical_sync.infisical.errors import (
 )
 from infisical_sync.instance_urls import AllowedInstances
 from infisical_sync.kube import Kube
-from infisical_sync.resources import KUBERNETES_AUTH, ConnectionSpec, KubernetesAuthSpec
+from infisical_sync.resources import (
+    CLUSTER_SCOPE,
+    KUBERNETES_AUTH,
+    ClusterConnectionSpec,
+    ConnectionSpec,
+    KubernetesAuthSpec,
+    describe_connection,
+)
 from infisical_sync.shards import Shard
 from infisical_sync.status_patch import merge_patch, status_patch
 
 log = logging.getLogger(__name__)
 PLURAL = "infisicalconnections"
+CLUSTER_PLURAL = "clusterinfisicalconnections"
+
+
+def plural_of(namespace: str) -> str:
+    return CLUSTER_PLURAL if namespace == CLUSTER_SCOPE else PLURAL
+
+
 EventPoster = Callable[[Any, str, str, str], None]
 
 # Failures that say nothing about the credentials themselves.
@@ -164,8 +180,11 @@ class ConnectionReconciler:
         post_event: EventPoster,
         allowed_instances: AllowedInstances,
         shard: Shard | None = None,
+        operator_namespace: str = "",
     ) -> None:
         self.kube = kube
+        # Where ClusterInfisicalConnections' Secrets and service accounts are.
+        self.operator_namespace = operator_namespace
         self.pool = pool
         self.post_event = post_event
         self.allowed_instances = allowed_instances
@@ -195,8 +214,12 @@ class ConnectionReconciler:
     async def validate(
         self, namespace: str, name: str, raw_spec: Mapping[str, Any], *, force_login: bool
     ) -> Outcome:
+        cluster = namespace == CLUSTER_SCOPE
+        # A cluster connection's Secrets and service account: in the operator's namespace.
+        secrets_namespace = self.operator_namespace if cluster else namespace
         try:
-            spec = ConnectionSpec.model_validate(dict(raw_spec))
+            model = ClusterConnectionSpec if cluster else ConnectionSpec
+            spec = model.model_validate(dict(raw_spec))
         except ValidationError as exc:
             fields = ", ".join(".".join(str(p) for p in err["loc"]) for err in exc.errors())
             return Outcome(False, "InvalidSpec", f"spec is invalid at: {fields}")
@@ -239,15 +262,16 @@ class ConnectionReconciler:
         credentials: AnyCredentials
         if kubernetes_auth is not None:
             credentials = self._kubernetes_credentials(
-                namespace, kubernetes_auth, spec.organization_slug or None
+                secrets_namespace, kubernetes_auth, spec.organization_slug or None
             )
         else:
             assert spec.credentials is not None
             ref = spec.credentials.secret_ref
-            secret = await self.kube.read_secret(namespace, ref.name)
+            secret = await self.kube.read_secret(secrets_namespace, ref.name)
             if secret is None:
                 return fail(
-                    "SecretNotFound", f"credentials Secret {namespace}/{ref.name} not found"
+                    "SecretNotFound",
+                    f"credentials Secret {secrets_namespace}/{ref.name} not found",
                 )
             missing = [
                 key for key in (ref.client_id_key, ref.client_secret_key) if key not in secret.data
@@ -255,7 +279,8 @@ class ConnectionReconciler:
             if missing:
                 return fail(
                     "SecretKeyMissing",
-                    f"credentials Secret {namespace}/{ref.name} has no key {', '.join(missing)}",
+                    f"credentials Secret {secrets_namespace}/{ref.name} has no key "
+                    + ", ".join(missing),
                 )
             try:
                 client_id = secret.data[ref.client_id_key].decode().strip()
@@ -263,19 +288,21 @@ class ConnectionReconciler:
             except UnicodeDecodeError:
                 return fail(
                     "SecretKeyMissing",
-                    f"credentials Secret {namespace}/{ref.name} holds non-UTF-8 data",
+                    f"credentials Secret {secrets_namespace}/{ref.name} holds non-UTF-8 data",
                 )
             credentials = Credentials(client_id, client_secret, spec.organization_slug or None)
         ca_pem: str | None = None
         if spec.tls and spec.tls.ca_secret_ref:
             ca_ref = spec.tls.ca_secret_ref
-            ca_secret = await self.kube.read_secret(namespace, ca_ref.name)
+            ca_secret = await self.kube.read_secret(secrets_namespace, ca_ref.name)
             if ca_secret is None:
-                return fail("SecretNotFound", f"CA Secret {namespace}/{ca_ref.name} not found")
+                return fail(
+                    "SecretNotFound", f"CA Secret {secrets_namespace}/{ca_ref.name} not found"
+                )
             if ca_ref.key not in ca_secret.data:
                 return fail(
                     "SecretKeyMissing",
-                    f"CA Secret {namespace}/{ca_ref.name} has no key {ca_ref.key}",
+                    f"CA Secret {secrets_namespace}/{ca_ref.name} has no key {ca_ref.key}",
                 )
             ca_pem = ca_secret.data[ca_ref.key].decode(errors="replace")
         session: InfisicalSession | None = None
@@ -394,15 +421,15 @@ class ConnectionReconciler:
         changes = dict(status) if key in self._unsure else status_patch(previous, status)
         if changes:
             self._unsure.add(key)
-            await self.kube.patch_status(PLURAL, namespace, name, changes)
+            await self.kube.patch_status(plural_of(namespace), namespace, name, changes)
             self._unsure.discard(key)
         self.written[key] = merge_patch(previous, changes)
         if outcome.ready and not was_ready:
             self.post_event(body, "Normal", "Ready", outcome.message)
-            log.info("connection %s/%s is Ready", namespace, name)
+            log.info("%s is Ready", describe_connection(key))
         elif was_ready and not outcome.ready:
             self.post_event(body, "Warning", outcome.reason, outcome.message)
-            log.warning("connection %s/%s lost Ready: %s", namespace, name, outcome.message)
+            log.warning("%s lost Ready: %s", describe_connection(key), outcome.message)
         return outcome, outcome.ready and (not was_ready or force_login)
 
     def writes_status(self, namespace: str, name: str) -> bool:

@@ -375,6 +375,21 @@ class Kube:
 
         return await self._call(f"reading namespace {name}", read)
 
+    async def namespace_labels(self, name: str) -> dict[str, str] | None:
+        """A namespace's labels (None: no such namespace), for a ClusterInfisicalConnection's
+        namespaceSelector when the Namespace watch has not told of it yet."""
+
+        def read() -> dict[str, str] | None:
+            try:
+                namespace = self.core.read_namespace(name, _request_timeout=self._timeout)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+            return dict((namespace.metadata.labels if namespace.metadata else None) or {})
+
+        return await self._call(f"reading namespace {name}", read)
+
     async def remove_annotation(self, plural: str, namespace: str, name: str, key: str) -> None:
         """Drop one annotation of our own resource (a merge patch with null)."""
         patch = {"metadata": {"annotations": {key: None}}}
@@ -404,6 +419,10 @@ class Kube:
                         dict[str, Any],
                         self.custom.get_namespaced_custom_object(
                             GROUP, VERSION, namespace, plural, name, _request_timeout=self._timeout
+                        )
+                        if namespace
+                        else self.custom.get_cluster_custom_object(
+                            GROUP, VERSION, plural, name, _request_timeout=self._timeout
                         ),
                     )
                 except ApiException as exc:
@@ -421,17 +440,19 @@ class Kube:
                 ]
                 try:
                     # Fenced here, after the read (which may have waited), right before the PATCH.
+                    options: Any = {
+                        "_content_type": "application/json-patch+json",
+                        "_request_timeout": self._timeout,
+                    }
                     with self.fence.sending(what, KubeFenced):
-                        self.custom.patch_namespaced_custom_object(
-                            GROUP,
-                            VERSION,
-                            namespace,
-                            plural,
-                            name,
-                            operations,
-                            _content_type="application/json-patch+json",
-                            _request_timeout=self._timeout,
-                        )
+                        if namespace:
+                            self.custom.patch_namespaced_custom_object(
+                                GROUP, VERSION, namespace, plural, name, operations, **options
+                            )
+                        else:  # cluster-scoped
+                            self.custom.patch_cluster_custom_object(
+                                GROUP, VERSION, plural, name, operations, **options
+                            )
                 except ApiException as exc:
                     if exc.status == 404:
                         return []
@@ -448,9 +469,14 @@ class Kube:
 
         def read() -> bool:
             try:
-                self.custom.get_namespaced_custom_object(
-                    GROUP, VERSION, namespace, plural, name, _request_timeout=self._timeout
-                )
+                if namespace:
+                    self.custom.get_namespaced_custom_object(
+                        GROUP, VERSION, namespace, plural, name, _request_timeout=self._timeout
+                    )
+                else:  # cluster-scoped
+                    self.custom.get_cluster_custom_object(
+                        GROUP, VERSION, plural, name, _request_timeout=self._timeout
+                    )
             except ApiException as exc:
                 if exc.status == 404:
                     return False
@@ -459,36 +485,48 @@ class Kube:
 
         return await self._call(f"reading {plural} {namespace}/{name}", read)
 
-    async def list_objects(self, plural: str, namespace: str) -> list[dict[str, Any]]:
-        """Every object of one of our resources in a namespace (pages of 500)."""
+    async def list_objects(self, plural: str, namespace: str | None) -> list[dict[str, Any]]:
+        """Every object of one of our resources in a namespace, or in all of them (None), in
+        pages of 500."""
 
         def read() -> list[dict[str, Any]]:
             items: list[dict[str, Any]] = []
             token: str | None = None
             while True:
-                page: dict[str, Any] = self.custom.list_namespaced_custom_object(  # type: ignore[assignment]
-                    GROUP,
-                    VERSION,
-                    namespace,
-                    plural,
-                    limit=500,
-                    _continue=token,
-                    _request_timeout=self._timeout,
+                page: Any = (
+                    self.custom.list_namespaced_custom_object(
+                        GROUP,
+                        VERSION,
+                        namespace,
+                        plural,
+                        limit=500,
+                        _continue=token,
+                        _request_timeout=self._timeout,
+                    )
+                    if namespace is not None
+                    else self.custom.list_cluster_custom_object(
+                        GROUP,
+                        VERSION,
+                        plural,
+                        limit=500,
+                        _continue=token,
+                        _request_timeout=self._timeout,
+                    )
                 )
                 items += page.get("items") or []
                 token = (page.get("metadata") or {}).get("continue") or None
                 if token is None:
                     return items
 
-        return await self._call(f"listing {plural} in {namespace}", read)
+        return await self._call(f"listing {plural} in {namespace or 'all namespaces'}", read)
 
     async def patch_status(
         self, plural: str, namespace: str, name: str, status: dict[str, Any]
     ) -> bool:
-        """Merge-patch our own status. False when the object is gone."""
-        path = (
-            f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{plural}/{quote(name)}/status"
-        )
+        """Merge-patch our own status (namespace "": a cluster-scoped object's). False when the
+        object is gone."""
+        scope = f"/namespaces/{quote(namespace)}" if namespace else ""
+        path = f"/apis/{GROUP}/{VERSION}{scope}/{plural}/{quote(name)}/status"
         try:
             await self._send(
                 f"patching the status of {plural} {namespace}/{name}",
@@ -585,6 +623,9 @@ class Kube:
         return await self._call(f"writing Lease {namespace}/{name}", write)
 
 
+CLUSTER_EVENTS_NAMESPACE = "default"
+
+
 class EventPoster:
     """Posts an object's Events (our transition events) in the background.
 
@@ -610,7 +651,10 @@ class EventPoster:
 
     async def _post(self, body: Any, type_: str, reason: str, message: str) -> None:
         meta = body.get("metadata") or {}
-        namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+        name = str(meta.get("name"))
+        # A cluster-scoped object's Events: the API server takes them in "default" only
+        # (`kubectl describe` finds them there).
+        namespace = str(meta.get("namespace") or CLUSTER_EVENTS_NAMESPACE)
         now = datetime.datetime.now(datetime.UTC).isoformat()
         event: Any = {
             "metadata": {"generateName": f"{name}.", "namespace": namespace},
@@ -618,7 +662,7 @@ class EventPoster:
                 "apiVersion": body.get("apiVersion"),
                 "kind": body.get("kind"),
                 "name": name,
-                "namespace": namespace,
+                "namespace": meta.get("namespace") or "",
                 "uid": meta.get("uid"),
             },
             "type": type_,

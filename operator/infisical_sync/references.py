@@ -14,6 +14,8 @@ from collections import defaultdict
 from collections.abc import Hashable, Mapping
 from typing import Any, Generic, TypeVar
 
+from infisical_sync.resources import CLUSTER_KIND, CLUSTER_SCOPE
+
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 ObjectKey = tuple[str, str]  # (namespace, name)
@@ -44,6 +46,9 @@ class References(Generic[K, V]):
     def get(self, key: K) -> list[V]:
         return list(self._by_key.get(key, {}).values())
 
+    def keys_of(self, obj: ObjectKey) -> set[K]:
+        return set(self._keys_of.get(obj, set()))
+
 
 def _spec_part(spec: Mapping[str, Any], *path: str) -> Mapping[str, Any]:
     part: Any = spec
@@ -52,20 +57,37 @@ def _spec_part(spec: Mapping[str, Any], *path: str) -> Mapping[str, Any]:
     return part if isinstance(part, Mapping) else {}
 
 
-def connection_secrets(namespace: str, name: str, spec: Mapping[str, Any]) -> dict[ObjectKey, str]:
-    """(namespace, Secret name) -> connection name, for the credentials and CA Secrets."""
+def connection_secrets(
+    secrets_namespace: str, address: ObjectKey, spec: Mapping[str, Any]
+) -> dict[ObjectKey, ObjectKey]:
+    """(namespace, Secret name) -> connection address, for the credentials and CA Secrets
+    (in the connection's namespace; a cluster connection's in the operator's)."""
     credentials = _spec_part(spec, "credentials", "secretRef").get("name")
     ca = _spec_part(spec, "tls", "caSecretRef").get("name")
-    return {(namespace, str(secret)): name for secret in {credentials, ca} - {None}}
+    return {(secrets_namespace, str(secret)): address for secret in {credentials, ca} - {None}}
 
 
-def sync_connections(namespace: str, name: str, spec: Mapping[str, Any]) -> dict[ObjectKey, str]:
-    """(namespace, connection name) -> SecretSync name, for destination and Infisical source."""
+def connection_address(namespace: str, ref: Mapping[str, Any]) -> ObjectKey | None:
+    """The (namespace, name) a connectionRef of a SecretSync in `namespace` means: a
+    ClusterInfisicalConnection's namespace is CLUSTER_SCOPE."""
+    name = ref.get("name")
+    if not name:
+        return None
+    cluster = ref.get("kind") == CLUSTER_KIND
+    return (CLUSTER_SCOPE if cluster else namespace, str(name))
+
+
+def sync_connections(
+    namespace: str, name: str, spec: Mapping[str, Any]
+) -> dict[ObjectKey, ObjectKey]:
+    """connection address -> the SecretSync (namespace, name), for destination and Infisical
+    source (the destination's first)."""
     refs = [
-        _spec_part(spec, "destination", "connectionRef").get("name"),
-        _spec_part(spec, "source", "infisical", "connectionRef").get("name"),
+        _spec_part(spec, "destination", "connectionRef"),
+        _spec_part(spec, "source", "infisical", "connectionRef"),
     ]
-    return {(namespace, str(ref)): name for ref in refs if ref}
+    addresses = [connection_address(namespace, ref) for ref in refs]
+    return {address: (namespace, name) for address in addresses if address is not None}
 
 
 def sync_secrets(namespace: str, name: str, spec: Mapping[str, Any]) -> dict[ObjectKey, str]:
@@ -87,22 +109,30 @@ def sync_selectors(
 
 
 class Referrers:
-    """The operator's maps: filled from SecretSync and InfisicalConnection events."""
+    """The operator's maps: filled from SecretSync and (Cluster)InfisicalConnection events."""
 
     def __init__(self) -> None:
-        self.connections_by_secret: References[ObjectKey, str] = References()
-        self.syncs_by_connection: References[ObjectKey, str] = References()
+        self.connections_by_secret: References[ObjectKey, ObjectKey] = References()
+        self.syncs_by_connection: References[ObjectKey, ObjectKey] = References()
         self.syncs_by_secret: References[ObjectKey, str] = References()
         self.syncs_by_selector: References[str, tuple[str, dict[str, Any]]] = References()
+        # namespace -> its SecretSyncs that use a ClusterInfisicalConnection: the ones a change
+        # of the namespace's labels may allow or deny.
+        self.cluster_users_by_namespace: References[str, str] = References()
 
     def connection_seen(
-        self, change: str, namespace: str, name: str, spec: Mapping[str, Any]
+        self,
+        change: str,
+        address: ObjectKey,
+        spec: Mapping[str, Any],
+        *,
+        secrets_namespace: str,
     ) -> None:
         if change == "DELETED":
-            self.connections_by_secret.drop((namespace, name))
+            self.connections_by_secret.drop(address)
         else:
             self.connections_by_secret.put(
-                (namespace, name), connection_secrets(namespace, name, spec)
+                address, connection_secrets(secrets_namespace, address, spec)
             )
 
     def sync_seen(
@@ -117,7 +147,11 @@ class Referrers:
             self.syncs_by_connection.drop(obj)
             self.syncs_by_secret.drop(obj)
             self.syncs_by_selector.drop(obj)
+            self.cluster_users_by_namespace.drop(obj)
             return
-        self.syncs_by_connection.put(obj, sync_connections(namespace, name, spec))
+        connections = sync_connections(namespace, name, spec)
+        self.syncs_by_connection.put(obj, connections)
+        uses_cluster = any(address[0] == CLUSTER_SCOPE for address in connections)
+        self.cluster_users_by_namespace.put(obj, {namespace: name} if uses_cluster else {})
         self.syncs_by_secret.put(obj, sync_secrets(namespace, name, spec))
         self.syncs_by_selector.put(obj, sync_selectors(namespace, name, spec))

@@ -45,6 +45,29 @@ class KubernetesAuthSpec(_Spec):
 
 
 UNIVERSAL_AUTH: Final = "machine-identity-universal-auth"
+NAMESPACED_KIND: Final = "InfisicalConnection"
+CLUSTER_KIND: Final = "ClusterInfisicalConnection"
+# The namespace part of a ClusterInfisicalConnection's address (namespace, name): the operator
+# keys both kinds of connection alike, cluster-scoped ones by an empty namespace.
+CLUSTER_SCOPE: Final = ""
+ConnectionKind = Literal["InfisicalConnection", "ClusterInfisicalConnection"]
+
+
+def connection_kind(address: tuple[str, str]) -> str:
+    return CLUSTER_KIND if address[0] == CLUSTER_SCOPE else NAMESPACED_KIND
+
+
+def describe_connection(address: tuple[str, str]) -> str:
+    """How messages name a connection: `InfisicalConnection ns/name` or
+    `ClusterInfisicalConnection name`."""
+    namespace, name = address
+    return (
+        f"{CLUSTER_KIND} {name}"
+        if namespace == CLUSTER_SCOPE
+        else f"{NAMESPACED_KIND} {namespace}/{name}"
+    )
+
+
 KUBERNETES_AUTH: Final = "kubernetes-auth"
 
 
@@ -64,11 +87,6 @@ class ConnectionSpec(_Spec):
         if self.tls and self.tls.ca_secret_ref:
             names.append(self.tls.ca_secret_ref.name)
         return names
-
-
-class SecretSelection(_Spec):
-    name: str
-    keys: list[str] | None = None
 
 
 class LabelSelectorRequirement(_Spec):
@@ -97,13 +115,35 @@ class LabelSelector(_Spec):
         return ",".join(parts)
 
 
+class ClusterConnectionSpec(ConnectionSpec):
+    """A ClusterInfisicalConnection: a connection's spec (its Secrets and service account in
+    the operator's namespace) and the namespaces whose SecretSyncs may use it."""
+
+    # None: no namespace may (the default); an empty selector: every namespace.
+    namespace_selector: LabelSelector | None = Field(default=None, alias="namespaceSelector")
+
+
+class SecretSelection(_Spec):
+    name: str
+    keys: list[str] | None = None
+
+
 class KubernetesSource(_Spec):
     secrets: list[SecretSelection] = Field(default_factory=list)
     selector: LabelSelector | None = None
 
 
+class ConnectionRef(_Spec):
+    name: str
+    kind: ConnectionKind = NAMESPACED_KIND
+
+    def address(self, namespace: str) -> tuple[str, str]:
+        """(namespace, name) of the connection meant from a SecretSync in `namespace`."""
+        return (CLUSTER_SCOPE if self.kind == CLUSTER_KIND else namespace, self.name)
+
+
 class InfisicalLocationSpec(_Spec):
-    connection_ref: NameRef = Field(alias="connectionRef")
+    connection_ref: ConnectionRef = Field(alias="connectionRef")
     project_id: str | None = Field(default=None, alias="projectId")
     project_slug: str | None = Field(default=None, alias="projectSlug")
     environment: str
@@ -115,7 +155,10 @@ class InfisicalLocationSpec(_Spec):
 
     def describe(self) -> str:
         path = self.secret_path if self.secret_path == "/" else self.secret_path.rstrip("/")
-        return f"{self.connection_ref.name}/{self.project}/{self.environment}:{path}"
+        # A cluster connection's name is marked: status.destination tells the two kinds apart.
+        ref = self.connection_ref
+        connection = f"cluster:{ref.name}" if ref.kind == CLUSTER_KIND else ref.name
+        return f"{connection}/{self.project}/{self.environment}:{path}"
 
 
 class InfisicalSource(InfisicalLocationSpec):
@@ -163,11 +206,12 @@ class SecretSyncSpec(_Spec):
     dry_run: bool = Field(default=False, alias="dryRun")
     suspend: bool = False
 
-    def connection_names(self) -> set[str]:
-        names = {self.destination.connection_ref.name}
+    def connection_refs(self) -> list[ConnectionRef]:
+        """The connections a cycle uses: the destination's first, then an Infisical source's."""
+        refs = [self.destination.connection_ref]
         if self.source.infisical:
-            names.add(self.source.infisical.connection_ref.name)
-        return names
+            refs.append(self.source.infisical.connection_ref)
+        return refs
 
     def source_secret_names(self) -> list[str]:
         if self.source.kubernetes is None:

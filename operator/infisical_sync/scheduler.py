@@ -31,11 +31,12 @@ from typing import Any, Literal, NamedTuple, Protocol
 
 from infisical_sync import metrics
 from infisical_sync.conditions import condition_status
-from infisical_sync.connection import Outcome
+from infisical_sync.connection import Outcome, plural_of
 from infisical_sync.durations import jittered, retry_delay, sync_interval, validation_interval
 from infisical_sync.kube import GROUP, VERSION, KubeUnavailable
 from infisical_sync.planner import ALLOW_MASS_DELETE
 from infisical_sync.references import sync_connections
+from infisical_sync.resources import connection_kind
 from infisical_sync.runtime import Key, Kicks, Slot
 from infisical_sync.selectors import selector_matches
 from infisical_sync.shards import Shard
@@ -209,10 +210,15 @@ class Observed(NamedTuple):
     allow_mass_delete: str | None
 
 
-def connections_used(spec: Mapping[str, Any]) -> list[str]:
-    """The InfisicalConnections (in the SecretSync's namespace) a cycle needs: the
+def connections_used(namespace: str, spec: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The addresses of the connections a cycle of a SecretSync in `namespace` needs: the
     destination's, and an Infisical source's (as the referrers index reads them)."""
-    return [connection for _namespace, connection in sync_connections("", "", spec)]
+    return list(sync_connections(namespace, "", spec))
+
+
+def connection_object(address: tuple[str, str]) -> Key:
+    """The scheduler's key of a connection: (kind, namespace, name)."""
+    return (connection_kind(address), *address)
 
 
 def observe(body: Mapping[str, Any]) -> Observed:
@@ -517,15 +523,15 @@ class Scheduler:
         name: str,
         change: str,
         labels: Mapping[str, str],
-        connections: Iterable[str],
+        connections: Iterable[tuple[str, str]],
         syncs: Iterable[str],
         selector_syncs: Iterable[tuple[str, Mapping[str, Any]]],
     ) -> None:
         """A Secret changed: kick the connections and SecretSyncs that read it. The candidates
         come from kopf's indexes, so an event never scans all resources."""
         reason = f"secret {name} {change.lower()}"
-        for connection in connections:
-            self.kick(("InfisicalConnection", namespace, connection), reason)
+        for connection in connections:  # addresses: a cluster connection's Secrets are here too
+            self.kick(connection_object(connection), reason)
         for sync in syncs:
             self.kick(("SecretSync", namespace, sync), reason)
         for sync, selector in selector_syncs:
@@ -547,7 +553,13 @@ class Scheduler:
             self._make_due(entry)
 
     def on_connection_spec_changed(self, namespace: str, name: str) -> None:
-        self.kick(("InfisicalConnection", namespace, name), "spec changed", force=True)
+        self.kick(connection_object((namespace, name)), "spec changed", force=True)
+
+    def on_access_changed(self, syncs: Iterable[tuple[str, str]], reason: str) -> None:
+        """A cluster connection's namespaceSelector or a namespace's labels changed: its users
+        (there) run now, and find themselves allowed or not."""
+        for namespace, name in syncs:
+            self.kick(("SecretSync", namespace, name), reason)
 
     def superseded(self, change: str, namespace: str, name: str, body: Mapping[str, Any]) -> bool:
         """Whether this event is one of an earlier object of this name, to be ignored by all.
@@ -610,12 +622,12 @@ class Scheduler:
         name: str,
         body: Mapping[str, Any],
         stopped: StopSignal,
-        dependents: Callable[[], Iterable[str]],
+        dependents: Callable[[], Iterable[tuple[str, str]]],
     ) -> None:
         """Validates at start, on kicks (spec or Secret changes) and every validationInterval,
         until stopped. `dependents` names the SecretSyncs to kick when the connection becomes
         usable."""
-        key = ("InfisicalConnection", namespace, name)
+        key = connection_object((namespace, name))
         slot = self.kicks.slot(key)
         force, failures = True, 0
         self._first_validation.add(key)
@@ -633,9 +645,9 @@ class Scheduler:
                     else:
                         metrics.set_ready(*key, outcome.ready, outcome.reason)
                 if notify:
-                    for sync in dependents():
-                        if ("SecretSync", namespace, sync) in self.awaiting_ready:
-                            self.kick(("SecretSync", namespace, sync), connection_ready(name))
+                    for sync_namespace, sync in dependents():
+                        if ("SecretSync", sync_namespace, sync) in self.awaiting_ready:
+                            self.kick(("SecretSync", sync_namespace, sync), connection_ready(name))
                 failures = 0 if outcome is not None and outcome.ready else failures + 1
                 retry_after = outcome.retry_after if outcome is not None else None
                 delay = self._jittered(next_delay(interval, failures, retry_after))
@@ -665,7 +677,7 @@ class Scheduler:
                 told = message
                 try:
                     await self.status.patch_status(
-                        CONNECTIONS, namespace, name, {"message": message}
+                        plural_of(namespace), namespace, name, {"message": message}
                     )
                 except KubeUnavailable as problem:
                     message += f" (not in status: {problem})"
@@ -688,8 +700,8 @@ class Scheduler:
     def _hold_for_validation(self, entry: _Sync) -> bool:
         """Whether a due SecretSync waits for a connection's first validation (held until then)."""
         _kind, namespace, _name = entry.key
-        for name in connections_used(entry.body.get("spec") or {}):
-            connection = ("InfisicalConnection", namespace, name)
+        for address in connections_used(namespace, entry.body.get("spec") or {}):
+            connection = connection_object(address)
             if connection in self._first_validation or self._before_its_daemon(connection):
                 self._held.setdefault(connection, {})[entry] = None
                 return True

@@ -183,9 +183,7 @@ async def read_infisical(
 ) -> SourceResult:
     result = SourceResult()
     if session is None:
-        result.problem(
-            "ConnectionNotReady", f"source InfisicalConnection {connection} is not Ready"
-        )
+        result.problem("ConnectionNotReady", f"source {connection} is not Ready")
         return result
     try:
         project_id = await session.project_id(

@@ -27,8 +27,14 @@ from infisical_sync.approvals import (
     opened,
     shown_approval,
 )
-from infisical_sync.conditions import CONNECTION_NOT_FOUND, Condition, timestamp
-from infisical_sync.connection import ConnectionReconciler
+from infisical_sync.cluster_access import Access, ClusterAccess
+from infisical_sync.conditions import (
+    CONNECTION_NOT_ALLOWED,
+    CONNECTION_NOT_FOUND,
+    Condition,
+    timestamp,
+)
+from infisical_sync.connection import ConnectionReconciler, plural_of
 from infisical_sync.infisical.client import InfisicalSession
 from infisical_sync.infisical.errors import (
     ApprovalRequired,
@@ -57,7 +63,14 @@ from infisical_sync.planner import (
     plan,
     without_ownership,
 )
-from infisical_sync.resources import SecretSyncSpec
+from infisical_sync.resources import (
+    CLUSTER_KIND,
+    CLUSTER_SCOPE,
+    NAMESPACED_KIND,
+    ConnectionRef,
+    SecretSyncSpec,
+    describe_connection,
+)
 from infisical_sync.resume import (
     etag_to_resume,
     infisical_versions,
@@ -296,16 +309,27 @@ def location_label(connection: str, location: SecretLocation) -> str:
     return f"{connection}/{location.project_id}/{location.environment}:{location.secret_path}"
 
 
-def recorded_location(status: Mapping[str, Any]) -> tuple[str, SecretLocation] | None:
-    """status.destinationLocation: where the last real sync wrote (connection, location)."""
+def connection_label(address: tuple[str, str]) -> str:
+    """A connection in location labels (and so in hold ids): a cluster connection's marked."""
+    return f"cluster:{address[1]}" if address[0] == CLUSTER_SCOPE else address[1]
+
+
+def recorded_location(
+    status: Mapping[str, Any], namespace: str
+) -> tuple[tuple[str, str], SecretLocation] | None:
+    """status.destinationLocation: where the last real sync wrote (the connection's address,
+    the location)."""
     recorded = status.get("destinationLocation") or {}
     try:
-        return str(recorded["connection"]), SecretLocation(
+        ref = ConnectionRef(
+            name=str(recorded["connection"]), kind=recorded.get("connectionKind") or NAMESPACED_KIND
+        )
+        return ref.address(namespace), SecretLocation(
             project_id=str(recorded["projectId"]),
             environment=str(recorded["environment"]),
             secret_path=str(recorded["secretPath"]),
         )
-    except (KeyError, TypeError):
+    except (KeyError, TypeError, ValidationError):
         return None
 
 
@@ -318,8 +342,11 @@ class SyncEngine:
         post_event: EventPoster,
         cluster_id: str,
         watched_version: WatchedVersion | None = None,
+        access: ClusterAccess | None = None,
     ) -> None:
         self.kube = kube
+        # Which namespaces may use which ClusterInfisicalConnection (filled from watch events).
+        self.access = access if access is not None else ClusterAccess()
         # A Secret's resourceVersion as the metadata watch knows it (None: cannot vouch).
         self.watched_version = watched_version
         self.connections = connections
@@ -469,10 +496,14 @@ class SyncEngine:
         """`on_plan` is given the cycle's (first) plan, once made."""
         known = [] if known is None else known
         cache = self._caches.setdefault((namespace, name), _Cache())
-        destination_ref = spec.destination.connection_ref.name
-        session = self.connections.session(namespace, destination_ref)
+        # Before anything is read: a namespace a cluster connection does not allow reads and
+        # writes nothing.
+        await self._check_access(namespace, spec)
+        destination_address = spec.destination.connection_ref.address(namespace)
+        destination_ref = connection_label(destination_address)
+        session = self.connections.session(*destination_address)
         if session is None:
-            raise await self._connection_not_ready(namespace, destination_ref)
+            raise await self._connection_not_ready(destination_address)
 
         instance = session.transport.base_url
         prefetched = await self._probe_unchanged(
@@ -671,7 +702,9 @@ class SyncEngine:
             # 304 ends it without planning. The listing (values included) need not stay in memory.
             cache.forget_destination()
         status["destinationLocation"] = {
-            "connection": destination_ref,
+            "connection": destination_address[1],
+            # Only for a cluster connection: earlier statuses (no kind) stay as they were.
+            "connectionKind": CLUSTER_KIND if destination_address[0] == CLUSTER_SCOPE else None,
             "projectId": location.project_id,
             "environment": location.environment,
             "secretPath": location.secret_path,
@@ -745,9 +778,47 @@ class SyncEngine:
 
     # --- reads ---------------------------------------------------------------------------------
 
-    async def _connection_not_ready(self, namespace: str, connection: str) -> SyncFailed:
-        state = self.connections.state(namespace, connection)
-        cause = await self._connection_cause(namespace, connection)
+    async def _check_access(self, namespace: str, spec: SecretSyncSpec) -> None:
+        """SyncFailed ConnectionNotAllowed when a ClusterInfisicalConnection the SecretSync uses
+        does not allow its namespace."""
+        for index, ref in enumerate(spec.connection_refs()):
+            if ref.kind == CLUSTER_KIND:
+                where = "DestinationReady" if index == 0 else "SourceReady"
+                await self._check_cluster_access(namespace, ref, where)
+
+    async def _check_cluster_access(self, namespace: str, ref: ConnectionRef, where: str) -> None:
+        """SyncFailed ConnectionNotAllowed (`where`: the condition) unless the cluster
+        connection `ref` allows `namespace`."""
+        decision = self.access.decide(ref.name, namespace)
+        if decision is Access.UNKNOWN_NAMESPACE:
+            try:
+                labels = await self.kube.namespace_labels(namespace)
+            except ApiException as exc:  # e.g. 403: the chart's RBAC for namespaces is off
+                raise SyncFailed(
+                    where,
+                    CONNECTION_NOT_ALLOWED,
+                    f"reading the labels of namespace {namespace} was refused "
+                    f"({exc.status}): {describe_connection(ref.address(namespace))} allows "
+                    "namespaces by label; nothing was read or written",
+                    retryable=True,
+                ) from None
+            self.access.remember_namespace(namespace, labels or {})
+            decision = self.access.decide(ref.name, namespace)
+        if decision is Access.UNKNOWN_CONNECTION:
+            # Not seen (yet): never allowed without its selector; its state says why.
+            raise await self._connection_not_ready(ref.address(namespace))
+        if decision is Access.DENIED:
+            raise SyncFailed(
+                where,
+                CONNECTION_NOT_ALLOWED,
+                f"{describe_connection(ref.address(namespace))} does not allow namespace "
+                f"{namespace} ({self.access.selector_text(ref.name)}); nothing was read or "
+                "written",
+            )
+
+    async def _connection_not_ready(self, address: tuple[str, str]) -> SyncFailed:
+        state = self.connections.state(*address)
+        cause = await self._connection_cause(address)
         if state is not None:
             detail = f"{state.reason}: {state.message}"
         elif cause == CONNECTION_NOT_FOUND:
@@ -757,20 +828,20 @@ class SyncEngine:
         return SyncFailed(
             "DestinationReady",
             "ConnectionNotReady",
-            f"InfisicalConnection {namespace}/{connection} is not Ready: {detail}",
+            f"{describe_connection(address)} is not Ready: {detail}",
             retryable=state is None and not cause,  # not validated yet (just seen): soon, likely
             cause=cause,
         )
 
-    async def _connection_cause(self, namespace: str, connection: str) -> str:
+    async def _connection_cause(self, address: tuple[str, str]) -> str:
         """Why a connection is not usable, for Reconciling / Stalled: its own reason; when this
         process never validated it, ConnectionNotFound if it does not exist (a typo: someone
         must act), else nothing (just created: its first validation comes)."""
-        state = self.connections.state(namespace, connection)
+        state = self.connections.state(*address)
         if state is not None:
             return state.reason
         try:
-            exists = await self.kube.object_exists(CONNECTIONS, namespace, connection)
+            exists = await self.kube.object_exists(plural_of(address[0]), *address)
         except (KubeUnavailable, ApiException):
             return ""  # cannot tell: as not validated yet
         return "" if exists else CONNECTION_NOT_FOUND
@@ -878,22 +949,22 @@ class SyncEngine:
             cache.source_read_at = time.monotonic() if result.certain else None
             return result
         assert spec.source.infisical is not None
-        ref = spec.source.infisical.connection_ref.name
-        session = self.connections.session(namespace, ref)
+        ref = spec.source.infisical.connection_ref.address(namespace)
+        session = self.connections.session(*ref)
         at = (
             session.transport.base_url if session else "",
             spec.source.infisical.model_dump_json(),
         )
         if session is None:  # not Ready: its own reason says whether someone must act
             unusable = await read_infisical(
-                None, f"{namespace}/{ref}", spec.source.infisical, etag=None, cached=None
+                None, describe_connection(ref), spec.source.infisical, etag=None, cached=None
             )
-            unusable.problem_cause = await self._connection_cause(namespace, ref)
+            unusable.problem_cause = await self._connection_cause(ref)
             return unusable
         same_place = cache.source_at == at
         result = await read_infisical(
             session,
-            f"{namespace}/{ref}",
+            describe_connection(ref),
             spec.source.infisical,
             etag=cache.source_etag if same_place else None,
             cached=cache.source if same_place else None,
@@ -1085,24 +1156,37 @@ class SyncEngine:
     ) -> tuple[InfisicalSession, SecretLocation, dict[str, DestinationKey]] | None:
         """The keys this SecretSync owns where it last wrote, with the same ownership test as a
         sync. None when that place is unknown (the destination changed and no sync recorded
-        where it went)."""
+        where it went), or a cluster connection no longer allows the namespace (then nothing
+        is read or written there: the keys stay)."""
         spec = SecretSyncSpec.model_validate(dict(body.get("spec") or {}))
         meta = body.get("metadata") or {}
         status = body.get("status") or {}
         owner = Owner(namespace, name, str(meta.get("uid", "")), self.cluster_id)
-        recorded = recorded_location(status)
+        recorded = recorded_location(status, namespace)
         if recorded is not None:
             ref, location = recorded
-            session = self.connections.last_session(namespace, ref)
-            if session is None:
-                raise await self._connection_not_ready(namespace, ref)
         elif status.get("destination") in (None, spec.destination.describe()):
-            ref = spec.destination.connection_ref.name
-            session = self.connections.last_session(namespace, ref)
-            if session is None:
-                raise await self._connection_not_ready(namespace, ref)
-            location = await self._destination_location(session, spec)
+            ref, location = spec.destination.connection_ref.address(namespace), None
         else:
+            ref = None
+        if ref is not None and ref[0] == CLUSTER_SCOPE:
+            try:
+                cluster_ref = ConnectionRef(name=ref[1], kind=CLUSTER_KIND)
+                await self._check_cluster_access(namespace, cluster_ref, "Synced")
+            except SyncFailed as refused:
+                if refused.reason != CONNECTION_NOT_ALLOWED or refused.retryable:
+                    raise
+                log.warning(
+                    "%s/%s deleted: its keys stay where they are: %s", namespace, name, refused
+                )
+                self.post_event(
+                    body,
+                    "Warning",
+                    CONNECTION_NOT_ALLOWED,
+                    f"keys left in place: {refused.message}",
+                )
+                return None
+        if ref is None:
             log.warning(
                 "%s/%s: its destination changed before its last sync recorded where it wrote; "
                 "keys at %s are left in place",
@@ -1111,6 +1195,11 @@ class SyncEngine:
                 status.get("destination"),
             )
             return None
+        session = self.connections.last_session(*ref)
+        if session is None:
+            raise await self._connection_not_ready(ref)
+        if location is None:
+            location = await self._destination_location(session, spec)
         try:
             listing = await session.list_secrets(location)
         except NotFound:  # the folder is gone: nothing of ours is left there

@@ -148,6 +148,7 @@ def _operator_role(doc: dict[str, Any]) -> bool:
             "-leader-election",
             "-cluster-connections",
             "-operator-namespace",
+            "-cluster-connection-events",
             "-view",
             "-edit",
         )
@@ -325,6 +326,11 @@ def test_namespaced_cluster_connections_read_secrets_in_the_release_namespace_on
     own = _operator_namespace_role(reading)
     assert own["rules"] == OPERATOR_NAMESPACE_RULES
     assert not _grants_secret_writes(own["rules"])
+    # The connections' Events: "default" is the only namespace the API server takes them in.
+    [events] = [role for role in reading if role["metadata"]["namespace"] == "default"]
+    assert events["kind"] == "Role"
+    assert {resource for rule in events["rules"] for resource in rule["resources"]} == {"events"}
+    assert {verb for rule in events["rules"] for verb in rule["verbs"]} == {"create"}
     # Secret writes (import modes) are for SecretSyncs' own namespaces, not this one.
     writes = render(
         helm, "rbac.clusterWide=false", "watchNamespaces={team-a}", "rbac.secretWrites=true"
@@ -377,7 +383,7 @@ def test_cluster_connections_off_grant_nothing_for_them(helm: str, values: list[
     RBAC is what it was before they existed."""
     on = render(helm, *values)
     off = render(helm, *values, "clusterConnections.enabled=false")
-    extra = {"-cluster-connections", "-operator-namespace"}
+    extra = {"-cluster-connections", "-operator-namespace", "-cluster-connection-events"}
     assert any(doc["metadata"]["name"].endswith(tuple(extra)) for doc in on)
     assert not any(doc["metadata"]["name"].endswith(tuple(extra)) for doc in off)
     # Everything else, the Deployment aside (its args), is the same.
@@ -747,8 +753,9 @@ def _dockerfile_exec_form(instruction: str) -> list[str]:
         [],
         ["rbac.clusterWide=false", "watchNamespaces={team-a}"],
         ["allowedInstanceUrls={https://app.infisical.com,http://10.0.0.7:8080/infisical}"],
+        ["clusterConnections.enabled=false"],
     ],
-    ids=["all", "some", "allow-list"],
+    ids=["all", "some", "allow-list", "no-cluster-connections"],
 )
 def test_image_entrypoint_with_chart_args_is_a_valid_command(helm: str, values: list[str]) -> None:
     """The pod runs ENTRYPOINT + the chart's args (args replace CMD): that must parse as `run`."""

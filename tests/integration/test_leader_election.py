@@ -164,7 +164,7 @@ def test_one_replica_writes_and_the_standby_converges_after_the_leader_is_killed
         # (whatever the host's load), so the leader dies mid-sync.
         fake.inject(Fault("hang", r"/secrets/batch$", method="POST", skip=1))
         start_syncing(kube, namespace, fake, keys)
-        wait_for(lambda: secret_writes(fake), timeout=30, message="a first batch written")
+        wait_for(lambda: secret_writes(fake), timeout=60, message="a first batch written")
         processes[leader].logged.process.kill()
         processes[leader].logged.process.wait()
         fake.clear_faults()

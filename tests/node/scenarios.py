@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from infisical_sync.testing.fake_infisical import FakeInfisical, Fault
-from infisical_sync.testing.samples import sample_manifests
+from infisical_sync.testing.samples import SAMPLE_URL, SAMPLES, sample_manifests
 from tests.conftest import wait_for as poll
 
 ROOT = Path(__file__).parents[2]
@@ -273,6 +273,8 @@ def uninstall_leaves_nothing(env: NodeEnv, namespaces: list[str]) -> None:
         assert gone.strip() == "", f"namespace {namespace} stuck"
     leftovers = env.k("get", "clusterrole,clusterrolebinding", "-o", "name")
     assert RELEASE not in leftovers, leftovers
+    leftovers = env.k("get", "role,rolebinding", "-n", "default", "-o", "name")
+    assert RELEASE not in leftovers, leftovers
 
 
 def reset_after_failure(env: NodeEnv) -> None:
@@ -280,6 +282,7 @@ def reset_after_failure(env: NodeEnv) -> None:
     every SecretSync (abandon), uninstall, delete the scenario namespaces."""
     env.k("annotate", "secretsync", "--all", "-A", "infisical-sync.dev/abandon=true", check=False)
     env.k("delete", "secretsync,infisicalconnection", "--all", "-A", "--timeout=60s", check=False)
+    env.k("delete", "clusterinfisicalconnection", "--all", "--timeout=60s", check=False)
     env.h("uninstall", RELEASE, "-n", OPERATOR_NAMESPACE, "--wait", "--timeout", "60s", check=False)
     system = ("default", "kube-system", "kube-public", "kube-node-lease")
     names = env.k("get", "namespaces", "-o", "name", check=False).split()
@@ -470,8 +473,53 @@ def scenario_namespaced(env: NodeEnv) -> None:
     apply_samples(env, namespace)
     wait_synced(env, namespace, SAMPLE_KEYS)
     assert_logs_clean(env)
+    cluster_connection_sample(env, namespace)
     remove_samples(env, namespace)
     uninstall_leaves_nothing(env, [namespace])
+
+
+def cluster_connection_sample(env: NodeEnv, namespace: str) -> None:
+    """deploy/samples/cluster-connection as the README applies it, with the namespaced chart:
+    its Secret is read in the operator's namespace (the chart's Role there), the namespace is
+    refused until labelled, then syncs; the connection goes once its SecretSync has."""
+    for sample in sorted((SAMPLES / "cluster-connection").glob("*.yaml")):
+        text = sample.read_text().replace(SAMPLE_URL, env.fake_url)
+        env.k(
+            "apply",
+            "-f",
+            "-",
+            stdin=text.replace("namespace: team-a\n", f"namespace: {namespace}\n"),
+        )
+    sync = "app-secrets-to-shared"
+
+    def ready_reason() -> str:
+        status = env.get_json("secretsync", sync, "-n", namespace).get("status") or {}
+        found = [c for c in status.get("conditions") or [] if c["type"] == "Ready"]
+        return str(found[0]["reason"]) if found else ""
+
+    wait_for(
+        lambda: ready_reason() == "ConnectionNotAllowed", 60, "the unlabelled namespace refused"
+    )
+    assert env.fake.state.get_secrets(PROJECT_ID, "dev", "/apps/payments") == {}
+    env.k("label", "namespace", namespace, "infisical-sync.dev/connection=shared")
+    wait_for(
+        lambda: env.fake.state.get_secrets(PROJECT_ID, "dev", "/apps/payments") == SAMPLE_KEYS,
+        60,
+        "the labelled namespace synced through the cluster connection",
+    )
+    wait_for(
+        lambda: (
+            (env.get_json("clusterinfisicalconnection", "shared").get("status") or {}).get(
+                "secretSyncs"
+            )
+            == 1
+        ),
+        30,
+        "the connection's usage count",
+    )
+    env.k("delete", "secretsync", sync, "-n", namespace, "--wait=true", "--timeout=120s")
+    env.k("delete", "clusterinfisicalconnection", "shared", "--wait=true", "--timeout=120s")
+    assert_logs_clean(env)
 
 
 SCENARIOS: dict[str, Callable[[NodeEnv], None]] = {

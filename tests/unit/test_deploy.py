@@ -258,8 +258,8 @@ def test_cluster_connection_rbac_reads_namespaces_and_no_secrets() -> None:
         ("infisical-sync.dev", "clusterinfisicalconnections/status"): {"get", "patch"},
         ("", "namespaces"): {"get", "list", "watch"},
     }
-    assert _verbs("rbac-operator-namespace.yaml") == {
-        ("", "secrets"): {"get", "list", "watch"},
+    assert _verbs("rbac-operator-namespace.yaml") == {("", "secrets"): {"get", "list", "watch"}}
+    assert _verbs("rbac-cluster-events.yaml") == {
         ("", "events"): {"create"},
         ("events.k8s.io", "events"): {"create"},
     }

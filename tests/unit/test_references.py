@@ -34,9 +34,9 @@ def test_a_secretsync_is_found_by_its_connections_secrets_and_selector() -> None
     referrers.sync_seen(
         "ADDED", "ns", "c", sync_spec(connection="other", source_connection="cloud")
     )
-    assert sorted(referrers.syncs_by_connection.get(("ns", "dest"))) == ["a", "b"]
-    assert referrers.syncs_by_connection.get(("ns", "cloud")) == ["c"]
-    assert referrers.syncs_by_connection.get(("ns", "other")) == ["c"]
+    assert sorted(referrers.syncs_by_connection.get(("ns", "dest"))) == [("ns", "a"), ("ns", "b")]
+    assert referrers.syncs_by_connection.get(("ns", "cloud")) == [("ns", "c")]
+    assert referrers.syncs_by_connection.get(("ns", "other")) == [("ns", "c")]
     assert referrers.syncs_by_secret.get(("ns", "db")) == ["a"]
     assert referrers.syncs_by_selector.get("ns") == [("b", {"matchLabels": {"x": "1"}})]
     assert referrers.syncs_by_secret.get(("other-ns", "db")) == []
@@ -49,7 +49,7 @@ def test_a_spec_change_replaces_what_the_object_referred_to_and_deletion_forgets
     assert referrers.syncs_by_secret.get(("ns", "app")) == []
     assert referrers.syncs_by_secret.get(("ns", "db")) == ["a"]
     assert referrers.syncs_by_connection.get(("ns", "dest")) == []
-    assert referrers.syncs_by_connection.get(("ns", "new")) == ["a"]
+    assert referrers.syncs_by_connection.get(("ns", "new")) == [("ns", "a")]
     referrers.sync_seen("DELETED", "ns", "a", {})
     assert referrers.syncs_by_secret.get(("ns", "db")) == []
     assert referrers.syncs_by_connection.get(("ns", "new")) == []
@@ -58,13 +58,43 @@ def test_a_spec_change_replaces_what_the_object_referred_to_and_deletion_forgets
 def test_a_connection_is_found_by_its_credentials_and_ca_secrets() -> None:
     referrers = Referrers()
     spec = {"credentials": {"secretRef": {"name": "id"}}, "tls": {"caSecretRef": {"name": "ca"}}}
-    referrers.connection_seen("ADDED", "ns", "dest", spec)
-    assert referrers.connections_by_secret.get(("ns", "id")) == ["dest"]
-    assert referrers.connections_by_secret.get(("ns", "ca")) == ["dest"]
-    referrers.connection_seen("MODIFIED", "ns", "dest", {"credentials": {"secretRef": {}}})
+    address = ("ns", "dest")
+    referrers.connection_seen("ADDED", address, spec, secrets_namespace="ns")
+    assert referrers.connections_by_secret.get(("ns", "id")) == [address]
+    assert referrers.connections_by_secret.get(("ns", "ca")) == [address]
+    changed = {"credentials": {"secretRef": {}}}
+    referrers.connection_seen("MODIFIED", address, changed, secrets_namespace="ns")
     assert referrers.connections_by_secret.get(("ns", "id")) == []
-    referrers.connection_seen("DELETED", "ns", "dest", {})
+    referrers.connection_seen("DELETED", address, {}, secrets_namespace="ns")
     assert referrers.connections_by_secret.get(("ns", "ca")) == []
+
+
+def test_a_cluster_connections_secrets_are_in_the_operators_namespace() -> None:
+    referrers = Referrers()
+    spec = {"credentials": {"secretRef": {"name": "id"}}}
+    referrers.connection_seen("ADDED", ("", "shared"), spec, secrets_namespace="infisical-sync")
+    assert referrers.connections_by_secret.get(("infisical-sync", "id")) == [("", "shared")]
+    assert referrers.connections_by_secret.get(("", "id")) == []
+
+
+def test_a_cluster_connection_is_addressed_apart_from_a_namespaced_one_of_its_name() -> None:
+    referrers = Referrers()
+    cluster_ref = {"kind": "ClusterInfisicalConnection", "name": "dest"}
+    spec = sync_spec()
+    spec["destination"]["connectionRef"] = cluster_ref
+    referrers.sync_seen("ADDED", "team-a", "a", spec)
+    referrers.sync_seen("ADDED", "team-b", "b", spec)
+    referrers.sync_seen("ADDED", "team-a", "c", sync_spec())
+    assert sorted(referrers.syncs_by_connection.get(("", "dest"))) == [
+        ("team-a", "a"),
+        ("team-b", "b"),
+    ]
+    assert referrers.syncs_by_connection.get(("team-a", "dest")) == [("team-a", "c")]
+    assert referrers.cluster_users_by_namespace.get("team-a") == ["a"]
+    referrers.sync_seen("MODIFIED", "team-a", "a", sync_spec())  # back to a namespaced one
+    assert referrers.cluster_users_by_namespace.get("team-a") == []
+    referrers.sync_seen("DELETED", "team-b", "b", {})
+    assert referrers.syncs_by_connection.get(("", "dest")) == []
 
 
 def test_malformed_specs_refer_to_nothing() -> None:

@@ -461,7 +461,11 @@ async def test_a_restart_spreads_1000_synced_objects_although_their_connection_b
         harness.sync(name, synced_body())
     harness.start(
         harness.scheduler.run_connection(
-            "ns", "conn", connection_body(), harness.stopped, dependents=lambda: names
+            "ns",
+            "conn",
+            connection_body(),
+            harness.stopped,
+            dependents=lambda: [("ns", name) for name in names],
         )
     )
     await harness.sleeping(1001)  # every spread, and the connection validated (then paused)
@@ -537,7 +541,7 @@ async def test_a_connection_becoming_ready_kicks_only_the_objects_waiting_for_it
             "conn",
             connection_body(),
             harness.stopped,
-            dependents=lambda: ["synced", "steady", "new", "changed"],
+            dependents=lambda: [("ns", n) for n in ("synced", "steady", "new", "changed")],
         )
     )
     await until(lambda: len(runs["new"]) == 2 and len(runs["changed"]) == 2)
@@ -1294,7 +1298,7 @@ async def test_secret_events_kick_their_readers(harness: Harness) -> None:
         "read-before",
         "MODIFIED",
         {"team": "a"},
-        connections=["conn"],
+        connections=[("ns", "conn")],
         syncs=["named"],
         selector_syncs=[
             ("matching", {"matchLabels": {"team": "a"}}),
@@ -1340,7 +1344,11 @@ async def test_connection_failures_back_off_and_readiness_kicks_dependents(
     ]
     harness.start(
         harness.scheduler.run_connection(
-            "ns", "conn", connection_body(), harness.stopped, dependents=lambda: ["a", "b"]
+            "ns",
+            "conn",
+            connection_body(),
+            harness.stopped,
+            dependents=lambda: [("ns", "a"), ("ns", "b")],
         )
     )
     assert await harness.sleeping(2) == 5
@@ -1594,14 +1602,17 @@ async def test_at_most_cycle_slots_syncs_run_at_once(harness: Harness) -> None:
 
 def test_a_secretsync_uses_its_destinations_and_its_infisical_sources_connections() -> None:
     destination = {"destination": {"connectionRef": {"name": "selfhosted"}}}
-    assert connections_used(destination) == ["selfhosted"]
+    assert connections_used("ns", destination) == [("ns", "selfhosted")]
     from_cloud = {**destination, "source": {"infisical": {"connectionRef": {"name": "cloud"}}}}
-    assert connections_used(from_cloud) == ["selfhosted", "cloud"]
+    assert connections_used("ns", from_cloud) == [("ns", "selfhosted"), ("ns", "cloud")]
     same = {**destination, "source": {"infisical": {"connectionRef": {"name": "selfhosted"}}}}
-    assert connections_used(same) == ["selfhosted"]
-    assert connections_used({"source": {"kubernetes": {"secrets": []}}}) == []
-    assert connections_used({"destination": "not a mapping", "source": None}) == []
-    assert connections_used({"destination": {"connectionRef": {"name": ""}}}) == []
+    assert connections_used("ns", same) == [("ns", "selfhosted")]
+    shared = {"name": "cloud", "kind": "ClusterInfisicalConnection"}
+    from_shared = {**destination, "source": {"infisical": {"connectionRef": shared}}}
+    assert connections_used("ns", from_shared) == [("ns", "selfhosted"), ("", "cloud")]
+    assert connections_used("ns", {"source": {"kubernetes": {"secrets": []}}}) == []
+    assert connections_used("ns", {"destination": "not a mapping", "source": None}) == []
+    assert connections_used("ns", {"destination": {"connectionRef": {"name": ""}}}) == []
 
 
 def using_conn(body: dict[str, Any]) -> dict[str, Any]:
@@ -1622,7 +1633,7 @@ async def test_a_due_secretsync_waits_for_its_connections_first_validation(
         harness.connections.outcomes = [KubeUnavailable("the API server did not answer")]
     harness.start(
         harness.scheduler.run_connection(
-            "ns", "conn", connection_body(), harness.stopped, dependents=lambda: ["new"]
+            "ns", "conn", connection_body(), harness.stopped, dependents=lambda: [("ns", "new")]
         )
     )
     await until(lambda: harness.connections.logins == [True])  # validating, not answered yet
@@ -1709,7 +1720,7 @@ async def test_in_the_first_seconds_a_secretsync_waits_for_its_connections_daemo
     harness.clock.advance(STARTUP_HOLD / 2)
     harness.start(
         harness.scheduler.run_connection(
-            "ns", "conn", connection_body(), harness.stopped, dependents=lambda: ["new"]
+            "ns", "conn", connection_body(), harness.stopped, dependents=lambda: [("ns", "new")]
         )
     )
     await until(lambda: "new" in runs)
