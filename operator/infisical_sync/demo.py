@@ -148,6 +148,9 @@ def main() -> int:
                     "0",
                     "--health-port",
                     "0",
+                    # The samples use an InfisicalConnection; outside a pod there is no
+                    # operator namespace for ClusterInfisicalConnections' Secrets anyway.
+                    "--no-cluster-connections",
                 ],
                 plane.workdir / "operator.log",
                 operator_env,
