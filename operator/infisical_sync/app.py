@@ -171,7 +171,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         shard=shard,
         operator_namespace=memo.operator_namespace,
     )
-    memo.access = access = ClusterAccess()
+    memo.access = access = ClusterAccess(served=bool(memo.operator_namespace))
     engine = SyncEngine(
         kube,
         connections,
@@ -257,6 +257,9 @@ def _users(memo: Any, namespace: str, name: str) -> Callable[[], Awaitable[list[
 
     async def users() -> list[str]:
         known = memo.referrers.syncs_by_connection.get(address)
+        if cluster and not known:  # every shard's users, kept from all SecretSync events
+            shard = memo.settings.shard
+            known = [sync for sync in memo.access.users(name) if shard.owns(*sync)]
         if known:
             return sorted(named(*sync) for sync in known)
         if not cluster:

@@ -15,6 +15,7 @@ unreachable), EXIT_TIMEOUT (sync-now: the request was not handled in time).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import secrets
@@ -26,7 +27,7 @@ from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from infisical_sync.cluster_access import ClusterAccess
 from infisical_sync.connection import ConnectionReconciler, ConnectionState, plural_of
@@ -37,7 +38,7 @@ from infisical_sync.instance_urls import AllowedInstances
 from infisical_sync.kube import GROUP, VERSION, Kube, KubeUnavailable, SecretData, load_api_client
 from infisical_sync.planner import NOT_MANAGED, Plan
 from infisical_sync.references import sync_connections
-from infisical_sync.resources import CLUSTER_SCOPE, describe_connection
+from infisical_sync.resources import CLUSTER_SCOPE, SecretSyncSpec, describe_connection
 from infisical_sync.sync import SYNC_REQUESTED_AT, SyncEngine, SyncFailed
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_TIMEOUT = 0, 1, 2, 3
@@ -407,6 +408,10 @@ async def _preview(
         for address, connection in connection_bodies.items():
             if address[0] == CLUSTER_SCOPE and connection is not None:
                 access.connection_seen("ADDED", address[1], connection.get("spec") or {})
+        with contextlib.suppress(ValidationError):  # an invalid spec: the preview says so
+            # Before any login: a namespace a cluster connection refuses reads nothing.
+            await engine.check_access(namespace, SecretSyncSpec.model_validate(body.get("spec")))
+        for address, connection in connection_bodies.items():
             await _connect(connections, *address, connection)
         return await engine.preview(namespace, name, body)
     finally:
@@ -462,8 +467,11 @@ def plan_lines(report: PlanReport) -> list[str]:
     result, spec = report.plan, report.body.get("spec") or {}
     status = report.body.get("status") or {}
     destination = spec.get("destination") or {}
-    where = "{}/{}/{}:{}".format(
-        (destination.get("connectionRef") or {}).get("name", ""),
+    ref = destination.get("connectionRef") or {}
+    cluster = "cluster:" if ref.get("kind") == "ClusterInfisicalConnection" else ""
+    where = "{}{}/{}/{}:{}".format(
+        cluster,
+        ref.get("name", ""),
         destination.get("projectId") or destination.get("projectSlug") or "",
         destination.get("environment", ""),
         destination.get("secretPath", "/"),

@@ -51,7 +51,9 @@ def _selector_of(spec: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 class ClusterAccess:
-    def __init__(self) -> None:
+    def __init__(self, *, served: bool = True) -> None:
+        # False: this operator does not serve ClusterInfisicalConnections (no watch of them).
+        self.served = served
         # connection name -> its namespaceSelector (None: no namespace may use it)
         self._selectors: dict[str, dict[str, Any] | None] = {}
         self._labels: dict[str, dict[str, str]] = {}
@@ -70,6 +72,7 @@ class ClusterAccess:
         if change == "DELETED":
             known = name in self._selectors
             self._selectors.pop(name, None)
+            self.dirty.add(name)  # its counts were written: a new object of its name needs them
             return known
         selector = _selector_of(spec)
         changed = name not in self._selectors or self._selectors[name] != selector
@@ -94,23 +97,30 @@ class ClusterAccess:
     ) -> None:
         """A SecretSync's event, in every shard: the users of the cluster connections."""
         obj = (namespace, name)
-        uid = str((body.get("metadata") or {}).get("uid") or "")
+        meta = body.get("metadata") or {}
+        uid = str(meta.get("uid") or "")
+        deleting = change == "DELETED" or bool(meta.get("deletionTimestamp"))
+        if deleting and uid and self._uids.get(obj) not in (None, uid):
+            # The last events of a deleted earlier object of this name (`replace --force`):
+            # the current one's use stands.
+            return
         if change == "DELETED":
-            if uid and self._uids.get(obj) not in (None, uid):
-                return  # a deleted earlier object of this name: the current one still uses it
             self._uids.pop(obj, None)
             self.dirty.update(self._used_by(obj))
             self._users.drop(obj)
             self._used_in.drop(obj)
             return
-        if uid:
-            self._uids[obj] = uid
         before = self._used_by(obj)
         used = {
             address[1]: obj
             for address in sync_connections(namespace, name, body.get("spec") or {})
             if address[0] == CLUSTER_SCOPE
         }
+        # Only users' uids: at 10,000 SecretSyncs every shard keeps this map.
+        if uid and used:
+            self._uids[obj] = uid
+        else:
+            self._uids.pop(obj, None)
         self._users.put(obj, used)
         self._used_in.put(obj, {namespace: frozenset(used)} if used else {})
         self.dirty.update(before ^ set(used))
@@ -119,7 +129,9 @@ class ClusterAccess:
 
     def remember_namespace(self, name: str, labels: Mapping[str, str]) -> None:
         """Labels read from the API server for a namespace no event has told of yet."""
-        self._labels.setdefault(name, dict(labels))
+        if name not in self._labels:
+            self._labels[name] = dict(labels)
+            self.dirty.update(self.connections_used_in(name))
 
     def known(self, connection: str) -> bool:
         return connection in self._selectors

@@ -498,7 +498,7 @@ class SyncEngine:
         cache = self._caches.setdefault((namespace, name), _Cache())
         # Before anything is read: a namespace a cluster connection does not allow reads and
         # writes nothing.
-        await self._check_access(namespace, spec)
+        await self.check_access(namespace, spec)
         destination_address = spec.destination.connection_ref.address(namespace)
         destination_ref = connection_label(destination_address)
         session = self.connections.session(*destination_address)
@@ -778,9 +778,9 @@ class SyncEngine:
 
     # --- reads ---------------------------------------------------------------------------------
 
-    async def _check_access(self, namespace: str, spec: SecretSyncSpec) -> None:
+    async def check_access(self, namespace: str, spec: SecretSyncSpec) -> None:
         """SyncFailed ConnectionNotAllowed when a ClusterInfisicalConnection the SecretSync uses
-        does not allow its namespace."""
+        does not allow its namespace (or this operator does not serve them)."""
         for index, ref in enumerate(spec.connection_refs()):
             if ref.kind == CLUSTER_KIND:
                 where = "DestinationReady" if index == 0 else "SourceReady"
@@ -789,6 +789,14 @@ class SyncEngine:
     async def _check_cluster_access(self, namespace: str, ref: ConnectionRef, where: str) -> None:
         """SyncFailed ConnectionNotAllowed (`where`: the condition) unless the cluster
         connection `ref` allows `namespace`."""
+        if not self.access.served:
+            raise SyncFailed(
+                where,
+                CONNECTION_NOT_ALLOWED,
+                f"{describe_connection(ref.address(namespace))}: this operator does not serve "
+                "ClusterInfisicalConnections (started with --no-cluster-connections, chart value "
+                "clusterConnections.enabled=false); nothing was read or written",
+            )
         decision = self.access.decide(ref.name, namespace)
         if decision is Access.UNKNOWN_NAMESPACE:
             try:

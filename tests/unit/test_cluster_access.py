@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from infisical_sync.cluster_access import Access, ClusterAccess, Usage
+from infisical_sync.cluster_usage import UsageReport
+from infisical_sync.kube import KubeUnavailable
+from infisical_sync.shards import Shard
 
 TEAM = {"matchLabels": {"team": "payments"}}
 
@@ -120,3 +124,84 @@ def test_a_decision_is_the_selector_matched_against_the_labels(
     wanted = (selector or {}).get("matchLabels") or {}
     allowed = selector is not None and all(namespace_labels.get(k) == v for k, v in wanted.items())
     assert access.decide("shared", "ns") is (Access.ALLOWED if allowed else Access.DENIED)
+
+
+def test_late_events_of_a_replaced_object_leave_the_new_ones_use() -> None:
+    access = ClusterAccess()
+    access.sync_seen("ADDED", "team-a", "one", sync_body(uid="old"))
+    access.sync_seen("ADDED", "team-a", "one", sync_body(uid="new"))
+    late = sync_body(uid="old")
+    late["metadata"]["deletionTimestamp"] = "2026-11-29T10:00:00Z"
+    access.sync_seen("MODIFIED", "team-a", "one", late)  # its deletion, seen after the new one
+    access.sync_seen("DELETED", "team-a", "one", late)
+    assert access.users("shared") == [("team-a", "one")]
+
+
+def test_a_deleted_connection_is_marked_for_its_successors_counts() -> None:
+    access = ClusterAccess()
+    access.connection_seen("ADDED", "shared", {})
+    access.dirty.clear()
+    access.connection_seen("DELETED", "shared", {})
+    assert access.dirty == {"shared"}
+
+
+class Statuses:
+    def __init__(self, *, gone: set[str] | None = None) -> None:
+        self.patches: list[tuple[str, str, str, dict[str, Any]]] = []
+        self.gone = gone or set()
+        self.failing = False
+
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> bool:
+        if self.failing:
+            raise KubeUnavailable("the API server is away")
+        self.patches.append((plural, namespace, name, status))
+        return name not in self.gone
+
+
+def test_usage_is_written_when_it_changes_and_again_for_a_new_object_of_the_name() -> None:
+    access = ClusterAccess()
+    statuses = Statuses()
+    report = UsageReport(access, statuses, Shard(), "clusterinfisicalconnections")
+    access.connection_seen("ADDED", "shared", {"namespaceSelector": {}})
+    access.namespace_seen("ADDED", "team-a", {})
+    access.sync_seen("ADDED", "team-a", "one", sync_body())
+    access.sync_seen("ADDED", "team-b", "other", sync_body("not-seen-yet"))
+    asyncio.run(report.report())
+    assert statuses.patches == [
+        (
+            "clusterinfisicalconnections",
+            "",
+            "shared",
+            {"secretSyncs": 1, "namespaces": 1, "deniedSecretSyncs": 0},
+        )
+    ]
+    asyncio.run(report.report())  # nothing changed: nothing written
+    access.sync_seen("MODIFIED", "team-a", "one", sync_body())
+    asyncio.run(report.report())
+    assert len(statuses.patches) == 1
+    # Deleted and created again (GitOps): the new object gets its counts though they are equal.
+    access.connection_seen("DELETED", "shared", {})
+    asyncio.run(report.report())
+    access.connection_seen("ADDED", "shared", {"namespaceSelector": {}})
+    asyncio.run(report.report())
+    assert len(statuses.patches) == 2 and statuses.patches[-1][2] == "shared"
+
+
+def test_usage_not_written_is_tried_again_and_other_shards_connections_are_left() -> None:
+    access = ClusterAccess()
+    statuses = Statuses()
+    owner = next(i for i in range(2) if Shard(i, 2).owns("", "shared"))
+    report = UsageReport(access, statuses, Shard(owner, 2), "clusterinfisicalconnections")
+    other = UsageReport(access, Statuses(), Shard(1 - owner, 2), "clusterinfisicalconnections")
+    access.connection_seen("ADDED", "shared", {})
+    statuses.failing = True
+    asyncio.run(report.report())
+    assert access.dirty == {"shared"}  # kept for the next report
+    statuses.failing = False
+    asyncio.run(report.report())
+    assert [patch[2] for patch in statuses.patches] == ["shared"]
+    access.connection_seen("MODIFIED", "shared", {"namespaceSelector": {}})
+    asyncio.run(other.report())
+    assert other.status.patches == []  # type: ignore[attr-defined]
