@@ -356,6 +356,10 @@ def test_a_cluster_connection_serves_the_namespaces_its_selector_allows(
     assert CLIENT_SECRET not in json.dumps(cluster_status(kube, name))
     for team in ("team-a", "team-b"):
         delete(kube, team, SYNCS, "app")
+    client.CustomObjectsApi(kube).delete_cluster_custom_object(
+        GROUP, VERSION, CLUSTER_CONNECTIONS, name
+    )
+    wait_for(lambda: not cluster_status(kube, name), 30, message="the connection gone")
 
 
 def test_deletion_waits_for_its_users_and_a_refused_namespace_keeps_its_keys(
