@@ -579,8 +579,8 @@ def run_operator(settings: Settings) -> int:
     served_from = _operator_namespace(settings)
     if served_from:
         _serve_cluster_connections()
-    elif settings.cluster_connections:
-        log.warning(
+    elif settings.cluster_connections:  # outside a pod: development and tests
+        log.info(
             "ClusterInfisicalConnections are not served: the operator's namespace (where their "
             "Secrets are) is unknown outside a pod; set --operator-namespace"
         )

@@ -327,7 +327,7 @@ def test_namespaced_cluster_connections_read_secrets_in_the_release_namespace_on
     assert own["rules"] == OPERATOR_NAMESPACE_RULES
     assert not _grants_secret_writes(own["rules"])
     # The connections' Events: "default" is the only namespace the API server takes them in.
-    [events] = [role for role in reading if role["metadata"]["namespace"] == "default"]
+    [events] = [role for role in reading if role["metadata"].get("namespace") == "default"]
     assert events["kind"] == "Role"
     assert {resource for rule in events["rules"] for resource in rule["resources"]} == {"events"}
     assert {verb for rule in events["rules"] for verb in rule["verbs"]} == {"create"}

@@ -149,7 +149,7 @@ def test_two_shards_split_the_secretsyncs_and_one_writes_the_connections_status(
         said_ready = [
             index
             for index, process in enumerate(operators)
-            if f"connection {namespace}/dest is Ready" in process.log()
+            if f"InfisicalConnection {namespace}/dest is Ready" in process.log()
         ]
         assert said_ready == [owner(namespace, "dest", 2)]
         # Its readiness series comes from that shard only; each shard's own validation from both.
