@@ -415,8 +415,18 @@ async def cluster_connection_event(
     memo.usage.wake()
 
 
-async def cluster_connection_spec_changed(name: str, memo: kopf.Memo, **_: Any) -> None:
-    memo.scheduler.on_connection_spec_changed(CLUSTER_SCOPE, name)
+async def cluster_connection_spec_changed(
+    name: str, diff: kopf.Diff, memo: kopf.Memo, **_: Any
+) -> None:
+    # Who may use it is not how it logs in: a selector change alone re-validates nothing (its
+    # event handler has already kicked the SecretSyncs concerned).
+    if not only_namespace_selector(diff):
+        memo.scheduler.on_connection_spec_changed(CLUSTER_SCOPE, name)
+
+
+def only_namespace_selector(diff: kopf.Diff) -> bool:
+    """Whether a spec diff (paths relative to spec) changes nothing but namespaceSelector."""
+    return bool(diff) and all(tuple(item[1])[:1] == ("namespaceSelector",) for item in diff)
 
 
 async def cluster_connection_daemon(

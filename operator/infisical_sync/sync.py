@@ -497,8 +497,13 @@ class SyncEngine:
         known = [] if known is None else known
         cache = self._caches.setdefault((namespace, name), _Cache())
         # Before anything is read: a namespace a cluster connection does not allow reads and
-        # writes nothing.
-        await self.check_access(namespace, spec)
+        # writes nothing (and keeps nothing of an earlier listing in memory).
+        try:
+            await self.check_access(namespace, spec)
+        except SyncFailed as refused:
+            if refused.reason == CONNECTION_NOT_ALLOWED:
+                self._caches.pop((namespace, name), None)
+            raise
         destination_address = spec.destination.connection_ref.address(namespace)
         destination_ref = connection_label(destination_address)
         session = self.connections.session(*destination_address)

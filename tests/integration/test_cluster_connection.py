@@ -340,6 +340,7 @@ def test_a_cluster_connection_serves_the_namespaces_its_selector_allows(
 
     # The selector widened to every namespace: allowed again, and the change syncs.
     # (A merge patch of {} would change nothing: the matchLabels go, an empty selector stays.)
+    logins = fake.count(r"/universal-auth/login$")
     patch_cluster_connection(kube, name, {"spec": {"namespaceSelector": {"matchLabels": None}}})
     assert (
         cluster_status(kube, name)
@@ -347,6 +348,7 @@ def test_a_cluster_connection_serves_the_namespaces_its_selector_allows(
     )
     wait_for(lambda: remote(fake, "/team-a") == {"DB_PASSWORD": "changed-while-refused"}, 20)
     wait_for(lambda: ready(status(kube, "team-a", SYNCS, "app")) == ("True", "Synced"), 20)
+    assert fake.count(r"/universal-auth/login$") == logins  # who may use it is not a login
 
     # Its Events: in "default", as the API server wants them for a cluster-scoped object.
     reasons = [reason for _, reason, _ in events(kube, "default", name, KIND)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import kopf
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -205,3 +206,19 @@ def test_usage_not_written_is_tried_again_and_other_shards_connections_are_left(
     access.connection_seen("MODIFIED", "shared", {"namespaceSelector": {}})
     asyncio.run(other.report())
     assert other.status.patches == []  # type: ignore[attr-defined]
+
+
+def test_a_selector_change_alone_is_not_a_spec_change_to_validate() -> None:
+    from infisical_sync.app import only_namespace_selector
+
+    selector = kopf.Diff(
+        [kopf.DiffItem(kopf.DiffOperation.CHANGE, ("namespaceSelector",), {}, None)]
+    )
+    assert only_namespace_selector(selector)
+    deeper = kopf.DiffItem(
+        kopf.DiffOperation.ADD, ("namespaceSelector", "matchLabels", "team"), None, "a"
+    )
+    assert only_namespace_selector(kopf.Diff([deeper]))
+    url = kopf.DiffItem(kopf.DiffOperation.CHANGE, ("instanceUrl",), "https://a", "https://b")
+    assert not only_namespace_selector(kopf.Diff([deeper, url]))
+    assert not only_namespace_selector(kopf.Diff([]))
