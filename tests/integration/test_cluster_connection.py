@@ -10,7 +10,9 @@ is stubbed; Infisical is the fake, which reviews Kubernetes Auth tokens with the
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -493,3 +495,89 @@ def test_kubernetes_auth_with_the_operators_service_account(
             GROUP, VERSION, CLUSTER_CONNECTIONS, name
         )
         wait_for(lambda: not cluster_status(kube, name), 20)
+
+
+def cli(plane: ControlPlane, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI as the cluster admin runs it."""
+    environ = {**os.environ, "KUBECONFIG": str(plane.kubeconfig)}
+    return subprocess.run(
+        [sys.executable, "-m", "infisical_sync", *args],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_plan_and_status_with_a_cluster_connection(
+    operator: OperatorProcess, plane: ControlPlane, kube: Any, fake: FakeInfisical
+) -> None:
+    """`plan` decides access before it reads the connection's Secret or logs in; `status`
+    lists the cluster connections the SecretSyncs shown use."""
+    name = f"planned-{uuid.uuid4().hex[:6]}"
+    put_secret(
+        kube,
+        OPERATOR_NAMESPACE,
+        "shared-identity",
+        {"clientId": CLIENT_ID, "clientSecret": CLIENT_SECRET},
+    )
+    cluster_connection(kube, name, fake.url, {"matchLabels": {ALLOW: name}})
+    label_namespace(kube, "team-a", name)
+    for team in ("team-a", "team-b"):
+        put_secret(kube, team, "planned", {"NEW_KEY": "v"})
+        secret_sync(kube, team, "planned", name, f"/planned-{team}", dryRun=True)
+    wait_for(lambda: ready(cluster_status(kube, name)) == ("True", "Validated"), 30)
+    wait_for(lambda: status(kube, "team-a", SYNCS, "planned").get("plan"), 30)
+
+    logins = fake.count(r"/universal-auth/login$")
+    refused = cli(plane, "plan", "team-b/planned", "--operator-namespace", OPERATOR_NAMESPACE)
+    assert refused.returncode == 1, refused.stderr
+    assert "ConnectionNotAllowed" in refused.stderr
+    assert f"ClusterInfisicalConnection {name} does not allow namespace team-b" in refused.stderr
+    assert fake.count(r"/universal-auth/login$") == logins  # refused before any login
+
+    planned = cli(plane, "plan", "team-a/planned", "--operator-namespace", OPERATOR_NAMESPACE)
+    assert planned.returncode == 0, planned.stderr
+    assert f"-> cluster:{name}/{PROJECT}/prod:/planned-team-a" in planned.stdout
+    assert "+ NEW_KEY" in planned.stdout
+    assert CLIENT_SECRET not in planned.stdout + planned.stderr
+
+    shown = cli(plane, "status", "-n", "team-a")
+    assert shown.returncode == 0, shown.stderr
+    assert f"clusterinfisicalconnection/{name}" in shown.stdout
+    assert "secretsync/planned" in shown.stdout
+    for team in ("team-a", "team-b"):
+        delete(kube, team, SYNCS, "planned")
+    label_namespace(kube, "team-a", None)
+
+
+def test_an_operator_not_serving_cluster_connections_says_so_and_lets_deletions_go(
+    operator: OperatorProcess, plane: ControlPlane, kube: Any, tmp_path: Path
+) -> None:
+    """--no-cluster-connections (chart value clusterConnections.enabled=false): a SecretSync
+    naming one is refused with the reason, not retried for ever, and its deletion goes through
+    leaving the keys alone. (A second operator, for a namespace the module's does not watch.)"""
+    put_secret(kube, "elsewhere", "unserved", {"KEY": "v"})
+    secret_sync(kube, "elsewhere", "unserved", "anything", "/unserved")
+    with operator_process(
+        plane.kubeconfig,
+        tmp_path / "unserving.log",
+        args=["--no-cluster-connections", "--cluster-id", CLUSTER_ID],
+        scope=("-n", "elsewhere"),
+    ) as unserving:
+        found = wait_for(
+            lambda: (
+                s
+                if ready(s := status(kube, "elsewhere", SYNCS, "unserved"))
+                == ("False", "ConnectionNotAllowed")
+                else None
+            ),
+            30,
+        )
+        assert conditions(found)["Stalled"] == "True"
+        message = next(c["message"] for c in found["conditions"] if c["type"] == "Ready")
+        assert "this operator does not serve ClusterInfisicalConnections" in message
+        delete(kube, "elsewhere", SYNCS, "unserved")
+        wait_for(lambda: status(kube, "elsewhere", SYNCS, "unserved") == {}, 20)
+        assert "Traceback" not in unserving.log()
