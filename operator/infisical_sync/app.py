@@ -560,6 +560,20 @@ class _NoNewsAtDebug(logging.Filter):
         return True
 
 
+class RetriesAreWarnings(logging.Filter):
+    """kopf logs every Kubernetes API request it is about to retry at ERROR ("Request attempt
+    #1/9 failed; will retry"), e.g. a 429 while the API server's cache for a new CRD fills, or
+    a 503 during its upgrade. Nothing failed yet: WARNING. The last attempt, when it fails,
+    keeps kopf's ERROR ("escalating")."""
+
+    RETRY = re.compile(r"^Request attempt #?[\d/]+ failed; will retry")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and self.RETRY.match(record.getMessage()):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def _trim_kopf_bodies() -> None:
     """Half of what kopf holds per object: see kopf_trim."""
     watching: Any = None
@@ -581,6 +595,8 @@ def run_operator(settings: Settings) -> int:
     # urllib3 (the Kubernetes client's) WARNs on every retried connection: during an API server
     # outage that is three lines a call; the scheduler reports outages once per object.
     logging.getLogger("urllib3").setLevel(logging.ERROR)
+    for handler in logging.getLogger().handlers:  # the one kopf.configure installed
+        handler.addFilter(RetriesAreWarnings())
     logging.getLogger("kopf.objects").addFilter(
         _NoNewsAtDebug(
             ["secretsync_event", "connection_event", "cluster_connection_event", "namespace_event"]

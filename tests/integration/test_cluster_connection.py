@@ -581,3 +581,63 @@ def test_an_operator_not_serving_cluster_connections_says_so_and_lets_deletions_
         delete(kube, "elsewhere", SYNCS, "unserved")
         wait_for(lambda: status(kube, "elsewhere", SYNCS, "unserved") == {}, 20)
         assert "Traceback" not in unserving.log()
+
+
+def test_an_infisical_source_on_a_refused_cluster_connection_is_not_read(
+    operator: OperatorProcess, kube: Any, fake: FakeInfisical
+) -> None:
+    """The cluster connection as the source (Infisical to Infisical), the destination an
+    InfisicalConnection of the namespace: refused, the source path is never asked for."""
+    name = f"source-{uuid.uuid4().hex[:6]}"
+    put_secret(
+        kube,
+        OPERATOR_NAMESPACE,
+        "shared-identity",
+        {"clientId": CLIENT_ID, "clientSecret": CLIENT_SECRET},
+    )
+    fake.state.put_secret(PROJECT, "prod", f"/{name}", "FROM_SOURCE", "copied")
+    cluster_connection(kube, name, fake.url, {"matchLabels": {ALLOW: name}})
+    put_secret(
+        kube, "team-b", "local-identity", {"clientId": CLIENT_ID, "clientSecret": CLIENT_SECRET}
+    )
+    local = {
+        "instanceUrl": fake.url,
+        "allowInsecureHttp": True,
+        "credentials": {"secretRef": {"name": "local-identity"}},
+        "validationInterval": "1h",
+    }
+    create(kube, "team-b", "infisicalconnections", "InfisicalConnection", name, local)
+    copy = {
+        "source": {
+            "infisical": {
+                "connectionRef": {"kind": KIND, "name": name},
+                "projectId": PROJECT,
+                "environment": "prod",
+                "secretPath": f"/{name}",
+            }
+        },
+        "destination": {
+            "connectionRef": {"name": name},
+            "projectId": PROJECT,
+            "environment": "prod",
+            "secretPath": f"/{name}-copy",
+        },
+        "syncInterval": "1h",
+    }
+    create(kube, "team-b", SYNCS, "SecretSync", name, copy)
+    found = wait_for(
+        lambda: (
+            s
+            if ready(s := status(kube, "team-b", SYNCS, name)) == ("False", "ConnectionNotAllowed")
+            else None
+        ),
+        30,
+    )
+    assert {c["type"]: c["status"] for c in found["conditions"]}["SourceReady"] == "False"
+    assert touched(fake, f"/{name}") == 0 and remote(fake, f"/{name}-copy") == {}
+
+    label_namespace(kube, "team-b", name)
+    wait_for(lambda: remote(fake, f"/{name}-copy") == {"FROM_SOURCE": "copied"}, 20)
+    delete(kube, "team-b", SYNCS, name)
+    wait_for(lambda: status(kube, "team-b", SYNCS, name) == {}, 20)
+    label_namespace(kube, "team-b", None)
