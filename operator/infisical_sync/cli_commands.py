@@ -330,7 +330,8 @@ def _get(api: client.ApiClient, plural: str, namespace: str, name: str) -> dict[
     except ApiException as exc:
         if exc.status == 404:
             return None
-        raise _refused(exc, f"get {plural} {namespace}/{name}") from None
+        where = f"{namespace}/{name}" if namespace else name
+        raise _refused(exc, f"get {plural} {where}") from None
     return dict(found)
 
 
@@ -445,7 +446,9 @@ def make_plan(
             "Secrets, the connection's credentials Secret, the ledger ConfigMap) with your "
             "credentials: it needs get/list on secrets and get on configmaps in "
             f"namespace {namespace} (and create on serviceaccounts/token there to log in "
-            "with a kubernetes-auth connection)"
+            "with a kubernetes-auth connection); through a ClusterInfisicalConnection, its "
+            f"Secret or service account is in namespace {operator_namespace} instead, and it "
+            "needs get on the SecretSync's namespace"
         ) from None
     except KubeUnavailable as exc:
         raise CommandError(str(exc)) from None

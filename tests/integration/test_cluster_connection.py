@@ -1,5 +1,6 @@
 """ClusterInfisicalConnection end to end: one connection, defined once in the operator's
-namespace, used by the namespaces its namespaceSelector allows.
+namespace, used by the namespaces its namespaceSelector allows; and Kubernetes Auth (on both
+kinds of connection) as the chart installs the operator.
 
 The operator runs as the chart's service account: the chart is rendered (namespaced mode,
 watchNamespaces, rbac.kubernetesAuth) and its RBAC applied to a control plane of this module's
@@ -641,3 +642,62 @@ def test_an_infisical_source_on_a_refused_cluster_connection_is_not_read(
     delete(kube, "team-b", SYNCS, name)
     wait_for(lambda: status(kube, "team-b", SYNCS, name) == {}, 20)
     label_namespace(kube, "team-b", None)
+
+
+def test_kubernetes_auth_on_an_infisical_connection_as_the_charts_service_account(
+    operator: OperatorProcess, plane: ControlPlane, kube: Any
+) -> None:
+    """Section 1 as installed: an InfisicalConnection with method kubernetes-auth in a watched
+    namespace, its login service account there, the token requested by the chart's service
+    account through the Role the chart renders (rbac.kubernetesAuth), reviewed by the fake."""
+    suffix = uuid.uuid4().hex[:6]
+    reviewer, login = f"reviewer-{suffix}", f"login-{suffix}"
+    service_account(kube, "team-a", reviewer)
+    bind_auth_delegator(kube, [], "team-a", reviewer)
+    service_account(kube, "team-a", login)
+    with BackgroundFake() as server:
+        server.state.add_project("shared", project_id=PROJECT)
+        server.state.add_kubernetes_identity(
+            kubernetes_auth(
+                plane,
+                token_reviewer_jwt=admin_token(kube, "team-a", reviewer),
+                allowed_namespaces="team-a",
+                allowed_names=login,
+            ),
+            identity_id=IDENTITY_ID,
+            projects={PROJECT: {}},
+        )
+        spec = {
+            "instanceUrl": server.url,
+            "allowInsecureHttp": True,
+            "method": "kubernetes-auth",
+            "kubernetesAuth": {"identityId": IDENTITY_ID, "serviceAccountRef": {"name": login}},
+            "validationInterval": "1h",
+        }
+        create(kube, "team-a", "infisicalconnections", "InfisicalConnection", login, spec)
+        put_secret(kube, "team-a", login, {"KEYLESS": "namespaced"})
+        create(
+            kube,
+            "team-a",
+            SYNCS,
+            "SecretSync",
+            login,
+            {
+                "source": {"kubernetes": {"secrets": [{"name": login}]}},
+                "destination": {
+                    "connectionRef": {"name": login},
+                    "projectId": PROJECT,
+                    "environment": "prod",
+                    "secretPath": f"/{login}",
+                },
+                "syncInterval": "1h",
+            },
+        )
+        wait_for(lambda: remote(server, f"/{login}") == {"KEYLESS": "namespaced"}, 30)
+        connection = status(kube, "team-a", "infisicalconnections", login)
+        assert ready(connection) == ("True", "Validated")
+        assert connection["identityId"] == IDENTITY_ID
+        jwts = server.state.kubernetes_jwts_seen
+        assert jwts and all(jwt.rsplit(".", 1)[-1] not in operator.log() for jwt in jwts)
+        delete(kube, "team-a", SYNCS, login)
+        wait_for(lambda: status(kube, "team-a", SYNCS, login) == {}, 20)

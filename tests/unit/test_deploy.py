@@ -189,7 +189,7 @@ def test_cluster_connection_crd_is_cluster_scoped_with_its_names() -> None:
     [version] = crd["spec"]["versions"]
     assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
     columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
-    assert list(columns) == ["URL", "Ready", "Reason", "SecretSyncs", "Denied", "Age"]
+    assert list(columns) == ["URL", "Ready", "Reason", "Since", "SecretSyncs", "Denied", "Age"]
     assert columns["SecretSyncs"]["jsonPath"] == ".status.secretSyncs"
     assert columns["Denied"]["jsonPath"] == ".status.deniedSecretSyncs"
     assert columns["Denied"]["priority"] == 1
