@@ -11,9 +11,7 @@ is stubbed; Infisical is the fake, which reviews Kubernetes Auth tokens with the
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,6 +22,7 @@ import pytest
 import yaml
 from kubernetes import client, utils
 from tests.conftest import OperatorProcess, operator_process, wait_for
+from tests.integration.test_cli import cli
 from tests.integration.test_kubernetes_auth import (
     admin_token,
     bind_auth_delegator,
@@ -167,6 +166,16 @@ def fake() -> Iterator[FakeInfisical]:
 # --- helpers ------------------------------------------------------------------------------------
 
 
+def shared_identity(kube: Any) -> None:
+    """The credentials Secret the cluster connections name, in the operator's namespace."""
+    put_secret(
+        kube,
+        OPERATOR_NAMESPACE,
+        "shared-identity",
+        {"clientId": CLIENT_ID, "clientSecret": CLIENT_SECRET},
+    )
+
+
 def cluster_connection(
     kube: Any, name: str, url: str, selector: dict[str, Any] | None, **spec: Any
 ) -> None:
@@ -277,12 +286,7 @@ def test_a_cluster_connection_serves_the_namespaces_its_selector_allows(
     operator: OperatorProcess, kube: Any, fake: FakeInfisical
 ) -> None:
     name = f"shared-{uuid.uuid4().hex[:6]}"
-    put_secret(
-        kube,
-        OPERATOR_NAMESPACE,
-        "shared-identity",
-        {"clientId": CLIENT_ID, "clientSecret": CLIENT_SECRET},
-    )
+    shared_identity(kube)
     cluster_connection(kube, name, fake.url, {"matchLabels": {ALLOW: name}})
     label_namespace(kube, "team-a", name)
     for team in ("team-a", "team-b"):
@@ -371,12 +375,7 @@ def test_deletion_waits_for_its_users_and_a_refused_namespace_keeps_its_keys(
     operator: OperatorProcess, kube: Any, fake: FakeInfisical
 ) -> None:
     name = f"teardown-{uuid.uuid4().hex[:6]}"
-    put_secret(
-        kube,
-        OPERATOR_NAMESPACE,
-        "shared-identity",
-        {"clientId": CLIENT_ID, "clientSecret": CLIENT_SECRET},
-    )
+    shared_identity(kube)
     cluster_connection(kube, name, fake.url, {"matchLabels": {ALLOW: name}})
     label_namespace(kube, "team-c", name)
     put_secret(kube, "team-c", "teardown", {"API_KEY": "kept"})
@@ -498,31 +497,13 @@ def test_kubernetes_auth_with_the_operators_service_account(
         wait_for(lambda: not cluster_status(kube, name), 20)
 
 
-def cli(plane: ControlPlane, *args: str) -> subprocess.CompletedProcess[str]:
-    """The CLI as the cluster admin runs it."""
-    environ = {**os.environ, "KUBECONFIG": str(plane.kubeconfig)}
-    return subprocess.run(
-        [sys.executable, "-m", "infisical_sync", *args],
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_plan_and_status_with_a_cluster_connection(
     operator: OperatorProcess, plane: ControlPlane, kube: Any, fake: FakeInfisical
 ) -> None:
     """`plan` decides access before it reads the connection's Secret or logs in; `status`
     lists the cluster connections the SecretSyncs shown use."""
     name = f"planned-{uuid.uuid4().hex[:6]}"
-    put_secret(
-        kube,
-        OPERATOR_NAMESPACE,
-        "shared-identity",
-        {"clientId": CLIENT_ID, "clientSecret": CLIENT_SECRET},
-    )
+    shared_identity(kube)
     cluster_connection(kube, name, fake.url, {"matchLabels": {ALLOW: name}})
     label_namespace(kube, "team-a", name)
     for team in ("team-a", "team-b"):
@@ -590,12 +571,7 @@ def test_an_infisical_source_on_a_refused_cluster_connection_is_not_read(
     """The cluster connection as the source (Infisical to Infisical), the destination an
     InfisicalConnection of the namespace: refused, the source path is never asked for."""
     name = f"source-{uuid.uuid4().hex[:6]}"
-    put_secret(
-        kube,
-        OPERATOR_NAMESPACE,
-        "shared-identity",
-        {"clientId": CLIENT_ID, "clientSecret": CLIENT_SECRET},
-    )
+    shared_identity(kube)
     fake.state.put_secret(PROJECT, "prod", f"/{name}", "FROM_SOURCE", "copied")
     cluster_connection(kube, name, fake.url, {"matchLabels": {ALLOW: name}})
     put_secret(
